@@ -1,0 +1,1 @@
+"""Chorus: a music-generation job gateway. The web app factory is ``app.web.create_app``."""

@@ -1,0 +1,397 @@
+"""Moves jobs through their lifecycle. Celery only carries "look at job X with claim T".
+
+Every job row carries ``next_action_at`` (when to look at it next) and a lease
+(``lease_token`` + ``lease_until``). The sweeper (``claim_due``) leases due jobs in one short
+transaction and hands their ids and tokens to workers; ``advance`` first swaps the token for
+a fresh one with a compare-and-set, so of two copies of one message only one proceeds, and a
+message whose lease was taken over by a later sweep does nothing. Every state change is a
+conditional UPDATE guarded by the token and by the state machine's source states, so a
+late or duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
+expires; the next sweep picks the job up again.
+
+No HTTP call happens inside a database transaction, and no worker sleeps while an
+upstream works: between polls a job is only a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.catalog.models import Model, Route, UpstreamAccount
+from app.db import Database, utcnow
+from app.jobs.models import Job
+from app.jobs.schedule import PollPolicy, backoff
+from app.jobs.status import ACTIVE, JobStatus, sources
+from app.providers import get_adapter
+from app.providers.base import (
+    AccountConfig,
+    Adapter,
+    GenerationRequest,
+    PollResult,
+    PollState,
+    ProviderError,
+)
+from app.storage import AudioError, AudioInfo, LocalStorage
+from config import Settings
+
+log = logging.getLogger(__name__)
+
+Claim = tuple[str, str]  # (job id, lease token)
+
+SIM_PLACEHOLDER = "{sim_url}"
+SIM_KEY = "chorus-sim"
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class DueClaim:
+    job_id: str
+    token: str
+    due_at: dt.datetime
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        storage: LocalStorage | None = None,
+        adapter_factory: Callable[[AccountConfig], Adapter] = get_adapter,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage or LocalStorage(settings.storage_dir)
+        self.adapter_factory = adapter_factory
+        self.policy = PollPolicy(
+            strategy=settings.poll_strategy,
+            fixed_interval=settings.poll_fixed_interval,
+            min_interval=settings.poll_min_interval,
+            max_interval=settings.poll_max_interval,
+        )
+        self.lease = dt.timedelta(seconds=settings.lease_seconds)
+        self._adapters: dict[str, Adapter] = {}
+
+    # ------------------------------------------------------------------ sweeping
+
+    def expire_overdue(self, now: dt.datetime | None = None) -> int:
+        """FAIL every active job past its deadline. Returns how many."""
+        now = now or utcnow()
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.status.in_(list(ACTIVE)), Job.deadline_at < now)
+                .values(
+                    status=JobStatus.FAILED,
+                    error_code="deadline_exceeded",
+                    error_message="the job did not finish before its deadline",
+                    finished_at=now,
+                    next_action_at=None,
+                    lease_token=None,
+                    lease_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def claim_due(self, lookahead: float, limit: int, now: dt.datetime | None = None) -> list[DueClaim]:
+        """Lease active jobs due within ``lookahead`` seconds whose lease is free or expired."""
+        now = now or utcnow()
+        horizon = now + dt.timedelta(seconds=lookahead)
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(Job.id, Job.next_action_at)
+                .where(
+                    Job.status.in_(list(ACTIVE)),
+                    Job.next_action_at <= horizon,
+                    or_(Job.lease_until.is_(None), Job.lease_until < now),
+                )
+                .order_by(Job.next_action_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            claims = []
+            lease_until = horizon + self.lease
+            for job_id, due_at in rows:
+                token = new_token()
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(lease_token=token, lease_until=lease_until)
+                    .execution_options(synchronize_session=False)
+                )
+                claims.append(DueClaim(job_id, token, max(due_at or now, now)))
+        return claims
+
+    # ------------------------------------------------------------------ advancing
+
+    def advance_many(self, claims: Iterable[Claim]) -> list[str]:
+        claims = list(claims)
+        if len(claims) == 1:
+            return [self.advance(*claims[0])]
+        workers = min(self.settings.io_threads, len(claims))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="advance") as pool:
+            return list(pool.map(lambda c: self.advance(*c), claims))
+
+    def advance(self, job_id: str, token: str) -> str:
+        """Take one step for the job if ``token`` still holds its lease. Safe to call twice."""
+        job = self._take(job_id, token)
+        if job is None:
+            return "skipped"
+        try:
+            if job.status == JobStatus.QUEUED:
+                return self._submit(job)
+            return self._poll(job)
+        except Exception:
+            # The boundary: an unexpected fault (a bug, the database) must not strand the job.
+            # Give the lease back and look again soon; the deadline bounds how long this lasts.
+            log.exception("advancing job %s failed; it will be retried", job_id)
+            self._reschedule(job, delay=5.0)
+            return "error"
+
+    def _take(self, job_id: str, token: str) -> Job | None:
+        fresh = new_token()
+        now = utcnow()
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_token == token, Job.status.in_(list(ACTIVE)))
+                .values(lease_token=fresh, lease_until=now + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            job = session.get(Job, job_id)
+        return job
+
+    # ------------------------------------------------------------------ submit
+
+    def _submit(self, job: Job) -> str:
+        if job.submitting_since is not None:
+            # A previous attempt died between sending the job upstream and recording the
+            # answer. The upstream may have it; AIMLAPI offers no way to look it up, and a
+            # second submit could make (and bill) a second song.
+            self._fail(job, "upstream_unknown",
+                       "a submit was interrupted; the upstream may or may not have the job, "
+                       "and it was not submitted twice")
+            return "failed"
+        account = self._account_for(job)
+        if account is None:
+            self._fail(job, "no_upstream", "no enabled upstream account serves this model")
+            return "failed"
+        now = utcnow()
+        if not self._write(job, {JobStatus.QUEUED},
+                           submitting_since=now, submit_attempts=Job.submit_attempts + 1,
+                           provider=account.provider, account_id=account.id):
+            return "lost"
+        job.submit_attempts += 1
+        adapter = self._adapter(account)
+        try:
+            submission = adapter.submit(self._generation_request(job))
+        except ProviderError as exc:
+            return self._submit_failed(job, exc)
+        now = utcnow()
+        if not self._write(job, sources(JobStatus.RUNNING), status=JobStatus.RUNNING,
+                           generation_id=submission.generation_id, started_at=now,
+                           submitting_since=None, release=True,
+                           next_action_at=now + dt.timedelta(seconds=self._poll_delay(job, 0.0))):
+            return "lost"
+        job.status, job.started_at = JobStatus.RUNNING, now
+        if submission.result is not None:
+            return self._apply(job, submission.result)
+        return "running"
+
+    def _submit_failed(self, job: Job, exc: ProviderError) -> str:
+        if exc.maybe_created:
+            self._fail(job, "upstream_unknown",
+                       f"{exc.message}; the upstream may have created the job, so it was not "
+                       "submitted again")
+            return "failed"
+        if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
+            delay = backoff(job.submit_attempts, retry_after=exc.retry_after)
+            log.info("job %s: submit failed (%s), retrying in %.1fs", job.id, exc.code, delay)
+            self._write(job, {JobStatus.QUEUED}, submitting_since=None, error_code=exc.code,
+                        error_message=exc.message, release=True,
+                        next_action_at=utcnow() + dt.timedelta(seconds=delay))
+            return "retry"
+        self._fail(job, exc.code, exc.message)
+        return "failed"
+
+    # ------------------------------------------------------------------ poll
+
+    def _poll(self, job: Job) -> str:
+        account = self._job_account(job)
+        if account is None or job.generation_id is None:
+            self._fail(job, "upstream_unknown", "the job's upstream account is gone")
+            return "failed"
+        try:
+            result = self._adapter(account).poll(job.generation_id)
+        except ProviderError as exc:
+            return self._poll_failed(job, exc)
+        return self._apply(job, result)
+
+    def _poll_failed(self, job: Job, exc: ProviderError) -> str:
+        if exc.code == "upstream_invalid_response":
+            count = job.invalid_responses + 1
+            if count >= self.settings.invalid_response_limit:
+                self._fail(job, exc.code, f"{count} unreadable answers in a row; last: {exc.message}")
+                return "failed"
+            self._reschedule(job, delay=backoff(count, base=1.0), invalid_responses=count,
+                             poll_count=Job.poll_count + 1)
+            return "retry"
+        if not exc.retryable:
+            self._fail(job, exc.code, exc.message)
+            return "failed"
+        delay = backoff(job.poll_count + 1, base=1.0, cap=30.0, retry_after=exc.retry_after)
+        self._reschedule(job, delay=delay, poll_count=Job.poll_count + 1)
+        return "retry"
+
+    def _apply(self, job: Job, result: PollResult) -> str:
+        if result.state is PollState.PENDING:
+            elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
+            self._reschedule(job, delay=self._poll_delay(job, elapsed),
+                             poll_count=Job.poll_count + 1, invalid_responses=0)
+            return "pending"
+        if result.state is PollState.FAILED:
+            self._fail(job, result.error_code or "upstream_failed",
+                       result.error_message or "the upstream reported a failed generation",
+                       poll_count=Job.poll_count + 1)
+            return "failed"
+        try:
+            key, info = self._store_audio(job, result)
+        except AudioError as exc:
+            if exc.retryable:
+                self._reschedule(job, delay=backoff(job.poll_count + 1, base=1.0),
+                                 poll_count=Job.poll_count + 1)
+                return "retry"
+            self._fail(job, "upstream_invalid_result", str(exc), poll_count=Job.poll_count + 1)
+            return "failed"
+        done = self._write(
+            job, sources(JobStatus.SUCCEEDED), status=JobStatus.SUCCEEDED, finished_at=utcnow(),
+            audio_key=key, audio_format=info.format, audio_sample_rate=info.sample_rate,
+            audio_bitrate=info.bitrate, audio_channels=info.channels,
+            audio_duration_ms=info.duration_ms, audio_size=info.size,
+            error_code=None, error_message=None, poll_count=Job.poll_count + 1,
+            next_action_at=None, release=True,
+        )
+        if not done:
+            # Someone else finished or cancelled the job meanwhile; our copy is not referenced.
+            self.storage.delete(key)
+            return "lost"
+        return "succeeded"
+
+    def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
+        if result.audio_bytes is not None:
+            return self.storage.store_bytes(result.audio_bytes, job.id,
+                                            max_bytes=self.settings.audio_max_bytes)
+        if not result.audio_url:
+            raise AudioError("the upstream reported success without audio", retryable=False)
+        return self.storage.fetch(
+            result.audio_url, job.id, max_bytes=self.settings.audio_max_bytes,
+            timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def _write(self, job: Job, allowed: Iterable[JobStatus], *, release: bool = False,
+               **values: Any) -> bool:
+        """One conditional UPDATE: applies only while we hold the lease and the state allows it."""
+        if release:
+            values.update(lease_token=None, lease_until=None)
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.lease_token == job.lease_token,
+                       Job.status.in_([s.value for s in allowed]))
+                .values(updated_at=utcnow(), **values)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _reschedule(self, job: Job, *, delay: float, **values: Any) -> bool:
+        return self._write(job, ACTIVE, release=True,
+                           next_action_at=utcnow() + dt.timedelta(seconds=delay), **values)
+
+    def _fail(self, job: Job, code: str, message: str, **values: Any) -> bool:
+        return self._write(job, sources(JobStatus.FAILED), status=JobStatus.FAILED,
+                           error_code=code, error_message=message[:2000], finished_at=utcnow(),
+                           submitting_since=None, next_action_at=None, release=True, **values)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _poll_delay(self, job: Job, elapsed: float) -> float:
+        model = self._model(job.model_id)
+        return self.policy.next_delay(elapsed, model.expected_seconds, model.expected_spread)
+
+    def _model(self, model_id: int) -> Model:
+        with self.db.session() as session:
+            model = session.get(Model, model_id)
+        if model is None:
+            raise LookupError(f"model {model_id} is gone")
+        return model
+
+    def _account_for(self, job: Job) -> AccountConfig | None:
+        """The first enabled account on the job's routes (fallback order is the route priority)."""
+        with self.db.session() as session:
+            account = session.scalar(
+                select(UpstreamAccount)
+                .join(Route, Route.account_id == UpstreamAccount.id)
+                .where(Route.model_id == job.model_id, Route.category_id == job.category_id,
+                       UpstreamAccount.enabled.is_(True))
+                .order_by(Route.priority)
+                .limit(1)
+            )
+        return self._config(account) if account else None
+
+    def _job_account(self, job: Job) -> AccountConfig | None:
+        with self.db.session() as session:
+            account = session.get(UpstreamAccount, job.account_id) if job.account_id else None
+        return self._config(account) if account else None
+
+    def _config(self, account: UpstreamAccount) -> AccountConfig:
+        api_key = self.settings.credential(account.credential_env)
+        if api_key is None and SIM_PLACEHOLDER in account.base_url:
+            api_key = SIM_KEY  # the simulator wants some bearer key, like a real upstream
+        return AccountConfig(
+            id=account.id, provider=account.provider,
+            base_url=account.base_url.replace(SIM_PLACEHOLDER, self.settings.sim_url),
+            api_key=api_key,
+            connect_timeout=self.settings.upstream_connect_timeout,
+            read_timeout=self.settings.upstream_read_timeout,
+        )
+
+    def _adapter(self, account: AccountConfig) -> Adapter:
+        # One adapter (and so one pooled HTTP session) per account and process.
+        adapter = self._adapters.get(account.id)
+        if adapter is None or adapter.account != account:
+            adapter = self._adapters[account.id] = self.adapter_factory(account)
+        return adapter
+
+    def _generation_request(self, job: Job) -> GenerationRequest:
+        model = self._model(job.model_id)
+        request = job.request or {}
+        return GenerationRequest(
+            upstream_model=model.upstream_model,
+            prompt=request.get("prompt", ""),
+            lyrics=request.get("lyrics"),
+            output_format=request.get("output_format", "url"),
+            audio_setting=request.get("audio_setting") or {},
+            reference_audio_url=request.get("reference_audio_url"),
+        )
+
+
+def active_counts(session: Session) -> dict[str, int]:
+    """Jobs per status, for health and the benchmark."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}

@@ -1,0 +1,84 @@
+"""The job row: the single source of truth for a generation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+from ulid import ULID
+
+from app.db import Base, utcnow
+from app.jobs.status import JobStatus
+
+JOB_ID_PREFIX = "luid_"
+
+
+def new_job_id() -> str:
+    # ULIDs sort by creation time, so ids double as a stable, newest-last cursor.
+    return JOB_ID_PREFIX + str(ULID()).lower()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The scheduler's hot path: due, unleased, active jobs.
+        Index("ix_jobs_due", "status", "next_action_at"),
+        Index("ix_jobs_org_created", "org_id", "id"),
+        Index("ix_jobs_deadline", "status", "deadline_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    category_id: Mapped[str] = mapped_column(String(64))
+    catelogid: Mapped[str] = mapped_column(String(200))
+    surface: Mapped[str] = mapped_column(String(8), default="v1")
+
+    # What the client asked for: prompt, lyrics, output_format, audio_setting, reference audio.
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    client_metadata: Mapped[dict[str, Any] | None]
+
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+
+    # Upstream: which account took it and under what id.
+    provider: Mapped[str | None] = mapped_column(String(32))
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    generation_id: Mapped[str | None] = mapped_column(String(300))
+    # Set while a submit call is in flight: a crash leaves it set, telling the next claimer
+    # that the upstream may already have the job (never submit twice).
+    submitting_since: Mapped[dt.datetime | None]
+    submit_attempts: Mapped[int] = mapped_column(default=0)
+    poll_count: Mapped[int] = mapped_column(default=0)
+    invalid_responses: Mapped[int] = mapped_column(default=0)
+
+    # Audio, once SUCCEEDED: Chorus's own copy.
+    audio_key: Mapped[str | None] = mapped_column(String(300))
+    audio_format: Mapped[str | None] = mapped_column(String(16))
+    audio_sample_rate: Mapped[int | None]
+    audio_bitrate: Mapped[int | None]
+    audio_channels: Mapped[int | None]
+    audio_duration_ms: Mapped[int | None]
+    audio_size: Mapped[int | None]
+
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deadline_at: Mapped[dt.datetime]
+
+    # Scheduling: when the engine should next look at this job, and who holds it now.
+    next_action_at: Mapped[dt.datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+    lease_until: Mapped[dt.datetime | None]
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)

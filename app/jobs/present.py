@@ -1,0 +1,71 @@
+"""The job object clients see (CONTRACT §1a), built by hand: it is on the hot GET path."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import current_app, url_for
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from app.jobs.models import Job
+from app.jobs.status import JobStatus
+from app.storage import LocalStorage
+
+
+def _unix(value: dt.datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def audio_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="chorus-audio")
+
+
+def audio_url(job: Job) -> str:
+    """A fresh, expiring link to Chorus's own copy; re-signed on every read of the job."""
+    token = audio_signer().dumps(job.id)
+    return url_for("files.audio", token=token, _external=True)
+
+
+def job_from_token(token: str, max_age: int) -> str | None:
+    try:
+        job_id = audio_signer().loads(token, max_age=max_age)
+    except BadSignature:
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
+def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
+    succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None
+    link = audio_url(job) if succeeded else None
+    audio = link
+    if link and storage is not None and (job.request or {}).get("output_format") == "hex":
+        # MiniMax's hex output: the audio itself, hex-encoded, in the job object.
+        audio = storage.path(job.audio_key or "").read_bytes().hex()
+    return {
+        "id": job.id,
+        "object": "music.generation",
+        "model": job.model_name,
+        "catelogid": job.catelogid,
+        "status": job.status,
+        "created": _unix(job.created_at),
+        "started_at": _unix(job.started_at),
+        "finished_at": _unix(job.finished_at),
+        "audio": audio,
+        "audio_info": {
+            "format": job.audio_format,
+            "sample_rate": job.audio_sample_rate,
+            "bitrate": job.audio_bitrate,
+            "channels": job.audio_channels,
+            "duration_ms": job.audio_duration_ms,
+            "size": job.audio_size,
+        } if succeeded else None,
+        "error": {"code": job.error_code, "message": job.error_message}
+        if job.status == JobStatus.FAILED else None,
+        "metadata": job.client_metadata or {},
+        "upstream": {"provider": job.provider, "account": job.account_id},
+        "urls": {
+            "get": url_for("generations.Generation", job_id=job.id, _external=True),
+            "audio": link,
+        },
+    }

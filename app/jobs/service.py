@@ -1,0 +1,98 @@
+"""Accepting a job: the catalog lookup and input rules of CONTRACT §1a, then one INSERT.
+
+Nothing is sent to Celery here. The row is the outbox: it is created due now, and the
+scheduler's next sweep (a fraction of a second later) leases it and hands it to a worker, so
+a request never waits on the broker and a broker outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.api.errors import ApiError
+from app.catalog.models import Category, Model, Route
+from app.db import utcnow
+from app.jobs.models import Job, new_job_id
+from app.jobs.status import JobStatus
+from app.tenancy.models import ApiKey
+
+
+def find_model(session: Session, name: str, catelogid: str) -> tuple[Model, Category] | None:
+    """The published model ``name`` routed in the category whose id or name is ``catelogid``."""
+    row = session.execute(
+        select(Model, Category)
+        .join(Route, Route.model_id == Model.id)
+        .join(Category, Category.id == Route.category_id)
+        .where(Model.name == name, Model.status == "published",
+               or_(Category.id == catelogid, Category.name == catelogid))
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def check_limits(model: Model, args: dict[str, Any]) -> None:
+    limits = model.limits or {}
+    for name in ("prompt", "lyrics"):
+        bounds = limits.get(name)
+        if not bounds:
+            continue
+        length = len(args.get(name) or "")
+        low, high = bounds.get("min", 0), bounds["max"]
+        if not low <= length <= high:
+            raise ApiError(400, f"'{name}' must be {low} to {high} characters for model "
+                                f"{model.name} (got {length}).", param=name, code="invalid_value")
+    reference = limits.get("reference_audio", "none")
+    if reference == "required" and not args.get("reference_audio_url"):
+        raise ApiError(400, f"Missing required parameter: reference_audio_url (model {model.name} "
+                            "needs a reference track).", param="reference_audio_url",
+                       code="missing_required_parameter")
+    if reference == "none" and args.get("reference_audio_url"):
+        raise ApiError(400, f"Model {model.name} does not take reference audio (reference_audio_url).",
+                       param="reference_audio_url", code="unsupported_parameter")
+
+
+def create_job(session: Session, key: ApiKey, args: dict[str, Any], *, deadline_seconds: float,
+               surface: str = "v1") -> Job:
+    found = find_model(session, args["model"], args["catelogid"])
+    if found is None:
+        raise ApiError(400, f"The model '{args['model']}' does not exist or is not published in "
+                            f"catalog '{args['catelogid']}'.", param="model", code="model_not_found")
+    model, category = found
+    check_limits(model, args)
+    # CONTRACT §1a rule 4 (balance → 429 insufficient_quota) is checked here, before the INSERT.
+    now = utcnow()
+    request = {k: args[k] for k in ("prompt", "lyrics", "output_format", "audio_setting",
+                                    "reference_audio_url") if args.get(k) is not None}
+    job = Job(
+        id=new_job_id(),
+        org_id=key.org_id,
+        api_key_id=key.id,
+        model_id=model.id,
+        model_name=model.name,
+        category_id=category.id,
+        catelogid=args["catelogid"],
+        surface=surface,
+        request=request,
+        callback_url=args.get("callback_url"),
+        client_metadata=args.get("metadata"),
+        status=JobStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + dt.timedelta(seconds=model.deadline_seconds or deadline_seconds),
+        next_action_at=now,
+    )
+    session.add(job)
+    return job
+
+
+def get_job(session: Session, key: ApiKey, job_id: str) -> Job:
+    job = session.get(Job, job_id) if len(job_id) <= 40 else None
+    if job is None or job.org_id != key.org_id:
+        # Another tenant's job is as unknown as a job that never existed.
+        raise ApiError(404, f"No music generation found with id '{job_id}'.", param="id",
+                       code="not_found")
+    return job

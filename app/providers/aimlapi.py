@@ -1,0 +1,105 @@
+"""AIMLAPI's music protocol: ``POST`` then ``GET /v2/generate/audio?generation_id=``.
+
+Reference: https://docs.aimlapi.com/api-references/music-models/ (schemas
+``universal-audio-fetch.json`` and the MiniMax music model files). Apilaplas serves the same
+protocol under another base URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import requests
+
+from app.providers.base import (
+    GenerationRequest,
+    HTTPAdapter,
+    PollResult,
+    PollState,
+    ProviderError,
+    Submission,
+)
+
+PATH = "/v2/generate/audio"
+
+# Every music schema lists exactly queued | generating | completed | error. The docs' sample
+# loops also wait on "waiting"; anything unknown is treated as still pending.
+STATUS_MAP: dict[str, PollState] = {
+    "queued": PollState.PENDING,
+    "waiting": PollState.PENDING,
+    "generating": PollState.PENDING,
+    "completed": PollState.SUCCEEDED,
+    "error": PollState.FAILED,
+}
+
+# Failure names that mean the upstream refused the content rather than broke.
+MODERATION_NAMES = ("moderation", "sensitive", "content")
+
+
+class AimlapiAdapter(HTTPAdapter):
+    provider: ClassVar[str] = "aimlapi"
+
+    def submit(self, request: GenerationRequest) -> Submission:
+        response = self.request("POST", PATH, json=self.payload(request))
+        body = self.json_body(response)
+        generation_id = body.get("id")
+        if not isinstance(generation_id, str) or not generation_id:
+            # The upstream answered success but gave no id to follow: it may hold a job we can
+            # never find again, so this must not be retried as if nothing had happened.
+            raise ProviderError("upstream_invalid_response", f"no generation id in {body!r:.200}",
+                                retryable=False, maybe_created=True)
+        return Submission(generation_id=generation_id)
+
+    def poll(self, generation_id: str) -> PollResult:
+        response = self.request("GET", PATH, params={"generation_id": generation_id})
+        return self.parse_status(self.json_body(response))
+
+    @staticmethod
+    def payload(request: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.upstream_model, "prompt": request.prompt}
+        if request.lyrics:
+            body["lyrics"] = request.lyrics
+        if request.reference_audio_url:
+            body["reference_audio_url"] = request.reference_audio_url
+        if request.audio_setting:
+            setting = dict(request.audio_setting)
+            # The docs renamed sample_rate to audio_sample_rate in April 2026 for 1.5/2.0/2.6
+            # while music-cover kept sample_rate; which one the server reads is unverified,
+            # so both are sent.
+            if "sample_rate" in setting:
+                setting.setdefault("audio_sample_rate", setting["sample_rate"])
+            body["audio_setting"] = setting
+        return body
+
+    @staticmethod
+    def parse_status(body: dict[str, Any]) -> PollResult:
+        raw = body.get("status")
+        if not isinstance(raw, str):
+            raise ProviderError("upstream_invalid_response", f"no status in {body!r:.200}",
+                                retryable=True)
+        state = STATUS_MAP.get(raw.lower(), PollState.PENDING)
+        if state is PollState.SUCCEEDED:
+            audio = body.get("audio_file") or {}
+            url = audio.get("url") if isinstance(audio, dict) else None
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                return PollResult(PollState.FAILED, raw, error_code="upstream_invalid_result",
+                                  error_message="the upstream reported completion without audio")
+            return PollResult(PollState.SUCCEEDED, raw, audio_url=url)
+        if state is PollState.FAILED:
+            error = body.get("error")
+            if not isinstance(error, dict):
+                error = {}
+            name = str(error.get("name") or "error")
+            message = str(error.get("message") or "the upstream reported a failed generation")
+            code = ("content_moderated" if any(m in name.lower() for m in MODERATION_NAMES)
+                    else "upstream_failed")
+            return PollResult(PollState.FAILED, raw, error_code=code,
+                              error_message=f"{name}: {message}")
+        return PollResult(PollState.PENDING, raw)
+
+    def http_error(self, response: requests.Response) -> ProviderError:
+        error = super().http_error(response)
+        if response.status_code == 403:
+            # AIMLAPI answers 403 "You've run out of credits": an account problem, not ours.
+            error.code = "upstream_out_of_credits"
+        return error

@@ -1,0 +1,207 @@
+"""What every adapter takes and returns, and the base that owns the HTTP."""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import requests
+
+USER_AGENT = "Chorus/0.1 (+music-generation gateway)"
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One upstream account as the adapter sees it: where, and with which secret."""
+
+    id: str
+    provider: str
+    base_url: str
+    api_key: str | None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    upstream_model: str
+    prompt: str
+    lyrics: str | None = None
+    output_format: str = "url"
+    audio_setting: dict[str, Any] = field(default_factory=dict)
+    reference_audio_url: str | None = None
+
+
+class PollState(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PollResult:
+    state: PollState
+    raw_status: str | None = None
+    audio_url: str | None = None
+    # Synchronous upstreams (MiniMax hex output) hand the audio back inline.
+    audio_bytes: bytes | None = None
+    audio_info: dict[str, Any] = field(default_factory=dict)
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submit returned: an upstream id to follow, and for sync upstreams the result."""
+
+    generation_id: str | None
+    result: PollResult | None = None
+
+
+class ProviderError(Exception):
+    """An upstream call that did not give a usable answer.
+
+    ``retryable``: trying again later may work (5xx, 429, connection trouble).
+    ``maybe_created``: the request reached the upstream and it may have created the job
+    (a read timeout after sending a POST); the engine must never blindly submit again.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        maybe_created: bool = False,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.maybe_created = maybe_created
+        self.retry_after = retry_after
+        self.status_code = status_code
+
+
+class Adapter(abc.ABC):
+    """One upstream protocol. Subclasses implement ``submit`` and ``poll``."""
+
+    provider: ClassVar[str]
+    # "async": submit returns an id that ``poll`` follows. "sync": submit holds the call
+    # open until the audio is ready and returns it in ``Submission.result``.
+    mode: ClassVar[str] = "async"
+
+    def __init__(self, account: AccountConfig) -> None:
+        self.account = account
+
+    @abc.abstractmethod
+    def submit(self, request: GenerationRequest) -> Submission: ...
+
+    @abc.abstractmethod
+    def poll(self, generation_id: str) -> PollResult: ...
+
+
+class HTTPAdapter(Adapter):
+    """Owns the session, the timeouts and the mapping of transport faults to ProviderError."""
+
+    def __init__(self, account: AccountConfig, session: requests.Session | None = None) -> None:
+        super().__init__(account)
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.account.connect_timeout, self.account.read_timeout)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.account.api_key}"} if self.account.api_key else {}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send one request; transport faults become ProviderError, HTTP errors are checked."""
+        url = self.account.base_url.rstrip("/") + path
+        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
+        sends_work = method.upper() == "POST"
+        try:
+            response = self.session.request(
+                method, url, headers=headers, timeout=self.timeout, **kwargs
+            )
+        except requests.ConnectTimeout as exc:
+            raise ProviderError("upstream_unavailable", f"connect timeout: {exc}", retryable=True) from exc
+        except requests.ConnectionError as exc:
+            # A reset after the body went out may still have created the job upstream.
+            raise ProviderError(
+                "upstream_unavailable", f"connection failed: {exc}", retryable=True,
+                maybe_created=sends_work and _was_sent(exc),
+            ) from exc
+        except requests.Timeout as exc:
+            raise ProviderError(
+                "upstream_timeout", f"no answer within {self.timeout[1]:g}s", retryable=True,
+                maybe_created=sends_work,
+            ) from exc
+        except requests.RequestException as exc:
+            raise ProviderError("upstream_unavailable", str(exc), retryable=True) from exc
+        if response.status_code >= 400:
+            raise self.http_error(response)
+        return response
+
+    def http_error(self, response: requests.Response) -> ProviderError:
+        """Map an HTTP error status; adapters override to read their own error bodies."""
+        status = response.status_code
+        detail = _snippet(response)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            return ProviderError("upstream_rate_limited", detail, retryable=True,
+                                 retry_after=retry_after, status_code=status)
+        if status in (401, 403):
+            return ProviderError("upstream_auth_failed", detail, retryable=False, status_code=status)
+        if status >= 500:
+            return ProviderError("upstream_unavailable", f"HTTP {status}: {detail}", retryable=True,
+                                 retry_after=retry_after, status_code=status)
+        return ProviderError("invalid_request", f"HTTP {status}: {detail}", retryable=False,
+                             status_code=status)
+
+    @staticmethod
+    def json_body(response: requests.Response) -> dict[str, Any]:
+        """The response's JSON object, or a retryable ``upstream_invalid_response``."""
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ProviderError("upstream_invalid_response",
+                                f"not JSON: {_snippet(response)}", retryable=True) from exc
+        if not isinstance(body, dict):
+            raise ProviderError("upstream_invalid_response",
+                                f"expected an object: {_snippet(response)}", retryable=True)
+        return body
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _snippet(response: requests.Response, limit: int = 300) -> str:
+    text = response.text or ""
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _was_sent(exc: requests.ConnectionError) -> bool:
+    # urllib3 reports "connection aborted"/"reset" once the request went out; refused or
+    # DNS failures mean nothing reached the upstream.
+    text = str(exc).lower()
+    return "aborted" in text or "reset" in text or "remote end closed" in text

@@ -1,0 +1,71 @@
+"""Celery's configuration, derived from Settings (never from the environment directly)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from config.settings import Settings
+
+SWEEP_QUEUE = "chorus.sweep"
+JOBS_QUEUE = "chorus.jobs"
+
+# Every task finishes well inside this; a message unacked for longer is presumed lost and
+# redelivered, which the job leases make harmless.
+TASK_TIME_LIMIT = 240
+VISIBILITY_TIMEOUT = 600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    lookahead = settings.tick_seconds * 2
+    if lookahead + TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT:
+        # A countdown or task outliving the visibility timeout runs twice, forever (reliability §1.2).
+        raise ValueError("task time limit plus countdowns must stay under the visibility timeout")
+    transport: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        # Producers give up instead of hanging when the broker is down; the rows wait.
+        "max_retries": 3,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "retry_on_timeout": True,
+    }
+    if settings.embedded:
+        folders = settings.celery_folders
+        transport = {
+            "data_folder_in": str(folders["data"]),
+            "data_folder_out": str(folders["data"]),
+            "control_folder": str(folders["control"]),
+            "processed_folder": str(folders["processed"]),
+            "store_processed": False,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Late acks + requeue on a lost worker: a message survives a killed worker.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_TIME_LIMIT - 30,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": JOBS_QUEUE,
+        "task_routes": {"chorus.tick": {"queue": SWEEP_QUEUE},
+                        "chorus.advance_jobs": {"queue": JOBS_QUEUE}},
+        "beat_schedule": {
+            "sweep": {
+                "task": "chorus.tick",
+                "schedule": dt.timedelta(seconds=settings.tick_seconds),
+                # A tick nobody ran within a second is worthless; the next one supersedes it.
+                "options": {"expires": max(1.0, settings.tick_seconds * 4)},
+            },
+        },
+        "beat_max_loop_interval": max(settings.tick_seconds, 1.0),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,166 @@
+"""The one place that reads the environment.
+
+Everything else receives a ``Settings`` object. With nothing set, Chorus runs its embedded
+default: SQLite under ``./var``, a Celery broker that needs no server (``filesystem://``), and
+the built-in simulator as every upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from environs import Env
+from marshmallow.validate import OneOf, Range
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Storage and brokers
+    var_dir: Path
+    database_url: str
+    redis_url: str | None
+    broker_url: str
+    storage_dir: Path
+    catalog_file: Path
+
+    # Web
+    secret_key: str
+    max_content_length: int
+    audio_link_ttl: int
+
+    # Job engine
+    tick_seconds: float
+    lease_seconds: float
+    claim_batch: int
+    io_threads: int
+    job_deadline_seconds: float
+    submit_max_attempts: int
+    poll_strategy: str
+    poll_fixed_interval: float
+    poll_min_interval: float
+    poll_max_interval: float
+    invalid_response_limit: int
+    audio_max_bytes: int
+    upstream_connect_timeout: float
+    upstream_read_timeout: float
+
+    # Simulator
+    sim_url: str
+    sim_host: str
+    sim_port: int
+    sim_latency: float
+    sim_jitter: float
+    sim_audio_seconds: float | None
+    sim_threads: int
+
+    # Processes
+    web_host: str
+    web_port: int
+    web_workers: int
+    web_threads: int
+    worker_concurrency: int
+    flower_basic_auth: str | None
+    log_level: str
+
+    # Credentials are named by environment variable in the catalog; they are read here, once.
+    environ: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: the broker is the filesystem transport."""
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def celery_folders(self) -> dict[str, Path]:
+        root = self.var_dir / "celery"
+        return {"data": root / "data", "control": root / "control", "processed": root / "processed"}
+
+    def credential(self, env_name: str | None) -> str | None:
+        """The secret behind an upstream account's credential variable, or None."""
+        if not env_name:
+            return None
+        return self.environ.get(env_name)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse settings from ``environ`` (default: ``os.environ``), reporting every bad value at once."""
+    source = dict(os.environ if environ is None else environ)
+    env = _MappingEnv(source, eager=False, expand_vars=True)
+    settings = _parse(env, source)
+    env.seal()
+    return settings
+
+
+class _MappingEnv(Env):
+    """An ``Env`` that reads a given mapping instead of ``os.environ``, so tests can pass a dict."""
+
+    def __init__(self, source: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._source = source
+
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        return self._source.get(env_key, default)
+
+
+def _parse(env: Env, source: Mapping[str, str]) -> Settings:
+    var_dir = Path(env.str("CHORUS_VAR_DIR", "var")).resolve()
+    redis_url = env.str("REDIS_URL", None) or None
+    database_url = env.str("DATABASE_URL", None) or f"sqlite:///{var_dir / 'chorus.db'}"
+    database_url = _with_driver(database_url)
+    broker_url = env.str("CELERY_BROKER_URL", None) or redis_url or "filesystem://"
+    sim_host = env.str("SIM_HOST", "127.0.0.1")
+    sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
+    return Settings(
+        var_dir=var_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        storage_dir=Path(env.str("STORAGE_DIR", str(var_dir / "audio"))).resolve(),
+        catalog_file=Path(env.str("CATALOG_FILE", str(DEFAULT_CATALOG))),
+        secret_key=env.str("SECRET_KEY", "chorus-embedded-insecure-key"),
+        max_content_length=env.int("MAX_CONTENT_LENGTH", 1_000_000, validate=Range(min=1024)),
+        audio_link_ttl=env.int("AUDIO_LINK_TTL", 3600, validate=Range(min=60)),
+        tick_seconds=env.float("TICK_SECONDS", 0.25, validate=Range(min=0.05, max=10)),
+        lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),
+        claim_batch=env.int("CLAIM_BATCH", 500, validate=Range(min=1)),
+        io_threads=env.int("IO_THREADS", 32, validate=Range(min=1, max=512)),
+        job_deadline_seconds=env.float("JOB_DEADLINE_SECONDS", 900.0, validate=Range(min=1)),
+        submit_max_attempts=env.int("SUBMIT_MAX_ATTEMPTS", 5, validate=Range(min=1)),
+        poll_strategy=env.str("POLL_STRATEGY", "adaptive", validate=OneOf(["adaptive", "fixed"])),
+        poll_fixed_interval=env.float("POLL_FIXED_INTERVAL", 10.0, validate=Range(min=0.1)),
+        poll_min_interval=env.float("POLL_MIN_INTERVAL", 0.5, validate=Range(min=0.05)),
+        poll_max_interval=env.float("POLL_MAX_INTERVAL", 30.0, validate=Range(min=0.1)),
+        invalid_response_limit=env.int("INVALID_RESPONSE_LIMIT", 5, validate=Range(min=1)),
+        audio_max_bytes=env.int("AUDIO_MAX_BYTES", 100_000_000, validate=Range(min=1024)),
+        upstream_connect_timeout=env.float("UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)),
+        upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 30.0, validate=Range(min=0.1)),
+        sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
+        sim_host=sim_host,
+        sim_port=sim_port,
+        sim_latency=env.float("SIM_LATENCY", 2.0, validate=Range(min=0)),
+        sim_jitter=env.float("SIM_JITTER", 0.5, validate=Range(min=0)),
+        sim_audio_seconds=env.float("SIM_AUDIO_SECONDS", None),
+        sim_threads=env.int("SIM_THREADS", 64, validate=Range(min=1)),
+        web_host=env.str("WEB_HOST", "127.0.0.1"),
+        web_port=env.int("PORT", 8000, validate=Range(min=1, max=65535)),
+        web_workers=env.int("WEB_CONCURRENCY", 2, validate=Range(min=1)),
+        web_threads=env.int("WEB_THREADS", 8, validate=Range(min=1)),
+        worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
+        flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,
+        log_level=env.str("LOG_LEVEL", "INFO"),
+        environ=dict(source),
+    )
+
+
+def _with_driver(url: str) -> str:
+    """Pin psycopg2 for driver-less Postgres URLs (SQLAlchemy 2.1 would pick psycopg 3)."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url

@@ -1,0 +1,244 @@
+"""Fixtures: real Postgres and Redis, a real simulator, and real worker processes.
+
+The suite runs against the Postgres and Redis named by TEST_DATABASE_URL / TEST_REDIS_URL
+(defaults: a ``chorus_test`` database on 127.0.0.1:5432 and Redis db 15 on 127.0.0.1:6379).
+The database is created fresh and migrated once per session; tables are emptied per test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from app import dbmigrate
+from app.catalog import loader
+from app.db import Database
+from app.jobs.models import Job
+from app.tenancy.keys import create_key
+from config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TABLES = ["jobs", "routes", "models", "categories", "upstream_accounts", "api_keys", "orgs"]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = make_url(TEST_DATABASE_URL)
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+    rendered = url.render_as_string(hide_password=False)
+    dbmigrate.upgrade(load_settings({"DATABASE_URL": rendered}))
+    return rendered
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.ping()
+    client.close()
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a test's Chorus: every process started by the test gets it."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CHORUS_VAR_DIR": str(tmp_path / "var"),
+        "SECRET_KEY": "test-secret",
+        "TICK_SECONDS": "0.2",
+        "LEASE_SECONDS": "8",
+        "UPSTREAM_READ_TIMEOUT": "3",
+        "UPSTREAM_CONNECT_TIMEOUT": "2",
+        "SIM_LATENCY": "0.6",
+        "SIM_JITTER": "0.1",
+        "SIM_AUDIO_SECONDS": "2",
+        "IO_THREADS": "8",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings)
+    with database.engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    redis.Redis.from_url(settings.redis_url or TEST_REDIS_URL).flushdb()
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def catalog(db: Database, settings: Settings) -> dict[str, Any]:
+    """The default catalog (every model on the simulator), with test-sized timings."""
+    data = loader.read(settings.catalog_file)
+    for model in data["models"]:
+        model["expected_seconds"], model["expected_spread"] = 0.6, 0.2
+    with db.transaction() as session:
+        loader.load(session, data)
+    return data
+
+
+@pytest.fixture
+def api_key(db: Database) -> str:
+    with db.transaction() as session:
+        return create_key(session, "acme")
+
+
+@pytest.fixture
+def other_key(db: Database) -> str:
+    with db.transaction() as session:
+        return create_key(session, "globex")
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database) -> Any:
+    from app.web import create_app
+
+    flask_app = create_app(settings)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+GOOD_BODY = {
+    "model": "music-2.6",
+    "catelogid": "music_gen",
+    "prompt": "Pop music, happy, suitable for a sunny day",
+    "lyrics": "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing in the sun",
+}
+
+
+# ------------------------------------------------------------------ processes
+
+
+@pytest.fixture
+def sim(settings: Settings, env: dict[str, str]) -> Iterator[str]:
+    """A real simulator over a real socket; its URL is put into ``env`` for other processes."""
+    from app.sim.server import start_background
+
+    url, shutdown = start_background(settings)
+    env["SIM_URL"] = url
+    yield url
+    shutdown()
+
+
+class Processes:
+    """Child processes of a test, killed at teardown, with their output kept for failures."""
+
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
+        from app.cli import worker_argv
+
+        argv = worker_argv(load_settings(self.env))
+        argv[argv.index("--concurrency") + 1] = str(concurrency)
+        argv += ["--hostname", f"{name}@%h", "--pool", "prefork"]
+        return self.start(name, argv)
+
+    def beat(self) -> subprocess.Popen[bytes]:
+        from app.cli import beat_argv
+
+        return self.start("beat", beat_argv(load_settings(self.env)))
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+
+    def log(self, name: str) -> str:
+        path = self.logdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def procs(env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]:
+    manager = Processes(env, tmp_path)
+    yield manager
+    manager.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for log in sorted(tmp_path.glob("*.log")):
+            sys.stderr.write(f"\n----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-6000:]}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1,
+             message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def job_rows(db: Database) -> list[Job]:
+    with db.session() as session:
+        return list(session.scalars(sa.select(Job).order_by(Job.id)))
+
+
+def sim_record(url: str) -> dict[str, Any]:
+    response = requests.get(f"{url}/_sim/record", timeout=10)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body

@@ -1,0 +1,49 @@
+"""The Celery side of Chorus: workers that move jobs, and the beat-driven sweeper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.db import Database
+from app.jobs.engine import Engine
+from config import Settings
+from config.celery import celery_config
+
+
+class ChorusCelery(Celery):
+    """A Celery app that carries Chorus's settings and one job engine per process."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("chorus", **kwargs)
+        self.settings = settings
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.settings, Database(self.settings))
+        return self._engine
+
+    def reset_after_fork(self) -> None:
+        # A forked child must not reuse its parent's pooled database sockets.
+        if self._engine is not None:
+            self._engine.db.dispose()
+
+
+def make_celery(settings: Settings) -> ChorusCelery:
+    if settings.embedded:
+        for folder in settings.celery_folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+    app = ChorusCelery(settings)
+    app.config_from_object(celery_config(settings))
+    app.conf.include = ["workers.tasks"]
+    app.set_default()
+
+    @worker_process_init.connect(weak=False)
+    def _after_fork(**_: Any) -> None:
+        app.reset_after_fork()
+
+    return app
