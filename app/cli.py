@@ -94,24 +94,58 @@ def _exec(argv: list[str]) -> None:
 
 
 def web_argv(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
-            "--workers", str(settings.web_workers), "--threads", str(settings.web_threads),
-            "--bind", f"{settings.web_host}:{settings.web_port}", "--access-logfile", "-",
-            "app.wsgi:app"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(settings.web_workers),
+        "--threads",
+        str(settings.web_threads),
+        "--bind",
+        f"{settings.web_host}:{settings.web_port}",
+        "--access-logfile",
+        "-",
+        "app.wsgi:app",
+    ]
 
 
 def worker_argv(settings: Settings) -> list[str]:
     from config.celery import JOBS_QUEUE, SWEEP_QUEUE
 
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-E",
-            "-Q", f"{SWEEP_QUEUE},{JOBS_QUEUE}", "--concurrency", str(settings.worker_concurrency),
-            "--loglevel", settings.log_level]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-E",
+        "-Q",
+        f"{SWEEP_QUEUE},{JOBS_QUEUE}",
+        "--concurrency",
+        str(settings.worker_concurrency),
+        "--loglevel",
+        settings.log_level,
+    ]
 
 
 def beat_argv(settings: Settings) -> list[str]:
     schedule = settings.var_dir / "celerybeat-schedule"
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
-            "--schedule", str(schedule), "--loglevel", settings.log_level]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "--schedule",
+        str(schedule),
+        "--loglevel",
+        settings.log_level,
+    ]
 
 
 @main.command()
@@ -155,9 +189,20 @@ def flower(ctx: click.Context, port: int) -> None:
     if not settings.flower_basic_auth:
         # Flower can run tasks and shows their arguments: never without credentials.
         raise click.ClickException("set FLOWER_BASIC_AUTH=user:password first")
-    _exec([sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-           f"--port={port}", f"--basic-auth={settings.flower_basic_auth}",
-           "--max-tasks=10000", "--purge_offline_workers=300"])
+    _exec(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "flower",
+            f"--port={port}",
+            f"--basic-auth={settings.flower_basic_auth}",
+            "--max-tasks=10000",
+            "--purge_offline_workers=300",
+        ]
+    )
 
 
 @main.command()
@@ -182,8 +227,10 @@ def dev(ctx: click.Context, org_name: str) -> None:
         key = create_key(session, org_name, label="chorus dev")
     database.engine.dispose()
     base = f"http://{settings.web_host}:{settings.web_port}"
-    click.echo(f"\nChorus is starting on {base}\n  API key ({org_name}): {key}\n"
-               f"  try: curl -s {base}/healthz\n")
+    click.echo(
+        f"\nChorus is starting on {base}\n  API key ({org_name}): {key}\n"
+        f"  try: curl -s {base}/healthz\n"
+    )
 
     chorus = shutil.which("chorus") or f"{sys.executable} -m app.cli"
     manager = Manager()

@@ -49,16 +49,27 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def fetch(self, url: str, key_stem: str, *, max_bytes: int, timeout: tuple[float, float],
-              session: requests.Session | None = None) -> tuple[str, AudioInfo]:
+    def fetch(
+        self,
+        url: str,
+        key_stem: str,
+        *,
+        max_bytes: int,
+        timeout: tuple[float, float],
+        session: requests.Session | None = None,
+    ) -> tuple[str, AudioInfo]:
         """Download ``url``, check it is audio, store it; returns (key, info)."""
         http = session or requests
         try:
             with http.get(url, stream=True, timeout=timeout) as response:
                 if response.status_code >= 500 or response.status_code == 429:
-                    raise AudioError(f"audio download answered HTTP {response.status_code}", retryable=True)
+                    raise AudioError(
+                        f"audio download answered HTTP {response.status_code}", retryable=True
+                    )
                 if response.status_code >= 400:
-                    raise AudioError(f"audio download answered HTTP {response.status_code}", retryable=False)
+                    raise AudioError(
+                        f"audio download answered HTTP {response.status_code}", retryable=False
+                    )
                 return self.store(response.iter_content(64 * 1024), key_stem, max_bytes=max_bytes)
         except requests.RequestException as exc:
             raise AudioError(f"audio download failed: {exc}", retryable=True) from exc

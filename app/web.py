@@ -57,8 +57,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["chorus"] = Chorus(settings=settings, db=Database(settings),
-                                      storage=LocalStorage(settings.storage_dir))
+    app.extensions["chorus"] = Chorus(
+        settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_dir)
+    )
     app.teardown_appcontext(close_session)
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})

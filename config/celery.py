@@ -55,8 +55,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": JOBS_QUEUE,
-        "task_routes": {"chorus.tick": {"queue": SWEEP_QUEUE},
-                        "chorus.advance_jobs": {"queue": JOBS_QUEUE}},
+        "task_routes": {
+            "chorus.tick": {"queue": SWEEP_QUEUE},
+            "chorus.advance_jobs": {"queue": JOBS_QUEUE},
+        },
         "beat_schedule": {
             "sweep": {
                 "task": "chorus.tick",

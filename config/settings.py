@@ -138,7 +138,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         poll_max_interval=env.float("POLL_MAX_INTERVAL", 30.0, validate=Range(min=0.1)),
         invalid_response_limit=env.int("INVALID_RESPONSE_LIMIT", 5, validate=Range(min=1)),
         audio_max_bytes=env.int("AUDIO_MAX_BYTES", 100_000_000, validate=Range(min=1024)),
-        upstream_connect_timeout=env.float("UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)),
+        upstream_connect_timeout=env.float(
+            "UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)
+        ),
         upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 30.0, validate=Range(min=0.1)),
         sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
         sim_host=sim_host,

@@ -31,22 +31,31 @@ from config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test")
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test"
+)
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = ["jobs", "routes", "models", "categories", "upstream_accounts", "api_keys", "orgs"]
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    url = make_url(TEST_DATABASE_URL)
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+def database_url() -> Iterator[str]:
+    """A database of this session's own (so concurrent runs never meet), migrated from empty."""
+    base = make_url(TEST_DATABASE_URL)
+    url = base.set(database=f"{base.database}_{os.getpid()}")
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+
+    drop()
     with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
     rendered = url.render_as_string(hide_password=False)
     dbmigrate.upgrade(load_settings({"DATABASE_URL": rendered}))
-    return rendered
+    yield rendered
+    drop()
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -58,21 +67,30 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a test's Chorus: every process started by the test gets it."""
+def env(
+    database_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    """The environment of a test's Chorus: every process started by the test gets it.
+
+    ``@pytest.mark.env(NAME="value")`` overrides it for one test, before anything reads it.
+    """
+    overrides = {k: v for m in request.node.iter_markers("env") for k, v in m.kwargs.items()}
     return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CHORUS_VAR_DIR": str(tmp_path / "var"),
-        "SECRET_KEY": "test-secret",
-        "TICK_SECONDS": "0.2",
-        "LEASE_SECONDS": "8",
-        "UPSTREAM_READ_TIMEOUT": "3",
-        "UPSTREAM_CONNECT_TIMEOUT": "2",
-        "SIM_LATENCY": "0.6",
-        "SIM_JITTER": "0.1",
-        "SIM_AUDIO_SECONDS": "2",
-        "IO_THREADS": "8",
+        **{
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CHORUS_VAR_DIR": str(tmp_path / "var"),
+            "SECRET_KEY": "test-secret",
+            "TICK_SECONDS": "0.2",
+            "LEASE_SECONDS": "8",
+            "UPSTREAM_READ_TIMEOUT": "3",
+            "UPSTREAM_CONNECT_TIMEOUT": "2",
+            "SIM_LATENCY": "0.6",
+            "SIM_JITTER": "0.1",
+            "SIM_AUDIO_SECONDS": "2",
+            "IO_THREADS": "8",
+        },
+        **overrides,
     }
 
 
@@ -86,7 +104,6 @@ def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings)
     with database.engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    redis.Redis.from_url(settings.redis_url or TEST_REDIS_URL).flushdb()
     yield database
     database.engine.dispose()
 
@@ -164,8 +181,14 @@ class Processes:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -180,7 +203,9 @@ class Processes:
     def beat(self) -> subprocess.Popen[bytes]:
         from app.cli import beat_argv
 
-        return self.start("beat", beat_argv(load_settings(self.env)))
+        settings = load_settings(self.env)
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        return self.start("beat", beat_argv(settings))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
@@ -204,14 +229,20 @@ class Processes:
 
 
 @pytest.fixture
-def procs(env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]:
+def procs(
+    env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Processes]:
+    # Messages left by an earlier test's workers must not reach this test's.
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     manager = Processes(env, tmp_path)
     yield manager
     manager.stop_all()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for log in sorted(tmp_path.glob("*.log")):
-            sys.stderr.write(f"\n----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-6000:]}\n")
+            sys.stderr.write(
+                f"\n----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-6000:]}\n"
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -221,8 +252,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     setattr(item, f"rep_{report.when}", report)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -32,7 +32,9 @@ def tick(self: Task) -> int:
     expired = engine.expire_overdue()
     if expired:
         log.info("%d job(s) passed their deadline", expired)
-    claims = engine.claim_due(lookahead=app.settings.tick_seconds * 2, limit=app.settings.claim_batch)
+    claims = engine.claim_due(
+        lookahead=app.settings.tick_seconds * 2, limit=app.settings.claim_batch
+    )
     dispatch(claims)
     return len(claims)
 

@@ -25,8 +25,15 @@ ERROR_TYPES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -35,11 +42,19 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def openai_body(status: int, message: str, *, param: str | None = None,
-                code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message,
-                      "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-                      "param": param, "code": code}}
+def openai_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def openai_response(error: ApiError) -> Response:
@@ -58,7 +73,9 @@ def from_validation(messages: dict[str, Any]) -> ApiError:
     fields = messages.get("json", messages)
     if not isinstance(fields, dict) or not fields:
         return ApiError(400, "Invalid request body.", code="invalid_request")
-    order = [f for f in REQUIRED_ORDER if f in fields] + [f for f in fields if f not in REQUIRED_ORDER]
+    order = [f for f in REQUIRED_ORDER if f in fields] + [
+        f for f in fields if f not in REQUIRED_ORDER
+    ]
     name = order[0]
     problem: Any = fields[name]
     # Nested errors (audio_setting, metadata) name the inner field, dotted; "_schema" means the
@@ -70,8 +87,12 @@ def from_validation(messages: dict[str, Any]) -> ApiError:
         problem = problem[inner]
     text = problem[0] if isinstance(problem, list) and problem else str(problem)
     if text == "Unknown field.":
-        return ApiError(400, f"Unrecognized request argument supplied: {name}", param=name,
-                        code="unknown_parameter")
+        return ApiError(
+            400,
+            f"Unrecognized request argument supplied: {name}",
+            param=name,
+            code="unknown_parameter",
+        )
     if text.startswith("Missing required parameter"):
         return ApiError(400, text, param=name, code="missing_required_parameter")
     return ApiError(400, f"Invalid value for '{name}': {text}", param=name, code="invalid_value")

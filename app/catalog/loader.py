@@ -48,14 +48,17 @@ class LengthLimit(Schema):
 class LimitsSchema(Schema):
     prompt = fields.Nested(LengthLimit, load_default=None)
     lyrics = fields.Nested(LengthLimit, load_default=None)
-    reference_audio = fields.String(load_default="none",
-                                    validate=validate.OneOf(["none", "optional", "required"]))
+    reference_audio = fields.String(
+        load_default="none", validate=validate.OneOf(["none", "optional", "required"])
+    )
 
 
 class ModelSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     upstream_model = fields.String(required=True)
-    status = fields.String(load_default="published", validate=validate.OneOf(["published", "unpublished"]))
+    status = fields.String(
+        load_default="published", validate=validate.OneOf(["published", "unpublished"])
+    )
     description = fields.String(load_default=None)
     expected_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
     expected_spread = fields.Float(load_default=15.0, validate=validate.Range(min=0))
@@ -107,15 +110,34 @@ def load(session: Session, data: dict[str, Any]) -> dict[str, int]:
                 setattr(model, key, value)
         session.flush()
         session.execute(delete(Route).where(Route.model_id == model.id))
+        seen: set[tuple[str, str]] = set()
         for route in wanted:
             for priority, account_id in enumerate(route["accounts"]):
+                if (route["category"], account_id) in seen:
+                    raise CatalogError(
+                        f"model {model.name}: account {account_id!r} listed twice "
+                        f"for category {route['category']!r}"
+                    )
+                seen.add((route["category"], account_id))
                 if session.get(UpstreamAccount, account_id) is None:
                     raise CatalogError(f"model {model.name}: unknown account {account_id!r}")
                 if session.get(Category, route["category"]) is None:
-                    raise CatalogError(f"model {model.name}: unknown category {route['category']!r}")
-                session.add(Route(model_id=model.id, category_id=route["category"],
-                                  account_id=account_id, priority=priority))
+                    raise CatalogError(
+                        f"model {model.name}: unknown category {route['category']!r}"
+                    )
+                session.add(
+                    Route(
+                        model_id=model.id,
+                        category_id=route["category"],
+                        account_id=account_id,
+                        priority=priority,
+                    )
+                )
                 routes += 1
     session.flush()
-    return {"categories": len(data["categories"]), "accounts": len(data["accounts"]),
-            "models": len(data["models"]), "routes": routes}
+    return {
+        "categories": len(data["categories"]),
+        "accounts": len(data["accounts"]),
+        "models": len(data["models"]),
+        "routes": routes,
+    }

@@ -105,7 +105,9 @@ class Engine:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def claim_due(self, lookahead: float, limit: int, now: dt.datetime | None = None) -> list[DueClaim]:
+    def claim_due(
+        self, lookahead: float, limit: int, now: dt.datetime | None = None
+    ) -> list[DueClaim]:
         """Lease active jobs due within ``lookahead`` seconds whose lease is free or expired."""
         now = now or utcnow()
         horizon = now + dt.timedelta(seconds=lookahead)
@@ -182,18 +184,26 @@ class Engine:
             # A previous attempt died between sending the job upstream and recording the
             # answer. The upstream may have it; AIMLAPI offers no way to look it up, and a
             # second submit could make (and bill) a second song.
-            self._fail(job, "upstream_unknown",
-                       "a submit was interrupted; the upstream may or may not have the job, "
-                       "and it was not submitted twice")
+            self._fail(
+                job,
+                "upstream_unknown",
+                "a submit was interrupted; the upstream may or may not have the job, "
+                "and it was not submitted twice",
+            )
             return "failed"
         account = self._account_for(job)
         if account is None:
             self._fail(job, "no_upstream", "no enabled upstream account serves this model")
             return "failed"
         now = utcnow()
-        if not self._write(job, {JobStatus.QUEUED},
-                           submitting_since=now, submit_attempts=Job.submit_attempts + 1,
-                           provider=account.provider, account_id=account.id):
+        if not self._write(
+            job,
+            {JobStatus.QUEUED},
+            submitting_since=now,
+            submit_attempts=Job.submit_attempts + 1,
+            provider=account.provider,
+            account_id=account.id,
+        ):
             return "lost"
         job.submit_attempts += 1
         adapter = self._adapter(account)
@@ -202,10 +212,16 @@ class Engine:
         except ProviderError as exc:
             return self._submit_failed(job, exc)
         now = utcnow()
-        if not self._write(job, sources(JobStatus.RUNNING), status=JobStatus.RUNNING,
-                           generation_id=submission.generation_id, started_at=now,
-                           submitting_since=None, release=True,
-                           next_action_at=now + dt.timedelta(seconds=self._poll_delay(job, 0.0))):
+        if not self._write(
+            job,
+            sources(JobStatus.RUNNING),
+            status=JobStatus.RUNNING,
+            generation_id=submission.generation_id,
+            started_at=now,
+            submitting_since=None,
+            release=True,
+            next_action_at=now + dt.timedelta(seconds=self._poll_delay(job, 0.0)),
+        ):
             return "lost"
         job.status, job.started_at = JobStatus.RUNNING, now
         if submission.result is not None:
@@ -214,16 +230,25 @@ class Engine:
 
     def _submit_failed(self, job: Job, exc: ProviderError) -> str:
         if exc.maybe_created:
-            self._fail(job, "upstream_unknown",
-                       f"{exc.message}; the upstream may have created the job, so it was not "
-                       "submitted again")
+            self._fail(
+                job,
+                "upstream_unknown",
+                f"{exc.message}; the upstream may have created the job, so it was not "
+                "submitted again",
+            )
             return "failed"
         if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
             delay = backoff(job.submit_attempts, retry_after=exc.retry_after)
             log.info("job %s: submit failed (%s), retrying in %.1fs", job.id, exc.code, delay)
-            self._write(job, {JobStatus.QUEUED}, submitting_since=None, error_code=exc.code,
-                        error_message=exc.message, release=True,
-                        next_action_at=utcnow() + dt.timedelta(seconds=delay))
+            self._write(
+                job,
+                {JobStatus.QUEUED},
+                submitting_since=None,
+                error_code=exc.code,
+                error_message=exc.message,
+                release=True,
+                next_action_at=utcnow() + dt.timedelta(seconds=delay),
+            )
             return "retry"
         self._fail(job, exc.code, exc.message)
         return "failed"
@@ -245,10 +270,16 @@ class Engine:
         if exc.code == "upstream_invalid_response":
             count = job.invalid_responses + 1
             if count >= self.settings.invalid_response_limit:
-                self._fail(job, exc.code, f"{count} unreadable answers in a row; last: {exc.message}")
+                self._fail(
+                    job, exc.code, f"{count} unreadable answers in a row; last: {exc.message}"
+                )
                 return "failed"
-            self._reschedule(job, delay=backoff(count, base=1.0), invalid_responses=count,
-                             poll_count=Job.poll_count + 1)
+            self._reschedule(
+                job,
+                delay=backoff(count, base=1.0),
+                invalid_responses=count,
+                poll_count=Job.poll_count + 1,
+            )
             return "retry"
         if not exc.retryable:
             self._fail(job, exc.code, exc.message)
@@ -260,30 +291,48 @@ class Engine:
     def _apply(self, job: Job, result: PollResult) -> str:
         if result.state is PollState.PENDING:
             elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
-            self._reschedule(job, delay=self._poll_delay(job, elapsed),
-                             poll_count=Job.poll_count + 1, invalid_responses=0)
+            self._reschedule(
+                job,
+                delay=self._poll_delay(job, elapsed),
+                poll_count=Job.poll_count + 1,
+                invalid_responses=0,
+            )
             return "pending"
         if result.state is PollState.FAILED:
-            self._fail(job, result.error_code or "upstream_failed",
-                       result.error_message or "the upstream reported a failed generation",
-                       poll_count=Job.poll_count + 1)
+            self._fail(
+                job,
+                result.error_code or "upstream_failed",
+                result.error_message or "the upstream reported a failed generation",
+                poll_count=Job.poll_count + 1,
+            )
             return "failed"
         try:
             key, info = self._store_audio(job, result)
         except AudioError as exc:
             if exc.retryable:
-                self._reschedule(job, delay=backoff(job.poll_count + 1, base=1.0),
-                                 poll_count=Job.poll_count + 1)
+                self._reschedule(
+                    job, delay=backoff(job.poll_count + 1, base=1.0), poll_count=Job.poll_count + 1
+                )
                 return "retry"
             self._fail(job, "upstream_invalid_result", str(exc), poll_count=Job.poll_count + 1)
             return "failed"
         done = self._write(
-            job, sources(JobStatus.SUCCEEDED), status=JobStatus.SUCCEEDED, finished_at=utcnow(),
-            audio_key=key, audio_format=info.format, audio_sample_rate=info.sample_rate,
-            audio_bitrate=info.bitrate, audio_channels=info.channels,
-            audio_duration_ms=info.duration_ms, audio_size=info.size,
-            error_code=None, error_message=None, poll_count=Job.poll_count + 1,
-            next_action_at=None, release=True,
+            job,
+            sources(JobStatus.SUCCEEDED),
+            status=JobStatus.SUCCEEDED,
+            finished_at=utcnow(),
+            audio_key=key,
+            audio_format=info.format,
+            audio_sample_rate=info.sample_rate,
+            audio_bitrate=info.bitrate,
+            audio_channels=info.channels,
+            audio_duration_ms=info.duration_ms,
+            audio_size=info.size,
+            error_code=None,
+            error_message=None,
+            poll_count=Job.poll_count + 1,
+            next_action_at=None,
+            release=True,
         )
         if not done:
             # Someone else finished or cancelled the job meanwhile; our copy is not referenced.
@@ -293,40 +342,61 @@ class Engine:
 
     def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
         if result.audio_bytes is not None:
-            return self.storage.store_bytes(result.audio_bytes, job.id,
-                                            max_bytes=self.settings.audio_max_bytes)
+            return self.storage.store_bytes(
+                result.audio_bytes, job.id, max_bytes=self.settings.audio_max_bytes
+            )
         if not result.audio_url:
             raise AudioError("the upstream reported success without audio", retryable=False)
         return self.storage.fetch(
-            result.audio_url, job.id, max_bytes=self.settings.audio_max_bytes,
+            result.audio_url,
+            job.id,
+            max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
         )
 
     # ------------------------------------------------------------------ writes
 
-    def _write(self, job: Job, allowed: Iterable[JobStatus], *, release: bool = False,
-               **values: Any) -> bool:
+    def _write(
+        self, job: Job, allowed: Iterable[JobStatus], *, release: bool = False, **values: Any
+    ) -> bool:
         """One conditional UPDATE: applies only while we hold the lease and the state allows it."""
         if release:
             values.update(lease_token=None, lease_until=None)
         with self.db.transaction() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.lease_token == job.lease_token,
-                       Job.status.in_([s.value for s in allowed]))
+                .where(
+                    Job.id == job.id,
+                    Job.lease_token == job.lease_token,
+                    Job.status.in_([s.value for s in allowed]),
+                )
                 .values(updated_at=utcnow(), **values)
                 .execution_options(synchronize_session=False)
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def _reschedule(self, job: Job, *, delay: float, **values: Any) -> bool:
-        return self._write(job, ACTIVE, release=True,
-                           next_action_at=utcnow() + dt.timedelta(seconds=delay), **values)
+        return self._write(
+            job,
+            ACTIVE,
+            release=True,
+            next_action_at=utcnow() + dt.timedelta(seconds=delay),
+            **values,
+        )
 
     def _fail(self, job: Job, code: str, message: str, **values: Any) -> bool:
-        return self._write(job, sources(JobStatus.FAILED), status=JobStatus.FAILED,
-                           error_code=code, error_message=message[:2000], finished_at=utcnow(),
-                           submitting_since=None, next_action_at=None, release=True, **values)
+        return self._write(
+            job,
+            sources(JobStatus.FAILED),
+            status=JobStatus.FAILED,
+            error_code=code,
+            error_message=message[:2000],
+            finished_at=utcnow(),
+            submitting_since=None,
+            next_action_at=None,
+            release=True,
+            **values,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -347,8 +417,11 @@ class Engine:
             account = session.scalar(
                 select(UpstreamAccount)
                 .join(Route, Route.account_id == UpstreamAccount.id)
-                .where(Route.model_id == job.model_id, Route.category_id == job.category_id,
-                       UpstreamAccount.enabled.is_(True))
+                .where(
+                    Route.model_id == job.model_id,
+                    Route.category_id == job.category_id,
+                    UpstreamAccount.enabled.is_(True),
+                )
                 .order_by(Route.priority)
                 .limit(1)
             )
@@ -364,7 +437,8 @@ class Engine:
         if api_key is None and SIM_PLACEHOLDER in account.base_url:
             api_key = SIM_KEY  # the simulator wants some bearer key, like a real upstream
         return AccountConfig(
-            id=account.id, provider=account.provider,
+            id=account.id,
+            provider=account.provider,
             base_url=account.base_url.replace(SIM_PLACEHOLDER, self.settings.sim_url),
             api_key=api_key,
             connect_timeout=self.settings.upstream_connect_timeout,

@@ -59,9 +59,12 @@ def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
             "channels": job.audio_channels,
             "duration_ms": job.audio_duration_ms,
             "size": job.audio_size,
-        } if succeeded else None,
+        }
+        if succeeded
+        else None,
         "error": {"code": job.error_code, "message": job.error_message}
-        if job.status == JobStatus.FAILED else None,
+        if job.status == JobStatus.FAILED
+        else None,
         "metadata": job.client_metadata or {},
         "upstream": {"provider": job.provider, "account": job.account_id},
         "urls": {

@@ -8,6 +8,7 @@ window, then backs off geometrically for a straggler.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -37,12 +38,15 @@ class PollPolicy:
             return start + step - elapsed
         if elapsed < end:
             # Stay on the grid start + k·step so lag stays below one step.
-            done = (elapsed - start) // step + 1
+            # The epsilon keeps a grid point computed as 1.7999999999999998 on the grid.
+            done = math.floor((elapsed - start) / step + 1e-9) + 1
             return max(self.min_interval, start + done * step - elapsed)
         return self.clamp(max(step, (elapsed - end) / 2))
 
 
-def backoff(attempt: int, *, base: float = 2.0, cap: float = 60.0, retry_after: float | None = None) -> float:
+def backoff(
+    attempt: int, *, base: float = 2.0, cap: float = 60.0, retry_after: float | None = None
+) -> float:
     """Exponential backoff with full jitter; never sooner than the upstream's Retry-After."""
     delay = random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))  # noqa: S311 - jitter, not crypto
     delay = max(delay, base / 2)

@@ -69,17 +69,24 @@ class CreateGenerationSchema(Schema):
 
     model = RequiredString("model", metadata={"example": "music-2.6"})
     catelogid = RequiredString(
-        "catelogid", metadata={"description": "Catalog category id or name.", "example": "music_gen"})
+        "catelogid",
+        metadata={"description": "Catalog category id or name.", "example": "music_gen"},
+    )
     prompt = RequiredString(
-        "prompt", metadata={"example": "Pop music, happy, suitable for a sunny day"})
+        "prompt", metadata={"example": "Pop music, happy, suitable for a sunny day"}
+    )
     lyrics = RequiredString(
-        "lyrics", metadata={"example": "[Verse]\nWalking down the street\n[Chorus]\nDancing in the sun"})
+        "lyrics",
+        metadata={"example": "[Verse]\nWalking down the street\n[Chorus]\nDancing in the sun"},
+    )
     output_format = fields.String(load_default="url", validate=validate.OneOf(OUTPUT_FORMATS))
     audio_setting = fields.Nested(AudioSettingSchema, load_default=None)
-    reference_audio_url = fields.Url(schemes={"http", "https"}, load_default=None,
-                                     validate=validate.Length(max=2048))
-    callback_url = fields.Url(schemes={"http", "https"}, load_default=None,
-                              validate=validate.Length(max=2048))
+    reference_audio_url = fields.Url(
+        schemes={"http", "https"}, load_default=None, validate=validate.Length(max=2048)
+    )
+    callback_url = fields.Url(
+        schemes={"http", "https"}, load_default=None, validate=validate.Length(max=2048)
+    )
     metadata = MetadataField(load_default=None)
 
     @validates_schema
@@ -129,13 +136,19 @@ class JobSchema(Schema):
     object = fields.String(metadata={"example": "music.generation"})
     model = fields.String()
     catelogid = fields.String()
-    status = fields.String(metadata={"enum": ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]})
+    status = fields.String(
+        metadata={"enum": ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]}
+    )
     created = fields.Integer(metadata={"description": "unix seconds"})
     started_at = fields.Integer(allow_none=True)
     finished_at = fields.Integer(allow_none=True)
-    audio = fields.String(allow_none=True, metadata={
-        "description": "A link to Chorus's own copy, signed afresh on every read (or hex when "
-                       "output_format is hex)."})
+    audio = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "A link to Chorus's own copy, signed afresh on every read (or hex when "
+            "output_format is hex)."
+        },
+    )
     audio_info = fields.Nested(AudioInfoSchema, allow_none=True)
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)

@@ -27,8 +27,11 @@ def find_model(session: Session, name: str, catelogid: str) -> tuple[Model, Cate
         select(Model, Category)
         .join(Route, Route.model_id == Model.id)
         .join(Category, Category.id == Route.category_id)
-        .where(Model.name == name, Model.status == "published",
-               or_(Category.id == catelogid, Category.name == catelogid))
+        .where(
+            Model.name == name,
+            Model.status == "published",
+            or_(Category.id == catelogid, Category.name == catelogid),
+        )
         .limit(1)
     ).first()
     return (row[0], row[1]) if row else None
@@ -43,30 +46,57 @@ def check_limits(model: Model, args: dict[str, Any]) -> None:
         length = len(args.get(name) or "")
         low, high = bounds.get("min", 0), bounds["max"]
         if not low <= length <= high:
-            raise ApiError(400, f"'{name}' must be {low} to {high} characters for model "
-                                f"{model.name} (got {length}).", param=name, code="invalid_value")
+            raise ApiError(
+                400,
+                f"'{name}' must be {low} to {high} characters for model "
+                f"{model.name} (got {length}).",
+                param=name,
+                code="invalid_value",
+            )
     reference = limits.get("reference_audio", "none")
     if reference == "required" and not args.get("reference_audio_url"):
-        raise ApiError(400, f"Missing required parameter: reference_audio_url (model {model.name} "
-                            "needs a reference track).", param="reference_audio_url",
-                       code="missing_required_parameter")
+        raise ApiError(
+            400,
+            f"Missing required parameter: reference_audio_url (model {model.name} "
+            "needs a reference track).",
+            param="reference_audio_url",
+            code="missing_required_parameter",
+        )
     if reference == "none" and args.get("reference_audio_url"):
-        raise ApiError(400, f"Model {model.name} does not take reference audio (reference_audio_url).",
-                       param="reference_audio_url", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            f"Model {model.name} does not take reference audio (reference_audio_url).",
+            param="reference_audio_url",
+            code="unsupported_parameter",
+        )
 
 
-def create_job(session: Session, key: ApiKey, args: dict[str, Any], *, deadline_seconds: float,
-               surface: str = "v1") -> Job:
+def create_job(
+    session: Session,
+    key: ApiKey,
+    args: dict[str, Any],
+    *,
+    deadline_seconds: float,
+    surface: str = "v1",
+) -> Job:
     found = find_model(session, args["model"], args["catelogid"])
     if found is None:
-        raise ApiError(400, f"The model '{args['model']}' does not exist or is not published in "
-                            f"catalog '{args['catelogid']}'.", param="model", code="model_not_found")
+        raise ApiError(
+            400,
+            f"The model '{args['model']}' does not exist or is not published in "
+            f"catalog '{args['catelogid']}'.",
+            param="model",
+            code="model_not_found",
+        )
     model, category = found
     check_limits(model, args)
     # CONTRACT §1a rule 4 (balance → 429 insufficient_quota) is checked here, before the INSERT.
     now = utcnow()
-    request = {k: args[k] for k in ("prompt", "lyrics", "output_format", "audio_setting",
-                                    "reference_audio_url") if args.get(k) is not None}
+    request = {
+        k: args[k]
+        for k in ("prompt", "lyrics", "output_format", "audio_setting", "reference_audio_url")
+        if args.get(k) is not None
+    }
     job = Job(
         id=new_job_id(),
         org_id=key.org_id,
@@ -93,6 +123,7 @@ def get_job(session: Session, key: ApiKey, job_id: str) -> Job:
     job = session.get(Job, job_id) if len(job_id) <= 40 else None
     if job is None or job.org_id != key.org_id:
         # Another tenant's job is as unknown as a job that never existed.
-        raise ApiError(404, f"No music generation found with id '{job_id}'.", param="id",
-                       code="not_found")
+        raise ApiError(
+            404, f"No music generation found with id '{job_id}'.", param="id", code="not_found"
+        )
     return job

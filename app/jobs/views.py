@@ -13,24 +13,34 @@ from app.extensions import chorus
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
-from app.jobs.schemas import CreateGenerationSchema, OpenAIErrorSchema, JobSchema
+from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
 from app.tenancy.keys import authenticate
 
-blp = Blueprint("generations", __name__, url_prefix="/v1/music/generations",
-                description="Music generation jobs, OpenAI-style.")
-files = Blueprint("files", __name__, url_prefix="/v1/files",
-                  description="Chorus's own copies of generated audio.")
+blp = Blueprint(
+    "generations",
+    __name__,
+    url_prefix="/v1/music/generations",
+    description="Music generation jobs, OpenAI-style.",
+)
+files = Blueprint(
+    "files", __name__, url_prefix="/v1/files", description="Chorus's own copies of generated audio."
+)
 
 
 @blp.before_request
 def require_key() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    key = authenticate(chorus().session(), presented.strip() if scheme.lower() == "bearer" else None)
+    key = authenticate(
+        chorus().session(), presented.strip() if scheme.lower() == "bearer" else None
+    )
     if key is None:
         # The seed answers a missing or unknown key with 403 ("need login").
-        raise ApiError(403, "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
-                       code="invalid_api_key")
+        raise ApiError(
+            403,
+            "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
     g.api_key = key
 
 
@@ -40,13 +50,16 @@ class Generations(MethodView):
     @blp.response(202, JobSchema, description="Accepted: the job, QUEUED.")
     @blp.alt_response(400, schema=OpenAIErrorSchema, description="Missing or invalid input.")
     @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(429, schema=OpenAIErrorSchema, description="Balance too low (insufficient_quota).")
+    @blp.alt_response(
+        429, schema=OpenAIErrorSchema, description="Balance too low (insufficient_quota)."
+    )
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation. Answers at once; the job runs in the background."""
         ext = chorus()
         session = ext.session()
-        job = service.create_job(session, g.api_key, args,
-                                 deadline_seconds=ext.settings.job_deadline_seconds)
+        job = service.create_job(
+            session, g.api_key, args, deadline_seconds=ext.settings.job_deadline_seconds
+        )
         session.commit()
         response = jsonify(job_object(job))
         response.status_code = 202
@@ -75,12 +88,21 @@ def audio(token: str) -> Response:
     job_id = job_from_token(token, max_age=ext.settings.audio_link_ttl)
     job = ext.session().get(Job, job_id) if job_id else None
     if job is None or not job.audio_key or not ext.storage.exists(job.audio_key):
-        raise ApiError(404, "This audio link is unknown or has expired; read the job again for "
-                            "a fresh one.", code="not_found")
-    return send_file(ext.storage.path(job.audio_key), mimetype=_mimetype(job.audio_format),
-                     download_name=job.audio_key, conditional=True, max_age=0)
+        raise ApiError(
+            404,
+            "This audio link is unknown or has expired; read the job again for a fresh one.",
+            code="not_found",
+        )
+    return send_file(
+        ext.storage.path(job.audio_key),
+        mimetype=_mimetype(job.audio_format),
+        download_name=job.audio_key,
+        conditional=True,
+        max_age=0,
+    )
 
 
 def _mimetype(fmt: str | None) -> str:
-    return {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}.get(fmt or "", "application/octet-stream")
-
+    return {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}.get(
+        fmt or "", "application/octet-stream"
+    )

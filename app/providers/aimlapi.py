@@ -41,13 +41,21 @@ class AimlapiAdapter(HTTPAdapter):
 
     def submit(self, request: GenerationRequest) -> Submission:
         response = self.request("POST", PATH, json=self.payload(request))
-        body = self.json_body(response)
+        try:
+            body = self.json_body(response)
+        except ProviderError as exc:
+            # A 2xx we cannot read may still have created (and billed) a generation.
+            raise ProviderError(exc.code, exc.message, retryable=False, maybe_created=True) from exc
         generation_id = body.get("id")
         if not isinstance(generation_id, str) or not generation_id:
             # The upstream answered success but gave no id to follow: it may hold a job we can
             # never find again, so this must not be retried as if nothing had happened.
-            raise ProviderError("upstream_invalid_response", f"no generation id in {body!r:.200}",
-                                retryable=False, maybe_created=True)
+            raise ProviderError(
+                "upstream_invalid_response",
+                f"no generation id in {body!r:.200}",
+                retryable=False,
+                maybe_created=True,
+            )
         return Submission(generation_id=generation_id)
 
     def poll(self, generation_id: str) -> PollResult:
@@ -75,15 +83,20 @@ class AimlapiAdapter(HTTPAdapter):
     def parse_status(body: dict[str, Any]) -> PollResult:
         raw = body.get("status")
         if not isinstance(raw, str):
-            raise ProviderError("upstream_invalid_response", f"no status in {body!r:.200}",
-                                retryable=True)
+            raise ProviderError(
+                "upstream_invalid_response", f"no status in {body!r:.200}", retryable=True
+            )
         state = STATUS_MAP.get(raw.lower(), PollState.PENDING)
         if state is PollState.SUCCEEDED:
             audio = body.get("audio_file") or {}
             url = audio.get("url") if isinstance(audio, dict) else None
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                return PollResult(PollState.FAILED, raw, error_code="upstream_invalid_result",
-                                  error_message="the upstream reported completion without audio")
+                return PollResult(
+                    PollState.FAILED,
+                    raw,
+                    error_code="upstream_invalid_result",
+                    error_message="the upstream reported completion without audio",
+                )
             return PollResult(PollState.SUCCEEDED, raw, audio_url=url)
         if state is PollState.FAILED:
             error = body.get("error")
@@ -91,10 +104,14 @@ class AimlapiAdapter(HTTPAdapter):
                 error = {}
             name = str(error.get("name") or "error")
             message = str(error.get("message") or "the upstream reported a failed generation")
-            code = ("content_moderated" if any(m in name.lower() for m in MODERATION_NAMES)
-                    else "upstream_failed")
-            return PollResult(PollState.FAILED, raw, error_code=code,
-                              error_message=f"{name}: {message}")
+            code = (
+                "content_moderated"
+                if any(m in name.lower() for m in MODERATION_NAMES)
+                else "upstream_failed"
+            )
+            return PollResult(
+                PollState.FAILED, raw, error_code=code, error_message=f"{name}: {message}"
+            )
         return PollResult(PollState.PENDING, raw)
 
     def http_error(self, response: requests.Response) -> ProviderError:

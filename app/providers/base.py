@@ -132,16 +132,22 @@ class HTTPAdapter(Adapter):
                 method, url, headers=headers, timeout=self.timeout, **kwargs
             )
         except requests.ConnectTimeout as exc:
-            raise ProviderError("upstream_unavailable", f"connect timeout: {exc}", retryable=True) from exc
+            raise ProviderError(
+                "upstream_unavailable", f"connect timeout: {exc}", retryable=True
+            ) from exc
         except requests.ConnectionError as exc:
             # A reset after the body went out may still have created the job upstream.
             raise ProviderError(
-                "upstream_unavailable", f"connection failed: {exc}", retryable=True,
+                "upstream_unavailable",
+                f"connection failed: {exc}",
+                retryable=True,
                 maybe_created=sends_work and _was_sent(exc),
             ) from exc
         except requests.Timeout as exc:
             raise ProviderError(
-                "upstream_timeout", f"no answer within {self.timeout[1]:g}s", retryable=True,
+                "upstream_timeout",
+                f"no answer within {self.timeout[1]:g}s",
+                retryable=True,
                 maybe_created=sends_work,
             ) from exc
         except requests.RequestException as exc:
@@ -156,15 +162,30 @@ class HTTPAdapter(Adapter):
         detail = _snippet(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 429:
-            return ProviderError("upstream_rate_limited", detail, retryable=True,
-                                 retry_after=retry_after, status_code=status)
+            return ProviderError(
+                "upstream_rate_limited",
+                detail,
+                retryable=True,
+                retry_after=retry_after,
+                status_code=status,
+            )
         if status in (401, 403):
-            return ProviderError("upstream_auth_failed", detail, retryable=False, status_code=status)
+            return ProviderError(
+                "upstream_auth_failed", detail, retryable=False, status_code=status
+            )
         if status >= 500:
-            return ProviderError("upstream_unavailable", f"HTTP {status}: {detail}", retryable=True,
-                                 retry_after=retry_after, status_code=status)
-        return ProviderError("invalid_request", f"HTTP {status}: {detail}", retryable=False,
-                             status_code=status)
+            # A gateway timeout on a POST means the upstream may still be making the song.
+            return ProviderError(
+                "upstream_unavailable",
+                f"HTTP {status}: {detail}",
+                retryable=True,
+                maybe_created=status == 504 and response.request.method == "POST",
+                retry_after=retry_after,
+                status_code=status,
+            )
+        return ProviderError(
+            "invalid_request", f"HTTP {status}: {detail}", retryable=False, status_code=status
+        )
 
     @staticmethod
     def json_body(response: requests.Response) -> dict[str, Any]:
@@ -172,11 +193,15 @@ class HTTPAdapter(Adapter):
         try:
             body = response.json()
         except ValueError as exc:
-            raise ProviderError("upstream_invalid_response",
-                                f"not JSON: {_snippet(response)}", retryable=True) from exc
+            raise ProviderError(
+                "upstream_invalid_response", f"not JSON: {_snippet(response)}", retryable=True
+            ) from exc
         if not isinstance(body, dict):
-            raise ProviderError("upstream_invalid_response",
-                                f"expected an object: {_snippet(response)}", retryable=True)
+            raise ProviderError(
+                "upstream_invalid_response",
+                f"expected an object: {_snippet(response)}",
+                retryable=True,
+            )
         return body
 
 

@@ -26,14 +26,19 @@ def error_of(response: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------ rule 1: key
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"Authorization": ""},
-    {"Authorization": "Bearer "},
-    {"Authorization": "Bearer chs_not-a-real-key"},
-    {"Authorization": "Basic dXNlcjpwYXNz"},
-])
-def test_missing_or_unknown_key_is_403_before_anything_else(client: Any, db: Any, headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer chs_not-a-real-key"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+    ],
+)
+def test_missing_or_unknown_key_is_403_before_anything_else(
+    client: Any, db: Any, headers: dict[str, str]
+) -> None:
     # Even an empty body: the key is checked first, as in the seed.
     response = client.post(URL, json={}, headers=headers)
     assert response.status_code == 403
@@ -55,7 +60,9 @@ def test_revoked_key_is_403(client: Any, db: Any, api_key: str) -> None:
 
 @pytest.mark.parametrize("field", ["model", "catelogid", "prompt", "lyrics"])
 @pytest.mark.parametrize("how", ["absent", "empty", "blank", "null"])
-def test_required_field_missing_or_empty(client: Any, db: Any, api_key: str, field: str, how: str) -> None:
+def test_required_field_missing_or_empty(
+    client: Any, db: Any, api_key: str, field: str, how: str
+) -> None:
     body = dict(GOOD_BODY)
     if how == "absent":
         del body[field]
@@ -80,14 +87,20 @@ def test_first_missing_field_in_seed_order_is_reported(client: Any, api_key: str
 # ------------------------------------------------------------------ rule 3: catalog
 
 
-@pytest.mark.parametrize(("model", "catelogid"), [
-    ("no-such-model", "music_gen"),
-    ("music-2.6", "no_such_category"),
-    ("MUSIC-2.6", "music_gen"),
-])
-def test_unknown_model_or_category_is_400(client: Any, db: Any, api_key: str, model: str, catelogid: str) -> None:
-    response = client.post(URL, json={**GOOD_BODY, "model": model, "catelogid": catelogid},
-                           headers=auth(api_key))
+@pytest.mark.parametrize(
+    ("model", "catelogid"),
+    [
+        ("no-such-model", "music_gen"),
+        ("music-2.6", "no_such_category"),
+        ("MUSIC-2.6", "music_gen"),
+    ],
+)
+def test_unknown_model_or_category_is_400(
+    client: Any, db: Any, api_key: str, model: str, catelogid: str
+) -> None:
+    response = client.post(
+        URL, json={**GOOD_BODY, "model": model, "catelogid": catelogid}, headers=auth(api_key)
+    )
     assert response.status_code == 400
     error = error_of(response)
     assert error["param"] == "model"
@@ -99,7 +112,9 @@ def test_unpublished_model_is_400(client: Any, db: Any, api_key: str) -> None:
     from app.catalog.models import Model
 
     with db.transaction() as session:
-        session.execute(sa.update(Model).where(Model.name == "music-2.6").values(status="unpublished"))
+        session.execute(
+            sa.update(Model).where(Model.name == "music-2.6").values(status="unpublished")
+        )
     response = client.post(URL, json=GOOD_BODY, headers=auth(api_key))
     assert response.status_code == 400
     assert error_of(response)["code"] == "model_not_found"
@@ -107,7 +122,9 @@ def test_unpublished_model_is_400(client: Any, db: Any, api_key: str) -> None:
 
 def test_category_matches_by_id_or_name(client: Any, api_key: str) -> None:
     for catelogid in ("music_gen", "Music generation"):
-        response = client.post(URL, json={**GOOD_BODY, "catelogid": catelogid}, headers=auth(api_key))
+        response = client.post(
+            URL, json={**GOOD_BODY, "catelogid": catelogid}, headers=auth(api_key)
+        )
         assert response.status_code == 202, response.get_json()
         assert response.get_json()["catelogid"] == catelogid
 
@@ -116,7 +133,9 @@ def test_category_matches_by_id_or_name(client: Any, api_key: str) -> None:
 
 
 def test_accepted_job_object_and_location(client: Any, db: Any, api_key: str) -> None:
-    response = client.post(URL, json={**GOOD_BODY, "metadata": {"order": "42"}}, headers=auth(api_key))
+    response = client.post(
+        URL, json={**GOOD_BODY, "metadata": {"order": "42"}}, headers=auth(api_key)
+    )
     assert response.status_code == 202
     job = response.get_json()
     assert job["id"].startswith("luid_") and len(job["id"]) == 31
@@ -138,32 +157,39 @@ def test_accepted_job_object_and_location(client: Any, db: Any, api_key: str) ->
 
 
 def test_ids_sort_by_creation(client: Any, api_key: str) -> None:
-    ids = [client.post(URL, json=GOOD_BODY, headers=auth(api_key)).get_json()["id"] for _ in range(5)]
+    ids = [
+        client.post(URL, json=GOOD_BODY, headers=auth(api_key)).get_json()["id"] for _ in range(5)
+    ]
     assert ids == sorted(ids)
 
 
 # ------------------------------------------------------------------ other bad input
 
 
-@pytest.mark.parametrize(("patch", "param"), [
-    ({"model": 123}, "model"),
-    ({"prompt": ["a"]}, "prompt"),
-    ({"output_format": "mp4"}, "output_format"),
-    ({"audio_setting": {"sample_rate": 12345}}, "audio_setting.sample_rate"),
-    ({"audio_setting": {"bitrate": "fast"}}, "audio_setting.bitrate"),
-    ({"audio_setting": {"format": "ogg"}}, "audio_setting.format"),
-    ({"audio_setting": {"speed": 2}}, "audio_setting.speed"),
-    ({"audio_setting": "loud"}, "audio_setting"),
-    ({"temperature": 0.3}, "temperature"),
-    ({"callback_url": "not a url"}, "callback_url"),
-    ({"callback_url": "ftp://example.com/x"}, "callback_url"),
-    ({"metadata": {"k": 1}}, "metadata.k"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-    ({"prompt": "nul\x00byte"}, "prompt"),
-    ({"lyrics": "x" * 20_001}, "lyrics"),
-    ({"reference_audio_url": "https://example.com/a.mp3"}, "reference_audio_url"),
-])
-def test_bad_values_are_400_naming_the_field(client: Any, db: Any, api_key: str, patch: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"model": 123}, "model"),
+        ({"prompt": ["a"]}, "prompt"),
+        ({"output_format": "mp4"}, "output_format"),
+        ({"audio_setting": {"sample_rate": 12345}}, "audio_setting.sample_rate"),
+        ({"audio_setting": {"bitrate": "fast"}}, "audio_setting.bitrate"),
+        ({"audio_setting": {"format": "ogg"}}, "audio_setting.format"),
+        ({"audio_setting": {"speed": 2}}, "audio_setting.speed"),
+        ({"audio_setting": "loud"}, "audio_setting"),
+        ({"temperature": 0.3}, "temperature"),
+        ({"callback_url": "not a url"}, "callback_url"),
+        ({"callback_url": "ftp://example.com/x"}, "callback_url"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"prompt": "nul\x00byte"}, "prompt"),
+        ({"lyrics": "x" * 20_001}, "lyrics"),
+        ({"reference_audio_url": "https://example.com/a.mp3"}, "reference_audio_url"),
+    ],
+)
+def test_bad_values_are_400_naming_the_field(
+    client: Any, db: Any, api_key: str, patch: dict[str, Any], param: str
+) -> None:
     response = client.post(URL, json={**GOOD_BODY, **patch}, headers=auth(api_key))
     assert response.status_code == 400, response.get_json()
     error = error_of(response)
@@ -172,13 +198,18 @@ def test_bad_values_are_400_naming_the_field(client: Any, db: Any, api_key: str,
     assert job_rows(db) == []
 
 
-@pytest.mark.parametrize(("model", "field", "length"), [
-    ("music-1.5", "prompt", 9),
-    ("music-1.5", "prompt", 301),
-    ("music-2.0", "lyrics", 3001),
-    ("music-2.6", "lyrics", 3501),
-])
-def test_per_model_length_limits(client: Any, api_key: str, model: str, field: str, length: int) -> None:
+@pytest.mark.parametrize(
+    ("model", "field", "length"),
+    [
+        ("music-1.5", "prompt", 9),
+        ("music-1.5", "prompt", 301),
+        ("music-2.0", "lyrics", 3001),
+        ("music-2.6", "lyrics", 3501),
+    ],
+)
+def test_per_model_length_limits(
+    client: Any, api_key: str, model: str, field: str, length: int
+) -> None:
     body = {**GOOD_BODY, "model": model, field: "x" * length}
     response = client.post(URL, json=body, headers=auth(api_key))
     assert response.status_code == 400
@@ -186,13 +217,18 @@ def test_per_model_length_limits(client: Any, api_key: str, model: str, field: s
     assert error["param"] == field and model in error["message"]
 
 
-@pytest.mark.parametrize(("data", "content_type"), [
-    ("{not json", "application/json"),
-    ("[1, 2]", "application/json"),
-    ("model=music-2.6", "application/x-www-form-urlencoded"),
-    ("", "text/plain"),
-])
-def test_unparseable_bodies_are_400_not_500(client: Any, db: Any, api_key: str, data: str, content_type: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        ("{not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ("model=music-2.6", "application/x-www-form-urlencoded"),
+        ("", "text/plain"),
+    ],
+)
+def test_unparseable_bodies_are_400_not_500(
+    client: Any, db: Any, api_key: str, data: str, content_type: str
+) -> None:
     response = client.post(URL, data=data, content_type=content_type, headers=auth(api_key))
     assert response.status_code == 400
     error_of(response)
@@ -200,8 +236,9 @@ def test_unparseable_bodies_are_400_not_500(client: Any, db: Any, api_key: str, 
 
 
 def test_oversized_body_is_413(client: Any, api_key: str) -> None:
-    response = client.post(URL, data="x" * 2_000_000, content_type="application/json",
-                           headers=auth(api_key))
+    response = client.post(
+        URL, data="x" * 2_000_000, content_type="application/json", headers=auth(api_key)
+    )
     assert response.status_code == 413
     error_of(response)
 
@@ -221,7 +258,8 @@ def test_tenant_sees_only_its_own_jobs(client: Any, api_key: str, other_key: str
     unknown = client.get(f"{URL}/luid_00000000000000000000000000", headers=auth(other_key))
     assert theirs.status_code == unknown.status_code == 404
     assert error_of(theirs)["message"].replace(mine, "ID") == error_of(unknown)["message"].replace(
-        "luid_00000000000000000000000000", "ID")
+        "luid_00000000000000000000000000", "ID"
+    )
 
 
 def test_keys_are_stored_hashed(db: Any, api_key: str) -> None:
@@ -247,8 +285,11 @@ def test_openapi_and_health(client: Any) -> None:
 def test_get_other_job_fields_when_failed(client: Any, db: Any, api_key: str) -> None:
     job_id = client.post(URL, json=GOOD_BODY, headers=auth(api_key)).get_json()["id"]
     with db.transaction() as session:
-        session.execute(sa.update(Job).values(status="FAILED", error_code="upstream_failed",
-                                              error_message="boom"))
+        session.execute(
+            sa.update(Job).values(
+                status="FAILED", error_code="upstream_failed", error_message="boom"
+            )
+        )
     job = client.get(f"{URL}/{job_id}", headers=auth(api_key)).get_json()
     assert job["status"] == "FAILED"
     assert job["error"] == {"code": "upstream_failed", "message": "boom"}

@@ -1,0 +1,50 @@
+# Developer entry points. `make` alone lists them.
+
+# Interpreter used to create .venv. Left alone, python3.11 is preferred when it is installed
+# (the project targets 3.11); `make PY=python3.12 venv` picks another one explicitly.
+PY ?= python3
+ifeq ($(origin PY),file)
+VENV_PY = $(shell command -v python3.11 2>/dev/null || echo $(PY))
+else
+VENV_PY = $(PY)
+endif
+
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: pip runs again only when pyproject.toml is newer.
+STAMP := $(VENV)/.installed
+
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint bench clean
+
+help: ## Show this list of targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## Create .venv and install Chorus with its dev tools (again only if pyproject.toml changed)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(VENV_PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+run: venv ## Run the embedded default (API on :8000, worker, beat, simulator); Ctrl-C stops it
+	$(BIN)/chorus dev
+
+test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest $(PYTEST_ARGS)
+	bash scripts/services.sh check
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff check, ruff format --check and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: venv ## Run the benchmarks: python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean: ## Remove var/ (local database, audio, beat schedule) and build/test caches; keeps .venv
+	rm -rf var/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ *.egg-info
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

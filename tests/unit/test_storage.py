@@ -1,0 +1,284 @@
+"""LocalStorage: download over real HTTP, check it is audio, store it atomically."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import wave
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from app.storage import AudioError, AudioInfo, LocalStorage, inspect
+
+TIMEOUT = (2.0, 5.0)
+MAX = 10 * 1024 * 1024
+
+
+def make_wav(seconds: float = 1.5, rate: int = 22050, channels: int = 2) -> bytes:
+    frames = round(seconds * rate)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(
+            bytes(range(256)) * (frames * channels * 2 // 256)
+            + b"\0" * (frames * channels * 2 % 256)
+        )
+    return buffer.getvalue()
+
+
+WAV = make_wav()
+BIG_WAV = make_wav(seconds=4.0, rate=44100)
+
+
+class Server:
+    """A real HTTP server on 127.0.0.1 (werkzeug, in a thread) with a few canned routes."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.routes: dict[str, Callable[[], Response]] = {
+            "/song.wav": lambda: Response(WAV, mimetype="audio/wav"),
+            "/big.wav": lambda: Response(BIG_WAV, mimetype="audio/wav"),
+            "/streamed.wav": lambda: Response(self.chunks(BIG_WAV), mimetype="audio/wav"),
+            "/page.html": lambda: Response(
+                "<html><body>Not audio</body></html>" * 50, mimetype="text/html"
+            ),
+            "/redirect": lambda: Response(status=302, headers={"Location": "/song.wav"}),
+            "/503": lambda: Response("busy", status=503),
+            "/502": lambda: Response("bad gateway", status=502),
+            "/429": lambda: Response("slow down", status=429),
+            "/404": lambda: Response("gone", status=404),
+            "/403": lambda: Response("expired link", status=403),
+        }
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def chunks(data: bytes) -> Iterable[bytes]:
+        # No Content-Length: the size limit must hold while streaming, not from the header.
+        for i in range(0, len(data), 8192):
+            yield data[i : i + 8192]
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        self.hits.append(request.path)
+        route = self.routes.get(request.path)
+        response = route() if route else Response("no such route", status=404)
+        return response(environ, start_response)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.server.shutdown()
+    srv.thread.join(timeout=5)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "audio"
+
+
+@pytest.fixture
+def storage(root: Path) -> LocalStorage:
+    return LocalStorage(root)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Every entry in the storage folder, hidden temp files included."""
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def fetch_error(storage: LocalStorage, url: str, **kwargs: Any) -> AudioError:
+    options: dict[str, Any] = {"max_bytes": MAX, "timeout": TIMEOUT, **kwargs}
+    with pytest.raises(AudioError) as info:
+        storage.fetch(url, "job-1", **options)
+    return info.value
+
+
+# ------------------------------------------------------------------ success
+
+
+def test_fetch_a_wav(server: Server, storage: LocalStorage, root: Path) -> None:
+    key, info = storage.fetch(f"{server.url}/song.wav", "01JOB", max_bytes=MAX, timeout=TIMEOUT)
+
+    assert key == "01JOB.wav"
+    assert info.format == "wav"
+    assert info.sample_rate == 22050
+    assert info.channels == 2
+    assert info.duration_ms == 1500
+    assert info.size == len(WAV)
+    assert info.bitrate == 22050 * 2 * 16
+    assert leftovers(root) == ["01JOB.wav"]
+    assert (root / key).read_bytes() == WAV
+    assert storage.exists(key)
+    assert storage.path(key) == (root / key).resolve()
+
+
+def test_fetch_through_a_redirect(server: Server, storage: LocalStorage, root: Path) -> None:
+    key, info = storage.fetch(f"{server.url}/redirect", "j2", max_bytes=MAX, timeout=TIMEOUT)
+    assert key == "j2.wav" and info.size == len(WAV)
+    assert leftovers(root) == ["j2.wav"]
+
+
+def test_fetch_with_a_session(server: Server, storage: LocalStorage) -> None:
+    calls: list[dict[str, Any]] = []
+
+    class Spy(requests.Session):
+        def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
+            calls.append(kwargs)
+            return super().get(url, **kwargs)
+
+    with Spy() as session:
+        storage.fetch(
+            f"{server.url}/song.wav", "j3", max_bytes=MAX, timeout=(1.0, 9.0), session=session
+        )
+    assert calls == [{"stream": True, "timeout": (1.0, 9.0)}]
+
+
+def test_a_body_of_exactly_max_bytes_is_accepted(server: Server, storage: LocalStorage) -> None:
+    _, info = storage.fetch(f"{server.url}/song.wav", "j4", max_bytes=len(WAV), timeout=TIMEOUT)
+    assert info.size == len(WAV)
+
+
+def test_fetching_again_replaces_the_file(
+    server: Server, storage: LocalStorage, root: Path
+) -> None:
+    storage.fetch(f"{server.url}/song.wav", "same", max_bytes=MAX, timeout=TIMEOUT)
+    storage.fetch(f"{server.url}/big.wav", "same", max_bytes=MAX, timeout=TIMEOUT)
+    assert leftovers(root) == ["same.wav"]
+    assert (root / "same.wav").read_bytes() == BIG_WAV
+
+
+def test_store_bytes_and_delete(storage: LocalStorage, root: Path) -> None:
+    key, info = storage.store_bytes(WAV, "inline", max_bytes=MAX)
+    assert (key, info.format, info.size) == ("inline.wav", "wav", len(WAV))
+    storage.delete(key)
+    assert leftovers(root) == []
+    storage.delete(key)  # deleting twice is fine
+    assert not storage.exists(key)
+
+
+def test_inspect_reads_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(make_wav(seconds=0.25, rate=16000, channels=1))
+    assert inspect(path, 123) == AudioInfo(
+        format="wav", sample_rate=16000, bitrate=256000, channels=1, duration_ms=250, size=123
+    )
+
+
+# ------------------------------------------------------------------ not audio, too big
+
+
+def test_a_body_that_is_not_audio(server: Server, storage: LocalStorage, root: Path) -> None:
+    error = fetch_error(storage, f"{server.url}/page.html")
+    assert error.retryable is False
+    assert "not audio" in str(error)
+    assert leftovers(root) == []
+
+
+@pytest.mark.parametrize("data", [b"", b"\0" * 4096, b"RIFF\x24\0\0\0WAVEjunk", b"ID3"])
+def test_stored_bytes_that_are_not_audio(storage: LocalStorage, root: Path, data: bytes) -> None:
+    with pytest.raises(AudioError) as info:
+        storage.store_bytes(data, "bad", max_bytes=MAX)
+    assert info.value.retryable is False
+    assert leftovers(root) == []
+
+
+@pytest.mark.parametrize("path", ["/big.wav", "/streamed.wav"])
+def test_a_body_over_max_bytes(
+    server: Server, storage: LocalStorage, root: Path, path: str
+) -> None:
+    error = fetch_error(storage, server.url + path, max_bytes=len(BIG_WAV) - 1)
+    assert error.retryable is False
+    assert str(len(BIG_WAV) - 1) in str(error)
+    assert leftovers(root) == []
+
+
+def test_stored_bytes_over_max_bytes(storage: LocalStorage, root: Path) -> None:
+    with pytest.raises(AudioError):
+        storage.store_bytes(WAV, "big", max_bytes=len(WAV) - 1)
+    assert leftovers(root) == []
+
+
+# ------------------------------------------------------------------ HTTP and transport
+
+
+@pytest.mark.parametrize("path", ["/503", "/502", "/429"])
+def test_server_trouble_is_retryable(
+    server: Server, storage: LocalStorage, root: Path, path: str
+) -> None:
+    error = fetch_error(storage, server.url + path)
+    assert error.retryable is True
+    assert path.strip("/") in str(error)
+    assert leftovers(root) == []
+
+
+@pytest.mark.parametrize("path", ["/404", "/403"])
+def test_client_errors_are_not_retryable(
+    server: Server, storage: LocalStorage, root: Path, path: str
+) -> None:
+    error = fetch_error(storage, server.url + path)
+    assert error.retryable is False
+    assert path.strip("/") in str(error)
+    assert leftovers(root) == []
+
+
+def test_connection_refused_is_retryable(storage: LocalStorage, root: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = fetch_error(storage, f"http://127.0.0.1:{port}/song.wav")
+    assert error.retryable is True
+    assert isinstance(error.__cause__, requests.ConnectionError)
+    assert leftovers(root) == []
+
+
+def test_a_silent_server_times_out_retryably(storage: LocalStorage, root: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        port = sock.getsockname()[1]
+        error = fetch_error(storage, f"http://127.0.0.1:{port}/x.wav", timeout=(1.0, 0.3))
+    assert error.retryable is True
+    assert leftovers(root) == []
+
+
+# ------------------------------------------------------------------ keys
+
+
+@pytest.mark.parametrize("key", ["../x", "../../etc/passwd", "a/../../x", "/etc/passwd", "", "."])
+def test_a_key_that_escapes_the_folder(storage: LocalStorage, key: str) -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        storage.path(key)
+
+
+def test_a_stem_that_escapes_the_folder_writes_nothing(
+    storage: LocalStorage, root: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError):
+        storage.store_bytes(WAV, "../x", max_bytes=MAX)
+    assert leftovers(root) == []
+    assert not (tmp_path / "x.wav").exists()
+    with pytest.raises(ValueError):
+        storage.exists("../x.wav")
+    with pytest.raises(ValueError):
+        storage.delete("../x.wav")
+
+
+def test_a_neighbour_folder_with_the_same_prefix_is_outside(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "audio")
+    with pytest.raises(ValueError):
+        storage.path("../audio-other/x.wav")
+    assert storage.path("sub/x.wav") == (tmp_path / "audio" / "sub" / "x.wav").resolve()
