@@ -89,8 +89,8 @@ wait_for() {
 }
 
 check() {
-    read -r PG_HOST PG_PORT < <(host_port "${TEST_DATABASE_URL:-postgresql://127.0.0.1:5432/test}" 5432)
-    read -r REDIS_HOST REDIS_PORT < <(host_port "${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}" 6379)
+    read -r PG_HOST PG_PORT < <(host_port "${TEST_DATABASE_URL:-postgresql://127.0.0.1:5432/chorus_test}" 5432)
+    read -r REDIS_HOST REDIS_PORT < <(host_port "${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" 6379)
 
     local pg_ok=1 redis_ok=1
     postgres_up || pg_ok=0
