@@ -113,7 +113,7 @@ def web_argv(settings: Settings) -> list[str]:
 
 
 def worker_argv(settings: Settings) -> list[str]:
-    from config.celery import JOBS_QUEUE, SWEEP_QUEUE
+    from config.celery import QUEUES
 
     return [
         sys.executable,
@@ -124,7 +124,7 @@ def worker_argv(settings: Settings) -> list[str]:
         "worker",
         "-E",
         "-Q",
-        f"{SWEEP_QUEUE},{JOBS_QUEUE}",
+        ",".join(QUEUES),
         "--concurrency",
         str(settings.worker_concurrency),
         "--loglevel",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kombu import Queue
+
 from config.settings import Settings
 
 SWEEP_QUEUE = "chorus.sweep"
-JOBS_QUEUE = "chorus.jobs"
+SUBMIT_QUEUE = "chorus.submit"
+POLL_QUEUE = "chorus.poll"
+QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
 
 # Every task finishes well inside this; a message unacked for longer is presumed lost and
 # redelivered, which the job leases make harmless.
@@ -54,10 +58,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_TIME_LIMIT - 30,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
-        "task_default_queue": JOBS_QUEUE,
+        # Declared here so that a worker started without -Q (Procfile, compose) consumes all.
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": SUBMIT_QUEUE,
         "task_routes": {
             "chorus.tick": {"queue": SWEEP_QUEUE},
-            "chorus.advance_jobs": {"queue": JOBS_QUEUE},
+            "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
+            "chorus.poll_jobs": {"queue": POLL_QUEUE},
         },
         "beat_schedule": {
             "sweep": {

@@ -1,4 +1,10 @@
-"""Celery tasks. They take ids (and lease tokens), never objects, and are safe to run twice."""
+"""Celery tasks. They take ids (and lease tokens), never objects, and are safe to run twice.
+
+``tick`` is the sweeper beat runs; it hands QUEUED jobs to ``submit_jobs`` and RUNNING jobs to
+``poll_jobs``. Both end in ``Engine.advance``, which re-reads the row under a fresh lease and
+does whatever step the job needs now, so a message that arrives after the job moved on is
+harmless.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from celery import Task, shared_task
 
 from app.db import utcnow
 from app.jobs.engine import DueClaim
+from app.jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +27,19 @@ BUCKET_SECONDS = 0.1
 BATCH_SIZE = 50
 
 
-def _app(task: Task) -> Any:
-    return task.app
+def _engine(task: Task) -> Any:
+    return task.app.engine  # type: ignore[attr-defined]
 
 
 @shared_task(name="chorus.tick", bind=True, ignore_result=True)
 def tick(self: Task) -> int:
     """The sweeper: fail overdue jobs, lease due ones and hand them to workers."""
-    app = _app(self)
-    engine = app.engine
+    engine = _engine(self)
     expired = engine.expire_overdue()
     if expired:
         log.info("%d job(s) passed their deadline", expired)
-    claims = engine.claim_due(
-        lookahead=app.settings.tick_seconds * 2, limit=app.settings.claim_batch
-    )
+    settings = self.app.settings  # type: ignore[attr-defined]
+    claims = engine.claim_due(lookahead=settings.tick_seconds * 2, limit=settings.claim_batch)
     dispatch(claims)
     return len(claims)
 
@@ -42,10 +47,11 @@ def tick(self: Task) -> int:
 def dispatch(claims: list[DueClaim]) -> None:
     now = utcnow()
 
-    def bucket(claim: DueClaim) -> float:
-        return claim.due_at.timestamp() // BUCKET_SECONDS
+    def slot(claim: DueClaim) -> tuple[str, float]:
+        return claim.status, claim.due_at.timestamp() // BUCKET_SECONDS
 
-    for _, group in groupby(sorted(claims, key=lambda c: c.due_at), key=bucket):
+    for (status, _), group in groupby(sorted(claims, key=slot), key=slot):
+        task = submit_jobs if status == JobStatus.QUEUED else poll_jobs
         items = list(group)
         for start in range(0, len(items), BATCH_SIZE):
             batch = items[start : start + BATCH_SIZE]
@@ -53,11 +59,20 @@ def dispatch(claims: list[DueClaim]) -> None:
             options: dict[str, Any] = {}
             if eta > now + dt.timedelta(milliseconds=20):
                 options["eta"] = eta
-            advance_jobs.apply_async(args=([[c.job_id, c.token] for c in batch],), **options)
+            task.apply_async(args=([[c.job_id, c.token] for c in batch],), **options)
 
 
-@shared_task(name="chorus.advance_jobs", bind=True, ignore_result=True)
-def advance_jobs(self: Task, claims: list[list[str]]) -> list[str]:
-    """Take one step (submit or poll) for each (job id, lease token); stale claims do nothing."""
-    engine = _app(self).engine
-    return cast(list[str], engine.advance_many((job_id, token) for job_id, token in claims))
+def _advance(task: Task, claims: list[list[str]]) -> list[str]:
+    return cast(list[str], _engine(task).advance_many((job_id, token) for job_id, token in claims))
+
+
+@shared_task(name="chorus.submit_jobs", bind=True, ignore_result=True)
+def submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+    """Send each leased QUEUED job (id, lease token) upstream; stale claims do nothing."""
+    return _advance(self, claims)
+
+
+@shared_task(name="chorus.poll_jobs", bind=True, ignore_result=True)
+def poll_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+    """Ask the upstream about each leased RUNNING job; stale claims do nothing."""
+    return _advance(self, claims)

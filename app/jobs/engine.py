@@ -60,6 +60,7 @@ class DueClaim:
     job_id: str
     token: str
     due_at: dt.datetime
+    status: str  # QUEUED jobs go to the submit task, RUNNING ones to the poll task
 
 
 class Engine:
@@ -113,7 +114,7 @@ class Engine:
         horizon = now + dt.timedelta(seconds=lookahead)
         with self.db.transaction() as session:
             rows = session.execute(
-                select(Job.id, Job.next_action_at)
+                select(Job.id, Job.next_action_at, Job.status)
                 .where(
                     Job.status.in_(list(ACTIVE)),
                     Job.next_action_at <= horizon,
@@ -125,7 +126,7 @@ class Engine:
             ).all()
             claims = []
             lease_until = horizon + self.lease
-            for job_id, due_at in rows:
+            for job_id, due_at, status in rows:
                 token = new_token()
                 session.execute(
                     update(Job)
@@ -133,7 +134,7 @@ class Engine:
                     .values(lease_token=token, lease_until=lease_until)
                     .execution_options(synchronize_session=False)
                 )
-                claims.append(DueClaim(job_id, token, max(due_at or now, now)))
+                claims.append(DueClaim(job_id, token, max(due_at or now, now), status))
         return claims
 
     # ------------------------------------------------------------------ advancing

@@ -194,7 +194,7 @@ def test_duplicated_and_lost_messages_neither_repeat_nor_lose_work(
     celery = make_celery(settings)
     duplicated, lost = claims[:4], claims[4:]
     for _ in range(5):  # every message for the first four jobs, five times over
-        celery.send_task("chorus.advance_jobs", args=([[c.job_id, c.token] for c in duplicated],))
+        celery.send_task("chorus.submit_jobs", args=([[c.job_id, c.token] for c in duplicated],))
     # ...and the messages for the other four are never sent at all.
     procs.worker()
     wait_for(
