@@ -141,7 +141,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         upstream_connect_timeout=env.float(
             "UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)
         ),
-        upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 30.0, validate=Range(min=0.1)),
+        upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 15.0, validate=Range(min=0.1)),
         sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
         sim_host=sim_host,
         sim_port=sim_port,

@@ -81,7 +81,9 @@ class Engine:
             min_interval=settings.poll_min_interval,
             max_interval=settings.poll_max_interval,
         )
-        self.lease = dt.timedelta(seconds=settings.lease_seconds)
+        # A lease shorter than one upstream call would let a sweep take an in-flight job away.
+        call = settings.upstream_connect_timeout + settings.upstream_read_timeout
+        self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self._adapters: dict[str, Adapter] = {}
 
     # ------------------------------------------------------------------ sweeping
@@ -141,6 +143,8 @@ class Engine:
 
     def advance_many(self, claims: Iterable[Claim]) -> list[str]:
         claims = list(claims)
+        if not claims:
+            return []
         if len(claims) == 1:
             return [self.advance(*claims[0])]
         workers = min(self.settings.io_threads, len(claims))
@@ -196,6 +200,10 @@ class Engine:
         if account is None:
             self._fail(job, "no_upstream", "no enabled upstream account serves this model")
             return "failed"
+        # Whatever can fail before the call happens first: a fault here must not look like
+        # an interrupted submit.
+        adapter = self._adapter(account)
+        request = self._generation_request(job)
         now = utcnow()
         if not self._write(
             job,
@@ -207,9 +215,8 @@ class Engine:
         ):
             return "lost"
         job.submit_attempts += 1
-        adapter = self._adapter(account)
         try:
-            submission = adapter.submit(self._generation_request(job))
+            submission = adapter.submit(request)
         except ProviderError as exc:
             return self._submit_failed(job, exc)
         now = utcnow()
@@ -220,7 +227,10 @@ class Engine:
             generation_id=submission.generation_id,
             started_at=now,
             submitting_since=None,
-            release=True,
+            error_code=None,
+            error_message=None,
+            # A synchronous upstream answered with the result: keep the lease for _apply.
+            release=submission.result is None,
             next_action_at=now + dt.timedelta(seconds=self._poll_delay(job, 0.0)),
         ):
             return "lost"
@@ -241,7 +251,7 @@ class Engine:
         if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
             delay = backoff(job.submit_attempts, retry_after=exc.retry_after)
             log.info("job %s: submit failed (%s), retrying in %.1fs", job.id, exc.code, delay)
-            self._write(
+            written = self._write(
                 job,
                 {JobStatus.QUEUED},
                 submitting_since=None,
@@ -250,7 +260,7 @@ class Engine:
                 release=True,
                 next_action_at=utcnow() + dt.timedelta(seconds=delay),
             )
-            return "retry"
+            return "retry" if written else "lost"
         self._fail(job, exc.code, exc.message)
         return "failed"
 
@@ -342,15 +352,18 @@ class Engine:
         return "succeeded"
 
     def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
+        # A key of its own per attempt: a slow loser cleaning up its copy can never delete
+        # the file the winner's row points to.
+        stem = f"{job.id}-{secrets.token_hex(4)}"
         if result.audio_bytes is not None:
             return self.storage.store_bytes(
-                result.audio_bytes, job.id, max_bytes=self.settings.audio_max_bytes
+                result.audio_bytes, stem, max_bytes=self.settings.audio_max_bytes
             )
         if not result.audio_url:
             raise AudioError("the upstream reported success without audio", retryable=False)
         return self.storage.fetch(
             result.audio_url,
-            job.id,
+            stem,
             max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
         )

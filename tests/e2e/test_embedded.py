@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -99,10 +98,18 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav(tmp_path: Path) -> Non
             pytest.fail(
                 "chorus dev did not stop on Ctrl-C:\n" + (tmp_path / "dev.log").read_text()[-4000:]
             )
-    # Ctrl-C stopped every process it started.
-    time.sleep(0.5)
+    # Ctrl-C stopped every process it started: the whole process group is gone.
+    wait_for(lambda: not _group_alive(proc.pid), 20, message="every chorus dev process to exit")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _up(url: str) -> bool:

@@ -142,7 +142,7 @@ def test_upstream_faults_end_as_documented(
     assert len(submits) <= 1
 
 
-@pytest.mark.env(LEASE_SECONDS="6", UPSTREAM_READ_TIMEOUT="20")
+@pytest.mark.env(LEASE_SECONDS="6", UPSTREAM_READ_TIMEOUT="6")
 def test_worker_killed_mid_job_every_job_still_ends_once(
     client: Any, db: Any, api_key: str, sim: str, procs: Processes
 ) -> None:
