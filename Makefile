@@ -42,7 +42,12 @@ lint: venv ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: venv ## Run the benchmarks: python -m bench $(BENCH_ARGS)
+bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_ARGS)
+	@# wrk is the load generator; install it when missing and we may (root with apt). Without it
+	@# the harness falls back to a slower Python generator and says so in the report.
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& { apt-get install -y wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; }; }; } \
+		|| echo "wrk is not installed: the Python load generator will be used"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove var/ (local database, audio, beat schedule) and build/test caches; keeps .venv

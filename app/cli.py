@@ -112,8 +112,30 @@ def web_argv(settings: Settings) -> list[str]:
     ]
 
 
-def worker_argv(settings: Settings) -> list[str]:
-    from config.celery import QUEUES
+def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
+    from config.celery import QUEUES, SYNC_QUEUE
+
+    if sync:
+        # Threads, not processes: each held-open upstream call is a thread waiting on a socket.
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-E",
+            "-Q",
+            SYNC_QUEUE,
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(settings.sync_concurrency),
+            "--hostname",
+            "sync@%h",
+            "--loglevel",
+            settings.log_level,
+        ]
 
     return [
         sys.executable,
@@ -156,10 +178,15 @@ def web(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option(
+    "--sync",
+    is_flag=True,
+    help="Serve the queue of synchronous upstream calls (MiniMax) with a thread pool.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
-    """A Celery worker for the sweep and job queues."""
-    _exec(worker_argv(settings_of(ctx)))
+def worker(ctx: click.Context, sync: bool) -> None:
+    """A Celery worker for the sweep, submit and poll queues (or, with --sync, the sync queue)."""
+    _exec(worker_argv(settings_of(ctx), sync=sync))
 
 
 @main.command()
@@ -235,8 +262,15 @@ def dev(ctx: click.Context, org_name: str) -> None:
     chorus = shutil.which("chorus") or f"{sys.executable} -m app.cli"
     manager = Manager()
     env = dict(os.environ)
-    for name in ("web", "worker", "beat", "sim"):
-        manager.add_process(name, f"{chorus} {name}", env=env)
+    commands = {
+        "web": "web",
+        "worker": "worker",
+        "sync": "worker --sync",
+        "beat": "beat",
+        "sim": "sim",
+    }
+    for name, command in commands.items():
+        manager.add_process(name, f"{chorus} {command}", env=env)
     signal.signal(signal.SIGTERM, lambda *_: manager.terminate())
     manager.loop()
     sys.exit(manager.returncode)

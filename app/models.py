@@ -1,8 +1,18 @@
 """Every table, imported in one place for Alembic and the tests."""
 
-from app.catalog.models import Category, Model, Route, UpstreamAccount
+from app.catalog.models import AccountState, Category, Model, Route, UpstreamAccount
 from app.db import Base
 from app.jobs.models import Job
 from app.tenancy.models import ApiKey, Org
 
-__all__ = ["ApiKey", "Base", "Category", "Job", "Model", "Org", "Route", "UpstreamAccount"]
+__all__ = [
+    "AccountState",
+    "ApiKey",
+    "Base",
+    "Category",
+    "Job",
+    "Model",
+    "Org",
+    "Route",
+    "UpstreamAccount",
+]

@@ -12,7 +12,11 @@ from config.settings import Settings
 SWEEP_QUEUE = "chorus.sweep"
 SUBMIT_QUEUE = "chorus.submit"
 POLL_QUEUE = "chorus.poll"
+# Synchronous upstream calls (MiniMax) that hold a thread for minutes: their own queue,
+# consumed by a thread-pool worker, so they never occupy the slots other jobs need.
+SYNC_QUEUE = "chorus.sync"
 QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
+ALL_QUEUES = (*QUEUES, SYNC_QUEUE)
 
 # Every task finishes well inside this; a message unacked for longer is presumed lost and
 # redelivered, which the job leases make harmless.
@@ -58,13 +62,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_TIME_LIMIT - 30,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
-        # Declared here so that a worker started without -Q (Procfile, compose) consumes all.
-        "task_queues": [Queue(name) for name in QUEUES],
+        "task_queues": [Queue(name) for name in ALL_QUEUES],
         "task_default_queue": SUBMIT_QUEUE,
         "task_routes": {
             "chorus.tick": {"queue": SWEEP_QUEUE},
             "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
             "chorus.poll_jobs": {"queue": POLL_QUEUE},
+            "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
         },
         "beat_schedule": {
             "sweep": {

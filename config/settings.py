@@ -65,6 +65,7 @@ class Settings:
     web_workers: int
     web_threads: int
     worker_concurrency: int
+    sync_concurrency: int
     flower_basic_auth: str | None
     log_level: str
 
@@ -148,12 +149,13 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         sim_latency=env.float("SIM_LATENCY", 2.0, validate=Range(min=0)),
         sim_jitter=env.float("SIM_JITTER", 0.5, validate=Range(min=0)),
         sim_audio_seconds=env.float("SIM_AUDIO_SECONDS", None),
-        sim_threads=env.int("SIM_THREADS", 64, validate=Range(min=1)),
+        sim_threads=env.int("SIM_THREADS", 256, validate=Range(min=1)),
         web_host=env.str("WEB_HOST", "127.0.0.1"),
         web_port=env.int("PORT", 8000, validate=Range(min=1, max=65535)),
         web_workers=env.int("WEB_CONCURRENCY", 2, validate=Range(min=1)),
         web_threads=env.int("WEB_THREADS", 8, validate=Range(min=1)),
         worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
+        sync_concurrency=env.int("SYNC_CONCURRENCY", 100, validate=Range(min=1, max=2000)),
         flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,
         log_level=env.str("LOG_LEVEL", "INFO"),
         environ=dict(source),

@@ -34,7 +34,16 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TABLES = ["jobs", "routes", "models", "categories", "upstream_accounts", "api_keys", "orgs"]
+TABLES = [
+    "jobs",
+    "routes",
+    "models",
+    "categories",
+    "account_states",
+    "upstream_accounts",
+    "api_keys",
+    "orgs",
+]
 
 
 @pytest.fixture(scope="session")
@@ -198,6 +207,13 @@ class Processes:
         argv = worker_argv(load_settings(self.env))
         argv[argv.index("--concurrency") + 1] = str(concurrency)
         argv += ["--hostname", f"{name}@%h", "--pool", "prefork"]
+        return self.start(name, argv)
+
+    def sync_worker(self, name: str = "sync") -> subprocess.Popen[bytes]:
+        from app.cli import worker_argv
+
+        argv = worker_argv(load_settings(self.env), sync=True)
+        argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
     def beat(self) -> subprocess.Popen[bytes]:

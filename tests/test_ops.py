@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROCFILE_PROCESSES = {"release", "web", "worker", "beat", "flower"}
-COMPOSE_SERVICES = {"postgres", "redis", "web", "worker", "beat", "flower", "sim"}
+PROCFILE_PROCESSES = {"release", "web", "worker", "worker_sync", "beat", "flower"}
+COMPOSE_SERVICES = {"postgres", "redis", "web", "worker", "worker-sync", "beat", "flower", "sim"}
 ENTRY_POINTS = {"celery", "gunicorn", "chorus"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
@@ -249,12 +249,14 @@ def test_compose_secrets_are_required() -> None:
 def test_compose_processes_wait_for_release() -> None:
     services = compose()["services"]
     assert "release" in services
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "worker-sync", "beat"):
         depends = services[name]["depends_on"]
         assert depends["release"]["condition"] == "service_completed_successfully", name
 
 
-@pytest.mark.parametrize("service", ["release", "web", "worker", "beat", "flower", "sim"])
+@pytest.mark.parametrize(
+    "service", ["release", "web", "worker", "worker-sync", "beat", "flower", "sim"]
+)
 def test_compose_service_names_real_entry_points(service: str) -> None:
     svc = app_services()[service]
     assert "command" in svc, f"{service} should say which process it runs"
@@ -263,7 +265,15 @@ def test_compose_service_names_real_entry_points(service: str) -> None:
 
 def test_compose_app_services_all_checked() -> None:
     # A new app service must be added to the parametrized test above.
-    assert set(app_services()) == {"release", "web", "worker", "beat", "flower", "sim"}
+    assert set(app_services()) == {
+        "release",
+        "web",
+        "worker",
+        "worker-sync",
+        "beat",
+        "flower",
+        "sim",
+    }
 
 
 def test_docker_compose_config() -> None:

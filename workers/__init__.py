@@ -24,8 +24,13 @@ class ChorusCelery(Celery):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.settings, Database(self.settings))
+            engine = Engine(self.settings, Database(self.settings))
+            engine.handoff = self._hand_to_sync_worker
+            self._engine = engine
         return self._engine
+
+    def _hand_to_sync_worker(self, job_id: str, token: str) -> None:
+        self.send_task("chorus.sync_submit_jobs", args=([[job_id, token]],))
 
     def reset_after_fork(self) -> None:
         # A forked child must not reuse its parent's pooled database sockets.

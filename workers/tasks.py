@@ -38,6 +38,7 @@ def tick(self: Task) -> int:
     expired = engine.expire_overdue()
     if expired:
         log.info("%d job(s) passed their deadline", expired)
+    engine.accounts.wake_waiting()
     settings = self.app.settings  # type: ignore[attr-defined]
     claims = engine.claim_due(lookahead=settings.tick_seconds * 2, limit=settings.claim_batch)
     dispatch(claims)
@@ -76,3 +77,12 @@ def submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
 def poll_jobs(self: Task, claims: list[list[str]]) -> list[str]:
     """Ask the upstream about each leased RUNNING job; stale claims do nothing."""
     return _advance(self, claims)
+
+
+@shared_task(name="chorus.sync_submit_jobs", bind=True, ignore_result=True)
+def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+    """Submit to a synchronous upstream, holding the call open (the sync worker only)."""
+    return cast(
+        list[str],
+        _engine(self).advance_many(((job_id, token) for job_id, token in claims), blocking=True),
+    )

@@ -33,6 +33,8 @@ class AccountSchema(Schema):
     credential_env = fields.String(load_default=None)
     max_in_flight = fields.Integer(load_default=20, validate=validate.Range(min=1))
     enabled = fields.Boolean(load_default=True)
+    read_timeout = fields.Float(load_default=None, validate=validate.Range(min=1))
+    upstream_account = fields.String(load_default=None)
 
 
 class RouteSchema(Schema):

@@ -5,12 +5,13 @@ After the seed platform's ``llmcatelog`` / ``llm`` / ``llm_api_map`` tables.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.db import Base, utcnow
 
 
 class Category(Base):
@@ -32,6 +33,25 @@ class UpstreamAccount(Base):
     credential_env: Mapped[str | None] = mapped_column(String(100))
     max_in_flight: Mapped[int] = mapped_column(default=20)
     enabled: Mapped[bool] = mapped_column(default=True)
+    # How long one call may take: MiniMax holds a call open for minutes, others answer at once.
+    read_timeout: Mapped[float | None]
+    # The account name some upstreams want in the request (useapi.net's "account").
+    upstream_account: Mapped[str | None] = mapped_column(String(200))
+
+
+class AccountState(Base):
+    """An account's circuit breaker, shared by every worker through the database."""
+
+    __tablename__ = "account_states"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("upstream_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    failures: Mapped[int] = mapped_column(default=0)
+    # Open until this moment: no new submits. After it, one probe at a time may try.
+    open_until: Mapped[dt.datetime | None]
+    probe_until: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Model(Base):

@@ -26,8 +26,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.catalog.models import Model, Route, UpstreamAccount
+from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, utcnow
+from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.models import Job
 from app.jobs.schedule import PollPolicy, backoff
 from app.jobs.status import ACTIVE, JobStatus, sources
@@ -85,6 +86,9 @@ class Engine:
         call = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self._adapters: dict[str, Adapter] = {}
+        self.accounts = Accounts(db)
+        # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
+        self.handoff: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ sweeping
 
@@ -141,24 +145,28 @@ class Engine:
 
     # ------------------------------------------------------------------ advancing
 
-    def advance_many(self, claims: Iterable[Claim]) -> list[str]:
+    def advance_many(self, claims: Iterable[Claim], *, blocking: bool = False) -> list[str]:
         claims = list(claims)
         if not claims:
             return []
         if len(claims) == 1:
-            return [self.advance(*claims[0])]
+            return [self.advance(*claims[0], blocking=blocking)]
         workers = min(self.settings.io_threads, len(claims))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="advance") as pool:
-            return list(pool.map(lambda c: self.advance(*c), claims))
+            return list(pool.map(lambda c: self.advance(*c, blocking=blocking), claims))
 
-    def advance(self, job_id: str, token: str) -> str:
-        """Take one step for the job if ``token`` still holds its lease. Safe to call twice."""
+    def advance(self, job_id: str, token: str, *, blocking: bool = False) -> str:
+        """Take one step for the job if ``token`` still holds its lease. Safe to call twice.
+
+        ``blocking`` says this caller may hold a synchronous upstream call open for minutes
+        (the sync worker). Otherwise such a submit is handed off to that worker.
+        """
         job = self._take(job_id, token)
         if job is None:
             return "skipped"
         try:
             if job.status == JobStatus.QUEUED:
-                return self._submit(job)
+                return self._submit(job, blocking=blocking)
             return self._poll(job)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
@@ -184,11 +192,11 @@ class Engine:
 
     # ------------------------------------------------------------------ submit
 
-    def _submit(self, job: Job) -> str:
+    def _submit(self, job: Job, *, blocking: bool) -> str:
         if job.submitting_since is not None:
             # A previous attempt died between sending the job upstream and recording the
-            # answer. The upstream may have it; AIMLAPI offers no way to look it up, and a
-            # second submit could make (and bill) a second song.
+            # answer. The upstream may have it, and a second submit could make (and bill) a
+            # second song.
             self._fail(
                 job,
                 "upstream_unknown",
@@ -196,29 +204,47 @@ class Engine:
                 "and it was not submitted twice",
             )
             return "failed"
-        account = self._account_for(job)
-        if account is None:
-            self._fail(job, "no_upstream", "no enabled upstream account serves this model")
-            return "failed"
+        if not blocking and self.handoff is not None:
+            first = self.accounts.peek(job)
+            if first is not None and self._adapter(self._config(first)).mode == "sync":
+                # Holding a call open for minutes belongs to the sync worker's thread pool,
+                # not to the slots that submit and poll every other job.
+                if not self._write(
+                    job, {JobStatus.QUEUED}, lease_until=utcnow() + self._lease_for(first)
+                ):
+                    return "lost"
+                self.handoff(job.id, job.lease_token or "")
+                return "handoff"
         # Whatever can fail before the call happens first: a fault here must not look like
         # an interrupted submit.
-        adapter = self._adapter(account)
         request = self._generation_request(job)
-        now = utcnow()
-        if not self._write(
-            job,
-            {JobStatus.QUEUED},
-            submitting_since=now,
-            submit_attempts=Job.submit_attempts + 1,
-            provider=account.provider,
-            account_id=account.id,
-        ):
+        reservation = self.accounts.reserve(job, lease_for=self._leases(), default_lease=self.lease)
+        if isinstance(reservation, NoRoute):
+            self._fail(job, "no_upstream", "no enabled upstream account serves this model")
+            return "failed"
+        if isinstance(reservation, Wait):
+            # Every account is full or its breaker is open: wait QUEUED, not FAILED. The
+            # sweeper wakes the job as soon as a slot frees.
+            self._write(
+                job,
+                {JobStatus.QUEUED},
+                release=True,
+                waiting_since=job.waiting_since or utcnow(),
+                next_action_at=reservation.until,
+            )
+            return "waiting"
+        if not isinstance(reservation, Reserved):
             return "lost"
+        account = self._config(reservation.account)
+        adapter = self._adapter(account)
         job.submit_attempts += 1
+        job.provider, job.account_id = account.provider, account.id
         try:
             submission = adapter.submit(request)
         except ProviderError as exc:
+            self._count_fault(account.id, exc)
             return self._submit_failed(job, exc)
+        self.accounts.record_success(account.id)
         now = utcnow()
         if not self._write(
             job,
@@ -251,6 +277,7 @@ class Engine:
         if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
             delay = backoff(job.submit_attempts, retry_after=exc.retry_after)
             log.info("job %s: submit failed (%s), retrying in %.1fs", job.id, exc.code, delay)
+            # Nothing reached the upstream: the next attempt may take another route.
             written = self._write(
                 job,
                 {JobStatus.QUEUED},
@@ -264,6 +291,12 @@ class Engine:
         self._fail(job, exc.code, exc.message)
         return "failed"
 
+    def _count_fault(self, account_id: str, exc: ProviderError) -> None:
+        # Only the upstream being broken counts: business errors and rate limits do not.
+        transient = exc.retryable and exc.code != "upstream_rate_limited"
+        if transient and self.accounts.record_failure(account_id):
+            log.warning("circuit breaker opened for upstream account %s", account_id)
+
     # ------------------------------------------------------------------ poll
 
     def _poll(self, job: Job) -> str:
@@ -274,7 +307,9 @@ class Engine:
         try:
             result = self._adapter(account).poll(job.generation_id)
         except ProviderError as exc:
+            self._count_fault(account.id, exc)
             return self._poll_failed(job, exc)
+        self.accounts.record_success(account.id)
         return self._apply(job, result)
 
     def _poll_failed(self, job: Job, exc: ProviderError) -> str:
@@ -425,21 +460,18 @@ class Engine:
             raise LookupError(f"model {model_id} is gone")
         return model
 
-    def _account_for(self, job: Job) -> AccountConfig | None:
-        """The first enabled account on the job's routes (fallback order is the route priority)."""
+    def _lease_for(self, account: UpstreamAccount) -> dt.timedelta:
+        """Long enough for one call on this account (MiniMax holds calls for minutes)."""
+        read = account.read_timeout or self.settings.upstream_read_timeout
+        call = self.settings.upstream_connect_timeout + read + 15
+        return max(self.lease, dt.timedelta(seconds=call))
+
+    def _leases(self) -> dict[str, dt.timedelta]:
         with self.db.session() as session:
-            account = session.scalar(
-                select(UpstreamAccount)
-                .join(Route, Route.account_id == UpstreamAccount.id)
-                .where(
-                    Route.model_id == job.model_id,
-                    Route.category_id == job.category_id,
-                    UpstreamAccount.enabled.is_(True),
-                )
-                .order_by(Route.priority)
-                .limit(1)
-            )
-        return self._config(account) if account else None
+            accounts = session.scalars(
+                select(UpstreamAccount).where(UpstreamAccount.read_timeout.is_not(None))
+            ).all()
+        return {a.id: self._lease_for(a) for a in accounts}
 
     def _job_account(self, job: Job) -> AccountConfig | None:
         with self.db.session() as session:
@@ -455,8 +487,9 @@ class Engine:
             provider=account.provider,
             base_url=account.base_url.replace(SIM_PLACEHOLDER, self.settings.sim_url),
             api_key=api_key,
+            upstream_account=account.upstream_account,
             connect_timeout=self.settings.upstream_connect_timeout,
-            read_timeout=self.settings.upstream_read_timeout,
+            read_timeout=account.read_timeout or self.settings.upstream_read_timeout,
         )
 
     def _adapter(self, account: AccountConfig) -> Adapter:

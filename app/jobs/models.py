@@ -27,6 +27,8 @@ class Job(Base):
         Index("ix_jobs_due", "status", "next_action_at"),
         Index("ix_jobs_org_created", "org_id", "id"),
         Index("ix_jobs_deadline", "status", "deadline_at"),
+        # Slots: jobs in flight on an account.
+        Index("ix_jobs_account_status", "account_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
@@ -53,6 +55,8 @@ class Job(Base):
     # that the upstream may already have the job (never submit twice).
     submitting_since: Mapped[dt.datetime | None]
     submit_attempts: Mapped[int] = mapped_column(default=0)
+    # Set while the job waits QUEUED for a free slot on any of its accounts.
+    waiting_since: Mapped[dt.datetime | None]
     poll_count: Mapped[int] = mapped_column(default=0)
     invalid_responses: Mapped[int] = mapped_column(default=0)
 

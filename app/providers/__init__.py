@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 # package registers nothing and loads no adapter it does not need.
 ADAPTERS: dict[str, str] = {
     "aimlapi": "app.providers.aimlapi:AimlapiAdapter",
+    "apilaplas": "app.providers.apilaplas:ApilaplasAdapter",
+    "minimax": "app.providers.minimax:MinimaxAdapter",
+    "useapi": "app.providers.useapi:UseapiAdapter",
 }
 
 

@@ -10,8 +10,10 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import requests
+import requests.adapters
 
 USER_AGENT = "Chorus/0.1 (+music-generation gateway)"
+POOL_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class AccountConfig:
     api_key: str | None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # The account name the upstream wants in requests (useapi.net's "account"), if any.
+    upstream_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,14 @@ class HTTPAdapter(Adapter):
 
     def __init__(self, account: AccountConfig, session: requests.Session | None = None) -> None:
         super().__init__(account)
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # Many worker threads share one adapter per account; without a larger pool they
+            # would open and discard a connection per call.
+            pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+            session.mount("http://", pooled)
+            session.mount("https://", pooled)
+        self.session = session
         self.session.headers["User-Agent"] = USER_AGENT
 
     @property

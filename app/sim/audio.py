@@ -67,3 +67,9 @@ def wav_bytes(frames: int, sample_rate: int) -> bytes:
         out.setframerate(sample_rate)
         out.writeframes(pcm)
     return buf.getvalue()
+
+
+@lru_cache(maxsize=4)
+def wav_hex(frames: int, sample_rate: int) -> str:
+    """``wav_bytes`` as lowercase hex, MiniMax's default ``output_format``."""
+    return wav_bytes(frames, sample_rate).hex()

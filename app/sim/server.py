@@ -43,7 +43,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "workers": 1,
         # gthread parks idle keep-alive connections in a poller instead of holding a thread, so
         # a few dozen threads serve thousands of client connections; threads are only tied up by
-        # requests that really sleep (the hang faults).
+        # requests that really sleep: the hang faults, and every MiniMax call, which is held open
+        # for its whole latency. SIM_THREADS therefore bounds how many MiniMax calls can be open
+        # at once; calls beyond it wait in the accept queue.
         "worker_class": "gthread",
         "threads": settings.sim_threads,
         "worker_connections": 4096,

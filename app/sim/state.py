@@ -5,12 +5,18 @@ and list updates, so a single lock keeps up with the request rate the benchmark 
 making every read (the record, the summary) a consistent snapshot.
 
 A generation never owns a timer or a thread: its status is a pure function of its timestamps and
-the time of the GET that asks (``Generation.status_at``).
+the time of the GET that asks (``Generation.status_at``, ``Generation.useapi_status``). A MiniMax
+call sleeps in its own request thread, never under the lock.
+
+Per-account counters (``AccountStats``) live apart from the generations, so they stay exact when
+old generations are dropped; they show in the record as ``accounts``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +35,14 @@ QUEUED_SHARE = 0.1
 Outcome = Literal["completed", "error", "never"]
 Kind = Literal["submit", "poll", "audio"]
 FaultTarget = Literal["submit", "poll"]
+Protocol = Literal["aimlapi", "minimax", "useapi"]
+
+# useapi.net's integer statuses (3 is not documented: the simulator's "unknown status").
+USEAPI_PENDING = 0
+USEAPI_PROCESSING = 1
+USEAPI_COMPLETED = 2
+USEAPI_UNKNOWN = 3
+USEAPI_MODERATED = 4
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,36 @@ class Generation:
     poll_hang: float = 0.0
     poll_count: int = 0
     first_completed_seen_at: float | None = None
+    protocol: Protocol = "aimlapi"
+    # Whose capacity the generation uses: the bearer key, or for useapi the account key.
+    account: str | None = None
+    # useapi only: the song's title, and how long after completion a strike flips it to 4.
+    title: str | None = None
+    post_moderated: float | None = None
+
+    @property
+    def post_moderated_at(self) -> float | None:
+        """When a finished song is struck ([sim:post-moderated=S]); None if it never is."""
+        if self.ready_at is None or self.post_moderated is None:
+            return None
+        return self.ready_at + self.post_moderated
+
+    def audio_available(self, now: float) -> bool:
+        """Whether the WAV link answers at ``now``: finished well and not struck since."""
+        if self.ready_at is None or now < self.ready_at or self.outcome != "completed":
+            return False
+        struck = self.post_moderated_at
+        return struck is None or now < struck
+
+    def useapi_status(self, now: float) -> int:
+        """The integer status useapi.net's ``GET /v1/minimax/music/<id>`` reports at ``now``."""
+        if self.ready_at is not None and now >= self.ready_at:
+            return USEAPI_COMPLETED if self.audio_available(now) else USEAPI_MODERATED
+        if self.unknown_status:
+            return USEAPI_UNKNOWN
+        if now - self.created_at < QUEUED_SHARE * self.latency:
+            return USEAPI_PENDING
+        return USEAPI_PROCESSING
 
     def status_at(self, now: float) -> str:
         """The status a GET at ``now`` reports."""
@@ -126,10 +170,54 @@ class PollView:
     poll_hang: float
 
 
-def fingerprint(model: str, prompt: str, lyrics: str | None, auth: str | None) -> str:
+def fingerprint(
+    model: str,
+    prompt: str,
+    lyrics: str | None,
+    auth: str | None,
+    protocol: Protocol = "aimlapi",
+) -> str:
     """Identifies "the same request": resubmitting a job shows up as a shared fingerprint."""
-    raw = "\x1f".join((model, prompt, lyrics or "", auth or ""))
+    parts = [model, prompt, lyrics or "", auth or ""]
+    if protocol != "aimlapi":
+        parts.append(protocol)
+    raw = "\x1f".join(parts)
     return hashlib.blake2b(raw.encode("utf-8"), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class AccountStats:
+    """Concurrency seen on one upstream account (one bearer key, or one useapi account).
+
+    MiniMax's calls are synchronous, so its concurrency is the number of open calls
+    (``open_calls``). For the submit-then-poll protocols it is the number of generations
+    created and not yet finished; ``live`` is a min-heap of their ready times (``inf`` for
+    ``[sim:never]``), pruned lazily, so each submit costs O(log n) even with thousands running.
+    """
+
+    protocol: Protocol
+    account: str
+    max_concurrent: int = 0
+    rejected_busy: int = 0
+    open_calls: int = 0
+    live: list[float] = field(default_factory=list)
+
+    def running(self, now: float) -> int:
+        while self.live and self.live[0] <= now:
+            heapq.heappop(self.live)
+        return len(self.live)
+
+    def in_flight(self, now: float) -> int:
+        return self.open_calls if self.protocol == "minimax" else self.running(now)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "account": self.account,
+            "max_concurrent": self.max_concurrent,
+            "in_flight": self.in_flight(now),
+            "rejected_busy": self.rejected_busy,
+        }
 
 
 # One record entry: (seq, at, method, path, kind, generation_id, status_code, auth, prompt).
@@ -161,6 +249,10 @@ class SimState:
         self._seq = 0
         self._kind_counts: dict[str, int] = {}
         self._code_counts: dict[int, int] = {}
+        self._accounts: dict[tuple[Protocol, str], AccountStats] = {}
+        # useapi music numbers are never reused, not even across a reset: a client still
+        # polling an id from before the reset must get 404, not someone else's song.
+        self._music_numbers = itertools.count(1)
 
     # -- config and faults ---------------------------------------------------------------------
 
@@ -202,11 +294,64 @@ class SimState:
             self._seq = 0
             self._kind_counts = {}
             self._code_counts = {}
+            self._accounts = {}
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def _account(self, protocol: Protocol, account: str) -> AccountStats:
+        stats = self._accounts.get((protocol, account))
+        if stats is None:
+            stats = self._accounts[(protocol, account)] = AccountStats(protocol, account)
+        return stats
+
+    def call_opened(self, protocol: Protocol, account: str) -> AccountStats:
+        """Count a synchronous call held open on ``account``; pass the result to call_closed.
+
+        Handing back the stats object (not a key) keeps a call that straddles a reset from
+        decrementing the fresh counters.
+        """
+        with self._lock:
+            stats = self._account(protocol, account)
+            stats.open_calls += 1
+            stats.max_concurrent = max(stats.max_concurrent, stats.open_calls)
+            return stats
+
+    def call_closed(self, stats: AccountStats) -> None:
+        with self._lock:
+            stats.open_calls -= 1
+
+    def check_idle(self, protocol: Protocol, account: str, now: float) -> bool:
+        """True when ``account`` runs nothing at ``now``; a busy answer counts as a rejection."""
+        with self._lock:
+            stats = self._account(protocol, account)
+            if stats.running(now):
+                stats.rejected_busy += 1
+                return False
+            return True
+
+    def next_music_number(self) -> int:
+        with self._lock:
+            return next(self._music_numbers)
 
     # -- generations ---------------------------------------------------------------------------
 
-    def add_generation(self, generation: Generation) -> None:
+    def add_generation(self, generation: Generation, *, one_at_a_time: bool = False) -> bool:
+        """Store a new generation and count it against its account.
+
+        With ``one_at_a_time`` (useapi) nothing is stored and False is returned when the account
+        still runs another generation; the check and the insert happen under one lock, so two
+        racing creates can never both get in.
+        """
         with self._lock:
+            if generation.protocol != "minimax" and generation.account is not None:
+                stats = self._account(generation.protocol, generation.account)
+                running = stats.running(generation.created_at)
+                if one_at_a_time and running:
+                    stats.rejected_busy += 1
+                    return False
+                ready = generation.ready_at
+                heapq.heappush(stats.live, float("inf") if ready is None else ready)
+                stats.max_concurrent = max(stats.max_concurrent, running + 1)
             self._generations[generation.id] = generation
             fp = generation.fingerprint
             self._fingerprints[fp] = self._fingerprints.get(fp, 0) + 1
@@ -218,13 +363,19 @@ class SimState:
                     self._fingerprints[oldest.fingerprint] = left
                 else:
                     self._fingerprints.pop(oldest.fingerprint, None)
+            return True
 
     def get(self, generation_id: str) -> Generation | None:
         with self._lock:
             return self._generations.get(generation_id)
 
     def observe_poll(
-        self, generation_id: str, now: float, *, reveals_status: bool = True
+        self,
+        generation_id: str,
+        now: float,
+        *,
+        reveals_status: bool = True,
+        protocol: Protocol = "aimlapi",
     ) -> PollView | None:
         """Count a GET for the generation and say what it should answer; None if unknown.
 
@@ -233,7 +384,7 @@ class SimState:
         """
         with self._lock:
             gen = self._generations.get(generation_id)
-            if gen is None:
+            if gen is None or gen.protocol != protocol:
                 return None
             gen.poll_count += 1
             status = gen.status_at(now)
@@ -256,6 +407,37 @@ class SimState:
                 poll_5xx=gen.poll_5xx,
                 poll_hang=gen.poll_hang,
             )
+
+    def observe_useapi_poll(
+        self, music_id: str, now: float, *, reveals_status: bool = True
+    ) -> tuple[Generation, int] | None:
+        """Count a useapi status GET and say which status it answers; None if unknown.
+
+        The generation is handed back as is: apart from the counters updated here, its fields
+        never change after creation, so reading them outside the lock is safe.
+        """
+        with self._lock:
+            gen = self._generations.get(music_id)
+            if gen is None or gen.protocol != "useapi":
+                return None
+            gen.poll_count += 1
+            status = gen.useapi_status(now)
+            if (
+                reveals_status
+                and status == USEAPI_COMPLETED
+                and gen.first_completed_seen_at is None
+                and not gen.garbage
+                and not gen.poll_5xx
+            ):
+                gen.first_completed_seen_at = now
+            return gen, status
+
+    def mark_completed_seen(self, generation_id: str, now: float) -> None:
+        """Note that the client was handed the finished song (MiniMax's synchronous answer)."""
+        with self._lock:
+            gen = self._generations.get(generation_id)
+            if gen is not None and gen.first_completed_seen_at is None:
+                gen.first_completed_seen_at = now
 
     def count_poll(self, generation_id: str) -> None:
         """Count a GET answered before the status was looked at (a one-shot fault)."""
@@ -303,6 +485,7 @@ class SimState:
             picked = entries[start:]
             generations = self._generation_rows()
             counts = self._counts()
+            accounts = self._account_rows()
         requests = [
             {
                 "seq": e[0],
@@ -317,11 +500,28 @@ class SimState:
             }
             for e in picked
         ]
-        return {"requests": requests, "generations": generations, "counts": counts}
+        return {
+            "requests": requests,
+            "generations": generations,
+            "counts": counts,
+            "accounts": accounts,
+        }
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            return {"counts": self._counts(), "generations": self._generation_rows()}
+            return {
+                "counts": self._counts(),
+                "generations": self._generation_rows(),
+                "accounts": self._account_rows(),
+            }
+
+    def accounts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._account_rows()
+
+    def _account_rows(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [stats.as_dict(now) for stats in self._accounts.values()]
 
     def _counts(self) -> dict[str, Any]:
         now = self.clock()
@@ -359,6 +559,9 @@ class SimState:
                 "audio_seconds": g.audio_seconds,
                 "sample_rate": g.sample_rate,
                 "outcome": g.outcome,
+                "protocol": g.protocol,
+                "account": g.account,
+                "post_moderated_at": g.post_moderated_at,
             }
             for g in self._generations.values()
         ]

@@ -731,6 +731,21 @@ def test_serve_runs_under_gunicorn() -> None:
             f"{base}{API}", params={"generation_id": resp.json()["id"]}, headers=headers, timeout=5
         ).json()
         assert body["status"] == "completed"
+        # The other two protocols are served by the same process.
+        mm = requests.post(
+            f"{base}/v1/music_generation",
+            json={"model": "music-2.6", "prompt": "p [sim:latency=0.2]", "output_format": "url"},
+            headers=headers,
+            timeout=5,
+        ).json()
+        assert mm["base_resp"]["status_code"] == 0
+        assert requests.get(mm["data"]["audio"], headers=headers, timeout=5).status_code == 200
+        ua = requests.post(
+            f"{base}/v1/minimax/music/create", json={"prompt": "p"}, headers=headers, timeout=5
+        )
+        assert ua.status_code == 200
+        rec = requests.get(f"{base}/_sim/record?summary=1", headers=headers, timeout=5).json()
+        assert sorted(g["protocol"] for g in rec["generations"]) == ["aimlapi", "minimax", "useapi"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -14,9 +14,14 @@ The class is not collected by itself (its name does not start with ``Test``). Th
 
 * the status mapping is total: every word of the adapter's STATUS_MAP maps as the map says,
   and a word the adapter has never seen is PENDING (never an exception, never a failure);
+  for a synchronous adapter (``mode = "sync"``) its answer is final instead: never PENDING,
+  since nothing would ever poll it;
+* a synchronous adapter has nothing to poll: ``poll`` raises a non-retryable ProviderError
+  without calling the upstream;
 * every HTTP error, transport fault and unreadable answer is a ProviderError with a code, and
   ``retryable`` says whether trying later can help;
-* a submit that may have reached the upstream (read timeout) is flagged ``maybe_created``;
+* a submit that may have reached the upstream (read timeout, an unreadable 2xx) is flagged
+  ``maybe_created``;
 * every outbound call carries the account's (connect, read) timeout and its credentials;
 * ``get_adapter`` resolves the provider name to the adapter class.
 """
@@ -64,7 +69,8 @@ class AdapterContract:
     adapter_cls: ClassVar[type[HTTPAdapter]]
     provider: ClassVar[str]
     status_map: ClassVar[Mapping[str, PollState]]
-    # The operations that talk to the upstream; a sync adapter may have only "submit".
+    # The operations that talk to the upstream; a sync adapter has only "submit" (and sets
+    # status_operation = "submit" and submit_body to a finished answer).
     operations: ClassVar[tuple[str, ...]] = ("submit", "poll")
     # The operation whose answer carries the upstream's status word.
     status_operation: ClassVar[str] = "poll"
@@ -173,8 +179,27 @@ class AdapterContract:
         assert UNKNOWN_STATUS not in self.status_map
         with self.answer(self.status_operation, json=self.status_body(UNKNOWN_STATUS)):
             result = self.read_status(adapter)
-        assert result.state is PollState.PENDING
         assert result.raw_status == UNKNOWN_STATUS
+        if adapter.mode == "sync":
+            # Nothing will ever poll a synchronous answer: it must be final.
+            assert result.state is not PollState.PENDING, result
+        else:
+            assert result.state is PollState.PENDING
+
+    def test_contract_sync_poll_is_a_final_error_without_a_call(
+        self, adapter: HTTPAdapter, session: RecordingSession
+    ) -> None:
+        if adapter.mode != "sync":
+            pytest.skip("an async adapter polls its upstream")
+        assert "poll" not in self.operations
+        with (
+            responses.RequestsMock(assert_all_requests_are_fired=False),
+            pytest.raises(ProviderError) as info,
+        ):
+            adapter.poll(GEN_ID)
+        assert info.value.code and info.value.message
+        assert info.value.retryable is False
+        assert session.sent == []
 
     def test_contract_http_errors_are_provider_errors(self, adapter: HTTPAdapter) -> None:
         for op in self.operations:
@@ -209,9 +234,15 @@ class AdapterContract:
 
     def test_contract_unreadable_answers_are_provider_errors(self, adapter: HTTPAdapter) -> None:
         for op in self.operations:
-            for body in ("<html>502 Bad Gateway</html>", "", "{truncated"):
+            errors = [
                 self.fault(adapter, op, status=200, body=body, content_type="text/html")
-            self.fault(adapter, op, status=200, json=["not", "an", "object"])
+                for body in ("<html>502 Bad Gateway</html>", "", "{truncated")
+            ]
+            errors.append(self.fault(adapter, op, status=200, json=["not", "an", "object"]))
+            if op == "submit":
+                # A 2xx we cannot read may still have created (and billed) the job.
+                for error in errors:
+                    assert error.maybe_created and not error.retryable, error
 
     def test_contract_every_call_has_the_account_timeout(
         self, adapter: HTTPAdapter, session: RecordingSession

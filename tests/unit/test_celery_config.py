@@ -5,14 +5,22 @@ from __future__ import annotations
 import pytest
 
 from config import load_settings
-from config.celery import QUEUES, VISIBILITY_TIMEOUT, celery_config
+from config.celery import QUEUES, SYNC_QUEUE, VISIBILITY_TIMEOUT, celery_config
 
 
-def test_a_worker_without_q_consumes_every_queue() -> None:
+def test_queues_are_declared_and_split_between_the_two_workers() -> None:
+    from app.cli import worker_argv
     from workers import make_celery
 
-    app = make_celery(load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"}))
-    assert set(app.amqp.queues) == set(QUEUES)
+    settings = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"})
+    app = make_celery(settings)
+    assert set(app.amqp.queues) == {*QUEUES, SYNC_QUEUE}
+    # The job worker never takes held-open sync calls; the sync worker takes nothing else.
+    job_argv, sync_argv = worker_argv(settings), worker_argv(settings, sync=True)
+    assert job_argv[job_argv.index("-Q") + 1].split(",") == list(QUEUES)
+    assert sync_argv[sync_argv.index("-Q") + 1] == SYNC_QUEUE
+    assert sync_argv[sync_argv.index("--pool") + 1] == "threads"
+    assert app.conf.task_routes["chorus.sync_submit_jobs"]["queue"] == SYNC_QUEUE
     assert app.conf.task_routes["chorus.tick"]["queue"] == "chorus.sweep"
     assert app.conf.task_routes["chorus.submit_jobs"]["queue"] == "chorus.submit"
     assert app.conf.task_routes["chorus.poll_jobs"]["queue"] == "chorus.poll"

@@ -1,0 +1,328 @@
+"""MiniMax's synchronous ``POST /v1/music_generation``: one call, held open until the song exists.
+
+Errors mostly arrive with HTTP 200 and a non-zero ``base_resp.status_code``; gateway errors
+arrive as HTTP 4xx/5xx with ``{"type": "error", "error": {"type", "message", "http_code"}}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response
+
+from app.sim.aimlapi import BITRATES, FORMATS, is_int
+from app.sim.audio import (
+    DEFAULT_SAMPLE_RATE,
+    SAMPLE_RATES,
+    derive_duration,
+    frame_count,
+    wav_bytes,
+    wav_hex,
+)
+from app.sim.common import (
+    REASONS,
+    BadRequest,
+    Markers,
+    apply_fault,
+    audio_url,
+    bearer,
+    draw_latency,
+    garbage_response,
+    json_body,
+    json_response,
+    parse_markers,
+    record,
+)
+from app.sim.state import Generation, Outcome, SimState, fingerprint
+
+MINIMAX_PATH = "/v1/music_generation"
+OUTPUT_FORMATS = frozenset({"url", "hex"})
+DEFAULT_BITRATE = 256000
+
+MARKERS = frozenset(
+    {
+        "error",
+        "moderated",
+        "garbage",
+        "submit-5xx",
+        "submit-401",
+        "submit-429",
+        "audio-url-field",
+        "submit-hang",
+        "latency",
+        "base-resp",
+        "http",
+    }
+)
+
+AUTH_MISSING = (
+    "login fail: Please carry the API secret key in the 'Authorization' field of the request header"
+)
+
+# MiniMax's platform error table, plus the codes its CLI knows (1028, 1030, 2061).
+BASE_RESP_MESSAGES = {
+    1000: "unknown error",
+    1001: "request timeout",
+    1002: "rate limit exceeded",
+    1004: "not authorized",
+    1008: "insufficient balance",
+    1024: "internal error",
+    1026: "input new_sensitive",
+    1027: "output new_sensitive",
+    1028: "quota exhausted",
+    1030: "quota exhausted",
+    1033: "system error",
+    1039: "token limit",
+    1041: "conn limit",
+    1042: "invisible character ratio limit",
+    2013: "invalid params",
+    2045: "rate growth limit",
+    2049: "invalid api key",
+    2056: "usage limit exceeded",
+    2061: "model not available on the current plan",
+}
+
+# The gateway's ``error.type`` for each HTTP status (Anthropic-style names, as the CLI sees).
+_GATEWAY_TYPES = {
+    400: "bad_request_error",
+    401: "authentication_error",
+    402: "insufficient_balance_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "unprocessable_entity_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_GATEWAY_MESSAGES = {
+    402: "insufficient balance",
+    422: "input new_sensitive: the input contains sensitive content (1026)",
+    429: "rate limit exceeded",
+}
+
+
+@dataclass(frozen=True)
+class MusicBody:
+    model: str
+    prompt: str
+    lyrics: str | None
+    output_format: str
+    sample_rate: int
+    bitrate: int
+
+
+def register(app: Flask, state: SimState) -> None:
+    @app.post(MINIMAX_PATH)
+    def music_generation() -> Response:
+        at = state.clock()
+        auth = bearer()
+        # Every call counts against its key for as long as it is open, whatever it answers.
+        open_call = state.call_opened("minimax", auth) if auth is not None else None
+        try:
+            return _generate(state, at, auth)
+        finally:
+            if open_call is not None:
+                state.call_closed(open_call)
+
+
+def _generate(state: SimState, at: float, auth: str | None) -> Response:
+    data, prompt = json_body()
+
+    def done(resp: Response, generation_id: str | None = None) -> Response:
+        return record(
+            state,
+            at=at,
+            kind="submit",
+            path=MINIMAX_PATH,
+            generation_id=generation_id,
+            resp=resp,
+            auth=auth,
+            prompt=prompt,
+        )
+
+    fault = state.take_fault("submit")
+    if fault is not None:
+        resp = apply_fault(fault, gateway_error)
+        if resp is not None:
+            return done(resp)
+    if auth is None:
+        return done(base_resp_error(1004, AUTH_MISSING))
+    try:
+        body = parse_body(data)
+        markers = parse_markers(body.prompt, MARKERS)
+    except BadRequest as exc:
+        return done(base_resp_error(2013, f"invalid params, {exc}"))
+
+    # Gateway failures answer at once and make nothing.
+    if markers.http is not None:
+        return done(gateway_error(markers.http))
+    for flag, code in (("submit-5xx", 503), ("submit-401", 401), ("submit-429", 429)):
+        if flag in markers.flags:
+            return done(gateway_error(code))
+
+    gen, code = _new_generation(state, body, markers, auth, created_at=at)
+    state.add_generation(gen)
+    # The call is held open while the song is made; no lock is held while sleeping.
+    if gen.latency > 0:
+        time.sleep(gen.latency)
+
+    success = False
+    if "garbage" in markers.flags:
+        resp = garbage_response()
+    elif code != 0:
+        resp = base_resp_error(code, gen.error_message or BASE_RESP_MESSAGES.get(code, "error"))
+    else:
+        resp = json_response(_success_body(gen, body, markers), 200)
+        success = True
+    done(resp, gen.id)
+    if markers.submit_hang > 0:
+        # The song exists (and is billed) but the answer is late: a client read timeout.
+        time.sleep(markers.submit_hang)
+    if success:
+        state.mark_completed_seen(gen.id, state.clock())
+    return resp
+
+
+def _new_generation(
+    state: SimState, body: MusicBody, markers: Markers, auth: str, created_at: float
+) -> tuple[Generation, int]:
+    """The generation, and the base_resp code its answer will carry (0 for success)."""
+    cfg = state.config
+    latency = draw_latency(cfg, markers)
+    code = 0
+    if markers.base_resp is not None:
+        code = markers.base_resp
+    elif "moderated" in markers.flags:
+        code = 1026
+    elif "error" in markers.flags:
+        code = 1000
+    outcome: Outcome = "error" if code else "completed"
+    message = None
+    if code:
+        message = f"{BASE_RESP_MESSAGES.get(code, 'error')} (simulated)"
+
+    seconds = derive_duration(body.lyrics, cfg.audio_seconds)
+    frames = frame_count(seconds, body.sample_rate)
+    trace_id = uuid.uuid4().hex
+    gen = Generation(
+        id=trace_id,
+        model=body.model,
+        prompt=body.prompt,
+        lyrics=body.lyrics,
+        auth=auth,
+        created_at=created_at,
+        latency=latency,
+        ready_at=created_at + latency,
+        outcome=outcome,
+        error_name=f"base_resp {code}" if code else None,
+        error_message=message,
+        audio_seconds=frames / body.sample_rate,
+        sample_rate=body.sample_rate,
+        fingerprint=fingerprint(body.model, body.prompt, body.lyrics, auth, "minimax"),
+        garbage="garbage" in markers.flags,
+        protocol="minimax",
+        account=auth,
+    )
+    return gen, code
+
+
+def _success_body(gen: Generation, body: MusicBody, markers: Markers) -> dict[str, Any]:
+    frames = frame_count(gen.audio_seconds, gen.sample_rate)
+    size = len(wav_bytes(frames, gen.sample_rate))
+    data: dict[str, Any]
+    if body.output_format == "url":
+        url = audio_url(gen.id)
+        # Real clients disagree on where the link is; the marker moves it to audio_url.
+        if "audio-url-field" in markers.flags:
+            data = {"audio_url": url, "status": 2}
+        else:
+            data = {"audio": url, "status": 2}
+    else:
+        data = {"audio": wav_hex(frames, gen.sample_rate), "status": 2}
+    return {
+        "data": data,
+        "trace_id": gen.id,
+        "extra_info": {
+            "music_duration": round(gen.audio_seconds * 1000),
+            "music_sample_rate": gen.sample_rate,
+            "music_channel": 1,
+            "bitrate": body.bitrate,
+            "music_size": size,
+        },
+        "analysis_info": None,
+        "base_resp": {"status_code": 0, "status_msg": "success"},
+    }
+
+
+def parse_body(data: Any) -> MusicBody:
+    """Validate a MiniMax music body (required fields, types, enums), or raise."""
+    if not isinstance(data, dict):
+        raise BadRequest("expected a JSON object")
+    problems: list[str] = []
+    model = data.get("model")
+    prompt = data.get("prompt")
+    if not isinstance(model, str) or not model.strip():
+        problems.append("model is required")
+        model = ""
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append("prompt is required")
+        prompt = ""
+    lyrics = data.get("lyrics")
+    if lyrics is not None and not isinstance(lyrics, str):
+        problems.append("lyrics must be a string")
+    output_format = data.get("output_format", "hex")
+    if output_format not in OUTPUT_FORMATS:
+        problems.append(f"output_format must be one of {sorted(OUTPUT_FORMATS)}")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        problems.append("stream must be a boolean")
+    elif stream:
+        problems.append("stream=true is not supported by the simulator")
+
+    sample_rate, bitrate = DEFAULT_SAMPLE_RATE, DEFAULT_BITRATE
+    setting = data.get("audio_setting")
+    if setting is not None:
+        if not isinstance(setting, dict):
+            problems.append("audio_setting must be an object")
+        else:
+            rate = setting.get("sample_rate", sample_rate)
+            if not is_int(rate) or rate not in SAMPLE_RATES:
+                problems.append(f"audio_setting.sample_rate must be one of {sorted(SAMPLE_RATES)}")
+            else:
+                sample_rate = int(rate)
+            rate_bits = setting.get("bitrate", bitrate)
+            if not is_int(rate_bits) or rate_bits not in BITRATES:
+                problems.append(f"audio_setting.bitrate must be one of {sorted(BITRATES)}")
+            else:
+                bitrate = int(rate_bits)
+            fmt = setting.get("format")
+            if fmt is not None and fmt not in FORMATS:
+                problems.append(f"audio_setting.format must be one of {sorted(FORMATS)}")
+    if problems:
+        raise BadRequest("; ".join(problems))
+    return MusicBody(
+        model=model,
+        prompt=prompt,
+        lyrics=lyrics,
+        output_format=str(output_format),
+        sample_rate=sample_rate,
+        bitrate=bitrate,
+    )
+
+
+def base_resp_error(code: int, message: str) -> Response:
+    """MiniMax's usual failure: HTTP 200, no data, a non-zero ``base_resp``."""
+    body = {"trace_id": uuid.uuid4().hex, "base_resp": {"status_code": code, "status_msg": message}}
+    return json_response(body, 200)
+
+
+def gateway_error(status: int, message: str | None = None) -> Response:
+    """A gateway error: HTTP ``status`` with ``{"type": "error", "error": {...}}``."""
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    kind = _GATEWAY_TYPES.get(status, default)
+    text = message or _GATEWAY_MESSAGES.get(status) or REASONS.get(status, "error")
+    body = {"type": "error", "error": {"type": kind, "message": text, "http_code": status}}
+    return json_response(body, status)
