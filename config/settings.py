@@ -33,6 +33,8 @@ class Settings:
     secret_key: str
     max_content_length: int
     audio_link_ttl: int
+    allow_private_urls: bool
+    reference_audio_max_bytes: int
 
     # Job engine
     tick_seconds: float
@@ -127,6 +129,10 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         secret_key=env.str("SECRET_KEY", "chorus-embedded-insecure-key"),
         max_content_length=env.int("MAX_CONTENT_LENGTH", 1_000_000, validate=Range(min=1024)),
         audio_link_ttl=env.int("AUDIO_LINK_TTL", 3600, validate=Range(min=60)),
+        allow_private_urls=env.bool("ALLOW_PRIVATE_URLS", False),
+        reference_audio_max_bytes=env.int(
+            "REFERENCE_AUDIO_MAX_BYTES", 50_000_000, validate=Range(min=1024)
+        ),
         tick_seconds=env.float("TICK_SECONDS", 0.25, validate=Range(min=0.05, max=10)),
         lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),
         claim_batch=env.int("CLAIM_BATCH", 500, validate=Range(min=1)),

@@ -8,6 +8,7 @@ a request never waits on the broker and a broker outage loses nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -78,6 +79,7 @@ def create_job(
     *,
     deadline_seconds: float,
     surface: str = "v1",
+    check_reference: Callable[[str], None] | None = None,
 ) -> Job:
     found = find_model(session, args["model"], args["catelogid"])
     if found is None:
@@ -90,6 +92,9 @@ def create_job(
         )
     model, category = found
     check_limits(model, args)
+    if args.get("reference_audio_url") and check_reference is not None:
+        # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
+        check_reference(args["reference_audio_url"])
     # CONTRACT §1a rule 4 (balance → 429 insufficient_quota) is checked here, before the INSERT.
     now = utcnow()
     request = {

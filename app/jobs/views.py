@@ -8,6 +8,7 @@ from flask import Response, g, jsonify, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from app import reference_audio
 from app.api.errors import ApiError
 from app.extensions import chorus
 from app.jobs import service
@@ -58,7 +59,11 @@ class Generations(MethodView):
         ext = chorus()
         session = ext.session()
         job = service.create_job(
-            session, g.api_key, args, deadline_seconds=ext.settings.job_deadline_seconds
+            session,
+            g.api_key,
+            args,
+            deadline_seconds=ext.settings.job_deadline_seconds,
+            check_reference=lambda url: reference_audio.check(url, ext.settings),
         )
         session.commit()
         response = jsonify(job_object(job))

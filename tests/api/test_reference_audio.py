@@ -1,0 +1,105 @@
+"""Reference audio is fetched and read before the job is accepted (CONTRACT §1a, issue rules)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import wave
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from tests.conftest import GOOD_BODY, auth, job_rows
+
+pytestmark = pytest.mark.usefixtures("catalog")
+URL = "/v1/music/generations"
+
+
+def wav(seconds: float, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\x00\x10" * int(seconds * rate))
+    return buffer.getvalue()
+
+
+FILES = {
+    "/long.wav": (200, wav(20)),
+    "/short.wav": (200, wav(10)),
+    "/notes.txt": (200, b"these are not sounds" * 100),
+    "/huge.wav": (200, wav(120, rate=16000)),
+    "/gone.wav": (404, b"no"),
+}
+
+
+@pytest.fixture
+def files() -> Iterator[str]:
+    @Request.application
+    def serve(request: Request) -> Response:
+        status, body = FILES.get(request.path, (404, b""))
+        return Response(body, status=status, mimetype="audio/wav")
+
+    server = make_server("127.0.0.1", 0, serve, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def submit(client: Any, key: str, url: str) -> Any:
+    body = {**GOOD_BODY, "model": "minimax-music", "reference_audio_url": url}
+    return client.post(URL, json=body, headers=auth(key))
+
+
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1", REFERENCE_AUDIO_MAX_BYTES="3000000")
+def test_a_long_enough_wav_is_accepted(client: Any, api_key: str, files: str) -> None:
+    response = submit(client, api_key, f"{files}/long.wav")
+    assert response.status_code == 202, response.get_json()
+
+
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1", REFERENCE_AUDIO_MAX_BYTES="3000000")
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/short.wav", "longer than 15 seconds"),
+        ("/notes.txt", "WAV or MP3"),
+        ("/huge.wav", "larger than"),
+        ("/gone.wav", "HTTP 404"),
+    ],
+)
+def test_bad_reference_audio_is_400_before_anything_is_stored(
+    client: Any, db: Any, api_key: str, files: str, path: str, reason: str
+) -> None:
+    response = submit(client, api_key, f"{files}{path}")
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["param"] == "reference_audio_url"
+    assert error["code"] == "invalid_reference_audio"
+    assert reason in error["message"]
+    assert job_rows(db) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/long.wav",
+        "http://localhost/long.wav",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/long.wav",
+        "http://10.0.0.5/long.wav",
+        "http://[::ffff:127.0.0.1]/long.wav",
+    ],
+)
+def test_private_addresses_are_refused_by_default(client: Any, db: Any, api_key: str, url: str) -> None:
+    response = submit(client, api_key, url)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["param"] == "reference_audio_url"
+    # Refused by the SSRF guard, or earlier as a malformed URL (the IPv4-mapped literal).
+    assert "not allowed" in error["message"] or "Not a valid URL" in error["message"]
+    assert job_rows(db) == []
