@@ -84,14 +84,24 @@ models:
 
 # ------------------------------------------------------------------ the shipped catalog
 
+# music-2.6 1, music-2.0 2 (MiniMax, then AIMLAPI), music-1.5 2 (two useapi accounts),
+# minimax/music-1.5 1, minimax-music 2 (Apilaplas, then AIMLAPI).
+SHIPPED_ROUTES = 8
+
 
 def test_the_shipped_catalog_loads(db: Database) -> None:
     data = loader.read(CATALOG)
     counts = load(db, data)
-    assert counts == {"categories": 1, "accounts": 1, "models": 5, "routes": 5}
+    assert counts == {"categories": 1, "accounts": 5, "models": 5, "routes": SHIPPED_ROUTES}
     state = snapshot(db)
     assert [c[0] for c in state["categories"]] == ["music_gen"]
-    assert state["accounts"] == [("sim-aimlapi", "aimlapi", "{sim_url}", "SIM_API_KEY", 1000, True)]
+    # Every upstream protocol is on the simulator, so the embedded default exercises each.
+    assert {a[1] for a in state["accounts"]} == {"aimlapi", "apilaplas", "minimax", "useapi"}
+    assert ("sim-aimlapi", "aimlapi", "{sim_url}", "SIM_API_KEY", 1000, True) in state["accounts"]
+    assert routes(db, "music-2.0") == [
+        ("music-2.0", "music_gen", "sim-minimax", 0),
+        ("music-2.0", "music_gen", "sim-aimlapi", 1),
+    ]
     assert {m[1] for m in state["models"]} == {
         "music-2.6",
         "music-2.0",
@@ -117,7 +127,7 @@ def test_loading_twice_changes_nothing(db: Database) -> None:
     assert snapshot(db) == first  # same rows, same model ids: an upsert, not an insert
     assert second_counts == first_counts
     with db.session() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Route)) == 5
+        assert session.scalar(sa.select(sa.func.count()).select_from(Route)) == SHIPPED_ROUTES
         assert session.scalar(sa.select(sa.func.count()).select_from(Model)) == 5
 
 
@@ -126,7 +136,7 @@ def test_loading_twice_in_one_session(db: Database) -> None:
     with db.transaction() as session:
         loader.load(session, copy.deepcopy(data))
         loader.load(session, copy.deepcopy(data))
-    assert len(snapshot(db)["routes"]) == 5
+    assert len(snapshot(db)["routes"]) == SHIPPED_ROUTES
 
 
 def test_routes_are_replaced_not_duplicated(db: Database) -> None:
@@ -154,7 +164,10 @@ def test_routes_are_replaced_not_duplicated(db: Database) -> None:
         ("music-2.6", "music_gen", "backup", 0),
         ("music-2.6", "music_gen", "sim-aimlapi", 1),
     ]
-    assert routes(db, "music-2.0") == [("music-2.0", "music_gen", "sim-aimlapi", 0)]
+    assert routes(db, "music-2.0") == [
+        ("music-2.0", "music_gen", "sim-minimax", 0),
+        ("music-2.0", "music_gen", "sim-aimlapi", 1),
+    ]
     state = snapshot(db)
     assert {m[1]: m[0] for m in state["models"]} == model_ids  # updated in place
     assert next(m for m in state["models"] if m[1] == "music-2.6")[2] == "minimax/music-2.6-renamed"
@@ -162,8 +175,8 @@ def test_routes_are_replaced_not_duplicated(db: Database) -> None:
     # Back to the file: the extra route goes, the account stays (loading never deletes accounts).
     load(db, loader.read(CATALOG))
     assert routes(db, "music-2.6") == [("music-2.6", "music_gen", "sim-aimlapi", 0)]
-    assert len(snapshot(db)["routes"]) == 5
-    assert [a[0] for a in snapshot(db)["accounts"]] == ["backup", "sim-aimlapi"]
+    assert len(snapshot(db)["routes"]) == SHIPPED_ROUTES
+    assert "backup" in [a[0] for a in snapshot(db)["accounts"]]
 
 
 def test_a_model_without_routes_loses_its_routes(db: Database) -> None:
@@ -172,7 +185,7 @@ def test_a_model_without_routes_loses_its_routes(db: Database) -> None:
     changed = copy.deepcopy(data)
     next(m for m in changed["models"] if m["name"] == "minimax-music")["routes"] = []
     counts = load(db, changed)
-    assert counts["routes"] == 4
+    assert counts["routes"] == SHIPPED_ROUTES - 2  # minimax-music had two
     assert routes(db, "minimax-music") == []
 
 
