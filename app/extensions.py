@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
+from app.cache import TTLCache
 from app.db import Database
+from app.jobs.service import Offer
 from app.storage import LocalStorage
 from config import Settings
 
@@ -17,6 +19,8 @@ class Chorus:
     settings: Settings
     db: Database
     storage: LocalStorage
+    # Catalog answers, per process: a catalog load shows within a few seconds.
+    offers: TTLCache[Offer | None] = field(default_factory=lambda: TTLCache(ttl=5.0))
 
     def session(self) -> Session:
         """The request's session, opened on first use and closed at teardown."""

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.cache import TTLCache
 from app.catalog.models import AccountState, Route, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.models import Job
@@ -69,6 +70,7 @@ class Accounts:
         # write (or even read) the breaker row every time.
         self._healthy_until: dict[str, float] = {}
         self._lock = Lock()
+        self._first_routes: TTLCache[UpstreamAccount | None] = TTLCache(ttl=5.0)
 
     # ------------------------------------------------------------------ choosing
 
@@ -87,17 +89,15 @@ class Accounts:
             )
         )
 
-    def peek(self, job: Job) -> UpstreamAccount | None:
-        """The account a reservation would most likely pick, without reserving anything."""
-        now = utcnow()
-        with self.db.session() as session:
-            for account in self.candidates(session, job):
-                state = session.get(AccountState, account.id)
-                if state and state.open_until and state.open_until > now:
-                    continue
-                if self.in_flight(session, account.id) < account.max_in_flight:
-                    return account
-        return None
+    def first_route(self, job: Job) -> UpstreamAccount | None:
+        """The job's first enabled account (cached a few seconds): says which worker submits."""
+
+        def load() -> UpstreamAccount | None:
+            with self.db.session() as session:
+                accounts = self.candidates(session, job)
+            return accounts[0] if accounts else None
+
+        return self._first_routes.get((job.model_id, job.category_id), load)
 
     def in_flight(self, session: Session, account_id: str) -> int:
         return int(

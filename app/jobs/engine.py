@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
@@ -87,6 +88,11 @@ class Engine:
         self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self._adapters: dict[str, Adapter] = {}
         self.accounts = Accounts(db)
+        # Catalog rows change rarely; every job step used to read them again.
+        self._models: TTLCache[Model] = TTLCache(ttl=10.0)
+        self._account_configs: TTLCache[AccountConfig | None] = TTLCache(ttl=5.0)
+        self._lease_cache: TTLCache[dict[str, dt.timedelta]] = TTLCache(ttl=5.0)
+        self._pool: ThreadPoolExecutor | None = None
         # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
         self.handoff: Callable[[str, str], None] | None = None
 
@@ -151,9 +157,16 @@ class Engine:
             return []
         if len(claims) == 1:
             return [self.advance(*claims[0], blocking=blocking)]
-        workers = min(self.settings.io_threads, len(claims))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="advance") as pool:
-            return list(pool.map(lambda c: self.advance(*c, blocking=blocking), claims))
+        return list(self.pool.map(lambda c: self.advance(*c, blocking=blocking), claims))
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        # Created on first use, so a forked worker child builds its own.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.io_threads, thread_name_prefix="advance"
+            )
+        return self._pool
 
     def advance(self, job_id: str, token: str, *, blocking: bool = False) -> str:
         """Take one step for the job if ``token`` still holds its lease. Safe to call twice.
@@ -179,16 +192,14 @@ class Engine:
         fresh = new_token()
         now = utcnow()
         with self.db.transaction() as session:
-            result = session.execute(
+            # One round trip: swap the token and read the row back.
+            return session.scalars(
                 update(Job)
                 .where(Job.id == job_id, Job.lease_token == token, Job.status.in_(list(ACTIVE)))
                 .values(lease_token=fresh, lease_until=now + self.lease)
+                .returning(Job)
                 .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            job = session.get(Job, job_id)
-        return job
+            ).one_or_none()
 
     # ------------------------------------------------------------------ submit
 
@@ -205,7 +216,7 @@ class Engine:
             )
             return "failed"
         if not blocking and self.handoff is not None:
-            first = self.accounts.peek(job)
+            first = self.accounts.first_route(job)
             if first is not None and self._adapter(self._config(first)).mode == "sync":
                 # Holding a call open for minutes belongs to the sync worker's thread pool,
                 # not to the slots that submit and poll every other job.
@@ -454,11 +465,14 @@ class Engine:
         return self.policy.next_delay(elapsed, model.expected_seconds, model.expected_spread)
 
     def _model(self, model_id: int) -> Model:
-        with self.db.session() as session:
-            model = session.get(Model, model_id)
-        if model is None:
-            raise LookupError(f"model {model_id} is gone")
-        return model
+        def load() -> Model:
+            with self.db.session() as session:
+                model = session.get(Model, model_id)
+            if model is None:
+                raise LookupError(f"model {model_id} is gone")
+            return model
+
+        return self._models.get(model_id, load)
 
     def _lease_for(self, account: UpstreamAccount) -> dt.timedelta:
         """Long enough for one call on this account (MiniMax holds calls for minutes)."""
@@ -467,16 +481,26 @@ class Engine:
         return max(self.lease, dt.timedelta(seconds=call))
 
     def _leases(self) -> dict[str, dt.timedelta]:
-        with self.db.session() as session:
-            accounts = session.scalars(
-                select(UpstreamAccount).where(UpstreamAccount.read_timeout.is_not(None))
-            ).all()
-        return {a.id: self._lease_for(a) for a in accounts}
+        def load() -> dict[str, dt.timedelta]:
+            with self.db.session() as session:
+                accounts = session.scalars(
+                    select(UpstreamAccount).where(UpstreamAccount.read_timeout.is_not(None))
+                ).all()
+            return {a.id: self._lease_for(a) for a in accounts}
+
+        return self._lease_cache.get("leases", load)
 
     def _job_account(self, job: Job) -> AccountConfig | None:
-        with self.db.session() as session:
-            account = session.get(UpstreamAccount, job.account_id) if job.account_id else None
-        return self._config(account) if account else None
+        if not job.account_id:
+            return None
+        account_id = job.account_id
+
+        def load() -> AccountConfig | None:
+            with self.db.session() as session:
+                account = session.get(UpstreamAccount, account_id)
+            return self._config(account) if account else None
+
+        return self._account_configs.get(account_id, load)
 
     def _config(self, account: UpstreamAccount) -> AccountConfig:
         api_key = self.settings.credential(account.credential_env)

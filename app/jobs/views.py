@@ -64,6 +64,7 @@ class Generations(MethodView):
             args,
             deadline_seconds=ext.settings.job_deadline_seconds,
             check_reference=lambda url: reference_audio.check(url, ext.settings),
+            offers=ext.offers,
         )
         session.commit()
         response = jsonify(job_object(job))
