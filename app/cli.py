@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# The embedded default's org starts with ¥1,000 so the README's curl steps just work.
+DEV_CURRENCY = "CNY"
+DEV_CREDIT = 100_000
 
 
 @click.group()
@@ -60,6 +69,148 @@ def keys_create(ctx: click.Context, org_name: str, label: str | None) -> None:
     with Database(settings_of(ctx)).transaction() as session:
         secret = create_key(session, org_name, label)
     click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--org", "org_name", required=True)
+@click.pass_context
+def keys_list(ctx: click.Context, org_name: str) -> None:
+    """The org's keys: id, display prefix, label, created, revoked (never the secret)."""
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.tenancy.models import ApiKey, Org
+
+    with Database(settings_of(ctx)).session() as session:
+        org = session.scalar(select(Org).where(Org.name == org_name))
+        if org is None:
+            raise click.ClickException(f"no org named {org_name!r}")
+        for key in session.scalars(
+            select(ApiKey).where(ApiKey.org_id == org.id).order_by(ApiKey.id)
+        ):
+            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            click.echo(
+                f"{key.id}\t{key.display_prefix}…\t{key.label or '-'}\t"
+                f"{key.created_at.isoformat()}\trevoked={revoked}"
+            )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: int) -> None:
+    """Revoke a key by id (see `keys list`): it is refused from the next request on."""
+    from app.db import Database, utcnow
+    from app.tenancy.models import ApiKey
+
+    with Database(settings_of(ctx)).transaction() as session:
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise click.ClickException(f"no key with id {key_id}")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+    click.echo(f"revoked key {key_id}", err=True)
+
+
+@main.group()
+def balance() -> None:
+    """Tenants' money, in integer minor units."""
+
+
+def _org_id(session: Session, org_name: str, *, create: bool) -> int:
+    from sqlalchemy import select
+
+    from app.tenancy.keys import get_or_create_org
+    from app.tenancy.models import Org
+
+    if create:
+        return get_or_create_org(session, org_name).id
+    org = session.scalar(select(Org).where(Org.name == org_name))
+    if org is None:
+        raise click.ClickException(f"no org named {org_name!r}")
+    return org.id
+
+
+@balance.command("add")
+@click.option("--org", "org_name", required=True)
+@click.option("--currency", default=DEV_CURRENCY, show_default=True)
+@click.option("--note", default=None)
+@click.argument("amount", type=int)
+@click.pass_context
+def balance_add(
+    ctx: click.Context, org_name: str, currency: str, note: str | None, amount: int
+) -> None:
+    """Credit AMOUNT minor units (negative: an adjustment down); prints the new balance."""
+    from app.db import Database
+    from app.money import ledger
+
+    with Database(settings_of(ctx)).transaction() as session:
+        org_id = _org_id(session, org_name, create=True)
+        kind = ledger.TOPUP if amount >= 0 else ledger.ADJUSTMENT
+        if amount < 0 and ledger.balance(session, org_id, currency.upper()).available + amount < 0:
+            raise click.ClickException("that adjustment would take the balance below zero")
+        new = ledger.credit(session, org_id, currency.upper(), amount, note=note, kind=kind)
+    click.echo(new)
+
+
+@balance.command("show")
+@click.option("--org", "org_name", required=True)
+@click.option("--currency", default=DEV_CURRENCY, show_default=True)
+@click.pass_context
+def balance_show(ctx: click.Context, org_name: str, currency: str) -> None:
+    """Print only the org's available balance, in minor units."""
+    from app.db import Database
+    from app.money import ledger
+
+    with Database(settings_of(ctx)).session() as session:
+        org_id = _org_id(session, org_name, create=False)
+        click.echo(ledger.balance(session, org_id, currency.upper()).available)
+
+
+@main.command()
+@click.option("--org", "org_name", required=True)
+@click.option(
+    "--from",
+    "start",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="First day (UTC), default 30 days ago.",
+)
+@click.option(
+    "--to",
+    "end",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Last day (UTC), default today.",
+)
+@click.pass_context
+def usage(
+    ctx: click.Context, org_name: str, start: dt.datetime | None, end: dt.datetime | None
+) -> None:
+    """Jobs, seconds of audio and amount charged, by model and day."""
+    from app.db import Database
+    from app.money.usage import usage as report
+
+    last = end.date() if end else dt.datetime.now(dt.UTC).date()
+    first = start.date() if start else last - dt.timedelta(days=30)
+    with Database(settings_of(ctx)).session() as session:
+        rows = report(session, _org_id(session, org_name, create=False), first, last)
+    click.echo("date\tmodel\tjobs\tsucceeded\taudio_seconds\tamount\tcurrency")
+    for row in rows:
+        click.echo(
+            "\t".join(
+                str(row[k])
+                for k in (
+                    "date",
+                    "model",
+                    "jobs",
+                    "succeeded",
+                    "audio_seconds",
+                    "amount",
+                    "currency",
+                )
+            )
+        )
 
 
 @main.group()
@@ -243,7 +394,8 @@ def dev(ctx: click.Context, org_name: str) -> None:
     from app import dbmigrate
     from app.catalog import loader
     from app.db import Database
-    from app.tenancy.keys import create_key
+    from app.money import ledger
+    from app.tenancy.keys import create_key, get_or_create_org
 
     settings = settings_of(ctx)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +404,9 @@ def dev(ctx: click.Context, org_name: str) -> None:
     with database.transaction() as session:
         loader.load(session, loader.read(settings.catalog_file))
         key = create_key(session, org_name, label="chorus dev")
+        org = get_or_create_org(session, org_name)
+        if ledger.balance(session, org.id, DEV_CURRENCY).available < DEV_CREDIT // 10:
+            ledger.credit(session, org.id, DEV_CURRENCY, DEV_CREDIT, note="chorus dev")
     database.engine.dispose()
     base = f"http://{settings.web_host}:{settings.web_port}"
     click.echo(

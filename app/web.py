@@ -10,6 +10,7 @@ from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from app.api.errors import ApiError, from_validation, openai_response
+from app.api.limits import init_limiter
 from app.db import Database
 from app.extensions import Chorus, chorus, close_session
 from app.storage import LocalStorage
@@ -64,9 +65,16 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.jobs.views import blp, files
+    from app.money.views import blp as account
+
+    limiter = init_limiter(app, settings)
+    for blueprint in (blp, account):
+        # One budget per key across every route, not one per route.
+        limiter.shared_limit(settings.rate_limit, scope="api")(blueprint)
 
     api.register_blueprint(blp)
     api.register_blueprint(files)
+    api.register_blueprint(account)
     app.register_error_handler(ApiError, openai_response)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_no_store)

@@ -34,6 +34,8 @@ class Settings:
     max_content_length: int
     audio_link_ttl: int
     allow_private_urls: bool
+    org_max_active_jobs: int
+    rate_limit: str
     reference_audio_max_bytes: int
 
     # Job engine
@@ -130,6 +132,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         max_content_length=env.int("MAX_CONTENT_LENGTH", 1_000_000, validate=Range(min=1024)),
         audio_link_ttl=env.int("AUDIO_LINK_TTL", 3600, validate=Range(min=60)),
         allow_private_urls=env.bool("ALLOW_PRIVATE_URLS", False),
+        org_max_active_jobs=env.int("ORG_MAX_ACTIVE_JOBS", 1000, validate=Range(min=1)),
+        rate_limit=env.str("RATE_LIMIT", "600 per minute"),
         reference_audio_max_bytes=env.int(
             "REFERENCE_AUDIO_MAX_BYTES", 50_000_000, validate=Range(min=1024)
         ),

@@ -35,6 +35,8 @@ TEST_DATABASE_URL = os.environ.get(
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = [
+    "ledger",
+    "balances",
     "jobs",
     "routes",
     "models",
@@ -98,6 +100,8 @@ def env(
             "SIM_JITTER": "0.1",
             "SIM_AUDIO_SECONDS": "2",
             "IO_THREADS": "8",
+        # Generous: tests that are not about rate limits must not meet one.
+        "RATE_LIMIT": "100000 per minute",
         },
         **overrides,
     }
@@ -128,16 +132,28 @@ def catalog(db: Database, settings: Settings) -> dict[str, Any]:
     return data
 
 
+CREDIT = 1_000_000  # minor units given to each test org: plenty for any test's jobs
+
+
+def funded_key(db: Database, org: str, amount: int = CREDIT) -> str:
+    from app.money import ledger
+    from app.tenancy.keys import get_or_create_org
+
+    with db.transaction() as session:
+        key = create_key(session, org)
+        if amount:
+            ledger.credit(session, get_or_create_org(session, org).id, "CNY", amount)
+        return key
+
+
 @pytest.fixture
 def api_key(db: Database) -> str:
-    with db.transaction() as session:
-        return create_key(session, "acme")
+    return funded_key(db, "acme")
 
 
 @pytest.fixture
 def other_key(db: Database) -> str:
-    with db.transaction() as session:
-        return create_key(session, "globex")
+    return funded_key(db, "globex")
 
 
 @pytest.fixture

@@ -70,7 +70,9 @@ REQUIRED_ORDER = ("model", "catelogid", "prompt", "lyrics")
 
 def from_validation(messages: dict[str, Any]) -> ApiError:
     """Turn marshmallow/webargs messages into one 400 naming the first offending field."""
-    fields = messages.get("json", messages)
+    # webargs groups messages by location (json, query, headers…); report the first one.
+    locations = ("json", "query", "headers", "form")
+    fields = next((messages[loc] for loc in locations if loc in messages), messages)
     if not isinstance(fields, dict) or not fields:
         return ApiError(400, "Invalid request body.", code="invalid_request")
     order = [f for f in REQUIRED_ORDER if f in fields] + [

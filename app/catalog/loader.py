@@ -16,6 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Category, Model, Route, UpstreamAccount
+from app.tenancy.keys import get_or_create_org
 
 PROVIDERS = ("aimlapi", "apilaplas", "minimax", "useapi")
 
@@ -67,6 +68,11 @@ class ModelSchema(Schema):
     deadline_seconds = fields.Float(load_default=None, validate=validate.Range(min=1))
     limits = fields.Nested(LimitsSchema, load_default=dict)
     routes = fields.List(fields.Nested(RouteSchema), load_default=list)
+    price = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    currency = fields.String(load_default="USD", validate=validate.Regexp(r"^[A-Z]{3}$"))
+    min_balance = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    # The org that owns (resells) the model: its own keys use it free, as on the seed platform.
+    owner_org = fields.String(load_default=None)
 
 
 class CatalogSchema(Schema):
@@ -102,6 +108,8 @@ def load(session: Session, data: dict[str, Any]) -> dict[str, int]:
     for item in data["models"]:
         item = dict(item)
         wanted = item.pop("routes")
+        owner = item.pop("owner_org")
+        item["owner_org_id"] = get_or_create_org(session, owner).id if owner else None
         item["limits"] = {k: v for k, v in item["limits"].items() if v is not None}
         model = session.query(Model).filter_by(name=item["name"]).one_or_none()
         if model is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
@@ -67,6 +67,12 @@ class Model(Base):
     expected_spread: Mapped[float] = mapped_column(default=15.0)
     deadline_seconds: Mapped[float | None]
     limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What a generation costs, in integer minor units of ``currency``, and the balance a
+    # tenant must exceed to use the model (the seed's min_balance). The owning org uses it free.
+    price: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    min_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    owner_org_id: Mapped[int | None] = mapped_column(ForeignKey("orgs.id"))
 
     routes: Mapped[list[Route]] = relationship(
         back_populates="model", order_by="Route.priority", cascade="all, delete-orphan"

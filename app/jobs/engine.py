@@ -33,6 +33,7 @@ from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.models import Job
 from app.jobs.schedule import PollPolicy, backoff
 from app.jobs.status import ACTIVE, JobStatus, sources
+from app.money import ledger
 from app.providers import get_adapter
 from app.providers.base import (
     AccountConfig,
@@ -102,7 +103,7 @@ class Engine:
         """FAIL every active job past its deadline. Returns how many."""
         now = now or utcnow()
         with self.db.transaction() as session:
-            result = session.execute(
+            expired = session.scalars(
                 update(Job)
                 .where(Job.status.in_(list(ACTIVE)), Job.deadline_at < now)
                 .values(
@@ -114,9 +115,12 @@ class Engine:
                     lease_token=None,
                     lease_until=None,
                 )
+                .returning(Job.id)
                 .execution_options(synchronize_session=False)
-            )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            ).all()
+            for job_id in expired:
+                ledger.settle(session, job_id, capture=False)
+        return len(expired)
 
     def claim_due(
         self, lookahead: float, limit: int, now: dt.datetime | None = None
@@ -433,7 +437,12 @@ class Engine:
                 .values(updated_at=utcnow(), **values)
                 .execution_options(synchronize_session=False)
             )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            changed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            target = values.get("status")
+            if changed and target is not None and JobStatus(target).terminal:
+                # The money moves in the transaction that ends the job: once, or not at all.
+                ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
+        return changed
 
     def _reschedule(self, job: Job, *, delay: float, **values: Any) -> bool:
         return self._write(

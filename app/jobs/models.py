@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from ulid import ULID
 
@@ -29,6 +29,8 @@ class Job(Base):
         Index("ix_jobs_deadline", "status", "deadline_at"),
         # Slots: jobs in flight on an account.
         Index("ix_jobs_account_status", "account_id", "status"),
+        # The per-org cap on active jobs, and usage reports.
+        Index("ix_jobs_org_status", "org_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
@@ -42,6 +44,9 @@ class Job(Base):
 
     # What the client asked for: prompt, lyrics, output_format, audio_setting, reference audio.
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The price held for this job at submit (0 for a free one), captured or released at the end.
+    price: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str | None] = mapped_column(String(3))
     callback_url: Mapped[str | None] = mapped_column(Text)
     client_metadata: Mapped[dict[str, Any] | None]
 

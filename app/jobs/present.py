@@ -66,6 +66,16 @@ def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
         if job.status == JobStatus.FAILED
         else None,
         "metadata": job.client_metadata or {},
+        "cost": {
+            "amount": job.price,
+            "currency": job.currency,
+            # Held while the job runs; charged on success; given back on failure or cancel.
+            "state": "captured"
+            if job.status == JobStatus.SUCCEEDED
+            else "released"
+            if JobStatus(job.status).terminal
+            else "held",
+        },
         "upstream": {"provider": job.provider, "account": job.account_id},
         "urls": {
             "get": url_for("generations.Generation", job_id=job.id, _external=True),

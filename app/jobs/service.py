@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -20,7 +20,8 @@ from app.cache import TTLCache
 from app.catalog.models import Category, Model, Route
 from app.db import utcnow
 from app.jobs.models import Job, new_job_id
-from app.jobs.status import JobStatus
+from app.jobs.status import ACTIVE, JobStatus
+from app.money import ledger
 from app.tenancy.models import ApiKey
 
 
@@ -33,6 +34,14 @@ class Offer:
     category_id: str
     limits: dict[str, Any]
     deadline_seconds: float | None
+    price: int = 0
+    currency: str = "USD"
+    min_balance: int = 0
+    owner_org_id: int | None = None
+
+    def price_for(self, org_id: int) -> int:
+        """The seed platform's rule: an org's own models are free to it."""
+        return 0 if self.owner_org_id == org_id else self.price
 
 
 def find_model(session: Session, name: str, catelogid: str) -> Offer | None:
@@ -52,7 +61,15 @@ def find_model(session: Session, name: str, catelogid: str) -> Offer | None:
         return None
     model, category_id = row
     return Offer(
-        model.id, model.name, category_id, dict(model.limits or {}), model.deadline_seconds
+        model.id,
+        model.name,
+        category_id,
+        dict(model.limits or {}),
+        model.deadline_seconds,
+        price=model.price,
+        currency=model.currency,
+        min_balance=model.min_balance,
+        owner_org_id=model.owner_org_id,
     )
 
 
@@ -90,6 +107,48 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
         )
 
 
+def charge(
+    session: Session, key: ApiKey, model: Offer, job_id: str, *, max_active_jobs: int | None
+) -> int:
+    """CONTRACT §1a rule 4 and the per-org cap: hold the job's price, or refuse with a 429.
+
+    Runs in the submit's own transaction, under the org's balance row lock, so concurrent
+    submits of one org are counted and charged one after another.
+    """
+    price = model.price_for(key.org_id)
+    if model.owner_org_id == key.org_id:
+        ledger.lock_balance(session, key.org_id, model.currency)
+    elif not ledger.hold(
+        session,
+        org_id=key.org_id,
+        currency=model.currency,
+        price=price,
+        min_balance=model.min_balance,
+        job_id=job_id,
+    ):
+        raise ApiError(
+            429,
+            "You exceeded your current quota: the balance is too low for this model. Top up "
+            "and try again.",
+            code="insufficient_quota",
+        )
+    if max_active_jobs is not None:
+        active = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.org_id == key.org_id, Job.status.in_(list(ACTIVE)))
+        )
+        if (active or 0) >= max_active_jobs:
+            raise ApiError(
+                429,
+                f"Too many jobs in progress: at most {max_active_jobs} may be queued or running "
+                "at once. Wait for some to finish.",
+                code="too_many_active_jobs",
+                headers={"Retry-After": "10"},
+            )
+    return price
+
+
 def create_job(
     session: Session,
     key: ApiKey,
@@ -99,6 +158,7 @@ def create_job(
     surface: str = "v1",
     check_reference: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
+    max_active_jobs: int | None = None,
 ) -> Job:
     """Check the request against the catalog and insert the job, QUEUED and due now.
 
@@ -121,7 +181,8 @@ def create_job(
     if args.get("reference_audio_url") and check_reference is not None:
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
         check_reference(args["reference_audio_url"])
-    # CONTRACT §1a rule 4 (balance → 429 insufficient_quota) is checked here, before the INSERT.
+    job_id = new_job_id()
+    price = charge(session, key, model, job_id, max_active_jobs=max_active_jobs)
     now = utcnow()
     request = {
         k: args[k]
@@ -129,7 +190,9 @@ def create_job(
         if args.get(k) is not None
     }
     values: dict[str, Any] = dict(
-        id=new_job_id(),
+        id=job_id,
+        price=price,
+        currency=model.currency,
         org_id=key.org_id,
         api_key_id=key.id,
         model_id=model.model_id,

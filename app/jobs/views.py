@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, jsonify, request, send_file
+from flask import Response, g, jsonify, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app import reference_audio
+from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.extensions import chorus
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
-from app.tenancy.keys import authenticate
 
 blp = Blueprint(
     "generations",
@@ -28,21 +28,7 @@ files = Blueprint(
 )
 
 
-@blp.before_request
-def require_key() -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    key = authenticate(
-        chorus().session(), presented.strip() if scheme.lower() == "bearer" else None
-    )
-    if key is None:
-        # The seed answers a missing or unknown key with 403 ("need login").
-        raise ApiError(
-            403,
-            "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
-            code="invalid_api_key",
-        )
-    g.api_key = key
+blp.before_request(require_key)
 
 
 @blp.route("")
@@ -65,6 +51,7 @@ class Generations(MethodView):
             deadline_seconds=ext.settings.job_deadline_seconds,
             check_reference=lambda url: reference_audio.check(url, ext.settings),
             offers=ext.offers,
+            max_active_jobs=ext.settings.org_max_active_jobs,
         )
         session.commit()
         response = jsonify(job_object(job))

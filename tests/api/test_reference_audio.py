@@ -95,7 +95,9 @@ def test_bad_reference_audio_is_400_before_anything_is_stored(
         "http://[::ffff:127.0.0.1]/long.wav",
     ],
 )
-def test_private_addresses_are_refused_by_default(client: Any, db: Any, api_key: str, url: str) -> None:
+def test_private_addresses_are_refused_by_default(
+    client: Any, db: Any, api_key: str, url: str
+) -> None:
     response = submit(client, api_key, url)
     assert response.status_code == 400
     error = response.get_json()["error"]
