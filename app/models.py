@@ -3,14 +3,17 @@
 from app.catalog.models import AccountState, Category, Model, Route, UpstreamAccount
 from app.db import Base
 from app.jobs.models import Job
+from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
 
 __all__ = [
     "AccountState",
     "ApiKey",
+    "Balance",
     "Base",
     "Category",
     "Job",
+    "LedgerEntry",
     "Model",
     "Org",
     "Route",
