@@ -37,6 +37,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "retry_on_timeout": True,
     }
+    if settings.redis_prefix:
+        # Several Chorus installations (or test runs) can share one Redis database.
+        transport["global_keyprefix"] = settings.redis_prefix
     if settings.embedded:
         folders = settings.celery_folders
         transport = {

@@ -25,6 +25,7 @@ class Settings:
     var_dir: Path
     database_url: str
     redis_url: str | None
+    redis_prefix: str
     broker_url: str
     storage_dir: Path
     catalog_file: Path
@@ -125,6 +126,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         var_dir=var_dir,
         database_url=database_url,
         redis_url=redis_url,
+        redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
         broker_url=broker_url,
         storage_dir=Path(env.str("STORAGE_DIR", str(var_dir / "audio"))).resolve(),
         catalog_file=Path(env.str("CATALOG_FILE", str(DEFAULT_CATALOG))),

@@ -34,6 +34,18 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_PREFIX = f"chorus-test-{os.getpid()}:"
+
+
+def clear_redis(url: str) -> None:
+    """Delete this run's keys (and nothing of another run sharing the database)."""
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 TABLES = [
     "ledger",
     "balances",
@@ -102,6 +114,8 @@ def env(
             "IO_THREADS": "8",
         # Generous: tests that are not about rate limits must not meet one.
         "RATE_LIMIT": "100000 per minute",
+        # This run's keys only: concurrent test runs may share the Redis database.
+        "REDIS_KEY_PREFIX": REDIS_PREFIX,
         },
         **overrides,
     }
@@ -265,7 +279,7 @@ def procs(
     env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Processes]:
     # Messages left by an earlier test's workers must not reach this test's.
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    clear_redis(env["REDIS_URL"])
     manager = Processes(env, tmp_path)
     yield manager
     manager.stop_all()

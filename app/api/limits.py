@@ -31,6 +31,7 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
         storage_uri=settings.redis_url or "memory://",
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
         strategy="moving-window",
+        key_prefix=settings.redis_prefix,
         headers_enabled=True,
         # Redis unreachable: serve rather than refuse every client.
         swallow_errors=True,
