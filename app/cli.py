@@ -131,7 +131,8 @@ def _org_id(session: Session, org_name: str, *, create: bool) -> int:
     return org.id
 
 
-@balance.command("add")
+# ignore_unknown_options lets "-500" through as the AMOUNT, not as an option.
+@balance.command("add", context_settings={"ignore_unknown_options": True})
 @click.option("--org", "org_name", required=True)
 @click.option("--currency", default=DEV_CURRENCY, show_default=True)
 @click.option("--note", default=None)
@@ -147,6 +148,8 @@ def balance_add(
     with Database(settings_of(ctx)).transaction() as session:
         org_id = _org_id(session, org_name, create=True)
         kind = ledger.TOPUP if amount >= 0 else ledger.ADJUSTMENT
+        # Under the balance row's lock: a submit's hold cannot slip in between check and write.
+        ledger.lock_balance(session, org_id, currency.upper())
         if amount < 0 and ledger.balance(session, org_id, currency.upper()).available + amount < 0:
             raise click.ClickException("that adjustment would take the balance below zero")
         new = ledger.credit(session, org_id, currency.upper(), amount, note=note, kind=kind)

@@ -69,7 +69,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 40)
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "connect", _postgres_utc)
+    return engine
+
+
+def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
+    # Day boundaries (usage reports) and date() are UTC whatever the server's or the
+    # client's (PGTZ) timezone says; an explicit SET wins over both.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -26,9 +26,11 @@ class AudioInfo:
 class AudioError(Exception):
     """The upstream's audio could not be fetched (``retryable``) or is not audio at all."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, gone: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # The upstream's link answered 4xx: the file is no longer there to take.
+        self.gone = gone
 
 
 FORMATS = {"WAVE": "wav", "MP3": "mp3", "FLAC": "flac", "OggVorbis": "ogg", "MP4": "m4a"}
@@ -68,7 +70,9 @@ class LocalStorage:
                     )
                 if response.status_code >= 400:
                     raise AudioError(
-                        f"audio download answered HTTP {response.status_code}", retryable=False
+                        f"audio download answered HTTP {response.status_code}",
+                        retryable=False,
+                        gone=True,
                     )
                 return self.store(response.iter_content(64 * 1024), key_stem, max_bytes=max_bytes)
         except requests.RequestException as exc:

@@ -112,10 +112,10 @@ def env(
             "SIM_JITTER": "0.1",
             "SIM_AUDIO_SECONDS": "2",
             "IO_THREADS": "8",
-        # Generous: tests that are not about rate limits must not meet one.
-        "RATE_LIMIT": "100000 per minute",
-        # This run's keys only: concurrent test runs may share the Redis database.
-        "REDIS_KEY_PREFIX": REDIS_PREFIX,
+            # Generous: tests that are not about rate limits must not meet one.
+            "RATE_LIMIT": "100000 per minute",
+            # This run's keys only: concurrent test runs may share the Redis database.
+            "REDIS_KEY_PREFIX": REDIS_PREFIX,
         },
         **overrides,
     }

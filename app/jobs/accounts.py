@@ -70,7 +70,8 @@ class Accounts:
         # write (or even read) the breaker row every time.
         self._healthy_until: dict[str, float] = {}
         self._lock = Lock()
-        self._first_routes: TTLCache[UpstreamAccount | None] = TTLCache(ttl=5.0)
+        self._routes: TTLCache[list[UpstreamAccount]] = TTLCache(ttl=5.0)
+        self._open_accounts: TTLCache[frozenset[str]] = TTLCache(ttl=1.0)
 
     # ------------------------------------------------------------------ choosing
 
@@ -90,14 +91,25 @@ class Accounts:
         )
 
     def first_route(self, job: Job) -> UpstreamAccount | None:
-        """The job's first enabled account (cached a few seconds): says which worker submits."""
+        """The account a submit will most likely use (its first enabled route whose breaker is
+        not open): it decides which worker makes the call. Cached for a moment; the
+        reservation itself decides for real."""
 
-        def load() -> UpstreamAccount | None:
+        def load_routes() -> list[UpstreamAccount]:
             with self.db.session() as session:
-                accounts = self.candidates(session, job)
-            return accounts[0] if accounts else None
+                return self.candidates(session, job)
 
-        return self._first_routes.get((job.model_id, job.category_id), load)
+        def load_open() -> frozenset[str]:
+            with self.db.session() as session:
+                return frozenset(
+                    session.scalars(
+                        select(AccountState.account_id).where(AccountState.open_until > utcnow())
+                    )
+                )
+
+        routes = self._routes.get((job.model_id, job.category_id), load_routes)
+        is_open = self._open_accounts.get("open", load_open)
+        return next((a for a in routes if a.id not in is_open), routes[0] if routes else None)
 
     def in_flight(self, session: Session, account_id: str) -> int:
         return int(

@@ -224,9 +224,8 @@ class Engine:
             if first is not None and self._adapter(self._config(first)).mode == "sync":
                 # Holding a call open for minutes belongs to the sync worker's thread pool,
                 # not to the slots that submit and poll every other job.
-                if not self._write(
-                    job, {JobStatus.QUEUED}, lease_until=utcnow() + self._lease_for(first)
-                ):
+                # The sync worker takes a lease of its own; this one only covers the queue wait.
+                if not self._write(job, {JobStatus.QUEUED}, lease_until=utcnow() + self.lease):
                     return "lost"
                 self.handoff(job.id, job.lease_token or "")
                 return "handoff"
@@ -322,9 +321,9 @@ class Engine:
         try:
             result = self._adapter(account).poll(job.generation_id)
         except ProviderError as exc:
-            self._count_fault(account.id, exc)
+            # The breaker guards new submits only: a healthy poll must not close a breaker
+            # that failing submits opened, nor a flaky poll open one.
             return self._poll_failed(job, exc)
-        self.accounts.record_success(account.id)
         return self._apply(job, result)
 
     def _poll_failed(self, job: Job, exc: ProviderError) -> str:
@@ -375,7 +374,11 @@ class Engine:
                     job, delay=backoff(job.poll_count + 1, base=1.0), poll_count=Job.poll_count + 1
                 )
                 return "retry"
-            self._fail(job, "upstream_invalid_result", str(exc), poll_count=Job.poll_count + 1)
+            code = "upstream_invalid_result"
+            if exc.gone:
+                account = self._job_account(job)
+                code = self._adapter(account).gone_audio_code if account else code
+            self._fail(job, code, str(exc), poll_count=Job.poll_count + 1)
             return "failed"
         done = self._write(
             job,

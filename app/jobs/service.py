@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -22,7 +22,7 @@ from app.db import utcnow
 from app.jobs.models import Job, new_job_id
 from app.jobs.status import ACTIVE, JobStatus
 from app.money import ledger
-from app.tenancy.models import ApiKey
+from app.tenancy.models import ApiKey, Org
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,15 @@ def charge(
     submits of one org are counted and charged one after another.
     """
     price = model.price_for(key.org_id)
-    if model.owner_org_id == key.org_id:
-        ledger.lock_balance(session, key.org_id, model.currency)
-    elif not ledger.hold(
+    if max_active_jobs is not None:
+        # One lock per org (not per currency), so the cap counts every submit of the org.
+        session.execute(
+            update(Org)
+            .where(Org.id == key.org_id)
+            .values(name=Org.name)
+            .execution_options(synchronize_session=False)
+        )
+    if model.owner_org_id != key.org_id and not ledger.hold(
         session,
         org_id=key.org_id,
         currency=model.currency,

@@ -85,9 +85,11 @@ def hold(
 def settle(session: Session, job_id: str, *, capture: bool) -> bool:
     """Capture (success) or release (failure, cancel) the job's hold, once. True if it moved."""
     held = session.execute(
-        select(LedgerEntry.org_id, LedgerEntry.currency, LedgerEntry.job_amount).where(
-            LedgerEntry.job_id == job_id, LedgerEntry.kind == HOLD
-        )
+        select(LedgerEntry.org_id, LedgerEntry.currency, LedgerEntry.job_amount)
+        .where(LedgerEntry.job_id == job_id, LedgerEntry.kind == HOLD)
+        # Locks the hold: a concurrent capture and release of one job queue here, and the
+        # second then sees the first and does nothing.
+        .with_for_update()
     ).first()
     if held is None:
         return False  # a free job: nothing was held

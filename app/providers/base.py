@@ -100,6 +100,8 @@ class Adapter(abc.ABC):
     # "async": submit returns an id that ``poll`` follows. "sync": submit holds the call
     # open until the audio is ready and returns it in ``Submission.result``.
     mode: ClassVar[str] = "async"
+    # What it means when a finished song's link already answers 4xx as Chorus downloads it.
+    gone_audio_code: ClassVar[str] = "upstream_invalid_result"
 
     def __init__(self, account: AccountConfig) -> None:
         self.account = account

@@ -38,6 +38,9 @@ STATUS_MAP: dict[str, PollState] = {
 
 class UseapiAdapter(HTTPAdapter):
     provider: ClassVar[str] = "useapi"
+    # MiniMax may strike a finished song; its link then fails. Seen before Chorus holds a copy,
+    # that is moderation, not a broken upstream (docs/upstreams.md).
+    gone_audio_code: ClassVar[str] = "content_moderated"
 
     def submit(self, request: GenerationRequest) -> Submission:
         response = self.request("POST", CREATE_PATH, json=self.payload(request))

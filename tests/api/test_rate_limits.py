@@ -16,8 +16,10 @@ URL = "/v1/music/generations"
 def test_over_the_limit_is_429_with_retry_after(app: Any, api_key: str, other_key: str) -> None:
     # Two test clients stand for two web processes: the count lives in Redis, not in either.
     first, second = app.test_client(), app.test_client()
-    codes = [c.post(URL, json=GOOD_BODY, headers=auth(api_key)).status_code
-             for c in (first, second, first, second, first)]
+    codes = [
+        c.post(URL, json=GOOD_BODY, headers=auth(api_key)).status_code
+        for c in (first, second, first, second, first)
+    ]
     assert codes == [202] * 5
     refused = second.get(f"{URL}/luid_x", headers=auth(api_key))
     assert refused.status_code == 429
