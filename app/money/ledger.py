@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -51,7 +51,9 @@ def hold(
     One conditional UPDATE: concurrent submits queue on the row lock, and each sees the
     balance the previous one left, so the balance can never go below zero.
     """
-    ensure_balance(session, org_id, currency)
+    if not price and not min_balance:
+        return True  # nothing to hold and no minimum to meet
+    # No balance row at all is a zero balance: the UPDATE simply matches nothing.
     enough = [Balance.available >= price]
     if min_balance:
         # The seed platform's rule: the balance must exceed the model's minimum.
@@ -69,14 +71,16 @@ def hold(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     if price:
-        session.add(
-            LedgerEntry(
+        # A plain INSERT: this runs on every paid submit.
+        session.execute(
+            insert(LedgerEntry).values(
                 org_id=org_id,
                 currency=currency,
                 kind=HOLD,
                 amount=-price,
                 job_amount=price,
                 job_id=job_id,
+                created_at=utcnow(),
             )
         )
     return True
