@@ -41,11 +41,7 @@ class AimlapiAdapter(HTTPAdapter):
 
     def submit(self, request: GenerationRequest) -> Submission:
         response = self.request("POST", PATH, json=self.payload(request))
-        try:
-            body = self.json_body(response)
-        except ProviderError as exc:
-            # A 2xx we cannot read may still have created (and billed) a generation.
-            raise ProviderError(exc.code, exc.message, retryable=False, maybe_created=True) from exc
+        body = self.submit_body(response)
         generation_id = body.get("id")
         if not isinstance(generation_id, str) or not generation_id:
             # The upstream answered success but gave no id to follow: it may hold a job we can

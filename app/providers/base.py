@@ -200,6 +200,23 @@ class HTTPAdapter(Adapter):
             "invalid_request", f"HTTP {status}: {detail}", retryable=False, status_code=status
         )
 
+    def submit_body(self, response: requests.Response) -> dict[str, Any]:
+        """The JSON object of a successful submit.
+
+        A 2xx we cannot read may still have created (and billed) a job upstream: that is
+        never worth retrying, so the error says ``maybe_created`` and not ``retryable``.
+        """
+        try:
+            return self.json_body(response)
+        except ProviderError as exc:
+            raise ProviderError(
+                exc.code,
+                exc.message,
+                retryable=False,
+                maybe_created=True,
+                status_code=response.status_code,
+            ) from exc
+
     @staticmethod
     def json_body(response: requests.Response) -> dict[str, Any]:
         """The response's JSON object, or a retryable ``upstream_invalid_response``."""

@@ -72,17 +72,7 @@ class MinimaxAdapter(HTTPAdapter):
 
     def submit(self, request: GenerationRequest) -> Submission:
         response = self.request("POST", PATH, json=self.payload(request))
-        try:
-            body = self.json_body(response)
-        except ProviderError as exc:
-            # The song may have been made (and billed) although we cannot read the answer.
-            raise ProviderError(
-                exc.code,
-                exc.message,
-                retryable=False,
-                maybe_created=True,
-                status_code=response.status_code,
-            ) from exc
+        body = self.submit_body(response)
         self.check_base_resp(body, response)
         return self.parse_answer(body)
 

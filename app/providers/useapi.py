@@ -44,17 +44,7 @@ class UseapiAdapter(HTTPAdapter):
 
     def submit(self, request: GenerationRequest) -> Submission:
         response = self.request("POST", CREATE_PATH, json=self.payload(request))
-        try:
-            body = self.json_body(response)
-        except ProviderError as exc:
-            # A 2xx we cannot read may still have started (and billed) a song.
-            raise ProviderError(
-                exc.code,
-                exc.message,
-                retryable=False,
-                maybe_created=True,
-                status_code=response.status_code,
-            ) from exc
+        body = self.submit_body(response)
         for key in ("musicId", "jobid"):
             music_id = body.get(key)
             if isinstance(music_id, str) and music_id:
