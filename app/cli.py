@@ -266,62 +266,30 @@ def web_argv(settings: Settings) -> list[str]:
     ]
 
 
+def _celery(*args: str) -> list[str]:
+    """A Celery command line for Chorus's app."""
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+
+
 def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
     from config.celery import QUEUES, SYNC_QUEUE
 
     if sync:
         # Threads, not processes: each held-open upstream call is a thread waiting on a socket.
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-E",
-            "-Q",
-            SYNC_QUEUE,
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(settings.sync_concurrency),
-            "--hostname",
-            "sync@%h",
-            "--loglevel",
-            settings.log_level,
-        ]
-
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "-E",
-        "-Q",
-        ",".join(QUEUES),
-        "--concurrency",
-        str(settings.worker_concurrency),
-        "--loglevel",
-        settings.log_level,
-    ]
+        return _celery(
+            "worker", "-E", "-Q", SYNC_QUEUE, "--pool", "threads",
+            "--concurrency", str(settings.sync_concurrency),
+            "--hostname", "sync@%h", "--loglevel", settings.log_level,
+        )  # fmt: skip
+    return _celery(
+        "worker", "-E", "-Q", ",".join(QUEUES),
+        "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
+    )  # fmt: skip
 
 
 def beat_argv(settings: Settings) -> list[str]:
     schedule = settings.var_dir / "celerybeat-schedule"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "beat",
-        "--schedule",
-        str(schedule),
-        "--loglevel",
-        settings.log_level,
-    ]
+    return _celery("beat", "--schedule", str(schedule), "--loglevel", settings.log_level)
 
 
 @main.command()
@@ -371,18 +339,13 @@ def flower(ctx: click.Context, port: int) -> None:
         # Flower can run tasks and shows their arguments: never without credentials.
         raise click.ClickException("set FLOWER_BASIC_AUTH=user:password first")
     _exec(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
+        _celery(
             "flower",
             f"--port={port}",
             f"--basic-auth={settings.flower_basic_auth}",
             "--max-tasks=10000",
             "--purge_offline_workers=300",
-        ]
+        )
     )
 
 
