@@ -18,12 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 Claim = tuple[str, str]  # (job id, lease token)
 
 SIM_PLACEHOLDER = "{sim_url}"
+WRITE_ATTEMPTS = 4
 SIM_KEY = "chorus-sim"
 
 
@@ -249,18 +252,27 @@ class Engine:
             return "waiting"
         if not isinstance(reservation, Reserved):
             return "lost"
-        account = self._config(reservation.account)
-        adapter = self._adapter(account)
         job.submit_attempts += 1
+        job.submitting_since = utcnow()
+        try:
+            # Everything between the reservation and the call: if it fails, nothing was sent,
+            # and the job must not look like an interrupted submit.
+            account = self._config(reservation.account)
+            adapter = self._adapter(account)
+            first_poll = self._poll_delay(job, 0.0)
+        except Exception:
+            self._write(job, {JobStatus.QUEUED}, submitting_since=None)
+            raise
         job.provider, job.account_id = account.provider, account.id
         try:
             submission = adapter.submit(request)
         except ProviderError as exc:
             self._count_fault(account.id, exc)
             return self._submit_failed(job, exc)
-        self.accounts.record_success(account.id)
         now = utcnow()
-        if not self._write(
+        # The upstream has the job now: recording that must not be lost to a passing database
+        # fault, or the job would look like an interrupted submit.
+        if not self._write_hard(
             job,
             sources(JobStatus.RUNNING),
             status=JobStatus.RUNNING,
@@ -271,10 +283,14 @@ class Engine:
             error_message=None,
             # A synchronous upstream answered with the result: keep the lease for _apply.
             release=submission.result is None,
-            next_action_at=now + dt.timedelta(seconds=self._poll_delay(job, 0.0)),
+            next_action_at=now + dt.timedelta(seconds=first_poll),
         ):
             return "lost"
         job.status, job.started_at = JobStatus.RUNNING, now
+        try:
+            self.accounts.record_success(account.id)
+        except SQLAlchemyError:
+            log.warning("could not record a success for account %s", account.id, exc_info=True)
         if submission.result is not None:
             return self._apply(job, submission.result)
         return "running"
@@ -446,6 +462,18 @@ class Engine:
                 # The money moves in the transaction that ends the job: once, or not at all.
                 ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
         return changed
+
+    def _write_hard(self, job: Job, allowed: Iterable[JobStatus], **values: Any) -> bool:
+        """``_write``, retried through transient database faults (a restart, a deadlock)."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return self._write(job, allowed, **values)
+            except SQLAlchemyError:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                log.warning("job %s: write failed, retrying", job.id, exc_info=True)
+                time.sleep(0.2 * 2**attempt)
+        return False
 
     def _reschedule(self, job: Job, *, delay: float, **values: Any) -> bool:
         return self._write(

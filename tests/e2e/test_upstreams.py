@@ -458,7 +458,7 @@ def test_useapi_accounts_take_one_song_at_a_time(
         nonlocal saw_waiting
         rows = job_rows(db)
         statuses = {j.status for j in rows}
-        assert "FAILED" not in statuses, [(j.id, j.error_code) for j in rows]
+        assert "FAILED" not in statuses, [(j.id, j.error_code, j.error_message) for j in rows]
         if "QUEUED" in statuses and "RUNNING" in statuses:
             saw_waiting = True
         holding: dict[str, int] = {}
