@@ -1,0 +1,6 @@
+"""Chorus's benchmark harness (``make bench``; ``python -m bench --help``).
+
+Not a test: one run measures the web tier against a bare Flask app under the same gunicorn
+settings, then runs N jobs end to end against the simulator twice (adaptive and fixed
+polling), and writes the figures to ``docs/benchmarks.md`` and ``docs/benchmarks.json``.
+"""

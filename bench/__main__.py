@@ -1,0 +1,302 @@
+"""``python -m bench``: one benchmark run, end to end. See ``bench/__init__.py``."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from bench import load, report
+from bench.procs import ROOT, PhaseError, Supervisor, free_port
+from bench.stack import prepare, sim_command, web_command
+from config import load_settings
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark Chorus: web tier vs a bare Flask app, then N jobs end to end "
+        "against the simulator with adaptive and with fixed 10-second polling.",
+    )
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in flight (default 2000)")
+    parser.add_argument(
+        "--baseline-jobs",
+        type=int,
+        default=None,
+        help="jobs for the fixed-poll run (default --jobs)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=15.0,
+        help="seconds per HTTP load measurement (default 15)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="HTTP connections / client threads (default 32)"
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=370.0,
+        help="seconds after the last submit before unfinished jobs count as lost (default 370)",
+    )
+    parser.add_argument("--skip-http", action="store_true", help="skip phases (a) and (b)")
+    parser.add_argument("--skip-jobs", action="store_true", help="skip phase (c)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no files")
+    parser.add_argument(
+        "--output", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report path"
+    )
+    parser.add_argument(
+        "--python-load",
+        action="store_true",
+        help="use the Python load generator even if wrk is installed",
+    )
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument(
+        "--keep-temp", action="store_true", help="keep the temp dir (logs, audio) after success"
+    )
+    args = parser.parse_args(argv)
+    if args.baseline_jobs is None:
+        args.baseline_jobs = args.jobs
+    if args.jobs < 1 or args.baseline_jobs < 1 or args.connections < 1 or args.duration <= 0:
+        parser.error("--jobs, --baseline-jobs, --connections and --duration must be positive")
+    return args
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    # Turn SIGTERM into the same unwinding as Ctrl-C, so the finally-block kills the children.
+    raise KeyboardInterrupt
+
+
+def _single_run_lock() -> TextIO | None:
+    """An exclusive lock: two runs would drop each other's database and flush each other's broker."""
+    handle = (Path(tempfile.gettempdir()) / "chorus-bench.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        print(
+            f"another benchmark run holds {handle.name} (pid {holder}); not starting",
+            file=sys.stderr,
+        )
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    lock = _single_run_lock()
+    if lock is None:
+        return 2
+    # Started in the background by a non-interactive shell, Python inherits SIGINT ignored;
+    # restore it so that Ctrl-C (or kill -INT) always unwinds through the teardown below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    began = time.time()
+    root = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
+    logdir = root / "logs"
+    logdir.mkdir()
+    use_wrk = load.wrk_path() is not None and not args.python_load
+    if use_wrk:
+        generator = f"wrk ({load.wrk_version()})"
+    else:
+        why = "chosen with --python-load" if args.python_load else "wrk is not installed"
+        generator = (
+            f"Python generator ({args.connections} threads, http.client keep-alive; {why}); it "
+            "spends more CPU per request than wrk, CPU the servers lack on a small machine"
+        )
+    print(f"Chorus bench — temp dir {root}\n  load generator: {generator}", flush=True)
+    sup: Supervisor | None = None
+    ok = False
+    try:
+        print("Setup: database, Redis, catalog, API key", flush=True)
+        stack = prepare(root, args.database_url, args.redis_url)
+        sup = Supervisor(logdir, stack.env)
+        results: dict[str, Any] = {
+            "date": report.now_iso(),
+            "commit": report.git_commit(),
+            "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "args": {
+                "jobs": args.jobs,
+                "baseline_jobs": args.baseline_jobs,
+                "duration": args.duration,
+                "connections": args.connections,
+                "clients": args.connections,
+            },
+            "generator": generator,
+            "machine": report.machine(args.database_url, args.redis_url),
+            "env": dict(stack.env),
+            "notes": [],
+        }
+        settings = load_settings(stack.env)
+        from app.cli import beat_argv, worker_argv
+
+        results["commands"] = {
+            "web": shlex.join(web_command(stack, settings.web_port)),
+            "bare": "the web command line with `app.wsgi:app` replaced by `bench.bare:app`",
+            "worker": shlex.join(worker_argv(settings)),
+            "beat": shlex.join(beat_argv(settings)),
+            "sim": shlex.join(sim_command()) + "  (gunicorn, 1 process, gthread)",
+        }
+        if not args.skip_http:
+            from bench.http_phase import run_http_phase
+
+            print(f"(a)/(b) HTTP: Chorus vs bare, {args.duration:g} s each", flush=True)
+            results["http"] = run_http_phase(
+                sup,
+                stack,
+                seconds=args.duration,
+                connections=args.connections,
+                use_wrk=use_wrk,
+                workdir=root,
+            )
+        if not args.skip_jobs:
+            from bench.jobs import run_jobs_phase
+
+            results["jobs"] = {}
+            web_port = free_port()
+            runs = (
+                ("adaptive", args.jobs, {"POLL_STRATEGY": "adaptive"}),
+                (
+                    "fixed",
+                    args.baseline_jobs,
+                    {"POLL_STRATEGY": "fixed", "POLL_FIXED_INTERVAL": "10"},
+                ),
+            )
+            for mode, count, extra in runs:
+                print(f"(c) jobs: {count} jobs, {mode} polling", flush=True)
+                results["jobs"][mode] = run_jobs_phase(
+                    sup,
+                    stack,
+                    mode=mode,
+                    count=count,
+                    web_port=web_port,
+                    clients=args.connections,
+                    extra=extra,
+                    wait_timeout=args.wait_timeout,
+                )
+            if args.jobs != args.baseline_jobs:
+                results["notes"].append(
+                    f"the fixed-poll baseline ran {args.baseline_jobs} jobs, the adaptive run {args.jobs}"
+                )
+        results["notes"].extend(_noise_notes(results))
+        results["verdicts"] = [v.as_dict() for v in report.verdicts(results)]
+        results["elapsed_s"] = time.time() - began
+        print_summary(results)
+        if not args.no_write:
+            output = args.output if args.output.is_absolute() else ROOT / args.output
+            md, raw = report.write(results, output)
+            print(f"\nWrote {md} and {raw}")
+        ok = True
+        return 0
+    except PhaseError as exc:
+        print(f"\nBENCH FAILED: {exc}\n", file=sys.stderr)
+        if sup is not None:
+            print(sup.tails(), file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - report any fault with the children's logs, then exit 1
+        # Anything unexpected: the traceback, then what the children said before it happened.
+        traceback.print_exc()
+        if sup is not None:
+            print(sup.tails(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted: stopping every child process", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the teardown short and leave children running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if sup is not None:
+            sup.stop_all()
+        if ok and not args.keep_temp:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"Logs and data kept in {root}", file=sys.stderr)
+
+
+# Share of the machine's CPU taken by processes outside the run (and the kernel) above which
+# a phase's figures are flagged as noisy.
+NOISE_SHARE = 0.10
+
+
+def _noise_notes(results: dict[str, Any]) -> list[str]:
+    """Say which measurements shared the machine with someone else, and how much."""
+    cores = os.cpu_count() or 1
+    seen: list[tuple[str, float]] = []
+    http = results.get("http")
+    if http:
+        for kind in ("post", "get"):
+            for side in ("chorus", "bare"):
+                cpu = http[kind][side]["cpu"]
+                outside = cpu["other_s"] + cpu["steal_s"]
+                seen.append((http[kind][side]["label"], outside / (cpu["wall_s"] * cores)))
+    for mode, run in results.get("jobs", {}).items():
+        cpu = run["cpu_s"]
+        outside = cpu["other"] + cpu["steal"]
+        seen.append((f"jobs run ({mode})", outside / (cpu["wall"] * cores)))
+    noisy = [f"{label} {share:.0%}" for label, share in seen if share > NOISE_SHARE]
+    if not noisy:
+        return []
+    return [
+        "processes outside this run (and, in a VM, other guests: steal time) took a share of "
+        "the machine's CPU while measuring — "
+        + "; ".join(noisy)
+        + ". The figures are noisier and lower "
+        "than on an otherwise idle machine."
+    ]
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("\n" + "=" * 78)
+    print(f"Chorus bench — {results['date']} — commit {results['commit']}")
+    m = results["machine"]
+    print(
+        f"{m['cpu']}, {m['nproc']} cores, {m['memory_gib']} GiB; generator: {results['generator']}"
+    )
+    print("-" * 78)
+    width = max(len(v["name"]) for v in results["verdicts"]) if results["verdicts"] else 10
+    for v in results["verdicts"]:
+        print(f"  {v['name']:<{width}}  {v['value']:>22}  target {v['target']:<22} {v['result']}")
+    jobs = results.get("jobs", {})
+    for mode, run in jobs.items():
+        print("-" * 78)
+        print(
+            f"  {mode}: {run['jobs_accepted']} jobs; submit {run['submit_seconds']:.1f} s; "
+            f"makespan {run['makespan_s'] or 0:.1f} s vs ideal {run['ideal_s'] or 0:.1f} s; "
+            f"lost {run['lost']} {run['lost_by_status'] or ''}; duplicated {run['duplicated']}"
+        )
+        calls, lag = run["calls_per_job"], run["lag_s"]
+        print(
+            f"    calls/job mean {calls['mean'] or 0:.2f} max {calls['max'] or 0:.0f}; "
+            f"lag p50 {lag['p50'] or 0:.2f} s p99 {lag['p99'] or 0:.2f} s max {lag['max'] or 0:.2f} s; "
+            f"peak RSS worker {run['peak_rss_mb']['worker']:.0f} MB, web {run['peak_rss_mb']['web']:.0f} MB, "
+            f"sim {run['peak_rss_mb']['sim']:.0f} MB"
+        )
+    for note in results.get("notes", []):
+        print(f"  note: {note}")
+    print("=" * 78)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Phases (a) and (b): Chorus's web tier beside a bare Flask app under the same gunicorn.
+
+Only the web tier runs (no worker, no beat), so the figures are the API's own cost: key check,
+validation, catalog lookup and the INSERT for a POST; key check and a primary-key read for a GET.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from bench import load
+from bench.procs import (
+    CpuMeter,
+    PhaseError,
+    RssSampler,
+    Supervisor,
+    free_port,
+    pids_named,
+    postgres_backends,
+    proc_table,
+    tree_pids,
+    wait_http,
+)
+from bench.stack import CATEGORY, LYRICS, MODEL, Stack, bare_command, start_web
+
+# A few existing jobs for the GETs: enough that every read is not the same cached row.
+GET_JOBS = 8
+WARMUP_SECONDS = 3.0
+
+
+def _post_body() -> str:
+    # load.N_MARK becomes "<thread>-<n>": every POST carries a distinct prompt, as real ones do.
+    return json.dumps(
+        {
+            "model": MODEL,
+            "catelogid": CATEGORY,
+            "prompt": f"bench http {load.N_MARK}: upbeat pop, sunny day",
+            "lyrics": LYRICS,
+        }
+    )
+
+
+def _create_jobs(port: int, api_key: str, count: int) -> list[str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+    ids = []
+    try:
+        for i in range(count):
+            body = _post_body().replace(load.N_MARK, f"get-{i}")
+            conn.request("POST", "/v1/music/generations", body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 202:
+                raise PhaseError(f"creating a job for the GETs answered HTTP {response.status}")
+            ids.append(json.loads(data)["id"])
+    finally:
+        conn.close()
+    return ids
+
+
+def _sample(target: load.Target) -> str:
+    """Status and body of one request like the load's, to show why answers were refused."""
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+    try:
+        conn.request(
+            target.method, target.paths[0], body=target.body_for(0, 0), headers=target.headers
+        )
+        response = conn.getresponse()
+        return f"HTTP {response.status}: {response.read()[:500]!r}"
+    except (OSError, http.client.HTTPException) as exc:
+        return repr(exc)
+    finally:
+        conn.close()
+
+
+def _generator_cpu() -> float:
+    """CPU seconds of this process and its waited-for children (wrk runs as one)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _per_request(used: dict[str, float], result: load.LoadResult) -> dict[str, float]:
+    """CPU seconds per group, CPU ms per request, and how busy the machine's cores were."""
+    n = max(result.requests, 1)
+    cores = os.cpu_count() or 1
+    out = {f"{k}_s": v for k, v in used.items()}
+    out.update(
+        {
+            f"{k}_ms_per_request": v * 1000 / n
+            for k, v in used.items()
+            if k not in ("wall", "machine_busy", "steal")
+        }
+    )
+    out["machine_busy_pct"] = 100 * used["machine_busy"] / max(used["wall"] * cores, 1e-9)
+    return out
+
+
+def run_http_phase(
+    sup: Supervisor,
+    stack: Stack,
+    *,
+    seconds: float,
+    connections: int,
+    use_wrk: bool,
+    workdir: Path,
+) -> dict[str, Any]:
+    chorus_port, bare_port = free_port(), free_port()
+    web = start_web(sup, stack, "web-http", chorus_port, {})
+    bare = sup.start("bare", bare_command(web.argv, bare_port), {"PORT": str(bare_port)})
+    wait_http(bare_port, "/bare/ping", bare)
+    job_ids = _create_jobs(chorus_port, stack.api_key, GET_JOBS)
+
+    auth = {"Authorization": f"Bearer {stack.api_key}"}
+    post_headers = {**auth, "Content-Type": "application/json"}
+    pairs = {
+        "post": (
+            load.Target(
+                "Chorus POST /v1/music/generations",
+                chorus_port,
+                "POST",
+                ["/v1/music/generations"],
+                post_headers,
+                _post_body(),
+            ),
+            load.Target(
+                "bare POST /bare", bare_port, "POST", ["/bare"], post_headers, _post_body()
+            ),
+        ),
+        "get": (
+            load.Target(
+                "Chorus GET /v1/music/generations/{id}",
+                chorus_port,
+                "GET",
+                [f"/v1/music/generations/{i}" for i in job_ids],
+                auth,
+            ),
+            load.Target(
+                "bare GET /bare/{id}", bare_port, "GET", [f"/bare/{i}" for i in job_ids], auth
+            ),
+        ),
+    }
+
+    dbname = str(make_url(stack.database_url).database)
+    servers = {chorus_port: web.pid, bare_port: bare.pid}
+    cpu: dict[str, dict[str, float]] = {}
+
+    def drive(target: load.Target, duration: float) -> load.LoadResult:
+        # Where the CPU went: the server under load, its Postgres backends, the generator, and
+        # anything else on the machine (other people's processes show up there).
+        server = servers[target.port]
+        meter = CpuMeter(
+            {
+                "server": lambda: tree_pids(server, proc_table()),
+                "postgres": lambda: postgres_backends(dbname),
+                # The rate limiter keeps its counters in Redis: part of Chorus's cost.
+                "redis": lambda: pids_named("redis-server"),
+            }
+        )
+        before = _generator_cpu()
+        meter.start()
+        result = load.run(target, duration, connections, workdir, use_wrk)
+        used = meter.stop()
+        used["generator"] = _generator_cpu() - before
+        used["other"] = (
+            used["machine_busy"]
+            - used["server"]
+            - used["postgres"]
+            - used["redis"]
+            - used["generator"]
+            - used["interrupts"]
+            - used["steal"]
+        )
+        cpu[target.label] = used
+        sup.check_alive(["web-http", "bare"])
+        if result.non_2xx or result.socket_errors:
+            print(
+                f"\n  !!! {target.label}: {result.non_2xx} non-2xx answers and "
+                f"{result.socket_errors} socket errors out of {result.requests} requests !!!\n",
+                flush=True,
+            )
+            print(f"  one answer to the same request: {_sample(target)}", flush=True)
+        return result
+
+    out: dict[str, Any] = {
+        "chorus_command": " ".join(web.argv),
+        "bare_command": " ".join(bare.argv),
+        "connections": connections,
+        "seconds": seconds,
+        "warmup_seconds": WARMUP_SECONDS,
+        "get_job_ids": len(job_ids),
+    }
+    with RssSampler({"chorus_web": web.pid, "bare_web": bare.pid}) as sampler:
+        for target in (t for pair in pairs.values() for t in pair):
+            drive(target, WARMUP_SECONDS)  # warm-up: imports, pools, JIT-less caches
+        for kind, (chorus_target, bare_target) in pairs.items():
+            # Chorus first, then bare, back to back, with a short pause to let sockets settle.
+            chorus_result = drive(chorus_target, seconds)
+            time.sleep(1.0)
+            bare_result = drive(bare_target, seconds)
+            time.sleep(1.0)
+            out[kind] = {
+                "chorus": {
+                    **chorus_result.as_dict(),
+                    "cpu": _per_request(cpu[chorus_target.label], chorus_result),
+                },
+                "bare": {
+                    **bare_result.as_dict(),
+                    "cpu": _per_request(cpu[bare_target.label], bare_result),
+                },
+                "rps_ratio": chorus_result.rps / bare_result.rps if bare_result.rps else None,
+            }
+            print(
+                f"    {kind.upper()}: Chorus {chorus_result.rps:,.0f} req/s "
+                f"(p50 {chorus_result.p50_ms or 0:.1f} ms, p99 {chorus_result.p99_ms or 0:.1f} ms)"
+                f" | bare {bare_result.rps:,.0f} req/s (p50 {bare_result.p50_ms or 0:.1f} ms, "
+                f"p99 {bare_result.p99_ms or 0:.1f} ms) | ratio {out[kind]['rps_ratio']:.2f}",
+                flush=True,
+            )
+    out["peak_rss_mb"] = sampler.peaks_mb()
+    sup.stop("bare")
+    sup.stop("web-http")
+    # The jobs this phase created (QUEUED, never run) must not meet phase (c).
+    with stack.database().engine.begin() as conn:
+        out["jobs_created"] = int(conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one())
+        conn.execute(sa.text("DELETE FROM jobs"))
+    return out
