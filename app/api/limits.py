@@ -30,7 +30,8 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
         # memory:// counts per process: right for the one-process embedded default only.
         storage_uri=settings.redis_url or "memory://",
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
-        strategy="moving-window",
+        # One INCR per request; exact per window, which is all a per-key budget needs.
+        strategy="fixed-window",
         key_prefix=settings.redis_prefix,
         headers_enabled=True,
         # Redis unreachable: serve rather than refuse every client.
