@@ -107,23 +107,41 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
         )
 
 
+# Below this distance from the cap, counting needs no lock: more concurrent submits of one
+# org than this would have to be in progress at once to overshoot.
+CAP_LOCK_MARGIN = 64
+
+
 def charge(
     session: Session, key: ApiKey, model: Offer, job_id: str, *, max_active_jobs: int | None
 ) -> int:
     """CONTRACT §1a rule 4 and the per-org cap: hold the job's price, or refuse with a 429.
 
-    Runs in the submit's own transaction, under the org's balance row lock, so concurrent
-    submits of one org are counted and charged one after another.
+    Called after the job's INSERT, as the last work of the submit's transaction: the row
+    locks it takes (the org's balance, and near the cap the org itself) are then held only
+    until the commit that follows, so one org's concurrent submits wait on each other as
+    briefly as possible. The job counts itself.
     """
-    price = model.price_for(key.org_id)
     if max_active_jobs is not None:
-        # One lock per org (not per currency), so the cap counts every submit of the org.
-        session.execute(
-            update(Org)
-            .where(Org.id == key.org_id)
-            .values(name=Org.name)
-            .execution_options(synchronize_session=False)
-        )
+        active = count_active(session, key.org_id)
+        if active > max_active_jobs - CAP_LOCK_MARGIN:
+            # Near the cap: serialise this org's submits on its row and count again exactly.
+            session.execute(
+                update(Org)
+                .where(Org.id == key.org_id)
+                .values(name=Org.name)
+                .execution_options(synchronize_session=False)
+            )
+            active = count_active(session, key.org_id)
+        if active > max_active_jobs:
+            raise ApiError(
+                429,
+                f"Too many jobs in progress: at most {max_active_jobs} may be queued or running "
+                "at once. Wait for some to finish.",
+                code="too_many_active_jobs",
+                headers={"Retry-After": "10"},
+            )
+    price = model.price_for(key.org_id)
     if model.owner_org_id != key.org_id and not ledger.hold(
         session,
         org_id=key.org_id,
@@ -138,21 +156,18 @@ def charge(
             "and try again.",
             code="insufficient_quota",
         )
-    if max_active_jobs is not None:
-        active = session.scalar(
+    return price
+
+
+def count_active(session: Session, org_id: int) -> int:
+    return int(
+        session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.org_id == key.org_id, Job.status.in_(list(ACTIVE)))
+            .where(Job.org_id == org_id, Job.status.in_(list(ACTIVE)))
         )
-        if (active or 0) >= max_active_jobs:
-            raise ApiError(
-                429,
-                f"Too many jobs in progress: at most {max_active_jobs} may be queued or running "
-                "at once. Wait for some to finish.",
-                code="too_many_active_jobs",
-                headers={"Retry-After": "10"},
-            )
-    return price
+        or 0
+    )
 
 
 def create_job(
@@ -188,7 +203,6 @@ def create_job(
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
         check_reference(args["reference_audio_url"])
     job_id = new_job_id()
-    price = charge(session, key, model, job_id, max_active_jobs=max_active_jobs)
     now = utcnow()
     request = {
         k: args[k]
@@ -197,7 +211,7 @@ def create_job(
     }
     values: dict[str, Any] = dict(
         id=job_id,
-        price=price,
+        price=model.price_for(key.org_id),
         currency=model.currency,
         org_id=key.org_id,
         api_key_id=key.id,
@@ -222,6 +236,8 @@ def create_job(
     # A plain INSERT: the unit of work's bookkeeping costs more than the statement itself on
     # the API's hottest path.
     session.execute(insert(Job).values(**values))
+    # Last: the locks this takes are held only until the caller's commit.
+    charge(session, key, model, job_id, max_active_jobs=max_active_jobs)
     return Job(**values)
 
 
