@@ -2,5 +2,7 @@
 
 Not a test: one run measures the web tier against a bare Flask app under the same gunicorn
 settings, then runs N jobs end to end against the simulator twice (adaptive and fixed
-polling), and writes the figures to ``docs/benchmarks.md`` and ``docs/benchmarks.json``.
+polling), then the upstream protocols (MiniMax calls held open beside other jobs; useapi
+throughput with K accounts), then submit throughput with a priced model beside a free one,
+and writes the figures to ``docs/benchmarks.md`` and ``docs/benchmarks.json``.
 """

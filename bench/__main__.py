@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark Chorus: web tier vs a bare Flask app, then N jobs end to end "
-        "against the simulator with adaptive and with fixed 10-second polling.",
+        "against the simulator with adaptive and with fixed 10-second polling, then the "
+        "upstream protocols (MiniMax held calls, useapi accounts), then submit throughput with "
+        "money on and off.",
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in flight (default 2000)")
     parser.add_argument(
@@ -55,6 +57,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-http", action="store_true", help="skip phases (a) and (b)")
     parser.add_argument("--skip-jobs", action="store_true", help="skip phase (c)")
+    parser.add_argument(
+        "--skip-upstreams", action="store_true", help="skip phase (d) (MiniMax held calls, useapi)"
+    )
+    parser.add_argument(
+        "--skip-money", action="store_true", help="skip phase (e) (submit with money on and off)"
+    )
+    parser.add_argument(
+        "--upstream-batch",
+        type=int,
+        default=200,
+        help="(d1) AIMLAPI jobs per batch, alone and beside the held calls (default 200)",
+    )
+    parser.add_argument(
+        "--hold-jobs",
+        type=int,
+        default=100,
+        help="(d1) MiniMax calls held open during the second batch (default 100)",
+    )
+    parser.add_argument(
+        "--held-repeats",
+        type=int,
+        default=3,
+        help="(d1) batches on each side; the ratio is of the medians (default 3)",
+    )
+    parser.add_argument(
+        "--useapi-accounts",
+        default="1,2,4,8",
+        help="(d2) comma-separated numbers K of useapi accounts, one run each (default 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--useapi-jobs-per-account",
+        type=int,
+        default=6,
+        help="(d2) jobs per account in each run: N = this x K (default 6)",
+    )
+    parser.add_argument(
+        "--money-orgs",
+        type=int,
+        default=8,
+        help="(e) orgs the spread-out cases send their requests over, round-robin (default 8)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report path"
@@ -74,6 +117,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.baseline_jobs = args.jobs
     if args.jobs < 1 or args.baseline_jobs < 1 or args.connections < 1 or args.duration <= 0:
         parser.error("--jobs, --baseline-jobs, --connections and --duration must be positive")
+    try:
+        args.useapi_accounts = sorted({int(k) for k in args.useapi_accounts.split(",") if k})
+    except ValueError:
+        parser.error("--useapi-accounts takes numbers separated by commas, e.g. 1,2,4")
+    positive = (
+        args.upstream_batch,
+        args.hold_jobs,
+        args.held_repeats,
+        args.useapi_jobs_per_account,
+        args.money_orgs,
+        *args.useapi_accounts,
+    )
+    if not args.useapi_accounts or min(positive) < 1:
+        parser.error(
+            "--upstream-batch, --hold-jobs, --held-repeats, --useapi-accounts, "
+            "--useapi-jobs-per-account and --money-orgs must be positive"
+        )
     return args
 
 
@@ -142,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                 "duration": args.duration,
                 "connections": args.connections,
                 "clients": args.connections,
+                "upstream_batch": args.upstream_batch,
+                "hold_jobs": args.hold_jobs,
+                "held_repeats": args.held_repeats,
+                "useapi_accounts": args.useapi_accounts,
+                "useapi_jobs_per_account": args.useapi_jobs_per_account,
+                "money_orgs": args.money_orgs,
             },
             "generator": generator,
             "machine": report.machine(args.database_url, args.redis_url),
@@ -158,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             "beat": shlex.join(beat_argv(settings)),
             "sim": shlex.join(sim_command()) + "  (gunicorn, 1 process, gthread)",
         }
+        if not args.skip_upstreams:
+            from bench.upstreams import PHASE_ENV
+
+            sync_settings = load_settings({**stack.env, **PHASE_ENV})
+            results["commands"]["sync worker ((d) only)"] = shlex.join(
+                worker_argv(sync_settings, sync=True)
+            )
         if not args.skip_http:
             from bench.http_phase import run_http_phase
 
@@ -199,6 +272,37 @@ def main(argv: list[str] | None = None) -> int:
                 results["notes"].append(
                     f"the fixed-poll baseline ran {args.baseline_jobs} jobs, the adaptive run {args.jobs}"
                 )
+        if not args.skip_upstreams:
+            from bench.upstreams import run_upstreams_phase
+
+            results["upstreams"] = run_upstreams_phase(
+                sup,
+                stack,
+                web_port=free_port(),
+                clients=args.connections,
+                batch=args.upstream_batch,
+                hold=args.hold_jobs,
+                ks=args.useapi_accounts,
+                per_account=args.useapi_jobs_per_account,
+                repeats=args.held_repeats,
+            )
+        if not args.skip_money:
+            from bench.money import run_money_phase
+
+            print(
+                f"(e) money: POST, free vs priced model, 1 org and {args.money_orgs} orgs, "
+                f"{args.duration:g} s each",
+                flush=True,
+            )
+            results["money"] = run_money_phase(
+                sup,
+                stack,
+                seconds=args.duration,
+                connections=args.connections,
+                use_wrk=use_wrk,
+                workdir=root,
+                orgs=args.money_orgs,
+            )
         results["notes"].extend(_noise_notes(results))
         results["verdicts"] = [v.as_dict() for v in report.verdicts(results)]
         results["elapsed_s"] = time.time() - began
@@ -255,6 +359,17 @@ def _noise_notes(results: dict[str, Any]) -> list[str]:
         cpu = run["cpu_s"]
         outside = cpu["other"] + cpu["steal"]
         seen.append((f"jobs run ({mode})", outside / (cpu["wall"] * cores)))
+    held = results.get("upstreams", {}).get("held_calls")
+    if held:
+        for name, label in (("alone_runs", "alone"), ("with_hold_runs", "beside the held calls")):
+            for i, run in enumerate(held[name], start=1):
+                cpu = run["cpu_s"]
+                outside = cpu["other"] + cpu["steal"]
+                seen.append((f"(d1) AIMLAPI batch {label} #{i}", outside / (cpu["wall"] * cores)))
+    for case in results.get("money", {}).get("cases", {}).values():
+        cpu = case["cpu"]
+        outside = cpu["other_s"] + cpu["steal_s"]
+        seen.append((f"(e) {case['label']}", outside / (cpu["wall_s"] * cores)))
     noisy = [f"{label} {share:.0%}" for label, share in seen if share > NOISE_SHARE]
     if not noisy:
         return []
@@ -293,6 +408,31 @@ def print_summary(results: dict[str, Any]) -> None:
             f"peak RSS worker {run['peak_rss_mb']['worker']:.0f} MB, web {run['peak_rss_mb']['web']:.0f} MB, "
             f"sim {run['peak_rss_mb']['sim']:.0f} MB"
         )
+    held = results.get("upstreams", {}).get("held_calls")
+    if held:
+        print("-" * 78)
+
+        def times(runs: list[dict[str, Any]]) -> str:
+            return ", ".join(f"{r['completion_s'] or 0:.2f}" for r in runs)
+
+        print(
+            f"  (d1) batch of {held['batch']}: alone {times(held['alone_runs'])} s; beside "
+            f"{held['hold']} held MiniMax calls {times(held['with_hold_runs'])} s (fewest open "
+            f"during: {held['open_calls_min']}); medians' ratio {held['ratio'] or 0:.3f}"
+        )
+    for run in results.get("upstreams", {}).get("useapi", {}).get("runs", []):
+        print(
+            f"  (d2) useapi K={run['k']}: {run['rate_per_s'] or 0:.3f}/s of ideal "
+            f"{run['ideal_rate_per_s']:.3f}/s; idle slot gap p50 {run['slot_gap_s']['p50'] or 0:.2f} s"
+        )
+    money = results.get("money")
+    if money:
+        print("-" * 78)
+        for case in money["cases"].values():
+            print(
+                f"  (e) {case['label']}: {case['rps']:,.0f} req/s, p50 {case['p50_ms'] or 0:.1f} ms, "
+                f"p99 {case['p99_ms'] or 0:.1f} ms, non-2xx {case['non_2xx']}"
+            )
     for note in results.get("notes", []):
         print(f"  note: {note}")
     print("=" * 78)

@@ -68,8 +68,20 @@ class SubmitResult:
         return self.ended - self.started
 
 
-def submit_jobs(port: int, api_key: str, count: int, tag: str, clients: int) -> SubmitResult:
-    """POST ``count`` jobs, each with a distinct prompt, from ``clients`` keep-alive threads."""
+def submit_jobs(
+    port: int,
+    api_key: str,
+    count: int,
+    tag: str,
+    clients: int,
+    *,
+    model: str = MODEL,
+    marker: str = "",
+) -> SubmitResult:
+    """POST ``count`` jobs, each with a distinct prompt, from ``clients`` keep-alive threads.
+
+    ``marker`` is appended to every prompt: a simulator marker such as ``[sim:latency=10]``.
+    """
     counter = itertools.count()
     lock = threading.Lock()
     result = SubmitResult(started=0.0, ended=0.0)
@@ -87,10 +99,10 @@ def submit_jobs(port: int, api_key: str, count: int, tag: str, clients: int) -> 
                 break
             body = json.dumps(
                 {
-                    "model": MODEL,
+                    "model": model,
                     "catelogid": CATEGORY,
                     # A distinct prompt per job: a resubmission then shows as a shared fingerprint.
-                    "prompt": f"bench {tag} job {index}: upbeat pop, sunny day",
+                    "prompt": f"bench {tag} job {index}: upbeat pop, sunny day{marker}",
                     "lyrics": LYRICS,
                 }
             )

@@ -188,8 +188,8 @@ def sim_command() -> list[str]:
     return [sys.executable, "-m", "app.cli", "sim"]
 
 
-def start_sim(sup: Supervisor, stack: Stack) -> Child:
-    child = sup.start("sim", sim_command())
+def start_sim(sup: Supervisor, stack: Stack, extra: dict[str, str] | None = None) -> Child:
+    child = sup.start("sim", sim_command(), extra)
     wait_http(stack.sim_port, "/_sim/health", child)
     return child
 
@@ -199,25 +199,52 @@ def start_worker(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
     return sup.start("worker", argv, extra)
 
 
+def start_sync_worker(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
+    """``chorus worker --sync``: the thread-pool worker that holds MiniMax's calls open."""
+    argv = worker_argv(load_settings({**stack.env, **extra}), sync=True)
+    return sup.start("sync", argv, extra)
+
+
 def start_beat(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
     argv = beat_argv(load_settings({**stack.env, **extra}))
     return sup.start("beat", argv, extra)
 
 
-def wait_worker_ready(sup: Supervisor, stack: Stack, timeout: float = 60.0) -> None:
-    """Until the worker answers a broadcast ping and beat has sent its first tick."""
+def wait_worker_ready(
+    sup: Supervisor, stack: Stack, timeout: float = 60.0, *, sync: bool = False
+) -> None:
+    """Until the worker (and, with ``sync``, the sync worker too) answers a broadcast ping and
+    beat has sent its first tick."""
     from celery import Celery
 
     probe = Celery("bench-probe", broker=stack.redis_url)
     deadline = time.monotonic() + timeout
+    names = ["worker", "beat", "sync"] if sync else ["worker", "beat"]
     try:
         while time.monotonic() < deadline:
-            sup.check_alive(["worker", "beat"])
+            sup.check_alive(names)
             replies: list[Any] = probe.control.ping(timeout=1.0) or []
+            # Each reply is {"<hostname>": {"ok": "pong"}}; the sync worker is "sync@<host>".
+            hosts = [name for reply in replies for name in reply]
+            workers_up = bool(hosts) and (
+                not sync
+                or (
+                    any(h.startswith("sync@") for h in hosts)
+                    and any(not h.startswith("sync@") for h in hosts)
+                )
+            )
             beat_log = (sup.logdir / "beat.log").read_text(errors="replace")
-            if replies and "Sending due task" in beat_log.rsplit("===== start", 1)[-1]:
+            if workers_up and "Sending due task" in beat_log.rsplit("===== start", 1)[-1]:
                 return
             time.sleep(0.5)
     finally:
         probe.close()
     raise PhaseError(f"worker or beat not ready within {timeout:.0f}s")
+
+
+def load_catalog(stack: Stack, name: str, text: str) -> None:
+    """Upsert a phase's own accounts and models beside the bench catalog (kept in the temp dir)."""
+    path = stack.root / f"catalog-{name}.yaml"
+    path.write_text(text)
+    with stack.database().transaction() as session:
+        loader.load(session, loader.read(path))
