@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
@@ -574,9 +573,3 @@ class Engine:
             audio_setting=request.get("audio_setting") or {},
             reference_audio_url=request.get("reference_audio_url"),
         )
-
-
-def active_counts(session: Session) -> dict[str, int]:
-    """Jobs per status, for health and the benchmark."""
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    return {status: count for status, count in rows}
