@@ -60,7 +60,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
@@ -69,7 +69,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 40)
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=pre_ping, **kwargs)
     event.listen(engine, "connect", _postgres_utc)
     return engine
 
@@ -96,15 +96,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """One engine and session factory per process, created lazily (fork-safe)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pre_ping: bool = True) -> None:
         self.settings = settings
+        # A ping before each checkout survives a database restart unnoticed, at the price of
+        # one round trip per transaction. Workers keep it; the API drops it and answers 503
+        # for the one request per connection that finds the restart (the pool is then renewed).
+        self.pre_ping = pre_ping
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(self.settings.database_url, pre_ping=self.pre_ping)
         return self._engine
 
     @property

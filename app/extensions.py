@@ -21,6 +21,8 @@ class Chorus:
     storage: LocalStorage
     # Catalog answers, per process: a catalog load shows within a few seconds.
     offers: TTLCache[Offer | None] = field(default_factory=lambda: TTLCache(ttl=5.0))
+    # Each org's count of queued + running jobs, per process, for the per-org cap.
+    recent_active: TTLCache[int] = field(default_factory=lambda: TTLCache(ttl=1.0))
 
     def session(self) -> Session:
         """The request's session, opened on first use and closed at teardown."""

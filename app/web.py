@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from flask_smorest import Api
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.api.errors import ApiError, from_validation, openai_response
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chorus"] = Chorus(
-        settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_dir)
+        settings=settings,
+        db=Database(settings, pre_ping=False),
+        storage=LocalStorage(settings.storage_dir),
     )
     app.teardown_appcontext(close_session)
 
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(files)
     api.register_blueprint(account)
     app.register_error_handler(ApiError, openai_response)
+    app.register_error_handler(DBAPIError, _database_unavailable)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_no_store)
     return app
@@ -89,6 +93,17 @@ def healthz() -> tuple[Response, int]:
     except Exception as exc:  # noqa: BLE001 - any database fault means "not healthy"
         return jsonify(status="unhealthy", database=type(exc).__name__), 503
     return jsonify(status="ok"), 200
+
+
+def _database_unavailable(error: DBAPIError) -> Response:
+    """A lost database connection is the service's fault, for a moment: 503, come back."""
+    if not error.connection_invalidated:
+        raise error
+    response = openai_response(
+        ApiError(503, "The database is unavailable for a moment; retry.", code="unavailable")
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _no_store(response: Response) -> Response:

@@ -110,10 +110,18 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
 # Below this distance from the cap, counting needs no lock: more concurrent submits of one
 # org than this would have to be in progress at once to overshoot.
 CAP_LOCK_MARGIN = 64
+# Free room under the cap, as last counted, below which every submit is counted again.
+SKIP_COUNT_HEADROOM = 256
 
 
 def charge(
-    session: Session, key: ApiKey, model: Offer, job_id: str, *, max_active_jobs: int | None
+    session: Session,
+    key: ApiKey,
+    model: Offer,
+    job_id: str,
+    *,
+    max_active_jobs: int | None,
+    recent_active: TTLCache[int] | None = None,
 ) -> int:
     """CONTRACT §1a rule 4 and the per-org cap: hold the job's price, or refuse with a 429.
 
@@ -123,24 +131,7 @@ def charge(
     briefly as possible. The job counts itself.
     """
     if max_active_jobs is not None:
-        active = count_active(session, key.org_id)
-        if active > max_active_jobs - CAP_LOCK_MARGIN:
-            # Near the cap: serialise this org's submits on its row and count again exactly.
-            session.execute(
-                update(Org)
-                .where(Org.id == key.org_id)
-                .values(name=Org.name)
-                .execution_options(synchronize_session=False)
-            )
-            active = count_active(session, key.org_id)
-        if active > max_active_jobs:
-            raise ApiError(
-                429,
-                f"Too many jobs in progress: at most {max_active_jobs} may be queued or running "
-                "at once. Wait for some to finish.",
-                code="too_many_active_jobs",
-                headers={"Retry-After": "10"},
-            )
+        check_active_cap(session, key.org_id, max_active_jobs, recent_active)
     price = model.price_for(key.org_id)
     if model.owner_org_id != key.org_id and not ledger.hold(
         session,
@@ -170,6 +161,41 @@ def count_active(session: Session, org_id: int) -> int:
     )
 
 
+def check_active_cap(
+    session: Session, org_id: int, cap: int, recent_active: TTLCache[int] | None
+) -> None:
+    """Refuse a submit that takes the org over ``cap`` queued + running jobs (429).
+
+    ``recent_active`` holds each org's count as this process last saw it (for about a
+    second). While that count leaves at least half the cap (and at least
+    ``SKIP_COUNT_HEADROOM``) free, the submit is not counted at all: to overshoot, one org
+    would need that many submits within that second. Nearer the cap every submit counts,
+    and within ``CAP_LOCK_MARGIN`` of it, under the org's row lock, exactly.
+    """
+    if recent_active is not None:
+        recent = recent_active.get(org_id, lambda: count_active(session, org_id))
+        if cap - recent >= max(cap // 2, SKIP_COUNT_HEADROOM):
+            return
+    active = count_active(session, org_id)
+    if active > cap - CAP_LOCK_MARGIN:
+        # Near the cap: serialise this org's submits on its row and count again exactly.
+        session.execute(
+            update(Org)
+            .where(Org.id == org_id)
+            .values(name=Org.name)
+            .execution_options(synchronize_session=False)
+        )
+        active = count_active(session, org_id)
+    if active > cap:
+        raise ApiError(
+            429,
+            f"Too many jobs in progress: at most {cap} may be queued or running "
+            "at once. Wait for some to finish.",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "10"},
+        )
+
+
 def create_job(
     session: Session,
     key: ApiKey,
@@ -180,6 +206,7 @@ def create_job(
     check_reference: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
     max_active_jobs: int | None = None,
+    recent_active: TTLCache[int] | None = None,
 ) -> Job:
     """Check the request against the catalog and insert the job, QUEUED and due now.
 
@@ -237,7 +264,9 @@ def create_job(
     # the API's hottest path.
     session.execute(insert(Job).values(**values))
     # Last: the locks this takes are held only until the caller's commit.
-    charge(session, key, model, job_id, max_active_jobs=max_active_jobs)
+    charge(
+        session, key, model, job_id, max_active_jobs=max_active_jobs, recent_active=recent_active
+    )
     return Job(**values)
 
 

@@ -52,6 +52,7 @@ class Generations(MethodView):
             check_reference=lambda url: reference_audio.check(url, ext.settings),
             offers=ext.offers,
             max_active_jobs=ext.settings.org_max_active_jobs,
+            recent_active=ext.recent_active,
         )
         session.commit()
         response = jsonify(job_object(job))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import UTCDateTime, utcnow
 from app.money.models import Balance, LedgerEntry
 
 TOPUP, HOLD, CAPTURE, RELEASE, ADJUSTMENT = "topup", "hold", "capture", "release", "adjustment"
@@ -58,20 +58,37 @@ def hold(
     if min_balance:
         # The seed platform's rule: the balance must exceed the model's minimum.
         enough.append(Balance.available > min_balance)
-    result = session.execute(
+    now = utcnow()
+    take = (
         update(Balance)
         .where(Balance.org_id == org_id, Balance.currency == currency, *enough)
-        .values(
-            available=Balance.available - price,
-            held=Balance.held + price,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
+        .values(available=Balance.available - price, held=Balance.held + price, updated_at=now)
     )
+    if price and session.get_bind().dialect.name == "postgresql":
+        # Every paid submit runs this: the balance UPDATE and its ledger entry go to the
+        # database as one statement (a data-modifying CTE), one round trip instead of two.
+        taken = take.returning(Balance.org_id).cte("taken")
+        entry = (
+            insert(LedgerEntry)
+            .from_select(
+                ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"],
+                select(
+                    taken.c.org_id,
+                    literal(currency),
+                    literal(HOLD),
+                    literal(-price),
+                    literal(price),
+                    literal(job_id),
+                    literal(now, UTCDateTime()),
+                ),
+            )
+            .add_cte(taken, nest_here=True)
+        )
+        return session.execute(entry).rowcount == 1  # type: ignore[attr-defined]
+    result = session.execute(take.execution_options(synchronize_session=False))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     if price:
-        # A plain INSERT: this runs on every paid submit.
         session.execute(
             insert(LedgerEntry).values(
                 org_id=org_id,
@@ -80,7 +97,7 @@ def hold(
                 amount=-price,
                 job_amount=price,
                 job_id=job_id,
-                created_at=utcnow(),
+                created_at=now,
             )
         )
     return True

@@ -293,3 +293,26 @@ def test_get_other_job_fields_when_failed(client: Any, db: Any, api_key: str) ->
     job = client.get(f"{URL}/{job_id}", headers=auth(api_key)).get_json()
     assert job["status"] == "FAILED"
     assert job["error"] == {"code": "upstream_failed", "message": "boom"}
+
+
+def test_a_database_restart_is_a_503_once_then_served(
+    app: Any, client: Any, db: Any, api_key: str
+) -> None:
+    """The API pings no connection before use: the one request that finds its connection
+    dead answers 503 with Retry-After (never a 500), and the renewed pool serves the next."""
+    created = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
+    assert created.status_code == 202
+    job_id = created.json["id"]
+    web_engine = app.extensions["chorus"].db.engine
+    with web_engine.connect() as conn:
+        web_pid = conn.connection.dbapi_connection.get_backend_pid()  # type: ignore[union-attr]
+    # What a Postgres restart does to the API's pooled connection.
+    with db.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": web_pid})
+
+    refused = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
+    assert refused.status_code == 503, refused.json
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json["error"]["code"] == "unavailable"
+    served = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
+    assert served.status_code == 200, served.json

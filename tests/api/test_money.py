@@ -802,3 +802,53 @@ def test_the_secret_never_reaches_logs_the_database_or_the_broker(
     for place, text in places.items():
         for part in secret_parts(key):
             assert part not in text, f"the API key leaked into the {place}"
+
+
+def test_the_cap_skips_counting_only_far_below_it(db: Database, catalog: None) -> None:
+    """A recent count far below the cap spares the COUNT; near it every submit is counted."""
+    from app.api.errors import ApiError
+    from app.cache import TTLCache
+    from app.jobs.service import check_active_cap
+
+    org = org_id(db, "acme")
+    counts: list[str] = []
+
+    def count_statements(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "count(" in statement.lower():
+            counts.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count_statements)
+    try:
+        recent: TTLCache[int] = TTLCache(ttl=60)
+        with db.session() as session:
+            check_active_cap(session, org, 10_000, recent)  # loads the count: 0
+            check_active_cap(session, org, 10_000, recent)  # far below: not counted
+            assert len(counts) == 1
+            # A small cap is always counted, whatever the cache says: so near it, once
+            # freely and once more under the org's lock.
+            check_active_cap(session, org, 3, recent)
+            assert len(counts) == 3
+            # A stale count near the cap does not excuse the submit from the exact count.
+            stale: TTLCache[int] = TTLCache(ttl=60)
+            stale.get(org, lambda: 0)
+            model_id = session.scalar(sa.select(Model.id).limit(1))
+            now = dt.datetime.now(dt.UTC)
+            for n in range(4):
+                session.add(
+                    Job(
+                        id=f"luid_cap{n}",
+                        org_id=org,
+                        model_id=model_id,
+                        model_name="m",
+                        catelogid="music_gen",
+                        category_id="music_gen",
+                        deadline_at=now,
+                    )
+                )
+            session.flush()
+            with pytest.raises(ApiError) as refused:
+                check_active_cap(session, org, 3, stale)
+            assert refused.value.code == "too_many_active_jobs"
+            session.rollback()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count_statements)
