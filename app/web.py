@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from app.api.errors import ApiError, from_validation, openai_response
+from app.api.errors import V2_PREFIX, ApiError, error_response, from_validation
 from app.api.limits import init_limiter
 from app.db import Database
 from app.extensions import Chorus, chorus, close_session
@@ -21,20 +21,22 @@ from config import Settings, load_settings
 class ChorusApi(Api):
     """flask-smorest's Api with Chorus's error bodies.
 
-    webargs reports bad input as 422; the contract wants 400 naming the field, in OpenAI's
-    shape. flask-smorest also drops the ``Allow`` header of a 405; it is kept here.
+    webargs reports bad input as 422; the contract wants 400 naming the field, in the shape
+    of the request's surface (OpenAI's on ``/v1``, AIMLAPI's on ``/v2``), and so do the 404,
+    405 and 413 werkzeug raises. flask-smorest also drops the ``Allow`` header of a 405; it
+    is kept here.
     """
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data: dict[str, Any] = getattr(error, "data", None) or {}
         if error.code == 422 and "messages" in data:
-            return openai_response(from_validation(data["messages"]))
+            return error_response(from_validation(data["messages"]))
         code = error.code or 500
         message = error.description or error.name
         if code == 400 and "messages" in data:
             message = "We could not parse the JSON body of your request."
         api_error = ApiError(code, str(message), code=error.name.lower().replace(" ", "_"))
-        response = openai_response(api_error)
+        response = error_response(api_error)
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
@@ -69,16 +71,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.jobs.views import blp, files
     from app.money.views import blp as account
+    from app.v2.views import blp as v2
 
     limiter = init_limiter(app, settings)
-    for blueprint in (blp, account):
+    for blueprint in (blp, account, v2):
         # One budget per key across every route, not one per route.
         limiter.shared_limit(settings.rate_limit, scope="api")(blueprint)
 
     api.register_blueprint(blp)
     api.register_blueprint(files)
     api.register_blueprint(account)
-    app.register_error_handler(ApiError, openai_response)
+    api.register_blueprint(v2)
+    app.register_error_handler(ApiError, error_response)
     app.register_error_handler(DBAPIError, _database_unavailable)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_no_store)
@@ -99,7 +103,7 @@ def _database_unavailable(error: DBAPIError) -> Response:
     """A lost database connection is the service's fault, for a moment: 503, come back."""
     if not error.connection_invalidated:
         raise error
-    response = openai_response(
+    response = error_response(
         ApiError(503, "The database is unavailable for a moment; retry.", code="unavailable")
     )
     response.headers["Retry-After"] = "1"
@@ -108,7 +112,7 @@ def _database_unavailable(error: DBAPIError) -> Response:
 
 def _no_store(response: Response) -> Response:
     # Job objects carry freshly signed links; a cache must not hand out stale ones.
-    if request.path.startswith("/v1/music/"):
+    if request.path.startswith(("/v1/music/", V2_PREFIX)):
         response.headers["Cache-Control"] = "no-store"
     return response
 

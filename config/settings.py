@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from environs import Env
+from marshmallow import validate
 from marshmallow.validate import OneOf, Range
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -38,6 +39,7 @@ class Settings:
     org_max_active_jobs: int
     rate_limit: str
     reference_audio_max_bytes: int
+    default_music_category: str
 
     # Job engine
     tick_seconds: float
@@ -138,6 +140,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         rate_limit=env.str("RATE_LIMIT", "600 per minute"),
         reference_audio_max_bytes=env.int(
             "REFERENCE_AUDIO_MAX_BYTES", 50_000_000, validate=Range(min=1024)
+        ),
+        default_music_category=env.str(
+            "DEFAULT_MUSIC_CATEGORY", "music_gen", validate=validate.Length(min=1, max=200)
         ),
         tick_seconds=env.float("TICK_SECONDS", 0.25, validate=Range(min=0.05, max=10)),
         lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),

@@ -1,14 +1,20 @@
 """Error bodies in the shape each client surface expects.
 
 ``/v1`` speaks OpenAI's ``{"error": {"message", "type", "param", "code"}}`` so that OpenAI-style
-clients (and the openai SDK's typed exceptions) understand it.
+clients (and the openai SDK's typed exceptions) understand it. ``/v2`` speaks AIMLAPI's
+``{"message", "path", "requestId", "statusCode", "timestamp"}``, with AIMLAPI's status codes.
+
+Errors are raised once, as ``ApiError`` with a ``/v1`` status and a stable ``code``;
+``error_response`` renders them for the surface of the request at hand.
 """
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -64,6 +70,50 @@ def openai_response(error: ApiError) -> Response:
     return response
 
 
+V2_PREFIX = "/v2/"
+
+# The same refusal, under AIMLAPI's status codes: it answers a bad key with 401 (the seed
+# platform of /v1 with 403) and an empty balance with 403 "run out of credits" (/v1: 429).
+V2_STATUS_BY_CODE = {"invalid_api_key": 401, "insufficient_quota": 403}
+V2_MESSAGE_BY_CODE = {
+    "insufficient_quota": "You've run out of credits: the balance is too low for this model. "
+    "Top up and try again.",
+}
+
+
+def is_v2() -> bool:
+    return has_request_context() and (request.path + "/").startswith(V2_PREFIX)
+
+
+def aimlapi_body(status: int, message: str) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "message": message,
+        "path": request.path,
+        "requestId": str(uuid.uuid4()),
+        "statusCode": status,
+        "timestamp": now,
+    }
+
+
+def aimlapi_response(error: ApiError) -> Response:
+    status = V2_STATUS_BY_CODE.get(error.code or "", error.status)
+    message = V2_MESSAGE_BY_CODE.get(error.code or "", error.message)
+    if status == 400 and "validation error!" not in message:
+        # AIMLAPI opens every 400 with where the problem is, then names the field.
+        where = "Query" if request.method == "GET" else "Body"
+        message = f"{where} validation error! {message}"
+    response = jsonify(aimlapi_body(status, message))
+    response.status_code = status
+    response.headers.update(error.headers)
+    return response
+
+
+def error_response(error: ApiError) -> Response:
+    """``error`` in the body and status of the surface the request came in on."""
+    return aimlapi_response(error) if is_v2() else openai_response(error)
+
+
 # The seed validates required fields in this order and reports the first one missing.
 REQUIRED_ORDER = ("model", "catelogid", "prompt", "lyrics")
 
@@ -79,6 +129,9 @@ def from_validation(messages: dict[str, Any]) -> ApiError:
         f for f in fields if f not in REQUIRED_ORDER
     ]
     name = order[0]
+    if name == "_schema":
+        # The body parsed, but as a list, string or number: there is no field to name.
+        return ApiError(400, "The request body must be a JSON object.", code="invalid_request")
     problem: Any = fields[name]
     # Nested errors (audio_setting, metadata) name the inner field, dotted; "_schema" means the
     # object itself, and "key"/"value" are marshmallow's Dict markers, not field names.

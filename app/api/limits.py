@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from app.api.auth import presented_key
-from app.api.errors import ApiError, openai_response
+from app.api.errors import ApiError, error_response
 from config import Settings
 
 
@@ -46,7 +46,8 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
 
 
 def _exceeded(error: RateLimitExceeded) -> Response:
-    response = openai_response(
+    # In the body of the surface asked: AIMLAPI's clients read a 429 in AIMLAPI's shape.
+    response = error_response(
         ApiError(
             429,
             f"Rate limit reached: {error.description}. Slow down and retry later.",

@@ -81,6 +81,14 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
             continue
         length = len(args.get(name) or "")
         low, high = bounds.get("min", 0), bounds["max"]
+        if length == 0 and low > 0:
+            # Reachable where the field is optional for some models (/v2's lyrics).
+            raise ApiError(
+                400,
+                f"Missing required parameter: {name} (model {model.model_name} needs it).",
+                param=name,
+                code="missing_required_parameter",
+            )
         if not low <= length <= high:
             raise ApiError(
                 400,

@@ -26,6 +26,7 @@ from app.jobs.accounts import BREAKER_THRESHOLD, Accounts
 from app.jobs.engine import SIM_KEY
 from app.jobs.models import Job
 from app.sim.audio import DEFAULT_SAMPLE_RATE
+from tests.api.test_reference_audio import files  # noqa: F401 - a fixture
 from tests.conftest import REDIS_PREFIX, Processes, job_rows, sim_record, wait_for
 from tests.e2e.test_lifecycle import TERMINAL, read, submit, wait_terminal
 
@@ -41,6 +42,11 @@ USEAPI_1, USEAPI_2 = f"{SIM_KEY}|account-1", f"{SIM_KEY}|account-2"
 
 def submit_to(client: Any, key: str, model: str, prompt: str, **extra: Any) -> str:
     return submit(client, key, prompt, model=model, **extra)
+
+
+def reference_for(model: str, server: str) -> dict[str, str]:
+    """minimax-music needs a reference track (checked at submit, so served locally)."""
+    return {"reference_audio_url": f"{server}/long.wav"} if model == "minimax-music" else {}
 
 
 def set_accounts(db: Database, where: Any, **values: Any) -> None:
@@ -132,19 +138,21 @@ def assert_outcomes(
     ("model", "provider", "account", "protocol", "sim_account"),
     [
         ("music-2.6", "aimlapi", "sim-aimlapi", "aimlapi", SIM_KEY),
-        # Apilaplas speaks AIMLAPI's protocol. The model's reference audio is optional: none sent.
+        # Apilaplas speaks AIMLAPI's protocol; the model takes a reference track.
         ("minimax-music", "apilaplas", "sim-apilaplas", "aimlapi", SIM_KEY),
         # useapi.net: the first of the two web accounts takes it.
         ("music-1.5", "useapi", "sim-useapi-1", "useapi", USEAPI_1),
     ],
     ids=["aimlapi", "apilaplas", "useapi"],
 )
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1")
 def test_async_protocol_reaches_succeeded_with_stored_audio(
     client: Any,
     db: Database,
     api_key: str,
     sim: str,
     procs: Processes,
+    files: str,  # noqa: F811 - the fixture
     model: str,
     provider: str,
     account: str,
@@ -153,7 +161,9 @@ def test_async_protocol_reaches_succeeded_with_stored_audio(
 ) -> None:
     procs.worker()
     procs.beat()
-    job_id = submit_to(client, api_key, model, f"Bright synth pop for {provider}")
+    job_id = submit_to(
+        client, api_key, model, f"Bright synth pop for {provider}", **reference_for(model, files)
+    )
     job = wait_terminal(client, api_key, [job_id], timeout=40)[job_id]
     assert job["upstream"] == {"provider": provider, "account": account}
     assert_stored_audio(client, job)
@@ -408,9 +418,19 @@ def test_useapi_song_struck_before_its_download_fails_content_moderated(
     assert job["error"]["code"] == "content_moderated", job["error"]
 
 
-@pytest.mark.env(JOB_DEADLINE_SECONDS="40", SUBMIT_MAX_ATTEMPTS="2", INVALID_RESPONSE_LIMIT="2")
+@pytest.mark.env(
+    JOB_DEADLINE_SECONDS="40",
+    SUBMIT_MAX_ATTEMPTS="2",
+    INVALID_RESPONSE_LIMIT="2",
+    ALLOW_PRIVATE_URLS="1",
+)
 def test_aimlapi_and_apilaplas_faults_end_as_documented(
-    client: Any, db: Database, api_key: str, sim: str, procs: Processes
+    client: Any,
+    db: Database,
+    api_key: str,
+    sim: str,
+    procs: Processes,
+    files: str,  # noqa: F811 - the fixture
 ) -> None:
     cases: dict[str, tuple[str, str | None]] = {
         "[sim:error]": ("FAILED", "upstream_failed"),
@@ -424,7 +444,9 @@ def test_aimlapi_and_apilaplas_faults_end_as_documented(
     routes = {"music-2.6": "sim-aimlapi", "minimax-music": "sim-apilaplas"}
     ids = {
         model: {
-            marker: submit_to(client, api_key, model, f"{model} case {i} {marker}")
+            marker: submit_to(
+                client, api_key, model, f"{model} case {i} {marker}", **reference_for(model, files)
+            )
             for i, marker in enumerate(cases)
         }
         for model in routes
