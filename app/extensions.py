@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from flask import current_app, g
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache
 from app.db import Database
 from app.jobs.service import Offer
+from app.jobs.waiting import WaitHub
 from app.storage import LocalStorage
 from config import Settings
 
@@ -23,6 +25,16 @@ class Chorus:
     offers: TTLCache[Offer | None] = field(default_factory=lambda: TTLCache(ttl=5.0))
     # Each org's count of queued + running jobs, per process, for the per-org cap.
     recent_active: TTLCache[int] = field(default_factory=lambda: TTLCache(ttl=1.0))
+    _hub: WaitHub | None = field(default=None, repr=False)
+    _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def waiters(self) -> WaitHub:
+        """The process's ``Prefer: wait`` hub; its listener thread starts with the first waiter."""
+        with self._hub_lock:
+            if self._hub is None:
+                self._hub = WaitHub(self.settings, self.db)
+            return self._hub
 
     def session(self) -> Session:
         """The request's session, opened on first use and closed at teardown."""

@@ -2,6 +2,7 @@
 
 from app.catalog.models import AccountState, Category, Model, Route, UpstreamAccount
 from app.db import Base
+from app.idempotency.models import IdempotencyKey
 from app.jobs.models import Job
 from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
@@ -12,6 +13,7 @@ __all__ = [
     "Balance",
     "Base",
     "Category",
+    "IdempotencyKey",
     "Job",
     "LedgerEntry",
     "Model",

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark Chorus: web tier vs a bare Flask app, then N jobs end to end "
         "against the simulator with adaptive and with fixed 10-second polling, then the "
         "upstream protocols (MiniMax held calls, useapi accounts), then submit throughput with "
-        "money on and off.",
+        "money on and off, then `Prefer: wait` clients held by one web process.",
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in flight (default 2000)")
     parser.add_argument(
@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--skip-money", action="store_true", help="skip phase (e) (submit with money on and off)"
+    )
+    parser.add_argument(
+        "--skip-wait",
+        action="store_true",
+        help="skip phase (f) (Prefer: wait clients held by one web process)",
     )
     parser.add_argument(
         "--upstream-batch",
@@ -303,6 +308,22 @@ def main(argv: list[str] | None = None) -> int:
                 workdir=root,
                 orgs=args.money_orgs,
             )
+        if not args.skip_wait:
+            from bench.wait import run_wait_phase
+
+            print(
+                f"(f) Prefer: wait: clients held by one web process, POST and GET "
+                f"{args.duration:g} s each without and with them",
+                flush=True,
+            )
+            results["wait"] = run_wait_phase(
+                sup,
+                stack,
+                seconds=args.duration,
+                connections=args.connections,
+                use_wrk=use_wrk,
+                workdir=root,
+            )
         results["notes"].extend(_noise_notes(results))
         results["verdicts"] = [v.as_dict() for v in report.verdicts(results)]
         results["elapsed_s"] = time.time() - began
@@ -433,6 +454,14 @@ def print_summary(results: dict[str, Any]) -> None:
                 f"  (e) {case['label']}: {case['rps']:,.0f} req/s, p50 {case['p50_ms'] or 0:.1f} ms, "
                 f"p99 {case['p99_ms'] or 0:.1f} ms, non-2xx {case['non_2xx']}"
             )
+    wait = results.get("wait")
+    if wait:
+        print("-" * 78)
+        print(
+            f"  (f) {wait['held_min']}–{wait['held_max']} Prefer: wait requests held by one "
+            f"process (cap {wait['cap']} of {wait['threads']} threads); POST × "
+            f"{wait['ratio']['post'] or 0:.2f}, GET × {wait['ratio']['get'] or 0:.2f} beside them"
+        )
     for note in results.get("notes", []):
         print(f"  note: {note}")
     print("=" * 78)

@@ -26,6 +26,7 @@ LAG_FRACTION_MAX = 0.25
 HELD_RATIO_MAX = 1.1  # (d1) AIMLAPI batch beside held MiniMax calls ÷ alone
 USEAPI_MAX_CONCURRENT = 1  # (d2) songs at once on one useapi account
 PRICED_RATIO_MIN = 0.85  # (e) priced ÷ free POST req/s: at most 15 % slower
+WAIT_RATIO_MIN = 0.9  # (f) POST/GET req/s beside the held waits ÷ without them
 NO_TARGET = "none (reported)"
 
 
@@ -181,7 +182,72 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             )
     out += _upstream_verdicts(results.get("upstreams"))
     out += _money_verdicts(results.get("money"))
+    out += _wait_verdicts(results.get("wait"))
     return out
+
+
+def _wait_verdicts(wait: dict[str, Any] | None) -> list[Verdict]:
+    if not wait:
+        return []
+    out = [
+        Verdict(
+            "(f) Prefer: wait requests one web process held throughout (fewest seen)",
+            f"{wait['held_min']} (most {wait['held_max']}; {wait['clients']} clients)",
+            f"= WAIT_MAX_WAITERS ({wait['cap']})",
+            wait["held_min"] == wait["cap"] and wait["held_max"] <= wait["cap"],
+        )
+    ]
+    for kind in ("post", "get"):
+        ratio = wait["ratio"][kind]
+        out.append(
+            Verdict(
+                f"(f) {kind.upper()} req/s beside the held waits ÷ without (one process)",
+                f"{fmt(ratio, 3)} ({fmt(wait['with_waiters'][kind]['rps'], 0)} / "
+                f"{fmt(wait['alone'][kind]['rps'], 0)} req/s)",
+                f"≥ {WAIT_RATIO_MIN}",
+                ratio is not None and ratio >= WAIT_RATIO_MIN,
+            )
+        )
+    bad = sum(
+        r["non_2xx"] + r["socket_errors"]
+        for side in ("alone", "with_waiters")
+        for r in wait[side].values()
+    )
+    out.append(Verdict("(f) non-2xx answers or socket errors", str(bad), "0", bad == 0))
+    return out
+
+
+def _wait_section(wait: dict[str, Any]) -> list[str]:
+    lines = [
+        f"One gunicorn process, gthread, {wait['threads']} threads (Chorus's default; "
+        f"`WAIT_MAX_WAITERS` defaults to three quarters of them: {wait['cap']}); web tier only, "
+        "so every job stays QUEUED and a granted wait holds its request the full "
+        f"{wait['wait_s']} s. POST and GET were measured ({wait['connections']} connections, "
+        f"{fmt(wait['seconds'], 0)} s each) with no waiters, then again while {wait['clients']} "
+        f"clients ({wait['cap']} + {wait['clients'] - wait['cap']} over the cap) each kept a "
+        f"`Prefer: wait={wait['wait_s']}` POST open, re-sending as soon as it was answered. "
+        "A request is counted as held while it has been open for more than a second.",
+        "",
+        "| | no waiters, req/s | beside the waits, req/s | ratio | p99 ms, no waiters | "
+        "p99 ms, beside |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("post", "get"):
+        a, b = wait["alone"][kind], wait["with_waiters"][kind]
+        lines.append(
+            f"| {kind.upper()} | {fmt(a['rps'], 0)} | {fmt(b['rps'], 0)} | "
+            f"{fmt(wait['ratio'][kind], 3)} | {fmt(a['p99_ms'])} | {fmt(b['p99_ms'])} |"
+        )
+    lines += [
+        "",
+        f"Waits held during the measurement: {wait['held_min']} to {wait['held_max']} "
+        f"(sampled {wait['held_samples']} times). Requests over the cap answered at once "
+        f"(no `Preference-Applied`): {wait['refused_at_once']}, the slowest in "
+        f"{fmt(wait['refused_max_s'], 2)} s. Client errors: {wait['client_errors']}. "
+        f"Peak RSS of the web process: {fmt(wait['peak_rss_mb'], 0)} MB.",
+        "",
+    ]
+    return lines
 
 
 def _upstream_verdicts(upstreams: dict[str, Any] | None) -> list[Verdict]:
@@ -812,13 +878,19 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _money_section(money, http)
     else:
         lines += ["Not run (`--skip-money`).", ""]
+    wait = results.get("wait")
+    lines += ["## (f) Prefer: wait: requests held open by one web process", ""]
+    if wait:
+        lines += _wait_section(wait)
+    else:
+        lines += ["Not run (`--skip-wait`).", ""]
     lines += [
         "## How to reproduce",
         "",
         "```sh",
         "make bench                              # defaults: 2,000 jobs, 15 s per HTTP measurement",
         'make bench BENCH_ARGS="--jobs 10000"    # the 10,000-job run',
-        'make bench BENCH_ARGS="--skip-http --skip-jobs"   # only (d) upstreams and (e) money',
+        'make bench BENCH_ARGS="--skip-http --skip-jobs"   # only (d), (e) and (f)',
         'make bench BENCH_ARGS="--help"          # every option',
         "```",
         "",

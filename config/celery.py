@@ -22,6 +22,9 @@ ALL_QUEUES = (*QUEUES, SYNC_QUEUE)
 # redelivered, which the job leases make harmless.
 TASK_TIME_LIMIT = 240
 VISIBILITY_TIMEOUT = 600
+# Expired idempotency keys are deleted this often; until then an expired key is already
+# treated as new, so the interval only bounds the table's size.
+IDEMPOTENCY_PURGE_SECONDS = 600
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -69,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": SUBMIT_QUEUE,
         "task_routes": {
             "chorus.tick": {"queue": SWEEP_QUEUE},
+            "chorus.purge_idempotency_keys": {"queue": SWEEP_QUEUE},
             "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
             "chorus.poll_jobs": {"queue": POLL_QUEUE},
             "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
@@ -79,6 +83,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": dt.timedelta(seconds=settings.tick_seconds),
                 # A tick nobody ran within a second is worthless; the next one supersedes it.
                 "options": {"expires": max(1.0, settings.tick_seconds * 4)},
+            },
+            "purge-idempotency-keys": {
+                "task": "chorus.purge_idempotency_keys",
+                "schedule": dt.timedelta(seconds=IDEMPOTENCY_PURGE_SECONDS),
+                "options": {"expires": IDEMPOTENCY_PURGE_SECONDS},
             },
         },
         "beat_max_loop_interval": max(settings.tick_seconds, 1.0),

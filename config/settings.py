@@ -18,6 +18,12 @@ from marshmallow import validate
 from marshmallow.validate import OneOf, Range
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+# Threads per gunicorn process: enough that three quarters of them can hold `Prefer: wait`
+# requests while the rest serve everything else (README, "Waiting for the result").
+DEFAULT_WEB_THREADS = 32
+# `Prefer: wait=N` is capped here, as Replicate caps it.
+MAX_WAIT_SECONDS = 60
+WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class Settings:
     rate_limit: str
     reference_audio_max_bytes: int
     default_music_category: str
+    idempotency_ttl_seconds: int
+    idempotency_lock_seconds: int
+    wait_max_waiters: int
+    wait_recheck_seconds: float
 
     # Job engine
     tick_seconds: float
@@ -124,6 +134,16 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     broker_url = env.str("CELERY_BROKER_URL", None) or redis_url or "filesystem://"
     sim_host = env.str("SIM_HOST", "127.0.0.1")
     sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
+    web_threads = env.int("WEB_THREADS", DEFAULT_WEB_THREADS, validate=Range(min=1))
+    # A bad WEB_THREADS is reported at seal(); meanwhile derive from the default.
+    threads = web_threads if isinstance(web_threads, int) else DEFAULT_WEB_THREADS
+    # Requests held open by `Prefer: wait` sit on gunicorn threads: at most this many, so
+    # the others always have threads left.
+    wait_max_waiters = env.int(
+        "WAIT_MAX_WAITERS",
+        threads * 3 // 4,
+        validate=Range(min=0, max=threads - 1, error=WAITERS_ERROR),
+    )
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -143,6 +163,14 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         ),
         default_music_category=env.str(
             "DEFAULT_MUSIC_CATEGORY", "music_gen", validate=validate.Length(min=1, max=200)
+        ),
+        idempotency_ttl_seconds=env.int("IDEMPOTENCY_TTL_SECONDS", 86_400, validate=Range(min=60)),
+        idempotency_lock_seconds=env.int(
+            "IDEMPOTENCY_LOCK_SECONDS", 120, validate=Range(min=MAX_WAIT_SECONDS + 5)
+        ),
+        wait_max_waiters=wait_max_waiters,
+        wait_recheck_seconds=env.float(
+            "WAIT_RECHECK_SECONDS", 3.0, validate=Range(min=0.1, max=30)
         ),
         tick_seconds=env.float("TICK_SECONDS", 0.25, validate=Range(min=0.05, max=10)),
         lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),
@@ -170,7 +198,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         web_host=env.str("WEB_HOST", "127.0.0.1"),
         web_port=env.int("PORT", 8000, validate=Range(min=1, max=65535)),
         web_workers=env.int("WEB_CONCURRENCY", 2, validate=Range(min=1)),
-        web_threads=env.int("WEB_THREADS", 8, validate=Range(min=1)),
+        web_threads=web_threads,
         worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
         sync_concurrency=env.int("SYNC_CONCURRENCY", 100, validate=Range(min=1, max=2000)),
         flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,

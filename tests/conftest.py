@@ -47,6 +47,7 @@ def clear_redis(url: str) -> None:
 
 
 TABLES = [
+    "idempotency_keys",
     "ledger",
     "balances",
     "jobs",

@@ -16,6 +16,7 @@ from typing import Any, cast
 from celery import Task, shared_task
 
 from app.db import utcnow
+from app.idempotency.store import purge_expired
 from app.jobs.engine import DueClaim
 from app.jobs.status import JobStatus
 
@@ -86,3 +87,12 @@ def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
         list[str],
         _engine(self).advance_many(((job_id, token) for job_id, token in claims), blocking=True),
     )
+
+
+@shared_task(name="chorus.purge_idempotency_keys", bind=True, ignore_result=True)
+def purge_idempotency_keys(self: Task) -> int:
+    """Delete idempotency keys past their expiry (24 h by default)."""
+    purged = purge_expired(_engine(self).db)
+    if purged:
+        log.info("purged %d expired idempotency key(s)", purged)
+    return purged

@@ -34,6 +34,7 @@ from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.models import Job
 from app.jobs.schedule import PollPolicy, backoff
 from app.jobs.status import ACTIVE, JobStatus, sources
+from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
 from app.providers import get_adapter
 from app.providers.base import (
@@ -98,6 +99,8 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
         # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
         self.handoff: Callable[[str, str], None] | None = None
+        # Tells web processes holding `Prefer: wait` requests that a job has ended.
+        self.notifier = TerminalNotifier(settings)
 
     # ------------------------------------------------------------------ sweeping
 
@@ -122,6 +125,7 @@ class Engine:
             ).all()
             for job_id in expired:
                 ledger.settle(session, job_id, capture=False)
+        self.notifier.publish(expired)
         return len(expired)
 
     def claim_due(
@@ -457,9 +461,13 @@ class Engine:
             )
             changed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
             target = values.get("status")
-            if changed and target is not None and JobStatus(target).terminal:
+            ended = changed and target is not None and JobStatus(target).terminal
+            if ended:
                 # The money moves in the transaction that ends the job: once, or not at all.
                 ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
+        if ended:
+            # After the commit: a woken waiter must read the terminal row, not the old one.
+            self.notifier.publish([job.id])
         return changed
 
     def _write_hard(self, job: Job, allowed: Iterable[JobStatus], **values: Any) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, jsonify, send_file
+from flask import Response, g, jsonify, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -12,10 +12,13 @@ from app import reference_audio
 from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.extensions import chorus
+from app.idempotency.hook import idempotent
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
+from app.jobs.status import JobStatus
+from app.jobs.waiting import requested_wait
 
 blp = Blueprint(
     "generations",
@@ -33,15 +36,29 @@ blp.before_request(require_key)
 
 @blp.route("")
 class Generations(MethodView):
+    @idempotent
     @blp.arguments(CreateGenerationSchema)
     @blp.response(202, JobSchema, description="Accepted: the job, QUEUED.")
+    @blp.alt_response(
+        201, schema=JobSchema, description="With `Prefer: wait`: the job ended within the wait."
+    )
     @blp.alt_response(400, schema=OpenAIErrorSchema, description="Missing or invalid input.")
     @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.alt_response(
+        409, schema=OpenAIErrorSchema, description="This Idempotency-Key's request is in progress."
+    )
+    @blp.alt_response(
+        422, schema=OpenAIErrorSchema, description="This Idempotency-Key was used for another body."
+    )
     @blp.alt_response(
         429, schema=OpenAIErrorSchema, description="Balance too low (insufficient_quota)."
     )
     def post(self, args: dict[str, Any]) -> Response:
-        """Submit a music generation. Answers at once; the job runs in the background."""
+        """Submit a music generation. Answers at once; the job runs in the background.
+
+        `Prefer: wait=N` (N ≤ 60; `wait` alone is 60) holds the answer until the job ends or N
+        seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
+        """
         ext = chorus()
         session = ext.session()
         job = service.create_job(
@@ -55,9 +72,25 @@ class Generations(MethodView):
             recent_active=ext.recent_active,
         )
         session.commit()
-        response = jsonify(job_object(job))
-        response.status_code = 202
+        status, applied = 202, None
+        wait = requested_wait(request.headers)
+        if wait:
+            hub = ext.waiters
+            with hub.slot() as granted:
+                # Over the process's cap the request answers at once, as without the header.
+                if granted:
+                    hub.wait(job.id, wait)
+                    applied = wait
+            if applied:
+                # The session gave its connection back at the commit: waiting held none.
+                job = session.get(Job, job.id, populate_existing=True) or job
+                if JobStatus(job.status).terminal:
+                    status = 201
+        response = jsonify(job_object(job, ext.storage))
+        response.status_code = status
         response.headers["Location"] = response.json["urls"]["get"]  # type: ignore[index]
+        if applied:
+            response.headers["Preference-Applied"] = f"wait={applied}"
         return response
 
 

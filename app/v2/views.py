@@ -16,6 +16,7 @@ from flask_smorest import Blueprint
 from app import reference_audio
 from app.api.auth import require_key
 from app.extensions import chorus
+from app.idempotency.hook import idempotent
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import audio_url
@@ -48,6 +49,7 @@ STATUS_WORDS = {
 
 @blp.route("")
 class Generations(MethodView):
+    @idempotent
     @blp.arguments(SubmitSchema)
     @blp.response(201, SubmittedSchema, description="Accepted: the generation id, queued.")
     @blp.alt_response(400, schema=AimlapiErrorSchema, description="Missing or invalid input.")

@@ -380,3 +380,17 @@ def test_timestamps_are_now(client: Any) -> None:
     body = client.post(URL, json=BODY).get_json()
     stamp = dt.datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
     assert abs((utcnow() - stamp).total_seconds()) < 60
+
+
+def test_an_idempotency_key_replays_the_v2_answer(client: Any, db: Database, api_key: str) -> None:
+    first = submit(client, api_key, **{"Idempotency-Key": "v2-order-1"})
+    again = submit(client, api_key, **{"Idempotency-Key": "v2-order-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.get_data() == first.get_data()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len(job_rows(db)) == 1
+    other = submit(
+        client, api_key, {**BODY, "prompt": "another song"}, **{"Idempotency-Key": "v2-order-1"}
+    )
+    assert aimlapi_error(other, 422)
+    assert len(job_rows(db)) == 1
