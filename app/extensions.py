@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache
 from app.db import Database
 from app.jobs.service import Offer
-from app.jobs.waiting import WaitHub
+from app.jobs.waiting import TerminalNotifier, WaitHub
 from app.storage import LocalStorage
 from config import Settings
 
@@ -27,6 +27,14 @@ class Chorus:
     recent_active: TTLCache[int] = field(default_factory=lambda: TTLCache(ttl=1.0))
     _hub: WaitHub | None = field(default=None, repr=False)
     _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _notifier: TerminalNotifier | None = field(default=None, repr=False)
+
+    @property
+    def notifier(self) -> TerminalNotifier:
+        """Tells every process's waiting requests that jobs ended here (a cancel)."""
+        if self._notifier is None:
+            self._notifier = TerminalNotifier(self.settings)
+        return self._notifier
 
     @property
     def waiters(self) -> WaitHub:

@@ -35,10 +35,16 @@ PARK_WHEN_BUSY = dt.timedelta(seconds=15)
 
 
 def holds_slot() -> ColumnElement[bool]:
-    """The rows that occupy a slot on their account."""
+    """The rows that occupy a slot on their account.
+
+    A cancelled job keeps its slot while its upstream may still be making the song
+    (``upstream_followup``): a useapi account makes one song at a time, and would refuse, or
+    worse queue, a second one.
+    """
     return or_(
         Job.status == JobStatus.RUNNING,
         and_(Job.status == JobStatus.QUEUED, Job.submitting_since.is_not(None)),
+        and_(Job.status == JobStatus.CANCELLED, Job.upstream_followup.is_not(None)),
     )
 
 

@@ -24,14 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
-from app.jobs.models import Job
+from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.schedule import PollPolicy, backoff
 from app.jobs.status import ACTIVE, JobStatus, sources
 from app.jobs.waiting import TerminalNotifier
@@ -51,6 +51,10 @@ from config import Settings
 log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
+
+# The rows a sweep may lease: active jobs, and cancelled ones whose upstream is still followed.
+# A cancelled row is due only while it has a follow-up: its next_action_at is NULL otherwise.
+SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED]
 
 SIM_PLACEHOLDER = "{sim_url}"
 WRITE_ATTEMPTS = 4
@@ -125,6 +129,18 @@ class Engine:
             ).all()
             for job_id in expired:
                 ledger.settle(session, job_id, capture=False)
+            # Past its deadline an upstream generation is as good as dead: stop following a
+            # cancelled job's, so its account slot comes back even if no follow-up ran.
+            session.execute(
+                update(Job)
+                .where(
+                    Job.status == JobStatus.CANCELLED,
+                    Job.deadline_at < now,
+                    Job.upstream_followup.is_not(None),
+                )
+                .values(upstream_followup=None, next_action_at=None)
+                .execution_options(synchronize_session=False)
+            )
         self.notifier.publish(expired)
         return len(expired)
 
@@ -138,7 +154,7 @@ class Engine:
             rows = session.execute(
                 select(Job.id, Job.next_action_at, Job.status)
                 .where(
-                    Job.status.in_(list(ACTIVE)),
+                    Job.status.in_(SWEPT),
                     Job.next_action_at <= horizon,
                     or_(Job.lease_until.is_(None), Job.lease_until < now),
                 )
@@ -190,6 +206,8 @@ class Engine:
         try:
             if job.status == JobStatus.QUEUED:
                 return self._submit(job, blocking=blocking)
+            if job.status == JobStatus.CANCELLED:
+                return self._follow_up(job)
             return self._poll(job)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
@@ -205,7 +223,17 @@ class Engine:
             # One round trip: swap the token and read the row back.
             return session.scalars(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_token == token, Job.status.in_(list(ACTIVE)))
+                .where(
+                    Job.id == job_id,
+                    Job.lease_token == token,
+                    or_(
+                        Job.status.in_(list(ACTIVE)),
+                        and_(
+                            Job.status == JobStatus.CANCELLED,
+                            Job.upstream_followup.is_not(None),
+                        ),
+                    ),
+                )
                 .values(lease_token=fresh, lease_until=now + self.lease)
                 .returning(Job)
                 .execution_options(synchronize_session=False)
@@ -271,7 +299,11 @@ class Engine:
             submission = adapter.submit(request)
         except ProviderError as exc:
             self._count_fault(account.id, exc)
-            return self._submit_failed(job, exc)
+            outcome = self._submit_failed(job, exc)
+            if outcome != "retry":
+                # Cancelled during the call: whatever reached the upstream is not followed.
+                self._cancelled_meanwhile(job, upstream_done=True)
+            return outcome
         now = utcnow()
         # The upstream has the job now: recording that must not be lost to a passing database
         # fault, or the job would look like an interrupted submit.
@@ -288,7 +320,14 @@ class Engine:
             release=submission.result is None,
             next_action_at=now + dt.timedelta(seconds=first_poll),
         ):
-            return "lost"
+            # Cancelled during the call: the upstream has the job now, so follow it there
+            # (tell it, then keep the account's slot until it ends). A synchronous answer
+            # already carries the song, which nobody wants any more: it is not stored.
+            return self._cancelled_meanwhile(
+                job,
+                upstream_done=submission.result is not None or not submission.generation_id,
+                generation_id=submission.generation_id,
+            )
         job.status, job.started_at = JobStatus.RUNNING, now
         try:
             self.accounts.record_success(account.id)
@@ -370,20 +409,22 @@ class Engine:
     def _apply(self, job: Job, result: PollResult) -> str:
         if result.state is PollState.PENDING:
             elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
-            self._reschedule(
+            if not self._reschedule(
                 job,
                 delay=self._poll_delay(job, elapsed),
                 poll_count=Job.poll_count + 1,
                 invalid_responses=0,
-            )
+            ):
+                return self._cancelled_meanwhile(job, upstream_done=False)
             return "pending"
         if result.state is PollState.FAILED:
-            self._fail(
+            if not self._fail(
                 job,
                 result.error_code or "upstream_failed",
                 result.error_message or "the upstream reported a failed generation",
                 poll_count=Job.poll_count + 1,
-            )
+            ):
+                return self._cancelled_meanwhile(job, upstream_done=True)
             return "failed"
         try:
             key, info = self._store_audio(job, result)
@@ -420,7 +461,7 @@ class Engine:
         if not done:
             # Someone else finished or cancelled the job meanwhile; our copy is not referenced.
             self.storage.delete(key)
-            return "lost"
+            return self._cancelled_meanwhile(job, upstream_done=True)
         return "succeeded"
 
     def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
@@ -439,6 +480,86 @@ class Engine:
             max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
         )
+
+    # ------------------------------------------------------------------ after a cancel
+
+    def _follow_up(self, job: Job) -> str:
+        """One step for a cancelled job whose upstream may still be making its song.
+
+        The client's view is final (CANCELLED, money released); this only tells the upstream
+        where its protocol allows, and keeps the account's slot until the upstream's
+        generation ends, so the account is not handed a second song while busy. Nothing here
+        changes the status, moves money or stores audio.
+        """
+        account = self._job_account(job)
+        if account is None or job.generation_id is None or job.deadline_at <= utcnow():
+            # Nothing to follow: no upstream id (the submit never answered), or past the point
+            # where the engine gives any generation up.
+            self._end_follow_up(job)
+            return "cancelled"
+        adapter = self._adapter(account)
+        if job.upstream_followup == FOLLOWUP_CANCEL:
+            try:
+                adapter.cancel(job.generation_id)
+            except ProviderError as exc:
+                # The cancel stands either way: the upstream just finishes a song nobody reads.
+                log.warning("job %s: could not tell the upstream of the cancel: %s", job.id, exc)
+        try:
+            result = adapter.poll(job.generation_id)
+        except ProviderError as exc:
+            if not exc.retryable:
+                self._end_follow_up(job)
+                return "cancelled"
+            delay = backoff(job.poll_count + 1, base=1.0, cap=30.0, retry_after=exc.retry_after)
+            self._watch(job, delay)
+            return "following"
+        if result.state is PollState.PENDING:
+            elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
+            self._watch(job, self._poll_delay(job, elapsed))
+            return "following"
+        self._end_follow_up(job)
+        return "cancelled"
+
+    def _watch(self, job: Job, delay: float) -> bool:
+        return self._write(
+            job,
+            {JobStatus.CANCELLED},
+            release=True,
+            upstream_followup=FOLLOWUP_WATCH,
+            poll_count=Job.poll_count + 1,
+            next_action_at=utcnow() + dt.timedelta(seconds=delay),
+        )
+
+    def _end_follow_up(self, job: Job) -> bool:
+        return self._write(
+            job, {JobStatus.CANCELLED}, release=True, upstream_followup=None, next_action_at=None
+        )
+
+    def _cancelled_meanwhile(self, job: Job, *, upstream_done: bool, **values: Any) -> str:
+        """Our write was refused: if a cancel took the job, hand it to the follow-up at once.
+
+        The cancel leaves the lease with the worker holding it; giving it back now (rather
+        than at its expiry, minutes away for a synchronous upstream) frees the account's slot
+        or starts the follow-up straight away. Matches nothing unless the job was cancelled.
+        """
+        if upstream_done:
+            values.update(upstream_followup=None, next_action_at=None)
+        else:
+            values.update(next_action_at=utcnow())
+        with self.db.transaction() as session:
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.lease_token == job.lease_token,
+                    Job.status == JobStatus.CANCELLED,
+                    # A cancel with nothing upstream to follow already dropped the lease.
+                    Job.upstream_followup.is_not(None),
+                )
+                .values(updated_at=utcnow(), lease_token=None, lease_until=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+        return "lost"
 
     # ------------------------------------------------------------------ writes
 

@@ -14,6 +14,10 @@ from app.jobs.status import JobStatus
 
 JOB_ID_PREFIX = "luid_"
 
+# ``Job.upstream_followup``: what is left to do upstream after a cancel.
+FOLLOWUP_CANCEL = "cancel"  # tell the upstream (where its protocol can be told), then watch
+FOLLOWUP_WATCH = "watch"  # wait until the upstream's generation ends
+
 
 def new_job_id() -> str:
     # ULIDs sort by creation time, so ids double as a stable, newest-last cursor.
@@ -31,6 +35,8 @@ class Job(Base):
         Index("ix_jobs_account_status", "account_id", "status"),
         # The per-org cap on active jobs, and usage reports.
         Index("ix_jobs_org_status", "org_id", "status"),
+        # The job list filtered by status, newest first.
+        Index("ix_jobs_org_status_id", "org_id", "status", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
@@ -63,6 +69,10 @@ class Job(Base):
     # Set while the job waits QUEUED for a free slot on any of its accounts.
     waiting_since: Mapped[dt.datetime | None]
     poll_count: Mapped[int] = mapped_column(default=0)
+    # After a cancel, while the upstream may still be making the song: "cancel" (tell the
+    # upstream, then watch it) or "watch" (wait for it to end). The job keeps its account
+    # slot meanwhile, so a one-song-at-a-time account is not handed a second song.
+    upstream_followup: Mapped[str | None] = mapped_column(String(16))
     invalid_responses: Mapped[int] = mapped_column(default=0)
 
     # Audio, once SUCCEEDED: Chorus's own copy.

@@ -154,3 +154,38 @@ class JobSchema(Schema):
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
     upstream = fields.Nested(UpstreamSchema)
     urls = fields.Nested(JobUrlsSchema)
+
+
+JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+MAX_PAGE = 100
+
+
+class ListGenerationsQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(
+        load_default=20,
+        validate=validate.Range(min=1, max=MAX_PAGE),
+        metadata={"description": f"Jobs per page, 1 to {MAX_PAGE}."},
+    )
+    after = fields.String(
+        load_default=None,
+        validate=validate.Regexp(
+            r"^luid_[0-9a-z]{26}$", error="must be a job id (the last_id of the previous page)"
+        ),
+        metadata={"description": "A job id: the page starts with the next older job."},
+    )
+    status = fields.String(
+        load_default=None,
+        validate=validate.OneOf(JOB_STATUSES),
+        metadata={"description": "Only jobs in this status."},
+    )
+
+
+class JobListSchema(Schema):
+    object = fields.String(metadata={"example": "list"})
+    data = fields.List(fields.Nested(JobSchema))
+    first_id = fields.String(allow_none=True)
+    last_id = fields.String(allow_none=True)
+    has_more = fields.Boolean()

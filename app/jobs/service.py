@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.cache import TTLCache
 from app.catalog.models import Category, Model, Route
 from app.db import utcnow
-from app.jobs.models import Job, new_job_id
+from app.jobs.models import FOLLOWUP_CANCEL, Job, new_job_id
 from app.jobs.status import ACTIVE, JobStatus
 from app.money import ledger
 from app.tenancy.models import ApiKey, Org
@@ -286,3 +286,78 @@ def get_job(session: Session, key: ApiKey, job_id: str) -> Job:
             404, f"No music generation found with id '{job_id}'.", param="id", code="not_found"
         )
     return job
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    has_more: bool
+
+
+def list_jobs(
+    session: Session, key: ApiKey, *, limit: int, after: str | None, status: str | None
+) -> Page:
+    """The org's jobs, newest first; ``after`` is the id of the last job of the previous page.
+
+    Ids are ``luid_`` + a ULID, so ordering by id is ordering by creation, and the cursor
+    stays valid however many jobs arrive meanwhile.
+    """
+    query = select(Job).where(Job.org_id == key.org_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(Job.id < after)
+    # One row more than asked says whether another page follows.
+    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    return Page(jobs[:limit], len(jobs) > limit)
+
+
+def cancel_job(session: Session, key: ApiKey, job_id: str) -> Job:
+    """CANCEL a QUEUED or RUNNING job of the key's org and release its hold, in the caller's
+    transaction; 404 for an unknown or foreign id, 409 for a job that already ended.
+
+    One conditional UPDATE decides, so a cancel racing a worker's last write ends the job
+    once: whichever commits first wins, and the other matches no row. Worker writes are
+    guarded by the job's status, so a worker still holding a lease on the job finds every
+    later write refused. The lease itself is left to that worker, which hands the job over
+    (``Engine._cancelled_meanwhile``) when it notices.
+
+    A job the upstream may already have (RUNNING, or a submit under way) keeps a follow-up:
+    the engine tells the upstream where it can, and keeps the account's slot until the
+    upstream's generation ends.
+    """
+    now = utcnow()
+    upstream_has_it = or_(Job.status == JobStatus.RUNNING, Job.submitting_since.is_not(None))
+    cancelled = session.scalars(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.org_id == key.org_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+            waiting_since=None,
+            upstream_followup=case((upstream_has_it, FOLLOWUP_CANCEL), else_=None),
+            next_action_at=case((upstream_has_it, now), else_=None),
+            # Nothing left to do for a job nobody sent anywhere: drop its lease too.
+            lease_token=case((upstream_has_it, Job.lease_token), else_=None),
+            lease_until=case((upstream_has_it, Job.lease_until), else_=None),
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if cancelled is None:
+        job = get_job(session, key, job_id)
+        raise ApiError(
+            409,
+            f"Music generation '{job_id}' has already ended ({job.status}) and cannot be "
+            "cancelled.",
+            param="id",
+            code="job_not_cancellable",
+        )
+    # The money goes back in the transaction that ends the job: once, or not at all.
+    ledger.settle(session, cancelled.id, capture=False)
+    return cancelled

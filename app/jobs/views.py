@@ -7,6 +7,7 @@ from typing import Any
 from flask import Response, g, jsonify, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app import reference_audio
 from app.api.auth import require_key
@@ -16,7 +17,13 @@ from app.idempotency.hook import idempotent
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
-from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
+from app.jobs.schemas import (
+    CreateGenerationSchema,
+    JobListSchema,
+    JobSchema,
+    ListGenerationsQuerySchema,
+    OpenAIErrorSchema,
+)
 from app.jobs.status import JobStatus
 from app.jobs.waiting import requested_wait
 
@@ -36,6 +43,35 @@ blp.before_request(require_key)
 
 @blp.route("")
 class Generations(MethodView):
+    # webargs would drop unknown query parameters; a misspelt one should say so instead.
+    @blp.arguments(ListGenerationsQuerySchema, location="query", unknown=RAISE)
+    @blp.response(200, JobListSchema, description="A page of the org's jobs, newest first.")
+    @blp.alt_response(400, schema=OpenAIErrorSchema, description="A bad limit, after or status.")
+    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    def get(self, args: dict[str, Any]) -> Response:
+        """List the org's jobs, newest first, a page at a time.
+
+        Pass the page's ``last_id`` as ``after`` for the next one while ``has_more`` is true.
+        """
+        ext = chorus()
+        page = service.list_jobs(
+            ext.session(),
+            g.api_key,
+            limit=args["limit"],
+            after=args["after"],
+            status=args["status"],
+        )
+        data = [job_object(job, ext.storage) for job in page.jobs]
+        return jsonify(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": page.has_more,
+            }
+        )
+
     @idempotent
     @blp.arguments(CreateGenerationSchema)
     @blp.response(202, JobSchema, description="Accepted: the job, QUEUED.")
@@ -103,6 +139,29 @@ class Generation(MethodView):
         """Read a job. Another tenant's job answers 404, like one that never existed."""
         ext = chorus()
         job = service.get_job(ext.session(), g.api_key, job_id)
+        return jsonify(job_object(job, ext.storage))
+
+
+@blp.route("/<job_id>/cancel")
+class Cancel(MethodView):
+    @idempotent
+    @blp.response(200, JobSchema, description="The job, CANCELLED, its hold released.")
+    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+    @blp.alt_response(
+        409, schema=OpenAIErrorSchema, description="The job already ended (job_not_cancellable)."
+    )
+    def post(self, job_id: str) -> Response:
+        """Cancel a QUEUED or RUNNING job. The held price is released; the job never charges.
+
+        An upstream that may already be making the song is told where its protocol allows.
+        """
+        ext = chorus()
+        session = ext.session()
+        job = service.cancel_job(session, g.api_key, job_id)
+        session.commit()
+        # A client waiting on this job (Prefer: wait) is answered now, not at its re-check.
+        ext.notifier.publish([job.id])
         return jsonify(job_object(job, ext.storage))
 
 

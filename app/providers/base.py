@@ -94,7 +94,8 @@ class ProviderError(Exception):
 
 
 class Adapter(abc.ABC):
-    """One upstream protocol. Subclasses implement ``submit`` and ``poll``."""
+    """One upstream protocol. Subclasses implement ``submit`` and ``poll``, and ``cancel``
+    where the protocol has a call for it."""
 
     provider: ClassVar[str]
     # "async": submit returns an id that ``poll`` follows. "sync": submit holds the call
@@ -111,6 +112,14 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def poll(self, generation_id: str) -> PollResult: ...
+
+    def cancel(self, generation_id: str) -> None:
+        """Tell the upstream that nobody wants this generation any more.
+
+        The default tells nothing: AIMLAPI, Apilaplas and MiniMax have no such call. May
+        raise ProviderError; a cancel in Chorus stands whatever the upstream answers.
+        """
+        return None
 
 
 class HTTPAdapter(Adapter):

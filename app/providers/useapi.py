@@ -5,6 +5,13 @@ References: https://useapi.net/blog/260817 (the JSON create call) and
 https://useapi.net/docs/api-minimax-v1/get-minimax-music-musicId.html (status 0/1/2/4, 404).
 The create answer's fields are not documented: Chorus reads ``musicId`` (or ``jobid``).
 Each upstream web account makes one song at a time; a second create answers 429.
+
+Cancel: ``DELETE /v1/minimax/scheduler/{id}``
+(https://useapi.net/docs/api-minimax-v1/del-minimax-scheduler-videoId) takes a running
+generation off useapi's scheduler. It is documented for video and image ids, and it does not
+stop MiniMax: the web account stays busy until the song is made, so Chorus keeps the
+account's slot until the status GET says the song ended. 404 means nothing is running under
+that id.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from app.providers.base import (
 
 CREATE_PATH = "/v1/minimax/music/create"
 MUSIC_PATH = "/v1/minimax/music/"
+SCHEDULER_PATH = "/v1/minimax/scheduler/"
 TITLE_LIMIT = 80
 
 # GET /v1/minimax/music/{musicId} → status. Anything else is treated as still pending.
@@ -60,6 +68,14 @@ class UseapiAdapter(HTTPAdapter):
         # musicId looks like user:<id>-minimax:<account>-music:<id>: encode every ':' and '/'.
         response = self.request("GET", MUSIC_PATH + quote(generation_id, safe=""))
         return self.parse_status(self.json_body(response))
+
+    def cancel(self, generation_id: str) -> None:
+        try:
+            self.request("DELETE", SCHEDULER_PATH + quote(generation_id, safe=""))
+        except ProviderError as exc:
+            if exc.status_code != 404:
+                raise
+            # Nothing running under that id any more: there was nothing left to take off.
 
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": request.prompt, "model": request.upstream_model}

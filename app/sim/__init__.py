@@ -51,6 +51,9 @@ in ``latency ± jitter`` (``POST /_sim/config``), or fixed per request by ``[sim
   (status 3 while pending), ``[sim:never]``, ``[sim:garbage]``, ``[sim:poll-5xx]``,
   ``[sim:poll-hang=S]``, ``[sim:submit-5xx]``, ``[sim:submit-401]``, ``[sim:submit-429]``
   (a simulated busy answer), ``[sim:submit-hang=S]``, ``[sim:latency=S]``.
+* ``DELETE /v1/minimax/scheduler/<musicId>`` (recorded as kind ``cancel``) → 204 while the song
+  is being made, 404 ``Unable to locate running …`` otherwise. The song goes on: the account
+  stays busy until it is made, as on useapi.net.
 
 A marker that is unknown, malformed or of no use to the protocol is refused as a bad request
 (400, or base_resp 2013 for MiniMax), so a typo in a test cannot pass silently.
@@ -107,7 +110,7 @@ def create_sim_app(settings: Settings, *, state: SimState | None = None) -> Flas
     def http_error(exc: HTTPException) -> Response:
         # Unknown routes and methods answer in the shape of the protocol the path belongs to.
         code = exc.code or 500
-        if request.path.startswith(useapi.STATUS_PREFIX):
+        if request.path.startswith((useapi.STATUS_PREFIX, useapi.SCHEDULER_PREFIX)):
             return useapi.error(code, "Not found." if code == 404 else None)
         if request.path == minimax.MINIMAX_PATH:
             return minimax.gateway_error(code)

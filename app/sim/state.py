@@ -33,7 +33,7 @@ MAX_GENERATIONS = 100_000
 QUEUED_SHARE = 0.1
 
 Outcome = Literal["completed", "error", "never"]
-Kind = Literal["submit", "poll", "audio"]
+Kind = Literal["submit", "poll", "audio", "cancel"]
 FaultTarget = Literal["submit", "poll"]
 Protocol = Literal["aimlapi", "minimax", "useapi"]
 
@@ -438,6 +438,14 @@ class SimState:
             gen = self._generations.get(generation_id)
             if gen is not None and gen.first_completed_seen_at is None:
                 gen.first_completed_seen_at = now
+
+    def running_useapi(self, music_id: str, now: float) -> Generation | None:
+        """The useapi generation ``music_id`` if it is still being made at ``now``."""
+        with self._lock:
+            gen = self._generations.get(music_id)
+            if gen is None or gen.protocol != "useapi":
+                return None
+            return gen if gen.ready_at is None or now < gen.ready_at else None
 
     def count_poll(self, generation_id: str) -> None:
         """Count a GET answered before the status was looked at (a one-shot fault)."""

@@ -2,6 +2,10 @@
 
 One generation at a time per upstream account, where the account is the pair (bearer token,
 ``account`` field or ""); a create while that account still runs a song answers 429.
+
+``DELETE /v1/minimax/scheduler/<musicId>`` takes a running generation off useapi's tracking:
+204 while it runs, 404 otherwise. Like useapi, it does not stop the song, so the account stays
+busy until the song is made.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ CREATE_PATH = "/v1/minimax/music/create"
 STATUS_PREFIX = "/v1/minimax/music/"
 # Status GETs are recorded under this one shared string; the id is in ``generation_id``.
 STATUS_PATH = "/v1/minimax/music/{musicId}"
+SCHEDULER_PREFIX = "/v1/minimax/scheduler/"
+SCHEDULER_PATH = "/v1/minimax/scheduler/{id}"
 
 BUSY_MESSAGE = "The previous request has not been completed yet. Please try again later."
 STATUS_LABELS = {
@@ -202,6 +208,30 @@ def register(app: Flask, state: SimState) -> None:
             "createTime": _iso(gen.created_at),
         }
         return done(json_response(body, 200))
+
+    _register_scheduler(app, state)
+
+
+def _register_scheduler(app: Flask, state: SimState) -> None:
+    @app.delete(SCHEDULER_PREFIX + "<path:music_id>")
+    def untrack(music_id: str) -> Response:
+        at = state.clock()
+        auth = bearer()
+        if auth is None:
+            resp = error(401, "Unauthorized")
+        elif state.running_useapi(music_id, at) is None:
+            resp = error(404, f"Unable to locate running {music_id}")
+        else:
+            resp = Response(status=204)
+        return record(
+            state,
+            at=at,
+            kind="cancel",
+            path=SCHEDULER_PATH,
+            generation_id=music_id,
+            resp=resp,
+            auth=auth,
+        )
 
 
 def _new_generation(

@@ -474,3 +474,37 @@ def test_real_socket_round_trip(live: str) -> None:
         polls = [r for r in rec["requests"] if r["kind"] == "poll"]
         assert polls and all(r["generation_id"] == music_id for r in polls)
         assert polls[0]["path"] == "/v1/minimax/music/{musicId}"
+
+
+# -- scheduler DELETE (cancel) -----------------------------------------------------------------
+
+
+def untrack(client: FlaskClient, music_id: str, headers: dict[str, str] | None = None) -> Any:
+    return client.delete(
+        f"/v1/minimax/scheduler/{quote(music_id, safe='')}",
+        headers=AUTH if headers is None else headers,
+    )
+
+
+def test_scheduler_delete_is_recorded_and_does_not_stop_the_song(
+    tclient: FlaskClient, clock: FakeClock
+) -> None:
+    music_id = created(tclient, "lofi [sim:latency=10]")
+    clock.advance(2)
+    resp = untrack(tclient, music_id)
+    assert resp.status_code == 204
+    cancels = [r for r in record(tclient)["requests"] if r["kind"] == "cancel"]
+    assert [(r["method"], r["path"], r["generation_id"], r["status_code"]) for r in cancels] == [
+        ("DELETE", "/v1/minimax/scheduler/{id}", music_id, 204)
+    ]
+    # Like useapi.net: the account stays busy, and the song is still made.
+    assert_useapi_error(create(tclient, "second song"), 429)
+    clock.advance(8.5)
+    assert status_body(tclient, music_id)["status"] == 2
+    assert_useapi_error(untrack(tclient, music_id), 404, f"Unable to locate running {music_id}")
+
+
+def test_scheduler_delete_of_an_unknown_id_is_404_and_needs_auth(client: FlaskClient) -> None:
+    assert_useapi_error(untrack(client, "user:1-minimax:default-music:999999"), 404)
+    music_id = created(client, "lofi [sim:latency=10]")
+    assert_useapi_error(untrack(client, music_id, headers={}), 401)

@@ -8,7 +8,8 @@ A ``Script`` holds the answers for ``submit`` and ``poll`` in order. Each step i
   run during the call, so a test can change the world "while the upstream works"; whatever
   it returns (a Submission / PollResult) is the answer, whatever it raises is raised.
 
-With no step left, submit answers ``Submission("gen-<n>")`` and poll answers PENDING. Every
+With no step left, submit answers ``Submission("gen-<n>")``, poll answers PENDING and cancel
+returns nothing. Every
 call is recorded (``calls``), and so is every adapter the engine asks the factory for.
 """
 
@@ -34,7 +35,7 @@ Step = Submission | PollResult | BaseException | Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class Call:
-    op: str  # "submit" or "poll"
+    op: str  # "submit", "poll" or "cancel"
     arg: Any  # the GenerationRequest, or the generation id
     account: AccountConfig
 
@@ -42,7 +43,11 @@ class Call:
 class Script:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._steps: dict[str, deque[Step]] = {"submit": deque(), "poll": deque()}
+        self._steps: dict[str, deque[Step]] = {
+            "submit": deque(),
+            "poll": deque(),
+            "cancel": deque(),
+        }
         self.calls: list[Call] = []
         self.accounts: list[AccountConfig] = []
 
@@ -56,6 +61,11 @@ class Script:
     def on_poll(self, *steps: Step) -> Script:
         with self._lock:
             self._steps["poll"].extend(steps)
+        return self
+
+    def on_cancel(self, *steps: Step) -> Script:
+        with self._lock:
+            self._steps["cancel"].extend(steps)
         return self
 
     def factory(self, account: AccountConfig) -> FakeAdapter:
@@ -77,6 +87,10 @@ class Script:
     def polls(self) -> list[Call]:
         return self.ops("poll")
 
+    @property
+    def cancels(self) -> list[Call]:
+        return self.ops("cancel")
+
     # --------------------------------------------------------------- playing
 
     def play(self, op: str, arg: Any, account: AccountConfig) -> Any:
@@ -85,6 +99,8 @@ class Script:
             count = sum(1 for c in self.calls if c.op == op)
             step: Step | None = self._steps[op].popleft() if self._steps[op] else None
         if step is None:
+            if op == "cancel":
+                return None
             return Submission(f"gen-{count}") if op == "submit" else PollResult(PollState.PENDING)
         if isinstance(step, BaseException):
             raise step
@@ -109,3 +125,6 @@ class FakeAdapter(Adapter):
         answer = self.script.play("poll", generation_id, self.account)
         assert isinstance(answer, PollResult), f"scripted poll answered {answer!r}"
         return answer
+
+    def cancel(self, generation_id: str) -> None:
+        self.script.play("cancel", generation_id, self.account)

@@ -465,6 +465,47 @@ def test_other_poll_errors(
     assert (error.code, error.retryable, error.maybe_created) == (code, retryable, False)
 
 
+# ------------------------------------------------------------------ cancel
+
+
+def scheduler_url(music_id: str) -> str:
+    return BASE + useapi.SCHEDULER_PATH + quote(music_id, safe="")
+
+
+def test_cancel_takes_the_song_off_useapis_scheduler(
+    rsps: responses.RequestsMock, adapter: UseapiAdapter
+) -> None:
+    rsps.add(responses.DELETE, scheduler_url(MUSIC_ID), status=204)
+    adapter.cancel(MUSIC_ID)
+    sent = rsps.calls[0].request
+    assert sent.method == "DELETE"
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+    # The id's ':' are encoded: it is one path segment.
+    assert urlsplit(sent.url).path.endswith(quote(MUSIC_ID, safe=""))
+
+
+def test_cancel_of_a_song_no_longer_running_is_not_an_error(
+    rsps: responses.RequestsMock, adapter: UseapiAdapter
+) -> None:
+    rsps.add(
+        responses.DELETE,
+        scheduler_url(MUSIC_ID),
+        status=404,
+        json={"error": f"Unable to locate running {MUSIC_ID}"},
+    )
+    adapter.cancel(MUSIC_ID)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, "upstream_auth_failed"), (503, "upstream_unavailable")]
+)
+def test_cancel_reports_other_failures(
+    rsps: responses.RequestsMock, adapter: UseapiAdapter, status: int, code: str
+) -> None:
+    rsps.add(responses.DELETE, scheduler_url(MUSIC_ID), status=status, json={"error": "e"})
+    assert error_of(lambda: adapter.cancel(MUSIC_ID)).code == code
+
+
 # ------------------------------------------------------------------ registry
 
 
