@@ -19,17 +19,18 @@ import datetime as dt
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import String, and_, column, or_, select, tuple_, update, values
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
-from app.db import Database, utcnow
+from app.db import Database, UTCDateTime, utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.schedule import PollPolicy, backoff
@@ -183,7 +184,26 @@ class Engine:
             return []
         if len(claims) == 1:
             return [self.advance(*claims[0], blocking=blocking)]
-        return list(self.pool.map(lambda c: self.advance(*c, blocking=blocking), claims))
+        # One statement takes the whole batch's leases; each job then steps on its own thread,
+        # and the most common outcome, "still pending, look again at t", is written for the
+        # whole batch in one statement too. A job named twice in one batch (a duplicated
+        # claim) goes the one-at-a-time way, where each claim's own token decides.
+        named = Counter(job_id for job_id, _ in claims)
+        taken = self._take_many([c for c in claims if named[c[0]] == 1])
+        pending: list[tuple[Job, dt.datetime]] = []
+
+        def step(claim: Claim) -> str:
+            if named[claim[0]] > 1:
+                return self.advance(*claim, blocking=blocking)
+            job = taken.get(claim[0])
+            return "skipped" if job is None else self._step(job, blocking=blocking, defer=pending)
+
+        outcomes = list(self.pool.map(step, claims))
+        refused = set(self._reschedule_pending(pending))
+        for index, (job_id, _) in enumerate(claims):
+            if job_id in refused and named[job_id] == 1:
+                outcomes[index] = self._cancelled_meanwhile(taken[job_id], upstream_done=False)
+        return outcomes
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -203,18 +223,47 @@ class Engine:
         job = self._take(job_id, token)
         if job is None:
             return "skipped"
+        return self._step(job, blocking=blocking)
+
+    def _step(
+        self, job: Job, *, blocking: bool, defer: list[tuple[Job, dt.datetime]] | None = None
+    ) -> str:
         try:
             if job.status == JobStatus.QUEUED:
                 return self._submit(job, blocking=blocking)
             if job.status == JobStatus.CANCELLED:
                 return self._follow_up(job)
-            return self._poll(job)
+            return self._poll(job, defer=defer)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
             # Give the lease back and look again soon; the deadline bounds how long this lasts.
-            log.exception("advancing job %s failed; it will be retried", job_id)
+            log.exception("advancing job %s failed; it will be retried", job.id)
             self._reschedule(job, delay=5.0)
             return "error"
+
+    def _takeable(self) -> Any:
+        """The rows a step may take: active jobs, and cancelled ones still followed upstream."""
+        return or_(
+            Job.status.in_(list(ACTIVE)),
+            and_(Job.status == JobStatus.CANCELLED, Job.upstream_followup.is_not(None)),
+        )
+
+    def _take_many(self, claims: list[Claim]) -> dict[str, Job]:
+        """``_take`` for a batch of distinct jobs in one round trip. The batch shares one fresh
+        token: each job's only has to differ from the one every other holder of its claim has."""
+        if not claims:
+            return {}
+        fresh = new_token()
+        now = utcnow()
+        with self.db.transaction() as session:
+            jobs = session.scalars(
+                update(Job)
+                .where(tuple_(Job.id, Job.lease_token).in_(claims), self._takeable())
+                .values(lease_token=fresh, lease_until=now + self.lease)
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            ).all()
+        return {job.id: job for job in jobs}
 
     def _take(self, job_id: str, token: str) -> Job | None:
         fresh = new_token()
@@ -223,17 +272,7 @@ class Engine:
             # One round trip: swap the token and read the row back.
             return session.scalars(
                 update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.lease_token == token,
-                    or_(
-                        Job.status.in_(list(ACTIVE)),
-                        and_(
-                            Job.status == JobStatus.CANCELLED,
-                            Job.upstream_followup.is_not(None),
-                        ),
-                    ),
-                )
+                .where(Job.id == job_id, Job.lease_token == token, self._takeable())
                 .values(lease_token=fresh, lease_until=now + self.lease)
                 .returning(Job)
                 .execution_options(synchronize_session=False)
@@ -371,7 +410,7 @@ class Engine:
 
     # ------------------------------------------------------------------ poll
 
-    def _poll(self, job: Job) -> str:
+    def _poll(self, job: Job, *, defer: list[tuple[Job, dt.datetime]] | None = None) -> str:
         account = self._job_account(job)
         if account is None or job.generation_id is None:
             self._fail(job, "upstream_unknown", "the job's upstream account is gone")
@@ -382,7 +421,7 @@ class Engine:
             # The breaker guards new submits only: a healthy poll must not close a breaker
             # that failing submits opened, nor a flaky poll open one.
             return self._poll_failed(job, exc)
-        return self._apply(job, result)
+        return self._apply(job, result, defer=defer)
 
     def _poll_failed(self, job: Job, exc: ProviderError) -> str:
         if exc.code == "upstream_invalid_response":
@@ -406,9 +445,16 @@ class Engine:
         self._reschedule(job, delay=delay, poll_count=Job.poll_count + 1)
         return "retry"
 
-    def _apply(self, job: Job, result: PollResult) -> str:
+    def _apply(
+        self, job: Job, result: PollResult, *, defer: list[tuple[Job, dt.datetime]] | None = None
+    ) -> str:
         if result.state is PollState.PENDING:
             elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
+            if defer is not None:
+                # Written with the rest of the batch by advance_many (list.append is atomic).
+                due = utcnow() + dt.timedelta(seconds=self._poll_delay(job, elapsed))
+                defer.append((job, due))
+                return "pending"
             if not self._reschedule(
                 job,
                 delay=self._poll_delay(job, elapsed),
@@ -534,6 +580,54 @@ class Engine:
         return self._write(
             job, {JobStatus.CANCELLED}, release=True, upstream_followup=None, next_action_at=None
         )
+
+    def _reschedule_pending(self, pending: list[tuple[Job, dt.datetime]]) -> list[str]:
+        """Write "still pending, next look at t" for many polled jobs, in one statement on
+        Postgres. Each row is guarded as ``_write`` guards one (lease token, active state).
+        Returns the ids whose write was refused (a cancel took them meanwhile)."""
+        if not pending:
+            return []
+        if self.db.engine.dialect.name != "postgresql":
+            return [
+                job.id
+                for job, due in pending
+                if not self._write(
+                    job,
+                    ACTIVE,
+                    release=True,
+                    next_action_at=due,
+                    poll_count=Job.poll_count + 1,
+                    invalid_responses=0,
+                )
+            ]
+        rows = values(
+            column("id", String),
+            column("token", String),
+            column("due", UTCDateTime()),
+            name="pending",
+        ).data([(job.id, job.lease_token, due) for job, due in pending])
+        with self.db.transaction() as session:
+            written = set(
+                session.scalars(
+                    update(Job)
+                    .where(
+                        Job.id == rows.c.id,
+                        Job.lease_token == rows.c.token,
+                        Job.status.in_(list(ACTIVE)),
+                    )
+                    .values(
+                        next_action_at=rows.c.due,
+                        poll_count=Job.poll_count + 1,
+                        invalid_responses=0,
+                        lease_token=None,
+                        lease_until=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(Job.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        return [job.id for job, _ in pending if job.id not in written]
 
     def _cancelled_meanwhile(self, job: Job, *, upstream_done: bool, **values: Any) -> str:
         """Our write was refused: if a cancel took the job, hand it to the follow-up at once.

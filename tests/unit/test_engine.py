@@ -15,12 +15,12 @@ import wave
 from typing import Any
 
 import pytest
+from sqlalchemy import event, select, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, update
 
 from app.db import Database, utcnow
 from app.jobs.engine import Engine
-from app.jobs.models import Job
+from app.jobs.models import FOLLOWUP_CANCEL, Job
 from app.jobs.service import create_job
 from app.jobs.status import JobStatus
 from app.providers.base import PollResult, PollState, ProviderError, Submission
@@ -976,3 +976,44 @@ def test_a_submit_within_its_timeouts_keeps_its_job(
     assert job.status == JobStatus.RUNNING
     assert job.generation_id == "gen-accepted"
     assert len(script.submits) == 1
+
+
+def test_advance_many_writes_a_batch_of_pending_polls_at_once(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    """Pending answers for a batch are written together, each guarded like a single write:
+    a job cancelled while its poll was in flight is handed to the follow-up, not rescheduled."""
+    jobs = [running_job(engine, db, settings) for _ in range(4)]
+    for job_id in jobs:
+        set_row(db, job_id, next_action_at=utcnow())
+    claims = {c.job_id: c.token for c in engine.claim_due(lookahead=0, limit=100)}
+    assert set(claims) == set(jobs)
+    cancelled = jobs[0]
+
+    def cancel_meanwhile(_generation_id: str) -> PollResult:
+        set_row(
+            db,
+            cancelled,
+            status=JobStatus.CANCELLED,
+            upstream_followup=FOLLOWUP_CANCEL,
+            finished_at=utcnow(),
+        )
+        return PollResult(PollState.PENDING)
+
+    script.on_poll(cancel_meanwhile, *[PollResult(PollState.PENDING)] * 3)
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    outcomes = engine.advance_many([(j, claims[j]) for j in jobs])
+
+    assert outcomes == ["lost", "pending", "pending", "pending"]
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE JOBS")]
+    # One take and one pending write for the whole batch, the cancel, and its hand-over.
+    assert len(updates) == 4, updates
+    for job_id in jobs[1:]:
+        job = row(db, job_id)
+        assert job.status == JobStatus.RUNNING
+        assert job.poll_count == 1 and job.lease_token is None and job.lease_until is None
+        assert job.next_action_at is not None and job.next_action_at > utcnow()
+    handed = row(db, cancelled)
+    assert handed.status == JobStatus.CANCELLED and handed.lease_token is None
+    assert handed.poll_count == 0
