@@ -13,7 +13,7 @@ from app.api.errors import ApiError, from_validation, openai_response
 from app.api.limits import init_limiter
 from app.db import Database
 from app.extensions import Chorus, chorus, close_session
-from app.storage import LocalStorage
+from app.storage import make_storage
 from config import Settings, load_settings
 
 
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chorus"] = Chorus(
-        settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_dir)
+        settings=settings, db=Database(settings), storage=make_storage(settings)
     )
     app.teardown_appcontext(close_session)
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 from celery import Task, shared_task
 
 from app.db import utcnow
+from app.jobs import retention
 from app.jobs.engine import DueClaim
 from app.jobs.status import JobStatus
 
@@ -86,3 +87,19 @@ def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
         list[str],
         _engine(self).advance_many(((job_id, token) for job_id, token in claims), blocking=True),
     )
+
+
+@shared_task(name="chorus.purge_expired", bind=True, ignore_result=True)
+def purge_expired(self: Task) -> int:
+    """Retention (beat): purge terminal jobs older than RETENTION_DAYS and their audio."""
+    settings = self.app.settings  # type: ignore[attr-defined]
+    engine = _engine(self)
+    purged = retention.purge_expired(
+        engine.db,
+        engine.storage,
+        days=settings.retention_days,
+        batch=settings.retention_batch,
+    )
+    if purged:
+        log.info("retention: %d job(s) purged", purged)
+    return int(purged)
