@@ -12,7 +12,7 @@ from app.cache import TTLCache
 from app.db import Database
 from app.jobs.service import Offer
 from app.jobs.waiting import TerminalNotifier, WaitHub
-from app.storage import LocalStorage
+from app.storage import AudioStorage
 from config import Settings
 
 
@@ -20,7 +20,7 @@ from config import Settings
 class Chorus:
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: AudioStorage
     # Catalog answers, per process: a catalog load shows within a few seconds.
     offers: TTLCache[Offer | None] = field(default_factory=lambda: TTLCache(ttl=5.0))
     # Each org's count of queued + running jobs, per process, for the per-org cap.

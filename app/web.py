@@ -14,7 +14,7 @@ from app.api.errors import V2_PREFIX, ApiError, error_response, from_validation
 from app.api.limits import init_limiter
 from app.db import Database
 from app.extensions import Chorus, chorus, close_session
-from app.storage import LocalStorage
+from app.storage import make_storage
 from config import Settings, load_settings
 
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["chorus"] = Chorus(
         settings=settings,
         db=Database(settings, pre_ping=False),
-        storage=LocalStorage(settings.storage_dir),
+        storage=make_storage(settings),
     )
     app.teardown_appcontext(close_session)
 

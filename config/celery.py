@@ -76,6 +76,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
             "chorus.poll_jobs": {"queue": POLL_QUEUE},
             "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
+            # Not the sweep queue: a long purge must never hold up a tick.
+            "chorus.purge_expired": {"queue": POLL_QUEUE},
         },
         "beat_schedule": {
             "sweep": {
@@ -89,8 +91,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": dt.timedelta(seconds=IDEMPOTENCY_PURGE_SECONDS),
                 "options": {"expires": IDEMPOTENCY_PURGE_SECONDS},
             },
+            **_retention_schedule(settings),
         },
         "beat_max_loop_interval": max(settings.tick_seconds, 1.0),
         "timezone": "UTC",
         "enable_utc": True,
+    }
+
+
+def _retention_schedule(settings: Settings) -> dict[str, Any]:
+    if settings.retention_days <= 0:
+        return {}  # RETENTION_DAYS=0 keeps everything
+    return {
+        "purge": {
+            "task": "chorus.purge_expired",
+            "schedule": dt.timedelta(seconds=settings.retention_interval),
+            # A purge still queued when the next is due is redundant: it would do the same rows.
+            "options": {"expires": settings.retention_interval},
+        },
     }

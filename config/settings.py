@@ -27,6 +27,23 @@ WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """Where and how to reach the audio bucket; credentials None means boto3's default chain."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
 class Settings:
     # Storage and brokers
     var_dir: Path
@@ -35,6 +52,8 @@ class Settings:
     redis_prefix: str
     broker_url: str
     storage_dir: Path
+    # Set when STORAGE_URL is s3://…: audio then lives in that bucket, not in storage_dir.
+    s3: S3Settings | None
     catalog_file: Path
 
     # Web
@@ -66,6 +85,11 @@ class Settings:
     audio_max_bytes: int
     upstream_connect_timeout: float
     upstream_read_timeout: float
+
+    # Retention
+    retention_days: float
+    retention_batch: int
+    retention_interval: float
 
     # Simulator
     sim_url: str
@@ -144,13 +168,15 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         threads * 3 // 4,
         validate=Range(min=0, max=threads - 1, error=WAITERS_ERROR),
     )
+    storage_dir, s3 = _storage(env, var_dir)
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
         redis_url=redis_url,
         redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
         broker_url=broker_url,
-        storage_dir=Path(env.str("STORAGE_DIR", str(var_dir / "audio"))).resolve(),
+        storage_dir=storage_dir,
+        s3=s3,
         catalog_file=Path(env.str("CATALOG_FILE", str(DEFAULT_CATALOG))),
         secret_key=env.str("SECRET_KEY", "chorus-embedded-insecure-key"),
         max_content_length=env.int("MAX_CONTENT_LENGTH", 1_000_000, validate=Range(min=1024)),
@@ -188,6 +214,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
             "UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)
         ),
         upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 15.0, validate=Range(min=0.1)),
+        retention_days=env.float("RETENTION_DAYS", 30.0, validate=Range(min=0)),
+        retention_batch=env.int("RETENTION_BATCH", 500, validate=Range(min=1, max=10_000)),
+        retention_interval=env.float("RETENTION_INTERVAL", 3600.0, validate=Range(min=1)),
         sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
         sim_host=sim_host,
         sim_port=sim_port,
@@ -205,6 +234,50 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         log_level=env.str("LOG_LEVEL", "INFO"),
         environ=dict(source),
     )
+
+
+def _storage(env: Env, var_dir: Path) -> tuple[Path, S3Settings | None]:
+    """``STORAGE_URL``: ``file:///path`` (a local folder) or ``s3://bucket/prefix``.
+
+    Unset, audio goes to the folder ``STORAGE_DIR`` (default ``$CHORUS_VAR_DIR/audio``).
+    """
+    storage_dir = Path(env.str("STORAGE_DIR", str(var_dir / "audio"))).resolve()
+    url = env.str("STORAGE_URL", None) or ""
+    endpoint = env.str("S3_ENDPOINT_URL", None) or None
+    region = env.str("S3_REGION", None) or env.str("AWS_DEFAULT_REGION", None) or None
+    # Path-style suits S3-compatible stores on a bare host (MinIO, Ceph, a local stand-in).
+    style = env.str(
+        "S3_ADDRESSING_STYLE",
+        "path" if endpoint else "auto",
+        validate=OneOf(["auto", "path", "virtual"]),
+    )
+    access_key = env.str("AWS_ACCESS_KEY_ID", None) or None
+    secret_key = env.str("AWS_SECRET_ACCESS_KEY", None) or None
+    session_token = env.str("AWS_SESSION_TOKEN", None) or None
+    connect_timeout = env.float("STORAGE_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1))
+    read_timeout = env.float("STORAGE_READ_TIMEOUT", 30.0, validate=Range(min=0.1))
+    max_attempts = env.int("STORAGE_MAX_ATTEMPTS", 3, validate=Range(min=1, max=20))
+    scheme, _, rest = url.partition("://")
+    if not url:
+        return storage_dir, None
+    if scheme == "file" and rest:
+        return Path(rest).resolve(), None
+    if scheme == "s3" and rest.split("/", 1)[0]:
+        bucket, _, prefix = rest.partition("/")
+        return storage_dir, S3Settings(
+            bucket=bucket,
+            prefix=prefix.strip("/"),
+            endpoint_url=endpoint,
+            region=region,
+            addressing_style=style,
+            access_key_id=access_key,
+            secret_access_key=secret_key,
+            session_token=session_token,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+        )
+    raise ValueError(f"STORAGE_URL must be file:///path or s3://bucket[/prefix], not {url!r}")
 
 
 def _with_driver(url: str) -> str:

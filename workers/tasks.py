@@ -16,7 +16,8 @@ from typing import Any, cast
 from celery import Task, shared_task
 
 from app.db import utcnow
-from app.idempotency.store import purge_expired
+from app.idempotency import store as idempotency_store
+from app.jobs import retention
 from app.jobs.engine import DueClaim
 from app.jobs.status import JobStatus
 
@@ -92,7 +93,23 @@ def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
 @shared_task(name="chorus.purge_idempotency_keys", bind=True, ignore_result=True)
 def purge_idempotency_keys(self: Task) -> int:
     """Delete idempotency keys past their expiry (24 h by default)."""
-    purged = purge_expired(_engine(self).db)
+    purged = idempotency_store.purge_expired(_engine(self).db)
     if purged:
         log.info("purged %d expired idempotency key(s)", purged)
     return purged
+
+
+@shared_task(name="chorus.purge_expired", bind=True, ignore_result=True)
+def purge_expired(self: Task) -> int:
+    """Retention (beat): purge terminal jobs older than RETENTION_DAYS and their audio."""
+    settings = self.app.settings  # type: ignore[attr-defined]
+    engine = _engine(self)
+    purged = retention.purge_expired(
+        engine.db,
+        engine.storage,
+        days=settings.retention_days,
+        batch=settings.retention_batch,
+    )
+    if purged:
+        log.info("retention: %d job(s) purged", purged)
+    return int(purged)

@@ -46,7 +46,7 @@ from app.providers.base import (
     PollState,
     ProviderError,
 )
-from app.storage import AudioError, AudioInfo, LocalStorage
+from app.storage import AudioError, AudioInfo, AudioStorage, make_storage
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,12 @@ class Engine:
         self,
         settings: Settings,
         db: Database,
-        storage: LocalStorage | None = None,
+        storage: AudioStorage | None = None,
         adapter_factory: Callable[[AccountConfig], Adapter] = get_adapter,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.storage = storage or LocalStorage(settings.storage_dir)
+        self.storage = storage or make_storage(settings)
         self.adapter_factory = adapter_factory
         self.policy = PollPolicy(
             strategy=settings.poll_strategy,

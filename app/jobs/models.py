@@ -37,6 +37,8 @@ class Job(Base):
         Index("ix_jobs_org_status", "org_id", "status"),
         # The job list filtered by status, newest first.
         Index("ix_jobs_org_status_id", "org_id", "status", "id"),
+        # Retention: the oldest jobs not yet purged.
+        Index("ix_jobs_purge", "purged_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
@@ -97,6 +99,10 @@ class Job(Base):
     next_action_at: Mapped[dt.datetime | None]
     lease_token: Mapped[str | None] = mapped_column(String(40))
     lease_until: Mapped[dt.datetime | None]
+
+    # Retention: when the job's audio and request content were removed. The row stays as a
+    # tombstone (status, model, price, timings, audio facts) for usage and money history.
+    purged_at: Mapped[dt.datetime | None]
 
     @property
     def job_status(self) -> JobStatus:

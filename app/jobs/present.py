@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from flask import current_app, url_for
@@ -10,7 +11,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.jobs.models import Job
 from app.jobs.status import JobStatus
-from app.storage import LocalStorage
+from app.storage import AudioStorage, AudioTooLarge, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def _unix(value: dt.datetime | None) -> int | None:
@@ -35,13 +38,28 @@ def job_from_token(token: str, max_age: int) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
-def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
-    succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None
+def hex_audio(job: Job, storage: AudioStorage, max_bytes: int) -> str | None:
+    """MiniMax's hex output: the audio itself, hex-encoded, read from either backend.
+
+    The read is capped at ``max_bytes`` (AUDIO_MAX_BYTES, which also capped the download), so
+    a job object never pulls an unbounded file into memory. A file above the cap (possible only
+    if the cap was lowered since), gone, or unreadable yields None: the caller gives the link.
+    """
+    try:
+        return storage.read_bytes(job.audio_key or "", max_bytes=max_bytes).hex()
+    except (AudioTooLarge, FileNotFoundError, StorageUnavailable) as exc:
+        log.warning("job %s: no hex audio (%s); answering with the link", job.id, exc)
+        return None
+
+
+def job_object(job: Job, storage: AudioStorage | None = None) -> dict[str, Any]:
+    purged = job.purged_at is not None
+    succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None and not purged
     link = audio_url(job) if succeeded else None
     audio = link
     if link and storage is not None and (job.request or {}).get("output_format") == "hex":
-        # MiniMax's hex output: the audio itself, hex-encoded, in the job object.
-        audio = storage.path(job.audio_key or "").read_bytes().hex()
+        max_bytes: int = current_app.extensions["chorus"].settings.audio_max_bytes
+        audio = hex_audio(job, storage, max_bytes) or link
     return {
         "id": job.id,
         "object": "music.generation",
@@ -60,7 +78,8 @@ def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
             "duration_ms": job.audio_duration_ms,
             "size": job.audio_size,
         }
-        if succeeded
+        # Kept on a purged job: the facts of what was made and charged outlive the file.
+        if job.status == JobStatus.SUCCEEDED and job.audio_format is not None
         else None,
         "error": {"code": job.error_code, "message": job.error_message}
         if job.status == JobStatus.FAILED
@@ -77,8 +96,13 @@ def job_object(job: Job, storage: LocalStorage | None = None) -> dict[str, Any]:
             else "held",
         },
         "upstream": {"provider": job.provider, "account": job.account_id},
+        # Set once retention removed the audio and the request's content (README, Retention).
+        "purged_at": _unix(job.purged_at),
         "urls": {
             "get": url_for("generations.Generation", job_id=job.id, _external=True),
             "audio": link,
+            "content": url_for("generations.content", job_id=job.id, _external=True)
+            if succeeded
+            else None,
         },
     }

@@ -129,6 +129,9 @@ class UpstreamSchema(Schema):
 class JobUrlsSchema(Schema):
     get = fields.String()
     audio = fields.String(allow_none=True)
+    content = fields.String(
+        allow_none=True, metadata={"description": "The audio itself, for the job's owner."}
+    )
 
 
 class JobSchema(Schema):
@@ -153,6 +156,12 @@ class JobSchema(Schema):
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
     upstream = fields.Nested(UpstreamSchema)
+    purged_at = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "unix seconds; set once retention removed the job's audio and request"
+        },
+    )
     urls = fields.Nested(JobUrlsSchema)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Response, g, jsonify, request, send_file
+from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -15,6 +16,7 @@ from app.api.errors import ApiError
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
 from app.jobs import service
+from app.jobs.download import send_audio
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import (
@@ -24,8 +26,11 @@ from app.jobs.schemas import (
     ListGenerationsQuerySchema,
     OpenAIErrorSchema,
 )
-from app.jobs.status import JobStatus
+from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
+from app.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint(
     "generations",
@@ -165,30 +170,73 @@ class Cancel(MethodView):
         return jsonify(job_object(job, ext.storage))
 
 
+@blp.route("/<job_id>/content")
+@blp.response(200, description="The audio file (206 for a byte range).", content_type="audio/wav")
+@blp.alt_response(206, description="The byte range asked for with a Range header.")
+@blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+@blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+@blp.alt_response(
+    409, schema=OpenAIErrorSchema, description="The job has no audio (yet): audio_not_ready."
+)
+@blp.alt_response(
+    410, schema=OpenAIErrorSchema, description="Retention removed the audio: audio_purged."
+)
+def content(job_id: str) -> Response:
+    """Download a job's audio with the API key (no link needed). Supports HTTP Range."""
+    ext = chorus()
+    job = service.get_job(ext.session(), g.api_key, job_id)
+    if job.purged_at is not None:
+        raise ApiError(
+            410,
+            f"The audio of job '{job_id}' was removed under the retention policy.",
+            code="audio_purged",
+        )
+    if job.status != JobStatus.SUCCEEDED or not job.audio_key:
+        raise ApiError(
+            409,
+            f"Job '{job_id}' is {job.status} and has no audio"
+            + (" yet; poll the job until it is SUCCEEDED." if job.status in ACTIVE else "."),
+            code="audio_not_ready",
+        )
+    try:
+        return send_audio(ext.storage, job.audio_key, job.audio_format)
+    except FileNotFoundError:
+        raise ApiError(
+            404, f"The audio of job '{job_id}' is missing from storage.", code="audio_missing"
+        ) from None
+    except StorageUnavailable as exc:
+        raise _unavailable(exc) from exc
+
+
 @files.route("/audio/<token>")
-@files.response(200, description="The audio file.", content_type="audio/wav")
+@files.response(200, description="The audio file (206 for a byte range).", content_type="audio/wav")
+@files.alt_response(206, description="The byte range asked for with a Range header.")
 @files.alt_response(404, schema=OpenAIErrorSchema, description="Unknown or expired link.")
 def audio(token: str) -> Response:
     """Download a finished job's audio through the signed link in its ``audio`` field."""
     ext = chorus()
     job_id = job_from_token(token, max_age=ext.settings.audio_link_ttl)
     job = ext.session().get(Job, job_id) if job_id else None
-    if job is None or not job.audio_key or not ext.storage.exists(job.audio_key):
-        raise ApiError(
-            404,
-            "This audio link is unknown or has expired; read the job again for a fresh one.",
-            code="not_found",
-        )
-    return send_file(
-        ext.storage.path(job.audio_key),
-        mimetype=_mimetype(job.audio_format),
-        download_name=job.audio_key,
-        conditional=True,
-        max_age=0,
+    gone = ApiError(
+        404,
+        "This audio link is unknown or has expired; read the job again for a fresh one.",
+        code="not_found",
     )
+    if job is None or not job.audio_key or job.purged_at is not None:
+        raise gone
+    try:
+        return send_audio(ext.storage, job.audio_key, job.audio_format)
+    except FileNotFoundError:
+        raise gone from None
+    except StorageUnavailable as exc:
+        raise _unavailable(exc) from exc
 
 
-def _mimetype(fmt: str | None) -> str:
-    return {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}.get(
-        fmt or "", "application/octet-stream"
+def _unavailable(exc: StorageUnavailable) -> ApiError:
+    log.warning("audio store unavailable: %s", exc)
+    return ApiError(
+        503,
+        "The audio store is unavailable right now; try again shortly.",
+        code="storage_unavailable",
+        headers={"Retry-After": "5"},
     )
