@@ -6,26 +6,41 @@ from typing import Any
 
 from flask import Response, g, jsonify, send_file
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app import reference_audio
+from app.api import openapi
 from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.extensions import chorus
-from app.jobs import service
+from app.jobs import examples, service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
 
-blp = Blueprint(
+blp = openapi.ApiBlueprint(
     "generations",
     __name__,
     url_prefix="/v1/music/generations",
     description="Music generation jobs, OpenAI-style.",
+    bearer=True,
+    rate_limited=True,
 )
-files = Blueprint(
+files = openapi.ApiBlueprint(
     "files", __name__, url_prefix="/v1/files", description="Chorus's own copies of generated audio."
 )
+
+JOB_ID = {
+    "in": "path",
+    "name": "job_id",
+    "description": "The job's id, as the submit returned it.",
+    "example": "luid_01m7z6rkxcmx0h7hnjr0bxppzc",
+}
+AUDIO_TOKEN = {
+    "in": "path",
+    "name": "token",
+    "description": "The signed token of a job's `audio` link.",
+    "example": "Imx1aWRfMDFtN3o2cmt4Y214MGg3aG5qcjBieHBwemMi.Z0J9ww.Xr8b5kLq0sWm4g3nQ0v3Yb1c2dE",
+}
 
 
 blp.before_request(require_key)
@@ -33,12 +48,34 @@ blp.before_request(require_key)
 
 @blp.route("")
 class Generations(MethodView):
-    @blp.arguments(CreateGenerationSchema)
-    @blp.response(202, JobSchema, description="Accepted: the job, QUEUED.")
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Missing or invalid input.")
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.arguments(CreateGenerationSchema, examples=examples.CREATE_REQUESTS)
+    @blp.response(
+        202,
+        JobSchema,
+        description="Accepted: the job, `QUEUED`; `Location` is its URL.",
+        example=examples.JOB_QUEUED,
+        headers={
+            "Location": {
+                "description": "The job's URL, to poll.",
+                "schema": {"type": "string", "format": "uri"},
+                "required": True,
+            }
+        },
+    )
     @blp.alt_response(
-        429, schema=OpenAIErrorSchema, description="Balance too low (insufficient_quota)."
+        400,
+        schema=OpenAIErrorSchema,
+        description="Missing or invalid input, or no such published model in that category; "
+        "`param` names the field.",
+        examples=examples.SUBMIT_400,
+    )
+    @blp.alt_response(
+        429,
+        schema=OpenAIErrorSchema,
+        description="Balance too low (`insufficient_quota`), too many jobs in progress "
+        "(`too_many_active_jobs`) or too many requests (`rate_limit_exceeded`).",
+        examples=examples.SUBMIT_429,
+        headers={"Retry-After": openapi.RETRY_AFTER},
     )
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation. Answers at once; the job runs in the background."""
@@ -60,11 +97,15 @@ class Generations(MethodView):
         return response
 
 
-@blp.route("/<job_id>")
+@blp.route("/<job_id>", parameters=[JOB_ID])
 class Generation(MethodView):
-    @blp.response(200, JobSchema)
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+    @blp.response(200, JobSchema, description="The job.", examples=examples.JOBS)
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org.",
+        example=examples.JOB_NOT_FOUND,
+    )
     def get(self, job_id: str) -> Response:
         """Read a job. Another tenant's job answers 404, like one that never existed."""
         ext = chorus()
@@ -72,9 +113,20 @@ class Generation(MethodView):
         return jsonify(job_object(job, ext.storage))
 
 
-@files.route("/audio/<token>")
-@files.response(200, description="The audio file.", content_type="audio/wav")
-@files.alt_response(404, schema=OpenAIErrorSchema, description="Unknown or expired link.")
+@files.route("/audio/<token>", parameters=[AUDIO_TOKEN])
+@files.response(
+    200,
+    {"type": "string", "format": "binary"},
+    description="The audio file (WAV, MP3 or FLAC, as the upstream made it). Takes no key: "
+    "the signed link is the credential.",
+    content_type="audio/*",
+)
+@files.alt_response(
+    404,
+    schema=OpenAIErrorSchema,
+    description="Unknown or expired link.",
+    example=examples.AUDIO_NOT_FOUND,
+)
 def audio(token: str) -> Response:
     """Download a finished job's audio through the signed link in its ``audio`` field."""
     ext = chorus()
