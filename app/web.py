@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from flask_smorest import Api
-from sqlalchemy import text
+from marshmallow import fields
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from app.api import openapi
 from app.api.errors import V2_PREFIX, ApiError, error_response, from_validation
 from app.api.limits import init_limiter
 from app.db import Database
-from app.extensions import Chorus, chorus, close_session
+from app.extensions import Chorus, close_session
+from app.jobs.schemas import OpenAIErrorSchema
 from app.storage import make_storage
 from config import Settings, load_settings
 
@@ -25,7 +27,19 @@ class ChorusApi(Api):
     of the request's surface (OpenAI's on ``/v1``, AIMLAPI's on ``/v2``), and so do the 404,
     405 and 413 werkzeug raises. flask-smorest also drops the ``Allow`` header of a 405; it
     is kept here.
+
+    In the OpenAPI document, errors have that shape too, and no operation gets a catch-all
+    ``default`` response: each lists the statuses it can answer (``app/api/openapi.py``).
     """
+
+    ERROR_SCHEMA = OpenAIErrorSchema
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def init_app(self, app: Flask, *, spec_kwargs: dict[str, Any] | None = None) -> None:
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        # apispec says "url", which JSON Schema does not know; "uri" is the standard format.
+        self.register_field(fields.Url, "string", "uri")
+        openapi.register_components(self.spec, OpenAIErrorSchema)
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data: dict[str, Any] = getattr(error, "data", None) or {}
@@ -55,9 +69,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        # Served from app/static (vendored swagger-ui-dist): the docs work with no internet.
+        OPENAPI_SWAGGER_UI_URL="/static/swagger-ui/",
+        # Swagger UI would otherwise send the spec to validator.swagger.io for a badge.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -69,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_session)
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
+    from app.api.health import blp as health
     from app.jobs.views import blp, files
     from app.money.views import blp as account
     from app.v2.views import blp as v2
@@ -82,21 +98,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(files)
     api.register_blueprint(account)
     api.register_blueprint(v2)
+    api.register_blueprint(health)
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(DBAPIError, _database_unavailable)
-    app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_no_store)
     return app
-
-
-def healthz() -> tuple[Response, int]:
-    """Up, and able to reach its database."""
-    try:
-        with chorus().db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any database fault means "not healthy"
-        return jsonify(status="unhealthy", database=type(exc).__name__), 503
-    return jsonify(status="ok"), 200
 
 
 def _database_unavailable(error: DBAPIError) -> Response:

@@ -11,6 +11,8 @@ BITRATES = (32000, 64000, 128000, 256000)
 AUDIO_FORMATS = ("mp3", "wav", "pcm")
 OUTPUT_FORMATS = ("url", "hex")
 MAX_METADATA_PAIRS = 16
+# Whatever the model: its own, tighter limits are checked against the catalog.
+MAX_TEXT = 20_000
 
 
 def _no_nul(value: str) -> None:
@@ -73,96 +75,157 @@ class CreateGenerationSchema(Schema):
         metadata={"description": "Catalog category id or name.", "example": "music_gen"},
     )
     prompt = RequiredString(
-        "prompt", metadata={"example": "Pop music, happy, suitable for a sunny day"}
+        "prompt",
+        metadata={
+            "description": "Style, mood, scenario; each model has its own length limits "
+            "(GET /v1/models).",
+            "maxLength": MAX_TEXT,
+            "example": "Pop music, happy, suitable for a sunny day",
+        },
     )
     lyrics = RequiredString(
         "lyrics",
-        metadata={"example": "[Verse]\nWalking down the street\n[Chorus]\nDancing in the sun"},
+        metadata={
+            "description": "Lines separated by \\n; [Intro] [Verse] [Chorus] [Bridge] [Outro] "
+            "tags allowed; each model has its own length limits.",
+            "maxLength": MAX_TEXT,
+            "example": "[Verse]\nWalking down the street\n[Chorus]\nDancing in the sun",
+        },
     )
     output_format = fields.String(load_default="url", validate=validate.OneOf(OUTPUT_FORMATS))
     audio_setting = fields.Nested(AudioSettingSchema, load_default=None)
     reference_audio_url = fields.Url(
-        schemes={"http", "https"}, load_default=None, validate=validate.Length(max=2048)
+        schemes={"http", "https"},
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "A WAV or MP3 over 15 s, for models that take reference audio.",
+            "pattern": "^https?://",
+        },
     )
     callback_url = fields.Url(
-        schemes={"http", "https"}, load_default=None, validate=validate.Length(max=2048)
+        schemes={"http", "https"},
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={"description": "Webhook target for this job.", "pattern": "^https?://"},
     )
-    metadata = MetadataField(load_default=None)
+    metadata = MetadataField(
+        load_default=None,
+        metadata={
+            "description": f"Up to {MAX_METADATA_PAIRS} string pairs, echoed back in the job.",
+            "maxProperties": MAX_METADATA_PAIRS,
+            "propertyNames": {"minLength": 1, "maxLength": 64},
+        },
+    )
 
     @validates_schema
     def _sizes(self, data: dict[str, Any], **_: Any) -> None:
         for name in ("prompt", "lyrics"):
-            if len(data.get(name) or "") > 20_000:
+            if len(data.get(name) or "") > MAX_TEXT:
                 raise ValidationError("too long", field_name=name)
 
 
 class ErrorDetailSchema(Schema):
-    message = fields.String()
-    type = fields.String()
-    param = fields.String(allow_none=True)
-    code = fields.String(allow_none=True)
+    message = fields.String(required=True, metadata={"description": "What went wrong, for people."})
+    type = fields.String(
+        required=True,
+        metadata={
+            "description": "OpenAI's error class: invalid_request_error, permission_error, "
+            "not_found_error, rate_limit_error…"
+        },
+    )
+    param = fields.String(
+        required=True, allow_none=True, metadata={"description": "The offending field, if any."}
+    )
+    code = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "A stable machine-readable code, e.g. insufficient_quota."},
+    )
 
 
 class OpenAIErrorSchema(Schema):
-    error = fields.Nested(ErrorDetailSchema)
+    error = fields.Nested(ErrorDetailSchema, required=True)
 
 
 class AudioInfoSchema(Schema):
-    format = fields.String()
-    sample_rate = fields.Integer(allow_none=True)
-    bitrate = fields.Integer(allow_none=True)
-    channels = fields.Integer(allow_none=True)
-    duration_ms = fields.Integer()
-    size = fields.Integer(metadata={"description": "bytes"})
+    format = fields.String(required=True, allow_none=True, metadata={"example": "wav"})
+    sample_rate = fields.Integer(required=True, allow_none=True, metadata={"example": 32000})
+    bitrate = fields.Integer(required=True, allow_none=True, metadata={"example": 512000})
+    channels = fields.Integer(required=True, allow_none=True, metadata={"example": 1})
+    duration_ms = fields.Integer(required=True, allow_none=True, metadata={"example": 10000})
+    size = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "bytes", "example": 640044}
+    )
 
 
 class JobErrorSchema(Schema):
-    code = fields.String()
-    message = fields.String()
+    code = fields.String(required=True, allow_none=True, metadata={"example": "upstream_failed"})
+    message = fields.String(required=True, allow_none=True)
+
+
+class CostSchema(Schema):
+    amount = fields.Integer(
+        required=True, metadata={"description": "Integer minor units.", "example": 100}
+    )
+    currency = fields.String(required=True, allow_none=True, metadata={"example": "CNY"})
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(("held", "captured", "released")),
+        metadata={"description": "Held while the job runs, captured on success, else released."},
+    )
 
 
 class UpstreamSchema(Schema):
-    provider = fields.String(allow_none=True)
-    account = fields.String(allow_none=True)
+    provider = fields.String(required=True, allow_none=True, metadata={"example": "aimlapi"})
+    account = fields.String(required=True, allow_none=True, metadata={"example": "sim-aimlapi"})
 
 
 class JobUrlsSchema(Schema):
-    get = fields.String()
-    audio = fields.String(allow_none=True)
+    get = fields.String(required=True, metadata={"description": "This job's own URL."})
+    audio = fields.String(required=True, allow_none=True)
     content = fields.String(
-        allow_none=True, metadata={"description": "The audio itself, for the job's owner."}
+        required=True,
+        allow_none=True,
+        metadata={"description": "The audio itself, for the job's owner."},
     )
 
 
 class JobSchema(Schema):
-    id = fields.String(metadata={"example": "luid_01jd2x7k3m9q8r5t6v7w8x9y0z"})
-    object = fields.String(metadata={"example": "music.generation"})
-    model = fields.String()
-    catelogid = fields.String()
+    id = fields.String(required=True, metadata={"example": "luid_01jd2x7k3m9q8r5t6v7w8x9y0z"})
+    object = fields.String(required=True, metadata={"example": "music.generation"})
+    model = fields.String(required=True)
+    catelogid = fields.String(required=True)
     status = fields.String(
-        metadata={"enum": ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]}
+        required=True,
+        validate=validate.OneOf(("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")),
     )
-    created = fields.Integer(metadata={"description": "unix seconds"})
-    started_at = fields.Integer(allow_none=True)
-    finished_at = fields.Integer(allow_none=True)
+    created = fields.Integer(required=True, metadata={"description": "unix seconds"})
+    started_at = fields.Integer(required=True, allow_none=True)
+    finished_at = fields.Integer(required=True, allow_none=True)
     audio = fields.String(
+        required=True,
         allow_none=True,
         metadata={
             "description": "A link to Chorus's own copy, signed afresh on every read (or hex when "
             "output_format is hex)."
         },
     )
-    audio_info = fields.Nested(AudioInfoSchema, allow_none=True)
-    error = fields.Nested(JobErrorSchema, allow_none=True)
-    metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
-    upstream = fields.Nested(UpstreamSchema)
+    audio_info = fields.Nested(AudioInfoSchema, required=True, allow_none=True)
+    error = fields.Nested(JobErrorSchema, required=True, allow_none=True)
+    metadata = fields.Dict(
+        keys=fields.String(), values=fields.String(), required=True, allow_none=True
+    )
+    cost = fields.Nested(CostSchema, required=True)
+    upstream = fields.Nested(UpstreamSchema, required=True)
     purged_at = fields.Integer(
+        required=True,
         allow_none=True,
         metadata={
             "description": "unix seconds; set once retention removed the job's audio and request"
         },
     )
-    urls = fields.Nested(JobUrlsSchema)
+    urls = fields.Nested(JobUrlsSchema, required=True)
 
 
 JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -193,8 +256,8 @@ class ListGenerationsQuerySchema(Schema):
 
 
 class JobListSchema(Schema):
-    object = fields.String(metadata={"example": "list"})
-    data = fields.List(fields.Nested(JobSchema))
-    first_id = fields.String(allow_none=True)
-    last_id = fields.String(allow_none=True)
-    has_more = fields.Boolean()
+    object = fields.String(required=True, metadata={"enum": ["list"]})
+    data = fields.List(fields.Nested(JobSchema), required=True)
+    first_id = fields.String(required=True, allow_none=True)
+    last_id = fields.String(required=True, allow_none=True)
+    has_more = fields.Boolean(required=True)

@@ -7,15 +7,15 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from app import reference_audio
+from app.api import openapi
 from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
-from app.jobs import service
+from app.jobs import examples, service
 from app.jobs.download import send_audio
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
@@ -32,15 +32,30 @@ from app.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-blp = Blueprint(
+blp = openapi.ApiBlueprint(
     "generations",
     __name__,
     url_prefix="/v1/music/generations",
     description="Music generation jobs, OpenAI-style.",
+    bearer=True,
+    rate_limited=True,
 )
-files = Blueprint(
+files = openapi.ApiBlueprint(
     "files", __name__, url_prefix="/v1/files", description="Chorus's own copies of generated audio."
 )
+
+JOB_ID = {
+    "in": "path",
+    "name": "job_id",
+    "description": "The job's id, as the submit returned it.",
+    "example": "luid_01m7z6rkxcmx0h7hnjr0bxppzc",
+}
+AUDIO_TOKEN = {
+    "in": "path",
+    "name": "token",
+    "description": "The signed token of a job's `audio` link.",
+    "example": "Imx1aWRfMDFtN3o2cmt4Y214MGg3aG5qcjBieHBwemMi.Z0J9ww.Xr8b5kLq0sWm4g3nQ0v3Yb1c2dE",
+}
 
 
 blp.before_request(require_key)
@@ -50,9 +65,12 @@ blp.before_request(require_key)
 class Generations(MethodView):
     # webargs would drop unknown query parameters; a misspelt one should say so instead.
     @blp.arguments(ListGenerationsQuerySchema, location="query", unknown=RAISE)
-    @blp.response(200, JobListSchema, description="A page of the org's jobs, newest first.")
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="A bad limit, after or status.")
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.response(
+        200,
+        JobListSchema,
+        description="A page of the org's jobs, newest first.",
+        example=examples.JOB_LIST,
+    )
     def get(self, args: dict[str, Any]) -> Response:
         """List the org's jobs, newest first, a page at a time.
 
@@ -78,21 +96,52 @@ class Generations(MethodView):
         )
 
     @idempotent
-    @blp.arguments(CreateGenerationSchema)
-    @blp.response(202, JobSchema, description="Accepted: the job, QUEUED.")
-    @blp.alt_response(
-        201, schema=JobSchema, description="With `Prefer: wait`: the job ended within the wait."
+    @blp.arguments(CreateGenerationSchema, examples=examples.CREATE_REQUESTS)
+    @blp.response(
+        202,
+        JobSchema,
+        description="Accepted: the job, `QUEUED`; `Location` is its URL.",
+        example=examples.JOB_QUEUED,
+        headers={
+            "Location": {
+                "description": "The job's URL, to poll.",
+                "schema": {"type": "string", "format": "uri"},
+                "required": True,
+            }
+        },
     )
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Missing or invalid input.")
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
     @blp.alt_response(
-        409, schema=OpenAIErrorSchema, description="This Idempotency-Key's request is in progress."
+        201,
+        schema=JobSchema,
+        description="With `Prefer: wait`: the job ended within the wait.",
+        example=examples.JOB_SUCCEEDED,
     )
     @blp.alt_response(
-        422, schema=OpenAIErrorSchema, description="This Idempotency-Key was used for another body."
+        400,
+        schema=OpenAIErrorSchema,
+        description="Missing or invalid input, or no such published model in that category; "
+        "`param` names the field.",
+        examples=examples.SUBMIT_400,
     )
     @blp.alt_response(
-        429, schema=OpenAIErrorSchema, description="Balance too low (insufficient_quota)."
+        409,
+        schema=OpenAIErrorSchema,
+        description="This Idempotency-Key's first request is still being handled.",
+        example=examples.IDEMPOTENCY_409,
+    )
+    @blp.alt_response(
+        422,
+        schema=OpenAIErrorSchema,
+        description="This Idempotency-Key was used with another body.",
+        example=examples.IDEMPOTENCY_422,
+    )
+    @blp.alt_response(
+        429,
+        schema=OpenAIErrorSchema,
+        description="Balance too low (`insufficient_quota`), too many jobs in progress "
+        "(`too_many_active_jobs`) or too many requests (`rate_limit_exceeded`).",
+        examples=examples.SUBMIT_429,
+        headers={"Retry-After": openapi.RETRY_AFTER},
     )
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation. Answers at once; the job runs in the background.
@@ -135,11 +184,15 @@ class Generations(MethodView):
         return response
 
 
-@blp.route("/<job_id>")
+@blp.route("/<job_id>", parameters=[JOB_ID])
 class Generation(MethodView):
-    @blp.response(200, JobSchema)
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+    @blp.response(200, JobSchema, description="The job.", examples=examples.JOBS)
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org.",
+        example=examples.JOB_NOT_FOUND,
+    )
     def get(self, job_id: str) -> Response:
         """Read a job. Another tenant's job answers 404, like one that never existed."""
         ext = chorus()
@@ -147,14 +200,33 @@ class Generation(MethodView):
         return jsonify(job_object(job, ext.storage))
 
 
-@blp.route("/<job_id>/cancel")
+@blp.route("/<job_id>/cancel", parameters=[JOB_ID])
 class Cancel(MethodView):
     @idempotent
-    @blp.response(200, JobSchema, description="The job, CANCELLED, its hold released.")
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+    @blp.response(
+        200,
+        JobSchema,
+        description="The job, `CANCELLED`, its hold released.",
+        example=examples.JOB_CANCELLED,
+    )
     @blp.alt_response(
-        409, schema=OpenAIErrorSchema, description="The job already ended (job_not_cancellable)."
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org.",
+        example=examples.JOB_NOT_FOUND,
+    )
+    @blp.alt_response(
+        409,
+        schema=OpenAIErrorSchema,
+        description="The job already ended (`job_not_cancellable`), or this Idempotency-Key's "
+        "first request is still being handled.",
+        example=examples.NOT_CANCELLABLE,
+    )
+    @blp.alt_response(
+        422,
+        schema=OpenAIErrorSchema,
+        description="This Idempotency-Key was used for another request.",
+        example=examples.IDEMPOTENCY_422,
     )
     def post(self, job_id: str) -> Response:
         """Cancel a QUEUED or RUNNING job. The held price is released; the job never charges.
@@ -170,16 +242,37 @@ class Cancel(MethodView):
         return jsonify(job_object(job, ext.storage))
 
 
-@blp.route("/<job_id>/content")
-@blp.response(200, description="The audio file (206 for a byte range).", content_type="audio/wav")
-@blp.alt_response(206, description="The byte range asked for with a Range header.")
-@blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
-@blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
-@blp.alt_response(
-    409, schema=OpenAIErrorSchema, description="The job has no audio (yet): audio_not_ready."
+@blp.route("/<job_id>/content", parameters=[JOB_ID])
+@blp.response(
+    200,
+    {"type": "string", "format": "binary"},
+    description="The audio file; 206 with the byte range a `Range` header asked for.",
+    content_type="audio/*",
 )
 @blp.alt_response(
-    410, schema=OpenAIErrorSchema, description="Retention removed the audio: audio_purged."
+    206,
+    schema={"type": "string", "format": "binary"},
+    description="The byte range asked for with a `Range` header.",
+    content_type="audio/*",
+    success=True,
+)
+@blp.alt_response(
+    404,
+    schema=OpenAIErrorSchema,
+    description="No such job for this key's org, or its file is missing from storage.",
+    example=examples.JOB_NOT_FOUND,
+)
+@blp.alt_response(
+    409,
+    schema=OpenAIErrorSchema,
+    description="The job has no audio (yet): `audio_not_ready`.",
+    example=examples.AUDIO_NOT_READY,
+)
+@blp.alt_response(
+    410,
+    schema=OpenAIErrorSchema,
+    description="Retention removed the audio: `audio_purged`.",
+    example=examples.AUDIO_PURGED,
 )
 def content(job_id: str) -> Response:
     """Download a job's audio with the API key (no link needed). Supports HTTP Range."""
@@ -208,10 +301,20 @@ def content(job_id: str) -> Response:
         raise _unavailable(exc) from exc
 
 
-@files.route("/audio/<token>")
-@files.response(200, description="The audio file (206 for a byte range).", content_type="audio/wav")
-@files.alt_response(206, description="The byte range asked for with a Range header.")
-@files.alt_response(404, schema=OpenAIErrorSchema, description="Unknown or expired link.")
+@files.route("/audio/<token>", parameters=[AUDIO_TOKEN])
+@files.response(
+    200,
+    {"type": "string", "format": "binary"},
+    description="The audio file (WAV, MP3 or FLAC, as the upstream made it). Takes no key: "
+    "the signed link is the credential.",
+    content_type="audio/*",
+)
+@files.alt_response(
+    404,
+    schema=OpenAIErrorSchema,
+    description="Unknown or expired link.",
+    example=examples.AUDIO_NOT_FOUND,
+)
 def audio(token: str) -> Response:
     """Download a finished job's audio through the signed link in its ``audio`` field."""
     ext = chorus()

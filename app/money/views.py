@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Response, g, jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validates_schema
 from sqlalchemy import select
 
 from app.api.auth import require_key
+from app.api.openapi import ApiBlueprint, example
 from app.catalog.models import Category, Model, Route
 from app.extensions import chorus
 from app.jobs.schemas import OpenAIErrorSchema
@@ -19,47 +19,142 @@ from app.money.models import Balance
 from app.money.usage import usage
 from app.tenancy.models import Org
 
-blp = Blueprint(
-    "account", __name__, url_prefix="/v1", description="Models on sale, balance and usage."
+blp = ApiBlueprint(
+    "account",
+    __name__,
+    url_prefix="/v1",
+    description="Models on sale, balance and usage.",
+    bearer=True,
+    rate_limited=True,
 )
 blp.before_request(require_key)
 
 MAX_USAGE_DAYS = 366
 
 
-class ModelSchema(Schema):
-    id = fields.String(metadata={"example": "music-2.6"})
-    object = fields.String(metadata={"example": "model"})
-    created = fields.Integer()
-    owned_by = fields.String()
-    categories = fields.List(fields.Dict())
-    price = fields.Dict(
-        metadata={"description": "Per generation: integer minor units and currency."}
+class CategoryRefSchema(Schema):
+    id = fields.String(required=True, metadata={"example": "music_gen"})
+    name = fields.String(required=True, metadata={"example": "Music generation"})
+
+
+class PriceSchema(Schema):
+    amount = fields.Integer(
+        required=True,
+        metadata={"description": "Per generation, integer minor units (0: the org's own model)."},
     )
-    min_balance = fields.Integer()
-    limits = fields.Dict()
+    currency = fields.String(required=True, metadata={"example": "CNY"})
+
+
+class ModelSchema(Schema):
+    id = fields.String(required=True, metadata={"example": "music-2.6"})
+    object = fields.String(required=True, metadata={"example": "model"})
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True, metadata={"example": "chorus"})
+    categories = fields.List(fields.Nested(CategoryRefSchema), required=True)
+    price = fields.Nested(PriceSchema, required=True)
+    min_balance = fields.Integer(
+        required=True, metadata={"description": "The balance must stay above this to submit."}
+    )
+    limits = fields.Dict(
+        required=True,
+        metadata={
+            "description": "Input limits: character bounds of prompt and lyrics, and whether "
+            "reference audio is none, optional or required."
+        },
+    )
 
 
 class ModelListSchema(Schema):
-    object = fields.String()
-    data = fields.List(fields.Nested(ModelSchema))
+    object = fields.String(required=True, metadata={"example": "list"})
+    data = fields.List(fields.Nested(ModelSchema), required=True)
 
 
 class BalanceSchema(Schema):
-    object = fields.String()
-    currency = fields.String()
-    available = fields.Integer()
-    held = fields.Integer()
+    object = fields.String(required=True, metadata={"example": "balance"})
+    currency = fields.String(required=True)
+    available = fields.Integer(required=True, metadata={"description": "For new jobs."})
+    held = fields.Integer(required=True, metadata={"description": "By jobs still running."})
 
 
 class BalanceListSchema(Schema):
-    object = fields.String()
-    data = fields.List(fields.Nested(BalanceSchema))
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(BalanceSchema), required=True)
+
+
+class UsageRowSchema(Schema):
+    date = fields.Date(required=True)
+    model = fields.String(required=True)
+    jobs = fields.Integer(required=True)
+    succeeded = fields.Integer(required=True)
+    audio_seconds = fields.Float(required=True)
+    amount = fields.Integer(required=True, metadata={"description": "Charged, minor units."})
+    currency = fields.String(required=True, allow_none=True)
+
+
+class UsageSchema(Schema):
+    object = fields.String(required=True)
+    from_ = fields.Date(data_key="from", required=True)
+    to = fields.Date(required=True)
+    data = fields.List(fields.Nested(UsageRowSchema), required=True)
+
+
+MODELS_EXAMPLE = {
+    "object": "list",
+    "data": [
+        {
+            "id": "music-2.6",
+            "object": "model",
+            "created": 0,
+            "owned_by": "chorus",
+            "categories": [{"id": "music_gen", "name": "Music generation"}],
+            "price": {"amount": 100, "currency": "CNY"},
+            "min_balance": 0,
+            "limits": {
+                "prompt": {"min": 0, "max": 2000},
+                "lyrics": {"min": 1, "max": 3500},
+                "reference_audio": "none",
+            },
+        }
+    ],
+}
+BALANCE_EXAMPLE = {
+    "object": "list",
+    "data": [{"object": "balance", "currency": "CNY", "available": 99800, "held": 200}],
+}
+USAGE_EXAMPLE = {
+    "object": "list",
+    "from": "2026-11-01",
+    "to": "2026-11-30",
+    "data": [
+        {
+            "date": "2026-11-20",
+            "model": "music-2.6",
+            "jobs": 3,
+            "succeeded": 2,
+            "audio_seconds": 20.0,
+            "amount": 200,
+            "currency": "CNY",
+        }
+    ],
+}
+BAD_DATES_EXAMPLE = example(
+    "'to' before 'from'",
+    400,
+    "Invalid value for 'to': must not be before 'from'",
+    param="to",
+    code="invalid_value",
+)
 
 
 class UsageArgs(Schema):
-    from_ = fields.Date(data_key="from", required=True)
-    to = fields.Date(required=True)
+    from_ = fields.Date(
+        data_key="from",
+        required=True,
+        metadata={"description": "First day, UTC, included.", "example": "2026-11-01"},
+    )
+    to = fields.Date(
+        required=True, metadata={"description": "Last day, UTC, included.", "example": "2026-11-30"}
+    )
 
     @validates_schema
     def _range(self, data: dict[str, Any], **_: Any) -> None:
@@ -71,8 +166,7 @@ class UsageArgs(Schema):
 
 @blp.route("/models")
 class Models(MethodView):
-    @blp.response(200, ModelListSchema)
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.response(200, ModelListSchema, description="The models.", example=MODELS_EXAMPLE)
     def get(self) -> Response:
         """The published models this key may use, with categories, price and input limits."""
         session = chorus().session()
@@ -110,8 +204,9 @@ class Models(MethodView):
 
 @blp.route("/balance")
 class Balances(MethodView):
-    @blp.response(200, BalanceListSchema)
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.response(
+        200, BalanceListSchema, description="One entry per currency.", example=BALANCE_EXAMPLE
+    )
     def get(self) -> Response:
         """The org's balance per currency: ``available`` for new jobs, ``held`` by running ones."""
         rows = (
@@ -131,9 +226,15 @@ class Balances(MethodView):
 @blp.route("/usage")
 class Usage(MethodView):
     @blp.arguments(UsageArgs, location="query")
-    @blp.response(200)
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Bad dates.")
-    @blp.alt_response(403, schema=OpenAIErrorSchema, description="Missing or unknown API key.")
+    @blp.response(
+        200, UsageSchema, description="Usage rows, oldest day first.", example=USAGE_EXAMPLE
+    )
+    @blp.alt_response(
+        400,
+        schema=OpenAIErrorSchema,
+        description="A date missing or unreadable, `to` before `from`, or a range over 366 days.",
+        examples={"invalid_value": BAD_DATES_EXAMPLE},
+    )
     def get(self, args: dict[str, Any]) -> Response:
         """Jobs, seconds of audio and amount charged, by model and day (UTC), both days included."""
         start: dt.date = args["from_"]

@@ -78,7 +78,9 @@ class GenerationQuerySchema(Schema):
         # Cache-busting or tracking parameters are harmless on a read.
         unknown = EXCLUDE
 
-    generation_id = RequiredString("generation_id")
+    generation_id = RequiredString(
+        "generation_id", metadata={"description": "The id the submit answered with."}
+    )
 
 
 class SubmittedSchema(Schema):

@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Response, g, jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app import reference_audio
+from app.api import openapi
 from app.api.auth import require_key
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
@@ -21,6 +21,7 @@ from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import audio_url
 from app.jobs.status import JobStatus
+from app.v2 import examples
 from app.v2.schemas import (
     AimlapiErrorSchema,
     GenerationQuerySchema,
@@ -29,12 +30,23 @@ from app.v2.schemas import (
     SubmittedSchema,
 )
 
-blp = Blueprint(
+# Not bearer=/rate_limited=: those shared responses have OpenAI's shape, and /v2 answers
+# in AIMLAPI's (401 for a key, its own error body); each operation documents its own.
+blp = openapi.ApiBlueprint(
     "v2",
     __name__,
     url_prefix="/v2/generate/audio",
     description="Music generation, AIMLAPI-compatible: submit, then poll by generation_id.",
 )
+SECURITY: list[dict[str, list[str]]] = [{openapi.BEARER: []}]
+
+
+def _error(status: int, description: str, example: dict[str, Any], **kwargs: Any) -> Any:
+    return blp.alt_response(
+        status, schema=AimlapiErrorSchema, description=description, example=example, **kwargs
+    )
+
+
 blp.before_request(require_key)
 
 # AIMLAPI's status words for Chorus's job states.
@@ -50,12 +62,26 @@ STATUS_WORDS = {
 @blp.route("")
 class Generations(MethodView):
     @idempotent
-    @blp.arguments(SubmitSchema)
-    @blp.response(201, SubmittedSchema, description="Accepted: the generation id, queued.")
-    @blp.alt_response(400, schema=AimlapiErrorSchema, description="Missing or invalid input.")
-    @blp.alt_response(401, schema=AimlapiErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(403, schema=AimlapiErrorSchema, description="Out of credits.")
-    @blp.alt_response(429, schema=AimlapiErrorSchema, description="Too many requests.")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(SubmitSchema, examples=examples.SUBMIT_REQUESTS)
+    @blp.response(
+        201,
+        SubmittedSchema,
+        description="Accepted: the generation id, queued.",
+        example=examples.SUBMITTED,
+    )
+    @_error(400, "Missing or invalid input; the message names the field.", examples.BAD_INPUT)
+    @_error(401, "No key, or an unknown or revoked one.", examples.INVALID_KEY)
+    @_error(403, "Out of credits: the balance is too low for the model.", examples.OUT_OF_CREDITS)
+    @_error(409, "This Idempotency-Key's first request is in progress.", examples.IDEMPOTENCY_BUSY)
+    @_error(413, "The body is over MAX_CONTENT_LENGTH.", examples.TOO_LARGE)
+    @_error(422, "This Idempotency-Key was used for another request.", examples.IDEMPOTENCY_REUSED)
+    @_error(
+        429,
+        "Too many requests, or too many jobs in progress.",
+        examples.THROTTLED,
+        headers={"Retry-After": openapi.RETRY_AFTER},
+    )
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
         ext = chorus()
@@ -77,10 +103,20 @@ class Generations(MethodView):
         response.status_code = 201
         return response
 
+    @blp.doc(security=SECURITY)
     @blp.arguments(GenerationQuerySchema, location="query")
-    @blp.response(200, GenerationSchema)
-    @blp.alt_response(401, schema=AimlapiErrorSchema, description="Missing or unknown API key.")
-    @blp.alt_response(404, schema=AimlapiErrorSchema, description="No such generation.")
+    @blp.response(
+        200, GenerationSchema, description="The generation as it is.", examples=examples.GENERATIONS
+    )
+    @_error(400, "No generation_id.", examples.BAD_QUERY)
+    @_error(401, "No key, or an unknown or revoked one.", examples.INVALID_KEY)
+    @_error(404, "No such generation (another tenant's id included).", examples.NOT_FOUND)
+    @_error(
+        429,
+        "Too many requests.",
+        examples.THROTTLED,
+        headers={"Retry-After": openapi.RETRY_AFTER},
+    )
     def get(self, args: dict[str, Any]) -> Response:
         """Read a generation. Another tenant's id answers 404, like one that never existed."""
         job = service.get_job(chorus().session(), g.api_key, args["generation_id"])
