@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import Table, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -204,6 +204,9 @@ def check_active_cap(
         )
 
 
+JOB_INSERT = insert(cast(Table, Job.__table__))
+
+
 def create_job(
     session: Session,
     key: ApiKey,
@@ -269,8 +272,9 @@ def create_job(
         invalid_responses=0,
     )
     # A plain INSERT: the unit of work's bookkeeping costs more than the statement itself on
-    # the API's hottest path.
-    session.execute(insert(Job).values(**values))
+    # the API's hottest path. The values go as parameters of one prebuilt statement, so
+    # nothing is built or compiled per request.
+    session.execute(JOB_INSERT, values)
     # Last: the locks this takes are held only until the caller's commit.
     charge(
         session, key, model, job_id, max_active_jobs=max_active_jobs, recent_active=recent_active

@@ -9,8 +9,9 @@ and the ledger's unique (job_id, kind) refuses a second capture or release anywa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import BigInteger, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -53,39 +54,33 @@ def hold(
     """
     if not price and not min_balance:
         return True  # nothing to hold and no minimum to meet
+    now = utcnow()
+    if price and session.get_bind().dialect.name == "postgresql":
+        # Every paid submit runs this: the balance UPDATE and its ledger entry go to the
+        # database as one prebuilt statement (a data-modifying CTE), one round trip.
+        statement = _HOLD_WITH_MINIMUM if min_balance else _HOLD
+        params = dict(
+            hold_org_id=org_id,
+            hold_currency=currency,
+            hold_price=price,
+            hold_kind=HOLD,
+            hold_neg_price=-price,
+            hold_min_balance=min_balance,
+            hold_job_id=job_id,
+            hold_now=now,
+        )
+        return session.execute(statement, params).rowcount == 1  # type: ignore[attr-defined]
     # No balance row at all is a zero balance: the UPDATE simply matches nothing.
     enough = [Balance.available >= price]
     if min_balance:
         # The seed platform's rule: the balance must exceed the model's minimum.
         enough.append(Balance.available > min_balance)
-    now = utcnow()
-    take = (
+    result = session.execute(
         update(Balance)
         .where(Balance.org_id == org_id, Balance.currency == currency, *enough)
         .values(available=Balance.available - price, held=Balance.held + price, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
-    if price and session.get_bind().dialect.name == "postgresql":
-        # Every paid submit runs this: the balance UPDATE and its ledger entry go to the
-        # database as one statement (a data-modifying CTE), one round trip instead of two.
-        taken = take.returning(Balance.org_id).cte("taken")
-        entry = (
-            insert(LedgerEntry)
-            .from_select(
-                ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"],
-                select(
-                    taken.c.org_id,
-                    literal(currency),
-                    literal(HOLD),
-                    literal(-price),
-                    literal(price),
-                    literal(job_id),
-                    literal(now, UTCDateTime()),
-                ),
-            )
-            .add_cte(taken, nest_here=True)
-        )
-        return session.execute(entry).rowcount == 1  # type: ignore[attr-defined]
-    result = session.execute(take.execution_options(synchronize_session=False))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     if price:
@@ -101,6 +96,51 @@ def hold(
             )
         )
     return True
+
+
+def _hold_statement(*, with_minimum: bool) -> Any:
+    """The Postgres hold: take ``price`` from the balance and write its ledger entry, in one
+    statement whose values are all parameters. Their names are not column names: a
+    parameter named like a column of the UPDATE or INSERT would become a value of it."""
+    table = cast(Table, Balance.__table__)
+    enough = [table.c.available >= bindparam("hold_price")]
+    if with_minimum:
+        enough.append(table.c.available > bindparam("hold_min_balance"))
+    taken = (
+        update(table)
+        .where(
+            table.c.org_id == bindparam("hold_org_id"),
+            table.c.currency == bindparam("hold_currency"),
+            *enough,
+        )
+        .values(
+            available=table.c.available - bindparam("hold_price"),
+            held=table.c.held + bindparam("hold_price"),
+            updated_at=bindparam("hold_now", type_=UTCDateTime()),
+        )
+        .returning(table.c.org_id)
+        .cte("taken")
+    )
+    return (
+        insert(cast(Table, LedgerEntry.__table__))
+        .from_select(
+            ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"],
+            select(
+                taken.c.org_id,
+                bindparam("hold_currency", type_=String()),
+                bindparam("hold_kind", type_=String()),
+                bindparam("hold_neg_price", type_=BigInteger()),
+                bindparam("hold_price", type_=BigInteger()),
+                bindparam("hold_job_id", type_=String()),
+                bindparam("hold_now", type_=UTCDateTime()),
+            ),
+        )
+        .add_cte(taken, nest_here=True)
+    )
+
+
+_HOLD = _hold_statement(with_minimum=False)
+_HOLD_WITH_MINIMUM = _hold_statement(with_minimum=True)
 
 
 def settle(session: Session, job_id: str, *, capture: bool) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.tenancy.models import ApiKey, Org
@@ -41,11 +41,15 @@ def create_key(session: Session, org_name: str, label: str | None = None) -> str
     return secret
 
 
+# Built once: every request runs it, and a prebuilt statement skips building and hashing it.
+_KEY_BY_HASH = select(ApiKey).where(ApiKey.key_hash == bindparam("key_hash"))
+
+
 def authenticate(session: Session, presented: str | None) -> ApiKey | None:
     """The live key matching ``presented``, or None for a missing, unknown or revoked key."""
     if not presented:
         return None
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(presented)))
+    key = session.scalar(_KEY_BY_HASH, {"key_hash": hash_key(presented)})
     if key is None or key.revoked_at is not None:
         return None
     return key
