@@ -153,7 +153,11 @@ class ApiBlueprint(Blueprint):
         self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any
     ) -> dict[str, Any]:
         responses: dict[Any, Any] = doc.setdefault("responses", {})
-        takes_arguments = responses.pop(422, None) is not None
+        # webargs' own 422 (a reference to UNPROCESSABLE_ENTITY) never reaches a client; a
+        # 422 a view documents itself (an Idempotency-Key reused) stays.
+        takes_arguments = 422 in responses
+        if responses.get(422) == "UNPROCESSABLE_ENTITY":
+            del responses[422]
         shared: dict[str, str] = {}
         if takes_arguments:
             shared["400"] = INVALID_REQUEST
