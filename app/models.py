@@ -5,6 +5,7 @@ from app.db import Base
 from app.jobs.models import Job
 from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
+from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookSecret
 
 __all__ = [
     "AccountState",
@@ -18,4 +19,8 @@ __all__ = [
     "Org",
     "Route",
     "UpstreamAccount",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookSecret",
 ]

@@ -66,15 +66,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.jobs.views import blp, files
     from app.money.views import blp as account
+    from app.webhooks.views import blp as webhooks
+    from app.webhooks.views import deliveries
 
     limiter = init_limiter(app, settings)
-    for blueprint in (blp, account):
+    for blueprint in (blp, account, webhooks, deliveries):
         # One budget per key across every route, not one per route.
         limiter.shared_limit(settings.rate_limit, scope="api")(blueprint)
 
     api.register_blueprint(blp)
     api.register_blueprint(files)
     api.register_blueprint(account)
+    api.register_blueprint(webhooks)
+    api.register_blueprint(deliveries)
     app.register_error_handler(ApiError, openai_response)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_no_store)

@@ -180,6 +180,25 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             )
     out += _upstream_verdicts(results.get("upstreams"))
     out += _money_verdicts(results.get("money"))
+    hooks = results.get("webhooks")
+    if hooks:
+        lat = hooks["latency_s"]
+        out.append(
+            Verdict(
+                "(f) webhook latency after terminal p50 / p99",
+                f"{fmt(lat['p50'], 3)} s / {fmt(lat['p99'], 3)} s",
+                NO_TARGET,
+                None,
+            )
+        )
+        out.append(
+            Verdict(
+                "(f) deliveries/s beside a slow receiver",
+                fmt(hooks["mixed"]["fast_per_s"], 1),
+                NO_TARGET,
+                None,
+            )
+        )
     return out
 
 
@@ -793,6 +812,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _money_section(money, http)
     else:
         lines += ["Not run (`--skip-money`).", ""]
+    hooks = results.get("webhooks")
+    lines += ["## (f) webhooks: delivery latency, and throughput beside a slow receiver", ""]
+    if hooks:
+        from bench.webhooks import section
+
+        lines += section(hooks)
+    else:
+        lines += ["Not run (`--skip-webhooks`).", ""]
     lines += [
         "## How to reproduce",
         "",

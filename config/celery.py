@@ -15,7 +15,11 @@ POLL_QUEUE = "chorus.poll"
 # Synchronous upstream calls (MiniMax) that hold a thread for minutes: their own queue,
 # consumed by a thread-pool worker, so they never occupy the slots other jobs need.
 SYNC_QUEUE = "chorus.sync"
-QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
+# Webhook deliveries: their own queue, so a backlog of them never sits in front of job steps.
+# The tasks only hand claims to a thread pool and return, so a slow receiver holds a thread,
+# never a worker slot.
+WEBHOOKS_QUEUE = "chorus.webhooks"
+QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE, WEBHOOKS_QUEUE)
 ALL_QUEUES = (*QUEUES, SYNC_QUEUE)
 
 # Every task finishes well inside this; a message unacked for longer is presumed lost and
@@ -72,12 +76,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
             "chorus.poll_jobs": {"queue": POLL_QUEUE},
             "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
+            "chorus.webhooks.sweep": {"queue": WEBHOOKS_QUEUE},
+            "chorus.webhooks.deliver": {"queue": WEBHOOKS_QUEUE},
         },
         "beat_schedule": {
             "sweep": {
                 "task": "chorus.tick",
                 "schedule": dt.timedelta(seconds=settings.tick_seconds),
                 # A tick nobody ran within a second is worthless; the next one supersedes it.
+                "options": {"expires": max(1.0, settings.tick_seconds * 4)},
+            },
+            "webhooks": {
+                "task": "chorus.webhooks.sweep",
+                "schedule": dt.timedelta(seconds=settings.tick_seconds),
                 "options": {"expires": max(1.0, settings.tick_seconds * 4)},
             },
         },

@@ -17,6 +17,11 @@ from environs import Env
 from marshmallow.validate import OneOf, Range
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+# Seconds to wait after each failed webhook attempt: the first attempt is immediate, and the
+# nine attempts span about 45 hours (Standard Webhooks asks for retries over a day or more).
+WEBHOOK_SCHEDULE = (5, 60, 300, 1800, 7200, 21600, 43200, 86400)
+# Without a scale factor (tests compress time), a schedule must keep trying for a day.
+WEBHOOK_MIN_SPAN = 86400
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,15 @@ class Settings:
     audio_max_bytes: int
     upstream_connect_timeout: float
     upstream_read_timeout: float
+
+    # Webhooks
+    public_url: str
+    webhook_timeout: float
+    webhook_retry_schedule: tuple[float, ...]
+    webhook_schedule_scale: float
+    webhook_concurrency: int
+    webhook_max_in_flight: int
+    webhook_secret_overlap: float
 
     # Simulator
     sim_url: str
@@ -122,6 +136,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     broker_url = env.str("CELERY_BROKER_URL", None) or redis_url or "filesystem://"
     sim_host = env.str("SIM_HOST", "127.0.0.1")
     sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
+    web_host = env.str("WEB_HOST", "127.0.0.1")
+    web_port = env.int("PORT", 8000, validate=Range(min=1, max=65535))
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -155,6 +171,17 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
             "UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)
         ),
         upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 15.0, validate=Range(min=0.1)),
+        public_url=env.str("PUBLIC_URL", None) or f"http://{web_host}:{web_port}",
+        webhook_timeout=env.float("WEBHOOK_TIMEOUT", 10.0, validate=Range(min=0.1, max=15)),
+        webhook_retry_schedule=_schedule(
+            env.str("WEBHOOK_RETRY_SCHEDULE", ",".join(f"{s:g}" for s in WEBHOOK_SCHEDULE))
+        ),
+        webhook_schedule_scale=env.float(
+            "WEBHOOK_SCHEDULE_SCALE", 1.0, validate=Range(min=0, max=1, min_inclusive=False)
+        ),
+        webhook_concurrency=env.int("WEBHOOK_CONCURRENCY", 16, validate=Range(min=1, max=256)),
+        webhook_max_in_flight=env.int("WEBHOOK_MAX_IN_FLIGHT", 500, validate=Range(min=1)),
+        webhook_secret_overlap=env.float("WEBHOOK_SECRET_OVERLAP", 86400.0, validate=Range(min=0)),
         sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
         sim_host=sim_host,
         sim_port=sim_port,
@@ -162,8 +189,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         sim_jitter=env.float("SIM_JITTER", 0.5, validate=Range(min=0)),
         sim_audio_seconds=env.float("SIM_AUDIO_SECONDS", None),
         sim_threads=env.int("SIM_THREADS", 256, validate=Range(min=1)),
-        web_host=env.str("WEB_HOST", "127.0.0.1"),
-        web_port=env.int("PORT", 8000, validate=Range(min=1, max=65535)),
+        web_host=web_host,
+        web_port=web_port,
         web_workers=env.int("WEB_CONCURRENCY", 2, validate=Range(min=1)),
         web_threads=env.int("WEB_THREADS", 8, validate=Range(min=1)),
         worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
@@ -172,6 +199,20 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         log_level=env.str("LOG_LEVEL", "INFO"),
         environ=dict(source),
     )
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    """``WEBHOOK_RETRY_SCHEDULE``: seconds after each failed attempt, comma-separated."""
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"WEBHOOK_RETRY_SCHEDULE: not a list of seconds: {text!r}") from exc
+    if not delays or min(delays) < 0:
+        raise ValueError("WEBHOOK_RETRY_SCHEDULE: give at least one delay, none negative")
+    if sum(delays) < WEBHOOK_MIN_SPAN:
+        # A receiver down for a night must still get its events.
+        raise ValueError(f"WEBHOOK_RETRY_SCHEDULE must span at least {WEBHOOK_MIN_SPAN} s")
+    return delays
 
 
 def _with_driver(url: str) -> str:

@@ -47,6 +47,10 @@ def clear_redis(url: str) -> None:
 
 
 TABLES = [
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "webhook_secrets",
     "ledger",
     "balances",
     "jobs",

@@ -45,6 +45,7 @@ from app.providers.base import (
     ProviderError,
 )
 from app.storage import AudioError, AudioInfo, LocalStorage
+from app.webhooks import outbox
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,12 @@ class Engine:
                     lease_token=None,
                     lease_until=None,
                 )
-                .returning(Job.id)
+                .returning(Job)
                 .execution_options(synchronize_session=False)
             ).all()
-            for job_id in expired:
-                ledger.settle(session, job_id, capture=False)
+            for job in expired:
+                ledger.settle(session, job.id, capture=False)
+                outbox.enqueue_for(session, job, JobStatus.FAILED, now)
         return len(expired)
 
     def claim_due(
@@ -460,6 +462,9 @@ class Engine:
             if changed and target is not None and JobStatus(target).terminal:
                 # The money moves in the transaction that ends the job: once, or not at all.
                 ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
+            if changed and target is not None:
+                # So does the webhook event: it exists exactly when the change does.
+                outbox.enqueue_for(session, job, target)
         return changed
 
     def _write_hard(self, job: Job, allowed: Iterable[JobStatus], **values: Any) -> bool:

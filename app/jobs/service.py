@@ -178,6 +178,7 @@ def create_job(
     deadline_seconds: float,
     surface: str = "v1",
     check_reference: Callable[[str], None] | None = None,
+    check_callback: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
     max_active_jobs: int | None = None,
 ) -> Job:
@@ -199,6 +200,9 @@ def create_job(
             code="model_not_found",
         )
     check_limits(model, args)
+    if args.get("callback_url") and check_callback is not None:
+        # Refused now, not at the first delivery: a bad target is the client's to fix.
+        check_callback(args["callback_url"])
     if args.get("reference_audio_url") and check_reference is not None:
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
         check_reference(args["reference_audio_url"])
@@ -206,7 +210,14 @@ def create_job(
     now = utcnow()
     request = {
         k: args[k]
-        for k in ("prompt", "lyrics", "output_format", "audio_setting", "reference_audio_url")
+        for k in (
+            "prompt",
+            "lyrics",
+            "output_format",
+            "audio_setting",
+            "reference_audio_url",
+            "webhook_events",
+        )
         if args.get(k) is not None
     }
     values: dict[str, Any] = dict(

@@ -16,6 +16,7 @@ from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import CreateGenerationSchema, JobSchema, OpenAIErrorSchema
+from app.webhooks import urls as webhook_urls
 
 blp = Blueprint(
     "generations",
@@ -50,6 +51,7 @@ class Generations(MethodView):
             args,
             deadline_seconds=ext.settings.job_deadline_seconds,
             check_reference=lambda url: reference_audio.check(url, ext.settings),
+            check_callback=lambda url: webhook_urls.check_param(url, ext.settings, "callback_url"),
             offers=ext.offers,
             max_active_jobs=ext.settings.org_max_active_jobs,
         )
