@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app.webhooks.cli import webhooks
 from config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -236,6 +237,9 @@ def catalog_load(ctx: click.Context, file: Path) -> None:
     except loader.CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(", ".join(f"{n} {what}" for what, n in counts.items()), err=True)
+
+
+main.add_command(webhooks)
 
 
 # ------------------------------------------------------------------ processes

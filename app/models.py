@@ -6,6 +6,7 @@ from app.idempotency.models import IdempotencyKey
 from app.jobs.models import Job
 from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
+from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookSecret
 
 __all__ = [
     "AccountState",
@@ -20,4 +21,8 @@ __all__ = [
     "Org",
     "Route",
     "UpstreamAccount",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookSecret",
 ]

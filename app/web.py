@@ -88,9 +88,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.jobs.views import blp, files
     from app.money.views import blp as account
     from app.v2.views import blp as v2
+    from app.webhooks.views import blp as webhooks
+    from app.webhooks.views import deliveries
 
     limiter = init_limiter(app, settings)
-    for blueprint in (blp, account, v2):
+    for blueprint in (blp, account, v2, webhooks, deliveries):
         # One budget per key across every route, not one per route.
         limiter.shared_limit(settings.rate_limit, scope="api")(blueprint)
 
@@ -98,6 +100,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(files)
     api.register_blueprint(account)
     api.register_blueprint(v2)
+    api.register_blueprint(webhooks)
+    api.register_blueprint(deliveries)
     api.register_blueprint(health)
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(DBAPIError, _database_unavailable)

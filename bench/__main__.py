@@ -103,6 +103,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=8,
         help="(e) orgs the spread-out cases send their requests over, round-robin (default 8)",
     )
+    parser.add_argument(
+        "--skip-webhooks", action="store_true", help="skip phase (f) (webhook deliveries)"
+    )
+    parser.add_argument(
+        "--webhook-jobs",
+        type=int,
+        default=1000,
+        help="(f) jobs per webhook run, one delivery each (default 1000)",
+    )
+    parser.add_argument(
+        "--webhook-slow-share",
+        type=float,
+        default=0.05,
+        help="(f) share of the second run's jobs sent to a receiver that takes 60 s (default 0.05)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report path"
@@ -324,6 +339,18 @@ def main(argv: list[str] | None = None) -> int:
                 use_wrk=use_wrk,
                 workdir=root,
             )
+        if not args.skip_webhooks:
+            from bench.webhooks import run_webhooks_phase
+
+            results["webhooks"] = run_webhooks_phase(
+                sup,
+                stack,
+                web_port=free_port(),
+                count=args.webhook_jobs,
+                slow_share=args.webhook_slow_share,
+                clients=args.connections,
+                wait_timeout=args.wait_timeout,
+            )
         results["notes"].extend(_noise_notes(results))
         results["verdicts"] = [v.as_dict() for v in report.verdicts(results)]
         results["elapsed_s"] = time.time() - began
@@ -461,6 +488,14 @@ def print_summary(results: dict[str, Any]) -> None:
             f"  (f) {wait['held_min']}–{wait['held_max']} Prefer: wait requests held by one "
             f"process (cap {wait['cap']} of {wait['threads']} threads); POST × "
             f"{wait['ratio']['post'] or 0:.2f}, GET × {wait['ratio']['get'] or 0:.2f} beside them"
+        )
+    hooks = results.get("webhooks")
+    if hooks:
+        print("-" * 78)
+        lat, mixed = hooks["latency_s"], hooks["mixed"]
+        print(
+            f"  (g) webhooks: {hooks['delivered']} delivered; latency p50 {lat['p50'] or 0:.3f} s "
+            f"p99 {lat['p99'] or 0:.3f} s; with a slow receiver {mixed['fast_per_s'] or 0:.1f}/s"
         )
     for note in results.get("notes", []):
         print(f"  note: {note}")

@@ -183,6 +183,25 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
     out += _upstream_verdicts(results.get("upstreams"))
     out += _money_verdicts(results.get("money"))
     out += _wait_verdicts(results.get("wait"))
+    hooks = results.get("webhooks")
+    if hooks:
+        lat = hooks["latency_s"]
+        out.append(
+            Verdict(
+                "(g) webhook latency after terminal p50 / p99",
+                f"{fmt(lat['p50'], 3)} s / {fmt(lat['p99'], 3)} s",
+                NO_TARGET,
+                None,
+            )
+        )
+        out.append(
+            Verdict(
+                "(g) deliveries/s beside a slow receiver",
+                fmt(hooks["mixed"]["fast_per_s"], 1),
+                NO_TARGET,
+                None,
+            )
+        )
     return out
 
 
@@ -884,6 +903,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _wait_section(wait)
     else:
         lines += ["Not run (`--skip-wait`).", ""]
+    hooks = results.get("webhooks")
+    lines += ["## (g) webhooks: delivery latency, and throughput beside a slow receiver", ""]
+    if hooks:
+        from bench.webhooks import section
+
+        lines += section(hooks)
+    else:
+        lines += ["Not run (`--skip-webhooks`).", ""]
     lines += [
         "## How to reproduce",
         "",

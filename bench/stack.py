@@ -156,7 +156,8 @@ def flush_redis(redis_url: str) -> None:
 def reset_jobs(stack: Stack) -> None:
     """Empty the jobs table, the broker, the stored audio and the beat schedule between runs."""
     with stack.database().engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE jobs"))
+        # CASCADE: webhook deliveries (and their attempts) point at jobs.
+        conn.execute(sa.text("TRUNCATE jobs CASCADE"))
     flush_redis(stack.redis_url)
     shutil.rmtree(stack.var_dir / "audio", ignore_errors=True)
     for path in stack.var_dir.glob("celerybeat-schedule*"):

@@ -15,7 +15,11 @@ POLL_QUEUE = "chorus.poll"
 # Synchronous upstream calls (MiniMax) that hold a thread for minutes: their own queue,
 # consumed by a thread-pool worker, so they never occupy the slots other jobs need.
 SYNC_QUEUE = "chorus.sync"
-QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
+# Webhook deliveries: their own queue, so a backlog of them never sits in front of job steps.
+# The tasks only hand claims to a thread pool and return, so a slow receiver holds a thread,
+# never a worker slot.
+WEBHOOKS_QUEUE = "chorus.webhooks"
+QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE, WEBHOOKS_QUEUE)
 ALL_QUEUES = (*QUEUES, SYNC_QUEUE)
 
 # Every task finishes well inside this; a message unacked for longer is presumed lost and
@@ -78,6 +82,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
             # Not the sweep queue: a long purge must never hold up a tick.
             "chorus.purge_expired": {"queue": POLL_QUEUE},
+            "chorus.webhooks.sweep": {"queue": WEBHOOKS_QUEUE},
+            "chorus.webhooks.deliver": {"queue": WEBHOOKS_QUEUE},
         },
         "beat_schedule": {
             "sweep": {
@@ -92,6 +98,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"expires": IDEMPOTENCY_PURGE_SECONDS},
             },
             **_retention_schedule(settings),
+            "webhooks": {
+                "task": "chorus.webhooks.sweep",
+                "schedule": dt.timedelta(seconds=settings.tick_seconds),
+                "options": {"expires": max(1.0, settings.tick_seconds * 4)},
+            },
         },
         "beat_max_loop_interval": max(settings.tick_seconds, 1.0),
         "timezone": "UTC",

@@ -43,6 +43,13 @@ class S3Settings:
     max_attempts: int = 3
 
 
+# Seconds to wait after each failed webhook attempt: the first attempt is immediate, and the
+# nine attempts span about 45 hours (Standard Webhooks asks for retries over a day or more).
+WEBHOOK_SCHEDULE = (5, 60, 300, 1800, 7200, 21600, 43200, 86400)
+# Without a scale factor (tests compress time), a schedule must keep trying for a day.
+WEBHOOK_MIN_SPAN = 86400
+
+
 @dataclass(frozen=True)
 class Settings:
     # Storage and brokers
@@ -90,6 +97,14 @@ class Settings:
     retention_days: float
     retention_batch: int
     retention_interval: float
+    # Webhooks
+    public_url: str
+    webhook_timeout: float
+    webhook_retry_schedule: tuple[float, ...]
+    webhook_schedule_scale: float
+    webhook_concurrency: int
+    webhook_max_in_flight: int
+    webhook_secret_overlap: float
 
     # Simulator
     sim_url: str
@@ -169,6 +184,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         validate=Range(min=0, max=threads - 1, error=WAITERS_ERROR),
     )
     storage_dir, s3 = _storage(env, var_dir)
+    web_host = env.str("WEB_HOST", "127.0.0.1")
+    web_port = env.int("PORT", 8000, validate=Range(min=1, max=65535))
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -217,6 +234,17 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         retention_days=env.float("RETENTION_DAYS", 30.0, validate=Range(min=0)),
         retention_batch=env.int("RETENTION_BATCH", 500, validate=Range(min=1, max=10_000)),
         retention_interval=env.float("RETENTION_INTERVAL", 3600.0, validate=Range(min=1)),
+        public_url=env.str("PUBLIC_URL", None) or f"http://{web_host}:{web_port}",
+        webhook_timeout=env.float("WEBHOOK_TIMEOUT", 10.0, validate=Range(min=0.1, max=15)),
+        webhook_retry_schedule=_schedule(
+            env.str("WEBHOOK_RETRY_SCHEDULE", ",".join(f"{s:g}" for s in WEBHOOK_SCHEDULE))
+        ),
+        webhook_schedule_scale=env.float(
+            "WEBHOOK_SCHEDULE_SCALE", 1.0, validate=Range(min=0, max=1, min_inclusive=False)
+        ),
+        webhook_concurrency=env.int("WEBHOOK_CONCURRENCY", 16, validate=Range(min=1, max=256)),
+        webhook_max_in_flight=env.int("WEBHOOK_MAX_IN_FLIGHT", 500, validate=Range(min=1)),
+        webhook_secret_overlap=env.float("WEBHOOK_SECRET_OVERLAP", 86400.0, validate=Range(min=0)),
         sim_url=env.str("SIM_URL", f"http://{sim_host}:{sim_port}"),
         sim_host=sim_host,
         sim_port=sim_port,
@@ -224,8 +252,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         sim_jitter=env.float("SIM_JITTER", 0.5, validate=Range(min=0)),
         sim_audio_seconds=env.float("SIM_AUDIO_SECONDS", None),
         sim_threads=env.int("SIM_THREADS", 256, validate=Range(min=1)),
-        web_host=env.str("WEB_HOST", "127.0.0.1"),
-        web_port=env.int("PORT", 8000, validate=Range(min=1, max=65535)),
+        web_host=web_host,
+        web_port=web_port,
         web_workers=env.int("WEB_CONCURRENCY", 2, validate=Range(min=1)),
         web_threads=web_threads,
         worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
@@ -278,6 +306,20 @@ def _storage(env: Env, var_dir: Path) -> tuple[Path, S3Settings | None]:
             max_attempts=max_attempts,
         )
     raise ValueError(f"STORAGE_URL must be file:///path or s3://bucket[/prefix], not {url!r}")
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    """``WEBHOOK_RETRY_SCHEDULE``: seconds after each failed attempt, comma-separated."""
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"WEBHOOK_RETRY_SCHEDULE: not a list of seconds: {text!r}") from exc
+    if not delays or min(delays) < 0:
+        raise ValueError("WEBHOOK_RETRY_SCHEDULE: give at least one delay, none negative")
+    if sum(delays) < WEBHOOK_MIN_SPAN:
+        # A receiver down for a night must still get its events.
+        raise ValueError(f"WEBHOOK_RETRY_SCHEDULE must span at least {WEBHOOK_MIN_SPAN} s")
+    return delays
 
 
 def _with_driver(url: str) -> str:

@@ -48,6 +48,10 @@ def clear_redis(url: str) -> None:
 
 TABLES = [
     "idempotency_keys",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "webhook_secrets",
     "ledger",
     "balances",
     "jobs",

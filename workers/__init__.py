@@ -44,7 +44,7 @@ def make_celery(settings: Settings) -> ChorusCelery:
             folder.mkdir(parents=True, exist_ok=True)
     app = ChorusCelery(settings)
     app.config_from_object(celery_config(settings))
-    app.conf.include = ["workers.tasks"]
+    app.conf.include = ["workers.tasks", "workers.webhooks"]
     app.set_default()
 
     @worker_process_init.connect(weak=False)

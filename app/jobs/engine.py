@@ -47,6 +47,7 @@ from app.providers.base import (
     ProviderError,
 )
 from app.storage import AudioError, AudioInfo, AudioStorage, make_storage
+from app.webhooks import outbox
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,12 @@ class Engine:
                     lease_token=None,
                     lease_until=None,
                 )
-                .returning(Job.id)
+                .returning(Job)
                 .execution_options(synchronize_session=False)
             ).all()
-            for job_id in expired:
-                ledger.settle(session, job_id, capture=False)
+            for job in expired:
+                ledger.settle(session, job.id, capture=False)
+                outbox.enqueue_for(session, job, JobStatus.FAILED, now)
             # Past its deadline an upstream generation is as good as dead: stop following a
             # cancelled job's, so its account slot comes back even if no follow-up ran.
             session.execute(
@@ -142,7 +144,7 @@ class Engine:
                 .values(upstream_followup=None, next_action_at=None)
                 .execution_options(synchronize_session=False)
             )
-        self.notifier.publish(expired)
+        self.notifier.publish([job.id for job in expired])
         return len(expired)
 
     def claim_due(
@@ -680,6 +682,9 @@ class Engine:
             if ended:
                 # The money moves in the transaction that ends the job: once, or not at all.
                 ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
+            if changed and target is not None:
+                # So does the webhook event: it exists exactly when the change does.
+                outbox.enqueue_for(session, job, target)
         if ended:
             # After the commit: a woken waiter must read the terminal row, not the old one.
             self.notifier.publish([job.id])

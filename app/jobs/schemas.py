@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from app.webhooks.outbox import EVENT_TYPES as WEBHOOK_EVENTS
+
 SAMPLE_RATES = (16000, 24000, 32000, 44100)
 BITRATES = (32000, 64000, 128000, 256000)
 AUDIO_FORMATS = ("mp3", "wav", "pcm")
@@ -116,6 +118,12 @@ class CreateGenerationSchema(Schema):
             "maxProperties": MAX_METADATA_PAIRS,
             "propertyNames": {"minLength": 1, "maxLength": 64},
         },
+    )
+    webhook_events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        load_default=None,
+        validate=validate.Length(min=1),
+        metadata={"description": "Event types to send for this job (default: all of them)."},
     )
 
     @validates_schema

@@ -23,6 +23,7 @@ from app.jobs.models import FOLLOWUP_CANCEL, Job, new_job_id
 from app.jobs.status import ACTIVE, JobStatus
 from app.money import ledger
 from app.tenancy.models import ApiKey, Org
+from app.webhooks import outbox
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def create_job(
     deadline_seconds: float,
     surface: str = "v1",
     check_reference: Callable[[str], None] | None = None,
+    check_callback: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
     max_active_jobs: int | None = None,
     recent_active: TTLCache[int] | None = None,
@@ -237,6 +239,9 @@ def create_job(
             code="model_not_found",
         )
     check_limits(model, args)
+    if args.get("callback_url") and check_callback is not None:
+        # Refused now, not at the first delivery: a bad target is the client's to fix.
+        check_callback(args["callback_url"])
     if args.get("reference_audio_url") and check_reference is not None:
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
         check_reference(args["reference_audio_url"])
@@ -244,7 +249,14 @@ def create_job(
     now = utcnow()
     request = {
         k: args[k]
-        for k in ("prompt", "lyrics", "output_format", "audio_setting", "reference_audio_url")
+        for k in (
+            "prompt",
+            "lyrics",
+            "output_format",
+            "audio_setting",
+            "reference_audio_url",
+            "webhook_events",
+        )
         if args.get(k) is not None
     }
     values: dict[str, Any] = dict(
@@ -362,6 +374,8 @@ def cancel_job(session: Session, key: ApiKey, job_id: str) -> Job:
             param="id",
             code="job_not_cancellable",
         )
-    # The money goes back in the transaction that ends the job: once, or not at all.
+    # The money goes back in the transaction that ends the job: once, or not at all; and
+    # the webhook event exists exactly when the cancel does.
     ledger.settle(session, cancelled.id, capture=False)
+    outbox.enqueue_for(session, cancelled, JobStatus.CANCELLED, now)
     return cancelled

@@ -29,6 +29,7 @@ from app.jobs.schemas import (
 from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
 from app.storage import StorageUnavailable
+from app.webhooks import urls as webhook_urls
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class Generations(MethodView):
             args,
             deadline_seconds=ext.settings.job_deadline_seconds,
             check_reference=lambda url: reference_audio.check(url, ext.settings),
+            check_callback=lambda url: webhook_urls.check_param(url, ext.settings, "callback_url"),
             offers=ext.offers,
             max_active_jobs=ext.settings.org_max_active_jobs,
             recent_active=ext.recent_active,

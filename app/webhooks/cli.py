@@ -1,0 +1,210 @@
+"""``chorus webhooks …``: an org's endpoint and secret, and a job's delivery log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from sqlalchemy import select, update
+
+from config import Settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _org_id(session: object, org_name: str) -> int:
+    from app.tenancy.models import Org
+
+    org = session.scalar(select(Org).where(Org.name == org_name))  # type: ignore[attr-defined]
+    if org is None:
+        raise click.ClickException(f"no org named {org_name!r}")
+    return int(org.id)
+
+
+@click.group()
+def webhooks() -> None:
+    """Webhooks: the org's default endpoint, its signing secret, and deliveries."""
+
+
+@webhooks.group()
+def endpoint() -> None:
+    """The org's default endpoint (for jobs that name no callback_url)."""
+
+
+@endpoint.command("set")
+@click.option("--org", "org_name", required=True)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    help="An event type to send (repeat it); default: every one.",
+)
+@click.argument("url")
+@click.pass_context
+def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url: str) -> None:
+    """Set the endpoint to URL (checked as the API checks it); enables it again if disabled."""
+    from app.db import Database
+    from app.webhooks import outbox, signing, urls
+    from app.webhooks.models import WebhookEndpoint
+
+    settings = _settings(ctx)
+    unknown = sorted(set(events) - set(outbox.EVENT_TYPES))
+    if unknown:
+        raise click.ClickException(
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(outbox.EVENT_TYPES)}"
+        )
+    try:
+        urls.check(url, settings)
+    except urls.RefusedURL as exc:
+        raise click.ClickException(f"refused: {exc}") from exc
+    with Database(settings).transaction() as session:
+        org_id = _org_id(session, org_name)
+        found = session.scalar(
+            select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id).with_for_update()
+        )
+        if found is None:
+            found = WebhookEndpoint(org_id=org_id, url=url)
+            session.add(found)
+        found.url, found.events = url, list(events) or None
+        found.disabled_at = found.disabled_reason = None
+        signing.current_secret(session, org_id)
+    click.echo(url)
+
+
+@endpoint.command("show")
+@click.option("--org", "org_name", required=True)
+@click.pass_context
+def endpoint_show(ctx: click.Context, org_name: str) -> None:
+    """URL, events and state of the org's endpoint."""
+    from app.db import Database
+    from app.webhooks import outbox
+    from app.webhooks.models import WebhookEndpoint
+
+    with Database(_settings(ctx)).session() as session:
+        org_id = _org_id(session, org_name)
+        found = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id))
+        if found is None:
+            raise click.ClickException(f"org {org_name!r} has no webhook endpoint")
+        state = f"disabled ({found.disabled_reason})" if found.disabled_at else "enabled"
+        click.echo(f"{found.url}\t{','.join(found.events or outbox.EVENT_TYPES)}\t{state}")
+
+
+@endpoint.command("delete")
+@click.option("--org", "org_name", required=True)
+@click.pass_context
+def endpoint_delete(ctx: click.Context, org_name: str) -> None:
+    """Remove the org's endpoint; its deliveries still waiting are given up."""
+    from app.db import Database
+    from app.webhooks import outbox
+    from app.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+    with Database(_settings(ctx)).transaction() as session:
+        org_id = _org_id(session, org_name)
+        found = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id))
+        if found is None:
+            raise click.ClickException(f"org {org_name!r} has no webhook endpoint")
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == found.id,
+                WebhookDelivery.status == outbox.PENDING,
+            )
+            .values(status=outbox.DISABLED, next_attempt_at=None, last_error="endpoint removed")
+        )
+        session.delete(found)
+    click.echo("deleted", err=True)
+
+
+@webhooks.group()
+def secret() -> None:
+    """The org's signing secret (whsec_…)."""
+
+
+@secret.command("show")
+@click.option("--org", "org_name", required=True)
+@click.pass_context
+def secret_show(ctx: click.Context, org_name: str) -> None:
+    """Print the current secret (created on first use)."""
+    from app.db import Database
+    from app.webhooks import signing
+
+    with Database(_settings(ctx)).transaction() as session:
+        key = signing.current_secret(session, _org_id(session, org_name))
+    click.echo(key)
+
+
+@secret.command("rotate")
+@click.option("--org", "org_name", required=True)
+@click.pass_context
+def secret_rotate(ctx: click.Context, org_name: str) -> None:
+    """Print a new secret; the previous one keeps signing for WEBHOOK_SECRET_OVERLAP seconds."""
+    from app.db import Database
+    from app.webhooks import signing
+
+    settings = _settings(ctx)
+    with Database(settings).transaction() as session:
+        key, until = signing.rotate(
+            session, _org_id(session, org_name), settings.webhook_secret_overlap
+        )
+    click.echo(key)
+    click.echo(f"the previous secret signs too until {until.isoformat()}", err=True)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+@webhooks.command("deliveries")
+@click.argument("job_id")
+@click.pass_context
+def deliveries(ctx: click.Context, job_id: str) -> None:
+    """A job's deliveries and every attempt: time, status code, latency, error."""
+    from app.db import Database
+    from app.webhooks.models import WebhookAttempt, WebhookDelivery
+
+    with Database(_settings(ctx)).session() as session:
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.id)
+        ).all()
+        if not rows:
+            raise click.ClickException(f"no deliveries for job {job_id!r}")
+        for d in rows:
+            click.echo(
+                f"{d.id}\t{d.event_type}\t{d.status}\tattempts={d.attempt_count}\t"
+                f"next={_when(d.next_attempt_at)}\t{d.url}"
+            )
+            for a in session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id == d.id)
+                .order_by(WebhookAttempt.id)
+            ):
+                code = a.status_code if a.status_code is not None else "-"
+                manual = " (redeliver)" if a.manual else ""
+                click.echo(
+                    f"  #{a.attempt}{manual}\t{_when(a.started_at)}\t{code}\t"
+                    f"{a.latency_ms} ms\t{a.error or ''}"
+                )
+
+
+@webhooks.command("redeliver")
+@click.argument("delivery_id")
+@click.pass_context
+def redeliver_command(ctx: click.Context, delivery_id: str) -> None:
+    """Send a delivery again (same webhook-id) as soon as a worker can."""
+    from app.db import Database
+    from app.webhooks.models import WebhookDelivery
+    from app.webhooks.outbox import redeliver
+
+    with Database(_settings(ctx)).transaction() as session:
+        found = session.scalar(
+            select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
+        )
+        if found is None:
+            raise click.ClickException(f"no delivery {delivery_id!r}")
+        redeliver(found)
+    click.echo(delivery_id)

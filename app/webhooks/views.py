@@ -1,0 +1,289 @@
+"""The webhook API: the org's default endpoint, its signing secret, and each job's deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Response, g, jsonify
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import RAISE, Schema, fields, validate
+from sqlalchemy import select, update
+
+from app.api.auth import require_key
+from app.api.errors import ApiError
+from app.db import utcnow
+from app.extensions import chorus
+from app.jobs import service
+from app.jobs.schemas import OpenAIErrorSchema
+from app.webhooks import outbox, signing, urls
+from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+blp = Blueprint(
+    "webhooks",
+    __name__,
+    url_prefix="/v1/webhooks",
+    description="Where job events go, and the secret they are signed with.",
+)
+deliveries = Blueprint(
+    "deliveries",
+    __name__,
+    url_prefix="/v1/music/generations",
+    description="A job's webhook deliveries: the log of attempts, and redelivery.",
+)
+blp.before_request(require_key)
+deliveries.before_request(require_key)
+
+
+class EndpointArgs(Schema):
+    class Meta:
+        unknown = RAISE
+
+    url = fields.Url(
+        schemes={"http", "https"},
+        required=True,
+        validate=validate.Length(max=urls.MAX_URL_LENGTH),
+        error_messages={"required": "Missing required parameter: url"},
+    )
+    events = fields.List(
+        fields.String(validate=validate.OneOf(outbox.EVENT_TYPES)),
+        load_default=None,
+        validate=validate.Length(min=1),
+        metadata={"description": "Event types to send (default: all of them)."},
+    )
+
+
+class EndpointSchema(Schema):
+    object = fields.String(metadata={"example": "webhook.endpoint"})
+    url = fields.String()
+    events = fields.List(fields.String())
+    status = fields.String(metadata={"enum": ["enabled", "disabled"]})
+    disabled_reason = fields.String(allow_none=True)
+    created = fields.Integer()
+    updated = fields.Integer()
+
+
+class SecretSchema(Schema):
+    object = fields.String(metadata={"example": "webhook.secret"})
+    key = fields.String(metadata={"example": "whsec_…"})
+    previous_valid_until = fields.Integer(allow_none=True)
+
+
+class AttemptSchema(Schema):
+    attempt = fields.Integer()
+    manual = fields.Boolean()
+    at = fields.Integer(metadata={"description": "unix seconds"})
+    status_code = fields.Integer(allow_none=True)
+    latency_ms = fields.Integer()
+    error = fields.String(allow_none=True)
+
+
+class DeliverySchema(Schema):
+    id = fields.String(metadata={"description": "Sent as webhook-id on every attempt."})
+    object = fields.String(metadata={"example": "webhook.delivery"})
+    type = fields.String()
+    url = fields.String()
+    status = fields.String(metadata={"enum": list(outbox.DELIVERY_STATUSES)})
+    created = fields.Integer()
+    next_attempt_at = fields.Integer(allow_none=True)
+    delivered_at = fields.Integer(allow_none=True)
+    attempts = fields.List(fields.Nested(AttemptSchema))
+
+
+class DeliveryListSchema(Schema):
+    object = fields.String()
+    data = fields.List(fields.Nested(DeliverySchema))
+
+
+def _unix(value: dt.datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def endpoint_object(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    return {
+        "object": "webhook.endpoint",
+        "url": endpoint.url,
+        "events": endpoint.events or list(outbox.EVENT_TYPES),
+        "status": "disabled" if endpoint.disabled_at else "enabled",
+        "disabled_reason": endpoint.disabled_reason,
+        "created": _unix(endpoint.created_at),
+        "updated": _unix(endpoint.updated_at),
+    }
+
+
+def delivery_object(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "object": "webhook.delivery",
+        "type": delivery.event_type,
+        "url": delivery.url,
+        "status": delivery.status,
+        "created": _unix(delivery.event_at),
+        "next_attempt_at": _unix(delivery.next_attempt_at),
+        "delivered_at": _unix(delivery.delivered_at),
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "manual": a.manual,
+                "at": _unix(a.started_at),
+                "status_code": a.status_code,
+                "latency_ms": a.latency_ms,
+                "error": a.error,
+            }
+            for a in attempts
+        ],
+    }
+
+
+def _no_endpoint() -> ApiError:
+    return ApiError(404, "This org has no default webhook endpoint.", code="not_found")
+
+
+@blp.route("/endpoint")
+class Endpoint(MethodView):
+    @blp.response(200, EndpointSchema)
+    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No endpoint set.")
+    def get(self) -> Response:
+        """The org's default endpoint: where events go for jobs that name no ``callback_url``."""
+        endpoint = _endpoint(g.api_key.org_id)
+        if endpoint is None:
+            raise _no_endpoint()
+        return jsonify(endpoint_object(endpoint))
+
+    @blp.arguments(EndpointArgs)
+    @blp.response(200, EndpointSchema)
+    @blp.alt_response(400, schema=OpenAIErrorSchema, description="A URL Chorus will not call.")
+    def put(self, args: dict[str, Any]) -> Response:
+        """Set (or replace) the org's default endpoint. Enables it again if a 410 disabled it."""
+        ext = chorus()
+        urls.check_param(args["url"], ext.settings, "url")
+        session = ext.session()
+        org_id = g.api_key.org_id
+        endpoint = _endpoint(org_id, for_update=True)
+        if endpoint is None:
+            endpoint = WebhookEndpoint(org_id=org_id, url=args["url"])
+            session.add(endpoint)
+        endpoint.url = args["url"]
+        endpoint.events = args["events"]
+        endpoint.disabled_at = None
+        endpoint.disabled_reason = None
+        endpoint.updated_at = utcnow()
+        signing.current_secret(session, org_id)  # so the secret is there before any event
+        session.commit()
+        return jsonify(endpoint_object(endpoint))
+
+    @blp.response(204)
+    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No endpoint set.")
+    def delete(self) -> Response:
+        """Remove the default endpoint; its deliveries still waiting are given up."""
+        session = chorus().session()
+        endpoint = _endpoint(g.api_key.org_id, for_update=True)
+        if endpoint is None:
+            raise _no_endpoint()
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint.id,
+                WebhookDelivery.status == outbox.PENDING,
+            )
+            .values(status=outbox.DISABLED, next_attempt_at=None, last_error="endpoint removed")
+            .execution_options(synchronize_session=False)
+        )
+        session.delete(endpoint)
+        session.commit()
+        return Response(status=204)
+
+
+def _endpoint(org_id: int, *, for_update: bool = False) -> WebhookEndpoint | None:
+    query = select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
+    if for_update:
+        query = query.with_for_update()
+    return chorus().session().scalar(query)
+
+
+@blp.route("/secret")
+class Secret(MethodView):
+    @blp.response(200, SecretSchema)
+    def get(self) -> Response:
+        """The org's current signing secret (``whsec_…``), created on first use."""
+        session = chorus().session()
+        key = signing.current_secret(session, g.api_key.org_id)
+        session.commit()
+        return jsonify(object="webhook.secret", key=key, previous_valid_until=None)
+
+
+@blp.route("/secret/rotate")
+class SecretRotation(MethodView):
+    @blp.response(200, SecretSchema)
+    def post(self) -> Response:
+        """A new signing secret. The previous one keeps signing (both signatures are sent)
+        for ``WEBHOOK_SECRET_OVERLAP`` seconds, long enough to deploy the new one."""
+        ext = chorus()
+        session = ext.session()
+        key, until = signing.rotate(session, g.api_key.org_id, ext.settings.webhook_secret_overlap)
+        session.commit()
+        return jsonify(object="webhook.secret", key=key, previous_valid_until=_unix(until))
+
+
+@deliveries.route("/<job_id>/deliveries")
+class Deliveries(MethodView):
+    @deliveries.response(200, DeliveryListSchema)
+    @deliveries.alt_response(404, schema=OpenAIErrorSchema, description="No such job.")
+    def get(self, job_id: str) -> Response:
+        """The job's webhook deliveries, oldest first, each with its attempts."""
+        session = chorus().session()
+        job = service.get_job(session, g.api_key, job_id)
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job.id)
+            .order_by(WebhookDelivery.id)
+        ).all()
+        attempts = _attempts(session, [d.id for d in rows])
+        data = [delivery_object(d, attempts.get(d.id, [])) for d in rows]
+        return jsonify(object="list", data=data)
+
+
+@deliveries.route("/<job_id>/deliveries/<delivery_id>/redeliver")
+class Redeliver(MethodView):
+    @deliveries.response(202, DeliverySchema)
+    @deliveries.alt_response(404, schema=OpenAIErrorSchema, description="No such delivery.")
+    def post(self, job_id: str, delivery_id: str) -> Response:
+        """Send a delivery again, with the same ``webhook-id``, as soon as a worker can.
+
+        A delivery still being retried is simply tried now. A finished one (delivered, dead,
+        disabled) gets one more attempt; its retry schedule does not start over.
+        """
+        session = chorus().session()
+        job = service.get_job(session, g.api_key, job_id)
+        delivery = session.scalar(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.job_id == job.id)
+            .with_for_update()
+        )
+        if delivery is None:
+            raise ApiError(
+                404,
+                f"No delivery '{delivery_id}' for job '{job_id}'.",
+                param="delivery_id",
+                code="not_found",
+            )
+        outbox.redeliver(delivery)
+        session.commit()
+        attempts = _attempts(session, [delivery.id])
+        response = jsonify(delivery_object(delivery, attempts.get(delivery.id, [])))
+        response.status_code = 202
+        return response
+
+
+def _attempts(session: Any, delivery_ids: list[str]) -> dict[str, list[WebhookAttempt]]:
+    found: dict[str, list[WebhookAttempt]] = {}
+    if not delivery_ids:
+        return found
+    for attempt in session.scalars(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+        .order_by(WebhookAttempt.id)
+    ):
+        found.setdefault(attempt.delivery_id, []).append(attempt)
+    return found

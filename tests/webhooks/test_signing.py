@@ -1,0 +1,52 @@
+"""Signatures Chorus sends verify with the reference Standard Webhooks library."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from app.db import Database, utcnow
+from app.tenancy.keys import get_or_create_org
+from app.webhooks import signing
+
+BODY = '{"type":"music.generation.succeeded","data":{"id":"luid_x"}}'
+
+
+def test_a_signature_verifies_with_the_reference_library() -> None:
+    secret = signing.new_secret()
+    assert secret.startswith("whsec_")
+    headers = signing.headers([secret], "msg_1", utcnow(), BODY)
+    assert Webhook(secret).verify(BODY, headers) == {
+        "type": "music.generation.succeeded",
+        "data": {"id": "luid_x"},
+    }
+
+
+def test_a_tampered_body_or_an_old_timestamp_fails() -> None:
+    secret = signing.new_secret()
+    headers = signing.headers([secret], "msg_1", utcnow(), BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY.replace("luid_x", "luid_y"), headers)
+    old = signing.headers([secret], "msg_1", utcnow() - dt.timedelta(minutes=6), BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY, old)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(signing.new_secret()).verify(BODY, headers)
+
+
+def test_rotation_signs_with_both_secrets_until_the_old_one_expires(db: Database) -> None:
+    with db.transaction() as session:
+        org_id = get_or_create_org(session, "acme").id
+        old = signing.current_secret(session, org_id)
+        assert signing.current_secret(session, org_id) == old  # created once
+        new, until = signing.rotate(session, org_id, overlap=3600)
+        signing_now = signing.signing_secrets(session, org_id)
+        later = signing.signing_secrets(session, org_id, now=until + dt.timedelta(seconds=1))
+    assert new != old and signing_now == [new, old] and later == [new]
+    headers = signing.headers(signing_now, "msg_2", utcnow(), BODY)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    # A receiver holding either secret accepts the delivery.
+    Webhook(old).verify(BODY, headers)
+    Webhook(new).verify(BODY, headers)
