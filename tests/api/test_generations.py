@@ -316,3 +316,29 @@ def test_a_database_restart_is_a_503_once_then_served(
     assert refused.json["error"]["code"] == "unavailable"
     served = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
     assert served.status_code == 200, served.json
+
+
+def test_reading_a_job_is_one_statement_and_still_checks_the_key(
+    app: Any, client: Any, db: Any, api_key: str, other_key: str
+) -> None:
+    """The key and the job come back together; revocation and isolation still hold."""
+    job_id = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key)).json["id"]
+    statements: list[str] = []
+    engine = app.extensions["chorus"].db.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        read = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
+        v2 = client.get(
+            "/v2/generate/audio", query_string={"generation_id": job_id}, headers=auth(api_key)
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert read.status_code == 200 and read.json["id"] == job_id
+    assert v2.status_code == 200 and v2.json["id"] == job_id
+    assert len(statements) == 2, statements
+    # Another org's key finds nothing; a revoked key is refused before anything is read.
+    assert client.get(f"/v1/music/generations/{job_id}", headers=auth(other_key)).status_code == 404
+    with db.transaction() as session:
+        session.execute(sa.text("UPDATE api_keys SET revoked_at = now()"))
+    assert client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key)).status_code == 403
