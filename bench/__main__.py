@@ -104,19 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="(e) orgs the spread-out cases send their requests over, round-robin (default 8)",
     )
     parser.add_argument(
-        "--skip-webhooks", action="store_true", help="skip phase (f) (webhook deliveries)"
+        "--skip-webhooks", action="store_true", help="skip phase (g) (webhook deliveries)"
     )
     parser.add_argument(
         "--webhook-jobs",
         type=int,
         default=1000,
-        help="(f) jobs per webhook run, one delivery each (default 1000)",
+        help="(g) jobs per webhook run, one delivery each (default 1000)",
     )
     parser.add_argument(
         "--webhook-slow-share",
         type=float,
         default=0.05,
-        help="(f) share of the second run's jobs sent to a receiver that takes 60 s (default 0.05)",
+        help="(g) share of the second run's jobs sent to a receiver that takes 60 s (default 0.05)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     parser.add_argument(
