@@ -7,33 +7,50 @@ from typing import Any
 
 from flask import Response, g, jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select, update
 
+from app.api import openapi
 from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.db import utcnow
 from app.extensions import chorus
 from app.jobs import service
 from app.jobs.schemas import OpenAIErrorSchema
-from app.webhooks import outbox, signing, urls
+from app.webhooks import examples, outbox, signing, urls
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
-blp = Blueprint(
+blp = openapi.ApiBlueprint(
     "webhooks",
     __name__,
     url_prefix="/v1/webhooks",
     description="Where job events go, and the secret they are signed with.",
+    bearer=True,
+    rate_limited=True,
 )
-deliveries = Blueprint(
+deliveries = openapi.ApiBlueprint(
     "deliveries",
     __name__,
     url_prefix="/v1/music/generations",
     description="A job's webhook deliveries: the log of attempts, and redelivery.",
+    bearer=True,
+    rate_limited=True,
 )
 blp.before_request(require_key)
 deliveries.before_request(require_key)
+
+JOB_ID = {
+    "in": "path",
+    "name": "job_id",
+    "description": "The job's id, as the submit returned it.",
+    "example": "luid_01m7z6rkxcmx0h7hnjr0bxppzc",
+}
+DELIVERY_ID = {
+    "in": "path",
+    "name": "delivery_id",
+    "description": "The delivery's id (`msg_…`), sent as `webhook-id` on each of its attempts.",
+    "example": "msg_01m7z6s3k9q2w8e4r5t6y7v8x9",
+}
 
 
 class EndpointArgs(Schema):
@@ -142,18 +159,36 @@ def _no_endpoint() -> ApiError:
 
 @blp.route("/endpoint")
 class Endpoint(MethodView):
-    @blp.response(200, EndpointSchema)
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No endpoint set.")
+    @blp.response(
+        200, EndpointSchema, description="The org's endpoint.", examples=examples.ENDPOINTS
+    )
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No endpoint set.",
+        example=examples.NO_ENDPOINT,
+    )
     def get(self) -> Response:
-        """The org's default endpoint: where events go for jobs that name no ``callback_url``."""
+        """Read the org's default endpoint, where events go for jobs with no ``callback_url``."""
         endpoint = _endpoint(g.api_key.org_id)
         if endpoint is None:
             raise _no_endpoint()
         return jsonify(endpoint_object(endpoint))
 
-    @blp.arguments(EndpointArgs)
-    @blp.response(200, EndpointSchema)
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="A URL Chorus will not call.")
+    @blp.arguments(EndpointArgs, examples=examples.ENDPOINT_REQUESTS)
+    @blp.response(
+        200,
+        EndpointSchema,
+        description="The endpoint as set, `enabled`.",
+        example=examples.ENDPOINT,
+    )
+    @blp.alt_response(
+        400,
+        schema=OpenAIErrorSchema,
+        description="Missing or invalid input, or a URL Chorus will not call "
+        "(`invalid_callback_url`); `param` names the field.",
+        examples=examples.ENDPOINT_400,
+    )
     def put(self, args: dict[str, Any]) -> Response:
         """Set (or replace) the org's default endpoint. Enables it again if a 410 disabled it."""
         ext = chorus()
@@ -173,8 +208,13 @@ class Endpoint(MethodView):
         session.commit()
         return jsonify(endpoint_object(endpoint))
 
-    @blp.response(204)
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No endpoint set.")
+    @blp.response(204, description="Removed.")
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No endpoint set.",
+        example=examples.NO_ENDPOINT,
+    )
     def delete(self) -> Response:
         """Remove the default endpoint; its deliveries still waiting are given up."""
         session = chorus().session()
@@ -204,9 +244,14 @@ def _endpoint(org_id: int, *, for_update: bool = False) -> WebhookEndpoint | Non
 
 @blp.route("/secret")
 class Secret(MethodView):
-    @blp.response(200, SecretSchema)
+    @blp.response(
+        200,
+        SecretSchema,
+        description="The current secret; `previous_valid_until` is always null here.",
+        example=examples.SECRET,
+    )
     def get(self) -> Response:
-        """The org's current signing secret (``whsec_…``), created on first use."""
+        """Read the org's current signing secret (``whsec_…``), created on first use."""
         session = chorus().session()
         key = signing.current_secret(session, g.api_key.org_id)
         session.commit()
@@ -215,10 +260,18 @@ class Secret(MethodView):
 
 @blp.route("/secret/rotate")
 class SecretRotation(MethodView):
-    @blp.response(200, SecretSchema)
+    @blp.response(
+        200,
+        SecretSchema,
+        description="The new secret; the previous one signs too until `previous_valid_until`.",
+        example=examples.SECRET_ROTATED,
+    )
     def post(self) -> Response:
-        """A new signing secret. The previous one keeps signing (both signatures are sent)
-        for ``WEBHOOK_SECRET_OVERLAP`` seconds, long enough to deploy the new one."""
+        """Rotate the org's signing secret: a new one signs from now on.
+
+        The previous one keeps signing (both signatures are sent) for
+        ``WEBHOOK_SECRET_OVERLAP`` seconds, long enough to deploy the new one.
+        """
         ext = chorus()
         session = ext.session()
         key, until = signing.rotate(session, g.api_key.org_id, ext.settings.webhook_secret_overlap)
@@ -226,12 +279,22 @@ class SecretRotation(MethodView):
         return jsonify(object="webhook.secret", key=key, previous_valid_until=_unix(until))
 
 
-@deliveries.route("/<job_id>/deliveries")
+@deliveries.route("/<job_id>/deliveries", parameters=[JOB_ID])
 class Deliveries(MethodView):
-    @deliveries.response(200, DeliveryListSchema)
-    @deliveries.alt_response(404, schema=OpenAIErrorSchema, description="No such job.")
+    @deliveries.response(
+        200,
+        DeliveryListSchema,
+        description="The job's deliveries, oldest first.",
+        example=examples.DELIVERY_LIST,
+    )
+    @deliveries.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org.",
+        example=examples.JOB_NOT_FOUND["value"],
+    )
     def get(self, job_id: str) -> Response:
-        """The job's webhook deliveries, oldest first, each with its attempts."""
+        """List the job's webhook deliveries, oldest first, each with its attempts."""
         session = chorus().session()
         job = service.get_job(session, g.api_key, job_id)
         rows = session.scalars(
@@ -244,10 +307,20 @@ class Deliveries(MethodView):
         return jsonify(object="list", data=data)
 
 
-@deliveries.route("/<job_id>/deliveries/<delivery_id>/redeliver")
+@deliveries.route("/<job_id>/deliveries/<delivery_id>/redeliver", parameters=[JOB_ID, DELIVERY_ID])
 class Redeliver(MethodView):
-    @deliveries.response(202, DeliverySchema)
-    @deliveries.alt_response(404, schema=OpenAIErrorSchema, description="No such delivery.")
+    @deliveries.response(
+        202,
+        DeliverySchema,
+        description="Accepted: the delivery, `pending`, due now.",
+        example=examples.DELIVERY_REDELIVERED,
+    )
+    @deliveries.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org, or no such delivery for the job.",
+        examples=examples.REDELIVER_404,
+    )
     def post(self, job_id: str, delivery_id: str) -> Response:
         """Send a delivery again, with the same ``webhook-id``, as soon as a worker can.
 
