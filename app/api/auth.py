@@ -49,7 +49,9 @@ def _job_read() -> str | None:
     """The job id a GET reads, if it reads one."""
     view_args = request.view_args or {}
     job_id = view_args.get("job_id") or request.args.get("generation_id")
-    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 40 else None
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 40 or "\x00" in job_id:
+        return None  # not an id any job has: the view answers for it
+    return job_id
 
 
 def _authenticate_with_job(session: Session, presented: str | None, job_id: str) -> ApiKey | None:

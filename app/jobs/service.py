@@ -295,7 +295,8 @@ def create_job(
 
 
 def get_job(session: Session, key: ApiKey, job_id: str) -> Job:
-    job = session.get(Job, job_id) if len(job_id) <= 40 else None
+    # No id is longer, and Postgres refuses a NUL in a string: both are simply unknown.
+    job = session.get(Job, job_id) if len(job_id) <= 40 and "\x00" not in job_id else None
     if job is None or job.org_id != key.org_id:
         # Another tenant's job is as unknown as a job that never existed.
         raise ApiError(

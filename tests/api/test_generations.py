@@ -342,3 +342,11 @@ def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     with db.transaction() as session:
         session.execute(sa.text("UPDATE api_keys SET revoked_at = now()"))
     assert client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key)).status_code == 403
+
+
+def test_an_id_with_a_nul_character_is_unknown_not_a_500(client: Any, api_key: str) -> None:
+    assert client.get("/v1/music/generations/a%00b", headers=auth(api_key)).status_code == 404
+    refused = client.get(
+        "/v2/generate/audio", query_string={"generation_id": "\x00"}, headers=auth(api_key)
+    )
+    assert refused.status_code == 404, refused.get_json()
