@@ -349,4 +349,6 @@ def test_an_id_with_a_nul_character_is_unknown_not_a_500(client: Any, api_key: s
     refused = client.get(
         "/v2/generate/audio", query_string={"generation_id": "\x00"}, headers=auth(api_key)
     )
-    assert refused.status_code == 404, refused.get_json()
+    # /v2 validates its query first: a 400 naming the field, in AIMLAPI's shape.
+    assert refused.status_code == 400, refused.get_json()
+    assert "generation_id" in refused.get_json()["message"]
