@@ -8,9 +8,7 @@ Cancels that race a worker run the real engine against the scripted upstream of
 from __future__ import annotations
 
 import datetime as dt
-import io
 import threading
-import wave
 from collections import Counter
 from typing import Any
 
@@ -27,26 +25,12 @@ from app.tenancy.keys import get_or_create_org
 from config import Settings
 from tests.conftest import CREDIT, GOOD_BODY, auth
 from tests.unit.fake_adapter import Script
+from tests.unit.test_engine import PENDING, SUCCESS
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
 URL = "/v1/music/generations"
 PRICE = 100  # music-2.6, in fen
-
-
-def make_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"\x00\x01" * round(seconds * rate))
-    return buffer.getvalue()
-
-
-WAV = make_wav()
-SUCCESS = PollResult(PollState.SUCCEEDED, raw_status="completed", audio_bytes=WAV)
-PENDING = PollResult(PollState.PENDING, raw_status="generating")
 
 
 # ------------------------------------------------------------------ helpers

@@ -17,7 +17,8 @@ from app.db import Database, utcnow
 from app.jobs.models import Job
 from app.money import ledger
 from app.money.models import LedgerEntry
-from tests.conftest import GOOD_BODY, Processes, auth, wait_for
+from tests.conftest import Processes, auth, wait_for
+from tests.e2e.test_lifecycle import read, submit
 from tests.storage.conftest import S3StandIn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
@@ -37,20 +38,6 @@ def env(env: dict[str, str], s3: S3StandIn, bucket: str) -> dict[str, str]:
     # The beat runs the retention task every second, so the test sees it within moments.
     env.update(RETENTION_DAYS="30", RETENTION_INTERVAL="1")
     return env
-
-
-def submit(client: Any, key: str, **extra: Any) -> str:
-    response = client.post(URL, json={**GOOD_BODY, **extra}, headers=auth(key))
-    assert response.status_code == 202, response.get_json()
-    job_id: str = response.get_json()["id"]
-    return job_id
-
-
-def read(client: Any, key: str, job_id: str) -> dict[str, Any]:
-    response = client.get(f"{URL}/{job_id}", headers=auth(key))
-    assert response.status_code == 200
-    body: dict[str, Any] = response.get_json()
-    return body
 
 
 def test_jobs_store_to_s3_and_download_then_retention_purges(
