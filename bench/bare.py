@@ -55,9 +55,10 @@ def _connections() -> ThreadedConnectionPool:
     if _pool is None:
         with _pool_lock:
             if _pool is None:
-                # As many connections as threads, so no request waits for one.
+                # As many connections as threads, so no request waits for one; and as many
+                # kept open (psycopg2's pool closes every returned connection beyond minconn).
                 size = int(os.environ.get("WEB_THREADS", "8"))
-                _pool = ThreadedConnectionPool(1, size, dsn(os.environ["DATABASE_URL"]))
+                _pool = ThreadedConnectionPool(size, size, dsn(os.environ["DATABASE_URL"]))
     return _pool
 
 

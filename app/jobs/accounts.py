@@ -32,6 +32,8 @@ BREAKER_THRESHOLD = 5
 BREAKER_COOLDOWN = dt.timedelta(seconds=30)
 PROBE_WINDOW = dt.timedelta(seconds=60)
 PARK_WHEN_BUSY = dt.timedelta(seconds=15)
+# Free room under an account's cap, as last counted, below which every submit is counted.
+SKIP_COUNT_HEADROOM = 256
 
 
 def holds_slot() -> ColumnElement[bool]:
@@ -78,6 +80,7 @@ class Accounts:
         self._lock = Lock()
         self._routes: TTLCache[list[UpstreamAccount]] = TTLCache(ttl=5.0)
         self._open_accounts: TTLCache[frozenset[str]] = TTLCache(ttl=1.0)
+        self._recent_in_flight: TTLCache[int] = TTLCache(ttl=1.0)
 
     # ------------------------------------------------------------------ choosing
 
@@ -143,16 +146,17 @@ class Accounts:
                 if state and state.open_until and state.open_until > now:
                     waits.append(Wait("breaker_open", state.open_until))
                     continue
-                # Lock the account: counting and taking a slot must not interleave.
-                session.execute(
-                    update(UpstreamAccount)
-                    .where(UpstreamAccount.id == account.id)
-                    .values(max_in_flight=UpstreamAccount.max_in_flight)
-                    .execution_options(synchronize_session=False)
-                )
-                if self.in_flight(session, account.id) >= account.max_in_flight:
-                    waits.append(Wait("busy", now + PARK_WHEN_BUSY))
-                    continue
+                if not self._far_below_cap(session, account):
+                    # Lock the account: counting and taking a slot must not interleave.
+                    session.execute(
+                        update(UpstreamAccount)
+                        .where(UpstreamAccount.id == account.id)
+                        .values(max_in_flight=UpstreamAccount.max_in_flight)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if self.in_flight(session, account.id) >= account.max_in_flight:
+                        waits.append(Wait("busy", now + PARK_WHEN_BUSY))
+                        continue
                 if state and state.open_until and not self._take_probe(session, account.id, now):
                     waits.append(Wait("breaker_open", now + BREAKER_COOLDOWN))
                     continue
@@ -179,6 +183,21 @@ class Accounts:
                     return Lost
                 return Reserved(account)
         return min(waits, key=lambda w: w.until)
+
+    def _far_below_cap(self, session: Session, account: UpstreamAccount) -> bool:
+        """Whether the account's count of jobs in flight, as this process saw it at most a
+        second ago, leaves at least half its cap (and ``SKIP_COUNT_HEADROOM``) free.
+
+        Then a submit takes its slot without the account lock and the count: to overshoot,
+        that many submits to the one account would have to start within that second. Every
+        submit to an account nearer its cap (a useapi account's cap is 1) is counted under
+        the lock, exactly.
+        """
+        cap = account.max_in_flight
+        if cap < 2 * SKIP_COUNT_HEADROOM:
+            return False  # a small cap is always counted
+        recent = self._recent_in_flight.get(account.id, lambda: self.in_flight(session, account.id))
+        return cap - recent >= max(cap // 2, SKIP_COUNT_HEADROOM)
 
     def _take_probe(self, session: Session, account_id: str, now: dt.datetime) -> bool:
         """Half-open: exactly one caller at a time gets to try the account."""

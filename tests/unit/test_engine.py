@@ -1017,3 +1017,34 @@ def test_advance_many_writes_a_batch_of_pending_polls_at_once(
     handed = row(db, cancelled)
     assert handed.status == JobStatus.CANCELLED and handed.lease_token is None
     assert handed.poll_count == 0
+
+
+def test_an_account_far_below_its_cap_takes_slots_without_its_lock(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    """Far below an account's cap a submit skips the account lock and the count; a small
+    cap is counted under the lock every time, and refuses the submit over it."""
+    from app.catalog.models import UpstreamAccount
+
+    def account_locks(job_id: str) -> int:
+        statements: list[str] = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            step(engine, db, job_id)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+        return sum(s.lstrip().upper().startswith("UPDATE UPSTREAM_ACCOUNTS") for s in statements)
+
+    with db.transaction() as session:
+        session.execute(update(UpstreamAccount).values(max_in_flight=100_000))
+    assert account_locks(new_job(db, settings)) == 0
+    assert account_locks(new_job(db, settings)) == 0
+
+    with db.transaction() as session:
+        session.execute(update(UpstreamAccount).values(max_in_flight=3))
+    assert account_locks(new_job(db, settings)) >= 1  # the third job in flight: counted
+    full = new_job(db, settings)
+    assert account_locks(full) >= 1
+    assert row(db, full).status == JobStatus.QUEUED and row(db, full).waiting_since is not None
+    assert len(script.submits) == 3
