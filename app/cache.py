@@ -36,3 +36,19 @@ class TTLCache(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+# Free room under a cap, as last counted, below which every request is counted again.
+SKIP_COUNT_HEADROOM = 256
+
+
+def far_below_cap(cap: int, recent: Callable[[], int]) -> bool:
+    """Whether ``recent()``, a count this process saw moments ago (a TTLCache entry), leaves
+    at least half of ``cap`` (and ``SKIP_COUNT_HEADROOM``) free.
+
+    Then one more request may skip the exact count: to overshoot, that many would have to
+    arrive within the cache's lifetime. A small cap is always counted.
+    """
+    if cap < SKIP_COUNT_HEADROOM:
+        return False
+    return cap - recent() >= max(cap // 2, SKIP_COUNT_HEADROOM)

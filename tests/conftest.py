@@ -215,6 +215,19 @@ def sim(settings: Settings, env: dict[str, str]) -> Iterator[str]:
     shutdown()
 
 
+def lock_waiters(db: Database) -> int:
+    """Sessions of this database waiting on a row lock: how a test knows a race is on."""
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
+
+
 class Processes:
     """Child processes of a test, killed at teardown, with their output kept for failures."""
 

@@ -23,7 +23,7 @@ from app.money import ledger
 from app.money.models import LedgerEntry
 from app.tenancy.keys import get_or_create_org
 from app.tenancy.models import ApiKey
-from tests.conftest import GOOD_BODY, ROOT, auth
+from tests.conftest import GOOD_BODY, ROOT, auth, lock_waiters
 
 CHORUS = ROOT / ".venv" / "bin" / "chorus"
 KEY_RE = re.compile(r"^chs_[A-Za-z0-9_-]{40,}$")
@@ -158,18 +158,6 @@ def test_balance_add_then_show_prints_only_the_number(env: dict[str, str], db: D
 def test_balance_add_takes_a_negative_amount_as_written(env: dict[str, str], db: Database) -> None:
     chorus(env, "balance", "add", "--org", "acme", "500")
     assert chorus(env, "balance", "add", "--org", "acme", "-100", check=False).stdout == "400\n"
-
-
-def lock_waiters(db: Database) -> int:
-    with db.engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        )
 
 
 def test_a_downward_adjustment_racing_a_submit_never_goes_below_zero(

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.cache import TTLCache
+from app.cache import TTLCache, far_below_cap
 from app.catalog.models import AccountState, Route, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.models import Job
@@ -32,8 +32,6 @@ BREAKER_THRESHOLD = 5
 BREAKER_COOLDOWN = dt.timedelta(seconds=30)
 PROBE_WINDOW = dt.timedelta(seconds=60)
 PARK_WHEN_BUSY = dt.timedelta(seconds=15)
-# Free room under an account's cap, as last counted, below which every submit is counted.
-SKIP_COUNT_HEADROOM = 256
 
 
 def holds_slot() -> ColumnElement[bool]:
@@ -185,19 +183,17 @@ class Accounts:
         return min(waits, key=lambda w: w.until)
 
     def _far_below_cap(self, session: Session, account: UpstreamAccount) -> bool:
-        """Whether the account's count of jobs in flight, as this process saw it at most a
-        second ago, leaves at least half its cap (and ``SKIP_COUNT_HEADROOM``) free.
-
-        Then a submit takes its slot without the account lock and the count: to overshoot,
-        that many submits to the one account would have to start within that second. Every
-        submit to an account nearer its cap (a useapi account's cap is 1) is counted under
-        the lock, exactly.
+        """Whether the account's jobs in flight, as this process counted them at most a
+        second ago, are far below its cap (``far_below_cap``): then a submit takes its slot
+        without the account lock and the count. Every submit to an account nearer its cap
+        (a useapi account's cap is 1) is counted under the lock, exactly.
         """
-        cap = account.max_in_flight
-        if cap < 2 * SKIP_COUNT_HEADROOM:
-            return False  # a small cap is always counted
-        recent = self._recent_in_flight.get(account.id, lambda: self.in_flight(session, account.id))
-        return cap - recent >= max(cap // 2, SKIP_COUNT_HEADROOM)
+        return far_below_cap(
+            account.max_in_flight,
+            lambda: self._recent_in_flight.get(
+                account.id, lambda: self.in_flight(session, account.id)
+            ),
+        )
 
     def _take_probe(self, session: Session, account_id: str, now: dt.datetime) -> bool:
         """Half-open: exactly one caller at a time gets to try the account."""

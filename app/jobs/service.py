@@ -16,7 +16,7 @@ from sqlalchemy import Table, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.cache import TTLCache
+from app.cache import TTLCache, far_below_cap
 from app.catalog.models import Category, Model, Route
 from app.db import utcnow
 from app.jobs.models import FOLLOWUP_CANCEL, Job, new_job_id
@@ -119,8 +119,6 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
 # Below this distance from the cap, counting needs no lock: more concurrent submits of one
 # org than this would have to be in progress at once to overshoot.
 CAP_LOCK_MARGIN = 64
-# Free room under the cap, as last counted, below which every submit is counted again.
-SKIP_COUNT_HEADROOM = 256
 
 
 def charge(
@@ -176,15 +174,14 @@ def check_active_cap(
     """Refuse a submit that takes the org over ``cap`` queued + running jobs (429).
 
     ``recent_active`` holds each org's count as this process last saw it (for about a
-    second). While that count leaves at least half the cap (and at least
-    ``SKIP_COUNT_HEADROOM``) free, the submit is not counted at all: to overshoot, one org
-    would need that many submits within that second. Nearer the cap every submit counts,
-    and within ``CAP_LOCK_MARGIN`` of it, under the org's row lock, exactly.
+    second). Far below the cap (``far_below_cap``) the submit is not counted at all. Nearer
+    the cap every submit counts, and within ``CAP_LOCK_MARGIN`` of it, under the org's row
+    lock, exactly.
     """
-    if recent_active is not None:
-        recent = recent_active.get(org_id, lambda: count_active(session, org_id))
-        if cap - recent >= max(cap // 2, SKIP_COUNT_HEADROOM):
-            return
+    if recent_active is not None and far_below_cap(
+        cap, lambda: recent_active.get(org_id, lambda: count_active(session, org_id))
+    ):
+        return
     active = count_active(session, org_id)
     if active > cap - CAP_LOCK_MARGIN:
         # Near the cap: serialise this org's submits on its row and count again exactly.

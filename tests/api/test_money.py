@@ -39,7 +39,16 @@ from app.money.models import LedgerEntry
 from app.tenancy.keys import get_or_create_org
 from app.tenancy.models import ApiKey
 from config import load_settings
-from tests.conftest import CREDIT, GOOD_BODY, ROOT, Processes, auth, funded_key, wait_for
+from tests.conftest import (
+    CREDIT,
+    GOOD_BODY,
+    ROOT,
+    Processes,
+    auth,
+    funded_key,
+    lock_waiters,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
@@ -336,18 +345,6 @@ def test_the_fourth_active_job_is_429_and_holds_nothing(
     assert submit(client, api_key).status_code == 429
     assert balance_of(db, org) == ledger.Totals(CREDIT - 3 * PRICE, 3 * PRICE)
     assert ledger_kinds(db, org) == {"topup": 1, "hold": 4, "release": 1}
-
-
-def lock_waiters(db: Database) -> int:
-    with db.engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        )
 
 
 def test_the_cap_holds_across_currencies(db: Database, api_key: str) -> None:

@@ -21,6 +21,7 @@ from app.db import Database
 from app.money import ledger
 from app.money.models import LedgerEntry
 from app.tenancy.keys import get_or_create_org
+from tests.conftest import lock_waiters
 
 CNY = "CNY"
 
@@ -386,18 +387,6 @@ def test_concurrent_identical_settlements_move_the_money_once(db: Database, capt
     assert totals(db, org) == (ledger.Totals(900, 0) if capture else ledger.Totals(1_000, 0))
     assert len(entries(db, "luid_1")) == 2
     assert_consistent(db, org)
-
-
-def lock_waiters(db: Database) -> int:
-    with db.engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        )
 
 
 def test_concurrent_capture_and_release_of_one_job_settle_it_once(db: Database) -> None:
