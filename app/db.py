@@ -103,6 +103,7 @@ class Database:
         # for the one request per connection that finds the restart (the pool is then renewed).
         self.pre_ping = pre_ping
         self._engine: Engine | None = None
+        self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
     @property
@@ -110,6 +111,20 @@ class Database:
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url, pre_ping=self.pre_ping)
         return self._engine
+
+    @property
+    def reader(self) -> Engine:
+        """An engine whose connections autocommit, for reads that are one statement.
+
+        A lone SELECT needs no transaction: in autocommit it is one round trip, where the
+        pooled transactional connection adds a BEGIN before it and a ROLLBACK at checkin.
+        Its own pool, so no connection switches mode between uses.
+        """
+        if self._reader is None:
+            self._reader = make_engine(
+                self.settings.database_url, pre_ping=self.pre_ping, isolation_level="AUTOCOMMIT"
+            )
+        return self._reader
 
     @property
     def is_sqlite(self) -> bool:
@@ -128,5 +143,6 @@ class Database:
 
     def dispose(self) -> None:
         """Drop pooled connections; called in forked children, which must not share sockets."""
-        if self._engine is not None:
-            self._engine.dispose(close=False)
+        for engine in (self._engine, self._reader):
+            if engine is not None:
+                engine.dispose(close=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, request
+from flask.sessions import SessionInterface
 from flask_smorest import Api
 from marshmallow import fields
 from sqlalchemy.exc import DBAPIError
@@ -12,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.api import openapi
 from app.api.errors import V2_PREFIX, ApiError, error_response, from_validation
-from app.api.limits import init_limiter
+from app.api.limits import init_rate_limit
 from app.db import Database
 from app.extensions import Chorus, close_session
 from app.jobs.schemas import OpenAIErrorSchema
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = NoCookieSessions()
     app.extensions["chorus"] = Chorus(
         settings=settings,
         db=Database(settings, pre_ping=False),
@@ -91,10 +93,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.webhooks.views import blp as webhooks
     from app.webhooks.views import deliveries
 
-    limiter = init_limiter(app, settings)
-    for blueprint in (blp, account, v2, webhooks, deliveries):
-        # One budget per key across every route, not one per route.
-        limiter.shared_limit(settings.rate_limit, scope="api")(blueprint)
+    # One budget per key across every route of these blueprints, not one per route.
+    init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
 
     api.register_blueprint(blp)
     api.register_blueprint(files)
@@ -107,6 +107,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(DBAPIError, _database_unavailable)
     app.after_request(_no_store)
     return app
+
+
+class NoCookieSessions(SessionInterface):
+    """Chorus keeps no browser sessions: callers carry an API key. Flask's default would
+    still read and sign a session cookie on every request because SECRET_KEY is set (it
+    signs audio links)."""
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None
 
 
 def _database_unavailable(error: DBAPIError) -> Response:

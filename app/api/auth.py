@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from flask import g, request
-from sqlalchemy import and_, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, Table, and_, bindparam, select
 
 from app.api.errors import ApiError
 from app.extensions import chorus
-from app.jobs.models import Job
-from app.tenancy.keys import authenticate, hash_key
+from app.jobs.models import Job, JobRecord
+from app.jobs.service import get_job, job_not_found
+from app.tenancy.keys import Caller, authenticate, hash_key
 from app.tenancy.models import ApiKey
 
+_JOBS = cast(Table, Job.__table__)
+
 # A read of one job (GET /v1/music/generations/{id}, GET /v2/generate/audio?generation_id=)
-# is the API's commonest request. Its key and its job come back in one round trip: the job,
-# when it is the org's, lands in the session, where the view's own lookup finds it.
+# is the API's commonest request. Its key and its job come back in one round trip, as a plain
+# row (the job's columns under their own names): building an ORM object for a read that
+# only turns into JSON would cost more than the query.
 _KEY_AND_JOB = (
-    select(ApiKey, Job)
-    .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.org_id == ApiKey.org_id))
+    select(
+        ApiKey.id.label("key_id"),
+        ApiKey.org_id.label("key_org_id"),
+        ApiKey.revoked_at.label("key_revoked_at"),
+        *_JOBS.c,
+    )
+    .select_from(ApiKey)
+    .outerjoin(_JOBS, and_(_JOBS.c.id == bindparam("job_id"), _JOBS.c.org_id == ApiKey.org_id))
     .where(ApiKey.key_hash == bindparam("key_hash"))
 )
 
@@ -28,21 +39,39 @@ def presented_key() -> str | None:
 
 
 def require_key() -> None:
-    """``before_request`` of every /v1 blueprint: the caller's live key, or 403."""
-    session = chorus().session()
+    """``before_request`` of every /v1 blueprint: the caller's live key, or 403.
+
+    Keys are read on an autocommit connection (one round trip, no transaction) and never
+    cached: revocation is checked on every request, so a revoked key is refused at once.
+    """
+    presented = presented_key()
     job_id = _job_read() if request.method == "GET" else None
-    key = _authenticate_with_job(session, presented_key(), job_id) if job_id else None
-    if job_id is None:
-        key = authenticate(session, presented_key())
+    key = None
+    if presented:
+        with chorus().db.reader.connect() as conn:
+            if job_id is None:
+                key = authenticate(conn, presented)
+            else:
+                key = _authenticate_with_job(conn, presented, job_id)
     if key is None:
-        # The seed answers a missing or unknown key with 403 ("need login"). Revocation is
-        # checked on every request, so a revoked key is refused at once.
+        # The seed answers a missing or unknown key with 403 ("need login").
         raise ApiError(
             403,
             "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
             code="invalid_api_key",
         )
     g.api_key = key
+
+
+def read_job(job_id: str) -> JobRecord:
+    """The caller's job ``job_id`` for a read, or a 404: the row ``require_key`` fetched with
+    the key when it did, else the ORM object."""
+    preloaded: tuple[str, Row[Any] | None] | None = g.get("preloaded_job")
+    if preloaded is None or preloaded[0] != job_id:
+        return get_job(chorus().session(), g.api_key, job_id)
+    if preloaded[1] is None:
+        raise job_not_found(job_id)
+    return preloaded[1]
 
 
 def _job_read() -> str | None:
@@ -54,14 +83,11 @@ def _job_read() -> str | None:
     return job_id
 
 
-def _authenticate_with_job(session: Session, presented: str | None, job_id: str) -> ApiKey | None:
-    """``authenticate``, loading the org's job ``job_id`` into the session on the way."""
-    if not presented:
+def _authenticate_with_job(conn: Connection, presented: str, job_id: str) -> Caller | None:
+    """``authenticate``, reading the org's job ``job_id`` on the way (kept in ``g``)."""
+    row = conn.execute(_KEY_AND_JOB, {"key_hash": hash_key(presented), "job_id": job_id}).first()
+    if row is None or row.key_revoked_at is not None:
         return None
-    row = session.execute(_KEY_AND_JOB, {"key_hash": hash_key(presented), "job_id": job_id}).first()
-    if row is None or row[0].revoked_at is not None:
-        return None
-    key: ApiKey = row[0]
-    # The session's identity map holds objects weakly: keep the job alive for the view.
-    g.preloaded_job = row[1]
-    return key
+    # No job of this org under that id: the outer join gave NULLs.
+    g.preloaded_job = (job_id, row if row.id is not None else None)
+    return Caller(row.key_id, row.key_org_id)

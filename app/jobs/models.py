@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Row, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from ulid import ULID
 
@@ -107,3 +107,8 @@ class Job(Base):
     @property
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
+
+
+# A job as the API reads it: the ORM object, or a plain row of the jobs table's columns (the
+# hot read path fetches those with the caller's key, see app/api/auth.py).
+JobRecord: TypeAlias = Job | Row[Any]

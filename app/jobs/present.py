@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from app.jobs.models import Job
+from app.jobs.models import JobRecord
 from app.jobs.status import JobStatus
 from app.storage import AudioStorage, AudioTooLarge, StorageUnavailable
 
@@ -24,7 +24,7 @@ def audio_signer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="chorus-audio")
 
 
-def audio_url(job: Job) -> str:
+def audio_url(job: JobRecord) -> str:
     """A fresh, expiring link to Chorus's own copy; re-signed on every read of the job."""
     token = audio_signer().dumps(job.id)
     return url_for("files.audio", token=token, _external=True)
@@ -38,7 +38,7 @@ def job_from_token(token: str, max_age: int) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
-def hex_audio(job: Job, storage: AudioStorage, max_bytes: int) -> str | None:
+def hex_audio(job: JobRecord, storage: AudioStorage, max_bytes: int) -> str | None:
     """MiniMax's hex output: the audio itself, hex-encoded, read from either backend.
 
     The read is capped at ``max_bytes`` (AUDIO_MAX_BYTES, which also capped the download), so
@@ -52,7 +52,7 @@ def hex_audio(job: Job, storage: AudioStorage, max_bytes: int) -> str | None:
         return None
 
 
-def job_object(job: Job, storage: AudioStorage | None = None) -> dict[str, Any]:
+def job_object(job: JobRecord, storage: AudioStorage | None = None) -> dict[str, Any]:
     purged = job.purged_at is not None
     succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None and not purged
     link = audio_url(job) if succeeded else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, case, func, insert, or_, select, update
+from sqlalchemy import Row, Table, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -22,7 +22,8 @@ from app.db import utcnow
 from app.jobs.models import FOLLOWUP_CANCEL, Job, new_job_id
 from app.jobs.status import ACTIVE, JobStatus
 from app.money import ledger
-from app.tenancy.models import ApiKey, Org
+from app.tenancy.keys import KeyHolder
+from app.tenancy.models import Org
 from app.webhooks import outbox
 
 
@@ -123,7 +124,7 @@ CAP_LOCK_MARGIN = 64
 
 def charge(
     session: Session,
-    key: ApiKey,
+    key: KeyHolder,
     model: Offer,
     job_id: str,
     *,
@@ -202,12 +203,14 @@ def check_active_cap(
         )
 
 
-JOB_INSERT = insert(cast(Table, Job.__table__))
+_JOBS = cast(Table, Job.__table__)
+# RETURNING the row: the answer is built from what was stored, with no ORM object to make.
+JOB_INSERT = insert(_JOBS).returning(*_JOBS.c)
 
 
 def create_job(
     session: Session,
-    key: ApiKey,
+    key: KeyHolder,
     args: dict[str, Any],
     *,
     deadline_seconds: float,
@@ -217,7 +220,7 @@ def create_job(
     offers: TTLCache[Offer | None] | None = None,
     max_active_jobs: int | None = None,
     recent_active: TTLCache[int] | None = None,
-) -> Job:
+) -> Row[Any]:
     """Check the request against the catalog and insert the job, QUEUED and due now.
 
     ``offers`` caches catalog answers in the calling process for a few seconds.
@@ -283,23 +286,27 @@ def create_job(
     # A plain INSERT: the unit of work's bookkeeping costs more than the statement itself on
     # the API's hottest path. The values go as parameters of one prebuilt statement, so
     # nothing is built or compiled per request.
-    session.execute(JOB_INSERT, values)
+    job = session.execute(JOB_INSERT, values).one()
     # Last: the locks this takes are held only until the caller's commit.
     charge(
         session, key, model, job_id, max_active_jobs=max_active_jobs, recent_active=recent_active
     )
-    return Job(**values)
+    return job
 
 
-def get_job(session: Session, key: ApiKey, job_id: str) -> Job:
+def get_job(session: Session, key: KeyHolder, job_id: str) -> Job:
     # No id is longer, and Postgres refuses a NUL in a string: both are simply unknown.
     job = session.get(Job, job_id) if len(job_id) <= 40 and "\x00" not in job_id else None
     if job is None or job.org_id != key.org_id:
-        # Another tenant's job is as unknown as a job that never existed.
-        raise ApiError(
-            404, f"No music generation found with id '{job_id}'.", param="id", code="not_found"
-        )
+        raise job_not_found(job_id)
     return job
+
+
+def job_not_found(job_id: str) -> ApiError:
+    # Another tenant's job is as unknown as a job that never existed.
+    return ApiError(
+        404, f"No music generation found with id '{job_id}'.", param="id", code="not_found"
+    )
 
 
 @dataclass(frozen=True)
@@ -309,7 +316,7 @@ class Page:
 
 
 def list_jobs(
-    session: Session, key: ApiKey, *, limit: int, after: str | None, status: str | None
+    session: Session, key: KeyHolder, *, limit: int, after: str | None, status: str | None
 ) -> Page:
     """The org's jobs, newest first; ``after`` is the id of the last job of the previous page.
 
@@ -326,7 +333,7 @@ def list_jobs(
     return Page(jobs[:limit], len(jobs) > limit)
 
 
-def cancel_job(session: Session, key: ApiKey, job_id: str) -> Job:
+def cancel_job(session: Session, key: KeyHolder, job_id: str) -> Job:
     """CANCEL a QUEUED or RUNNING job of the key's org and release its hold, in the caller's
     transaction; 404 for an unknown or foreign id, 409 for a job that already ended.
 

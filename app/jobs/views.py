@@ -11,13 +11,13 @@ from marshmallow import RAISE
 
 from app import reference_audio
 from app.api import openapi
-from app.api.auth import require_key
+from app.api.auth import read_job, require_key
 from app.api.errors import ApiError
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
 from app.jobs import examples, service
 from app.jobs.download import send_audio
-from app.jobs.models import Job
+from app.jobs.models import Job, JobRecord
 from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import (
     CreateGenerationSchema,
@@ -65,7 +65,7 @@ blp.before_request(require_key)
 @blp.route("")
 class Generations(MethodView):
     # webargs would drop unknown query parameters; a misspelt one should say so instead.
-    @blp.arguments(ListGenerationsQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(ListGenerationsQuerySchema(), location="query", unknown=RAISE)
     @blp.response(
         200,
         JobListSchema,
@@ -97,7 +97,9 @@ class Generations(MethodView):
         )
 
     @idempotent
-    @blp.arguments(CreateGenerationSchema, examples=examples.CREATE_REQUESTS)
+    # Schema instances, here and on every route: given a class, webargs builds a new schema
+    # (deep-copying its fields) on every request.
+    @blp.arguments(CreateGenerationSchema(), examples=examples.CREATE_REQUESTS)
     @blp.response(
         202,
         JobSchema,
@@ -152,7 +154,7 @@ class Generations(MethodView):
         """
         ext = chorus()
         session = ext.session()
-        job = service.create_job(
+        job: JobRecord = service.create_job(
             session,
             g.api_key,
             args,
@@ -178,9 +180,10 @@ class Generations(MethodView):
                 job = session.get(Job, job.id, populate_existing=True) or job
                 if JobStatus(job.status).terminal:
                     status = 201
-        response = jsonify(job_object(job, ext.storage))
+        body = job_object(job, ext.storage)
+        response = jsonify(body)
         response.status_code = status
-        response.headers["Location"] = response.json["urls"]["get"]  # type: ignore[index]
+        response.headers["Location"] = body["urls"]["get"]
         if applied:
             response.headers["Preference-Applied"] = f"wait={applied}"
         return response
@@ -197,9 +200,7 @@ class Generation(MethodView):
     )
     def get(self, job_id: str) -> Response:
         """Read a job. Another tenant's job answers 404, like one that never existed."""
-        ext = chorus()
-        job = service.get_job(ext.session(), g.api_key, job_id)
-        return jsonify(job_object(job, ext.storage))
+        return jsonify(job_object(read_job(job_id), chorus().storage))
 
 
 @blp.route("/<job_id>/cancel", parameters=[JOB_ID])
@@ -279,7 +280,7 @@ class Cancel(MethodView):
 def content(job_id: str) -> Response:
     """Download a job's audio with the API key (no link needed). Supports HTTP Range."""
     ext = chorus()
-    job = service.get_job(ext.session(), g.api_key, job_id)
+    job = read_job(job_id)
     if job.purged_at is not None:
         raise ApiError(
             410,

@@ -225,7 +225,7 @@ class Balances(MethodView):
 
 @blp.route("/usage")
 class Usage(MethodView):
-    @blp.arguments(UsageArgs, location="query")
+    @blp.arguments(UsageArgs(), location="query")
     @blp.response(
         200, UsageSchema, description="Usage rows, oldest day first.", example=USAGE_EXAMPLE
     )

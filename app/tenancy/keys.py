@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.tenancy.models import ApiKey, Org
@@ -41,15 +43,34 @@ def create_key(session: Session, org_name: str, label: str | None = None) -> str
     return secret
 
 
+class KeyHolder(Protocol):
+    """What a request needs of its caller's key: the key, and the org it acts for.
+
+    An ``ApiKey`` row is one; so is the lighter ``Caller`` the API authenticates into.
+    """
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def org_id(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    id: int
+    org_id: int
+
+
 # Built once: every request runs it, and a prebuilt statement skips building and hashing it.
-_KEY_BY_HASH = select(ApiKey).where(ApiKey.key_hash == bindparam("key_hash"))
+_LIVE_KEY = select(ApiKey.id, ApiKey.org_id).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
 
 
-def authenticate(session: Session, presented: str | None) -> ApiKey | None:
+def authenticate(conn: Connection | Session, presented: str | None) -> Caller | None:
     """The live key matching ``presented``, or None for a missing, unknown or revoked key."""
     if not presented:
         return None
-    key = session.scalar(_KEY_BY_HASH, {"key_hash": hash_key(presented)})
-    if key is None or key.revoked_at is not None:
-        return None
-    return key
+    row = conn.execute(_LIVE_KEY, {"key_hash": hash_key(presented)}).first()
+    return Caller(row.id, row.org_id) if row is not None else None

@@ -14,11 +14,11 @@ from flask.views import MethodView
 
 from app import reference_audio
 from app.api import openapi
-from app.api.auth import require_key
+from app.api.auth import read_job, require_key
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
 from app.jobs import service
-from app.jobs.models import Job
+from app.jobs.models import JobRecord
 from app.jobs.present import audio_url
 from app.jobs.status import JobStatus
 from app.v2 import examples
@@ -63,7 +63,7 @@ STATUS_WORDS = {
 class Generations(MethodView):
     @idempotent
     @blp.doc(security=SECURITY)
-    @blp.arguments(SubmitSchema, examples=examples.SUBMIT_REQUESTS)
+    @blp.arguments(SubmitSchema(), examples=examples.SUBMIT_REQUESTS)
     @blp.response(
         201,
         SubmittedSchema,
@@ -104,7 +104,7 @@ class Generations(MethodView):
         return response
 
     @blp.doc(security=SECURITY)
-    @blp.arguments(GenerationQuerySchema, location="query")
+    @blp.arguments(GenerationQuerySchema(), location="query")
     @blp.response(
         200, GenerationSchema, description="The generation as it is.", examples=examples.GENERATIONS
     )
@@ -119,11 +119,10 @@ class Generations(MethodView):
     )
     def get(self, args: dict[str, Any]) -> Response:
         """Read a generation. Another tenant's id answers 404, like one that never existed."""
-        job = service.get_job(chorus().session(), g.api_key, args["generation_id"])
-        return jsonify(generation_object(job))
+        return jsonify(generation_object(read_job(args["generation_id"])))
 
 
-def generation_object(job: Job) -> dict[str, Any]:
+def generation_object(job: JobRecord) -> dict[str, Any]:
     status = JobStatus(job.status)
     audio_file = None
     if status is JobStatus.SUCCEEDED and job.audio_key is not None:

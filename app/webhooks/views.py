@@ -175,7 +175,7 @@ class Endpoint(MethodView):
             raise _no_endpoint()
         return jsonify(endpoint_object(endpoint))
 
-    @blp.arguments(EndpointArgs, examples=examples.ENDPOINT_REQUESTS)
+    @blp.arguments(EndpointArgs(), examples=examples.ENDPOINT_REQUESTS)
     @blp.response(
         200,
         EndpointSchema,

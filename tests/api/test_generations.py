@@ -303,12 +303,15 @@ def test_a_database_restart_is_a_503_once_then_served(
     created = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
     assert created.status_code == 202
     job_id = created.json["id"]
-    web_engine = app.extensions["chorus"].db.engine
-    with web_engine.connect() as conn:
-        web_pid = conn.connection.dbapi_connection.get_backend_pid()  # type: ignore[union-attr]
-    # What a Postgres restart does to the API's pooled connection.
+    web_db = app.extensions["chorus"].db
+    pids = []
+    for web_engine in (web_db.engine, web_db.reader):  # its two pools
+        with web_engine.connect() as conn:
+            pids.append(conn.connection.dbapi_connection.get_backend_pid())  # type: ignore[union-attr]
+    # What a Postgres restart does to the API's pooled connections.
     with db.engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": web_pid})
+        for pid in pids:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     refused = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
     assert refused.status_code == 503, refused.json
@@ -321,22 +324,31 @@ def test_a_database_restart_is_a_503_once_then_served(
 def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     app: Any, client: Any, db: Any, api_key: str, other_key: str
 ) -> None:
-    """The key and the job come back together; revocation and isolation still hold."""
+    """The key and the job come back together, outside any transaction (autocommit: no
+    BEGIN, no ROLLBACK); revocation and isolation still hold."""
     job_id = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key)).json["id"]
-    statements: list[str] = []
-    engine = app.extensions["chorus"].db.engine
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    sa.event.listen(engine, "before_cursor_execute", listener)
+    web_db = app.extensions["chorus"].db
+    statements: dict[str, list[str]] = {"engine": [], "reader": []}
+    listeners = {
+        name: (lambda *args, name=name: statements[name].append(args[2])) for name in statements
+    }
+    engines = {"engine": web_db.engine, "reader": web_db.reader}
+    for name, engine in engines.items():
+        sa.event.listen(engine, "before_cursor_execute", listeners[name])
     try:
         read = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
         v2 = client.get(
             "/v2/generate/audio", query_string={"generation_id": job_id}, headers=auth(api_key)
         )
     finally:
-        sa.event.remove(engine, "before_cursor_execute", listener)
+        for name, engine in engines.items():
+            sa.event.remove(engine, "before_cursor_execute", listeners[name])
     assert read.status_code == 200 and read.json["id"] == job_id
     assert v2.status_code == 200 and v2.json["id"] == job_id
-    assert len(statements) == 2, statements
+    assert statements["engine"] == [], statements
+    assert len(statements["reader"]) == 2, statements
+    with web_db.reader.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True  # type: ignore[union-attr]
     # Another org's key finds nothing; a revoked key is refused before anything is read.
     assert client.get(f"/v1/music/generations/{job_id}", headers=auth(other_key)).status_code == 404
     with db.transaction() as session:
