@@ -128,12 +128,7 @@ class HTTPAdapter(Adapter):
     def __init__(self, account: AccountConfig, session: requests.Session | None = None) -> None:
         super().__init__(account)
         if session is None:
-            session = requests.Session()
-            # Many worker threads share one adapter per account; without a larger pool they
-            # would open and discard a connection per call.
-            pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-            session.mount("http://", pooled)
-            session.mount("https://", pooled)
+            session = pooled_session(account.base_url)
         self.session = session
         self.session.headers["User-Agent"] = USER_AGENT
 
@@ -242,6 +237,27 @@ class HTTPAdapter(Adapter):
                 retryable=True,
             )
         return body
+
+
+def pooled_session(base_url: str) -> requests.Session:
+    """A session that keeps its connections, shared by the worker's threads.
+
+    requests otherwise looks at the environment (proxy variables, the CA bundle, ~/.netrc) on
+    every call, a third of the client's CPU per status call. It is asked once here, for the
+    address the session will call, and the answer is kept; ~/.netrc is left out (the adapter
+    sends its own credentials).
+    """
+    session = requests.Session()
+    # Many worker threads share one adapter per account; without a larger pool they would
+    # open and discard a connection per call.
+    pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", pooled)
+    session.mount("https://", pooled)
+    found = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies.update(found.get("proxies") or {})
+    session.verify = found.get("verify", True)
+    session.trust_env = False
+    return session
 
 
 def parse_retry_after(value: str | None) -> float | None:
