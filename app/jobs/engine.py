@@ -312,24 +312,66 @@ class Engine:
         named = Counter(job_id for job_id, _ in claims)
         taken = self._take_many([c for c in claims if named[c[0]] == 1])
         batch = Deferred()
+        # Status calls the upstream's adapter can make for the whole batch at once, from
+        # this thread: far cheaper than one thread per call.
+        polled = self._poll_together(list(taken.values()))
 
         def step(claim: Claim) -> str:
             if named[claim[0]] > 1:
                 return self.advance(*claim, blocking=blocking)
             job = taken.get(claim[0])
-            return "skipped" if job is None else self._step(job, blocking=blocking, batch=batch)
+            if job is None:
+                return "skipped"
+            return self._step(job, blocking=blocking, batch=batch, polled=polled.get(job.id))
 
-        outcomes = list(self.pool.map(step, claims))
+        # A step whose answer is "still pending" only notes when to look next: it runs here.
+        # The rest (submits, downloads, one-at-a-time polls) run on the I/O threads.
+        outcomes: list[str | None] = [None] * len(claims)
+        threaded: list[int] = []
+        for index, claim in enumerate(claims):
+            answer = polled.get(claim[0]) if named[claim[0]] == 1 else None
+            if isinstance(answer, PollResult) and answer.state is PollState.PENDING:
+                outcomes[index] = step(claim)
+            else:
+                threaded.append(index)
+        ran = self.pool.map(step, [claims[i] for i in threaded])
+        for index, outcome in zip(threaded, ran, strict=True):
+            outcomes[index] = outcome
         refused = set(self._reschedule_pending(batch.pending))
         finished = self._finish_many(batch.finished)
-        for index, (job_id, _) in enumerate(claims):
-            if named[job_id] != 1:
-                continue
-            if job_id in refused:
-                outcomes[index] = self._cancelled_meanwhile(taken[job_id], upstream_done=False)
-            elif job_id in finished:
-                outcomes[index] = finished[job_id]
-        return outcomes
+        done: list[str] = []
+        for (job_id, _), stepped in zip(claims, outcomes, strict=True):
+            if named[job_id] == 1 and job_id in refused:
+                stepped = self._cancelled_meanwhile(taken[job_id], upstream_done=False)
+            elif named[job_id] == 1 and job_id in finished:
+                stepped = finished[job_id]
+            done.append(stepped or "error")
+        return done
+
+    def _poll_together(self, jobs: list[Job]) -> dict[str, PollResult | ProviderError]:
+        """Poll the batch's RUNNING jobs whose adapter asks about many at once; by job id.
+        Jobs left out are polled one at a time by their step."""
+        by_account: dict[str, list[Job]] = {}
+        for job in jobs:
+            if job.status == JobStatus.RUNNING and job.generation_id and job.account_id:
+                by_account.setdefault(job.account_id, []).append(job)
+        answers: dict[str, PollResult | ProviderError] = {}
+        width = max(1, self.settings.io_threads)
+        for group in by_account.values():
+            try:
+                account = self._job_account(group[0])
+                adapter = self._adapter(account) if account is not None else None
+                if adapter is None or not adapter.polls_together:
+                    continue
+                # As many calls in flight at once as the process has I/O threads.
+                for start in range(0, len(group), width):
+                    chunk = group[start : start + width]
+                    results = adapter.poll_many([job.generation_id or "" for job in chunk])
+                    answers.update(zip((job.id for job in chunk), results, strict=True))
+            except Exception:
+                # A bug here must not stall the batch: its jobs are polled one at a time.
+                log.exception("polling %d job(s) together failed", len(group))
+        return answers
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -351,13 +393,22 @@ class Engine:
             return "skipped"
         return self._step(job, blocking=blocking)
 
-    def _step(self, job: Job, *, blocking: bool, batch: Deferred | None = None) -> str:
+    def _step(
+        self,
+        job: Job,
+        *,
+        blocking: bool,
+        batch: Deferred | None = None,
+        polled: PollResult | ProviderError | None = None,
+    ) -> str:
+        """One step for a taken job; ``polled`` is its status answer when the batch already
+        asked the upstream."""
         try:
             if job.status == JobStatus.QUEUED:
                 return self._submit(job, blocking=blocking)
             if job.status == JobStatus.CANCELLED:
                 return self._follow_up(job)
-            return self._poll(job, batch=batch)
+            return self._poll(job, batch=batch, polled=polled)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
             # Give the lease back and look again soon; the deadline bounds how long this lasts.
@@ -534,13 +585,21 @@ class Engine:
 
     # ------------------------------------------------------------------ poll
 
-    def _poll(self, job: Job, *, batch: Deferred | None = None) -> str:
+    def _poll(
+        self,
+        job: Job,
+        *,
+        batch: Deferred | None = None,
+        polled: PollResult | ProviderError | None = None,
+    ) -> str:
         account = self._job_account(job)
         if account is None or job.generation_id is None:
             self._fail(job, "upstream_unknown", "the job's upstream account is gone")
             return "failed"
         try:
-            result = self._adapter(account).poll(job.generation_id)
+            if isinstance(polled, ProviderError):
+                raise polled
+            result = polled or self._adapter(account).poll(job.generation_id)
         except ProviderError as exc:
             # The breaker guards new submits only: a healthy poll must not close a breaker
             # that failing submits opened, nor a flaky poll open one.
