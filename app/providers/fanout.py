@@ -79,6 +79,8 @@ class FanOut:
         self._tls = _tls_context(verify) if parts.scheme == "https" else None
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        # Connections belong to the process that opened them: a forked child starts afresh.
+        self._pid = os.getpid()
 
     def get_many(self, calls: Sequence[Get]) -> list[requests.Response | TransportError]:
         """Send every GET, then read every answer; one result per call, in order."""
@@ -205,10 +207,14 @@ class FanOut:
     def _take_idle(self) -> http.client.HTTPConnection | None:
         while True:
             with self._lock:
+                if self._pid != os.getpid():
+                    self._idle, self._pid = [], os.getpid()
                 if not self._idle:
                     return None
                 conn = self._idle.pop()
-            if not _dropped(conn):
+            if not _dropped(conn) and conn.sock is not None:
+                # The last read left its deadline's remainder on the socket.
+                conn.sock.settimeout(self.connect_timeout)
                 return conn
             conn.close()
 
