@@ -213,9 +213,13 @@ class HTTPAdapter(Adapter):
         if len(calls) != len(generation_ids):
             return super().poll_many(generation_ids)
         results: list[PollResult | ProviderError] = []
-        for answer in fanout.get_many(calls):
+        answers = fanout.get_many(calls)
+        for generation_id, answer in zip(generation_ids, answers, strict=True):
             if isinstance(answer, TransportError):
                 results.append(_transport_error(answer, self.timeout[1]))
+            elif answer.is_redirect:
+                # The fan-out follows no redirect; requests does, as for any single call.
+                results.extend(super().poll_many([generation_id]))
             elif answer.status_code >= 400:
                 results.append(self.http_error(answer))
             else:

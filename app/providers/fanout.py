@@ -140,7 +140,7 @@ class FanOut:
             if reused:
                 return self._send(target, fresh=True)
             return TransportError("broken", f"connection failed: {exc}")
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
             return TransportError("broken", f"connection failed: {exc}")
         return conn, reused

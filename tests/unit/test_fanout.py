@@ -293,3 +293,16 @@ def test_an_upstream_behind_a_proxy_is_polled_one_call_at_a_time(
     adapter = AimlapiAdapter(account("https://api.example.com"))
     assert adapter.session.proxies.get("https") == "http://proxy.internal:3128"
     assert not adapter.polls_together
+
+
+def test_a_redirected_status_call_is_followed_as_a_single_poll_would(
+    server: ThreadingHTTPServer,
+) -> None:
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        if not path.startswith("/moved"):
+            return 302, {"Location": "/moved" + path}, b""
+        return 200, {"Content-Type": "application/json"}, b'{"status": "generating"}'
+
+    server.answer = answer  # type: ignore[attr-defined]
+    adapter = AimlapiAdapter(account(url_of(server)))
+    assert adapter.poll_many(["a", "b"]) == [PollResult(PollState.PENDING, "generating")] * 2
