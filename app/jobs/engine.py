@@ -852,7 +852,7 @@ class Engine:
                         # webhook event exists exactly when the change does.
                         ledger.settle(session, done.job.id, capture=True)
                         outbox.enqueue_for(session, done.job, JobStatus.SUCCEEDED, now)
-        except SQLAlchemyError:
+        except Exception:
             # A deadlock with another many-row writer, say: each job on its own, then.
             log.warning("writing %d finished jobs at once failed", len(finished), exc_info=True)
             return {done.job.id: self._succeed_or_retry(done) for done in finished}
