@@ -59,8 +59,8 @@ LYRICS = "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing 
 #   round trips. Not the default 32: every I/O thread holds a Postgres connection, and 2 x 32
 #   plus the web's 2 x 8 come close to Postgres's max_connections (100, shared with everything
 #   else on the machine); a run at 32 was refused connections ("too many clients") and lost
-#   jobs. Neither 4 processes x 8 threads (tried for phase (c)) nor more threads helped: on 2
-#   cores the processes only take CPU from each other and from the simulator;
+#   jobs. 4 processes x 8 threads did no better in phase (c): on 2 cores the processes only
+#   take CPU from each other and from the simulator;
 # - beat ticks every 0.25 s and leases up to 500 due jobs per tick (defaults).
 PROCESS_SETTINGS: dict[str, str] = {
     "WEB_CONCURRENCY": "2",
