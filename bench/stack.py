@@ -54,10 +54,13 @@ LYRICS = "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing 
 # Process settings, chosen for the 2-core benchmark machine (recorded in the report):
 # - web: gunicorn gthread, 2 processes (one per core) x 8 threads — Chorus's defaults;
 # - worker: Celery prefork with 2 processes (one per core; the GIL holds each to one), each
-#   running a batch on 16 I/O threads, enough to overlap the simulator and Postgres round trips.
-#   Not the default 32: every I/O thread holds a Postgres connection, and 2 x 32 plus the web's
-#   2 x 8 come close to Postgres's max_connections (100, shared with everything else on the
-#   machine); a run at 32 was refused connections ("too many clients") and lost jobs;
+#   with IO_THREADS=16: a batch's status calls go out 16 at a time from one thread, and
+#   submits and downloads run on 16 threads, enough to overlap the simulator's and Postgres's
+#   round trips. Not the default 32: every I/O thread holds a Postgres connection, and 2 x 32
+#   plus the web's 2 x 8 come close to Postgres's max_connections (100, shared with everything
+#   else on the machine); a run at 32 was refused connections ("too many clients") and lost
+#   jobs. 4 processes x 8 threads did no better in phase (c): on 2 cores the processes only
+#   take CPU from each other and from the simulator;
 # - beat ticks every 0.25 s and leases up to 500 due jobs per tick (defaults).
 PROCESS_SETTINGS: dict[str, str] = {
     "WEB_CONCURRENCY": "2",

@@ -22,11 +22,28 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, and_, column, or_, select, tuple_, update, values
+import requests
+import requests.adapters
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.expression import ColumnClause
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
@@ -39,6 +56,7 @@ from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
 from app.providers import get_adapter
 from app.providers.base import (
+    POOL_SIZE,
     AccountConfig,
     Adapter,
     GenerationRequest,
@@ -63,8 +81,103 @@ WRITE_ATTEMPTS = 4
 SIM_KEY = "chorus-sim"
 
 
+def _unnest(name: str, *columns: ColumnClause[Any]) -> Any:
+    """Rows passed as one array per column (Postgres): the statement has one shape whatever
+    the batch's size, so SQLAlchemy compiles it once, where VALUES rows compiled it anew for
+    every batch."""
+    arrays = [bindparam(f"{c.name}s", type_=ARRAY(c.type)) for c in columns]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+
+_PENDING = _unnest(
+    "pending",
+    column("id", String),
+    column("token", String),
+    column("due", DateTime(timezone=True)),
+)
+# "Still pending, next look at t" for a batch, each row guarded as ``_write`` guards one.
+RESCHEDULE_MANY = (
+    update(Job)
+    .where(
+        Job.id == _PENDING.c.id,
+        Job.lease_token == _PENDING.c.token,
+        Job.status.in_(list(ACTIVE)),
+    )
+    .values(
+        next_action_at=_PENDING.c.due,
+        poll_count=Job.poll_count + 1,
+        invalid_responses=0,
+        lease_token=None,
+        lease_until=None,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(Job.id)
+    .execution_options(synchronize_session=False)
+)
+
+_FINISHED = _unnest(
+    "finished",
+    column("id", String),
+    column("token", String),
+    column("key", String),
+    column("format", String),
+    column("sample_rate", Integer),
+    column("bitrate", Integer),
+    column("channel", Integer),
+    column("duration", Integer),
+    column("size", BigInteger),
+)
+# SUCCEEDED with the stored audio's facts, for a batch; guarded as ``_write`` guards one.
+SUCCEED_MANY = (
+    update(Job)
+    .where(
+        Job.id == _FINISHED.c.id,
+        Job.lease_token == _FINISHED.c.token,
+        Job.status.in_(list(sources(JobStatus.SUCCEEDED))),
+    )
+    .values(
+        status=JobStatus.SUCCEEDED,
+        finished_at=bindparam("now", type_=UTCDateTime()),
+        audio_key=_FINISHED.c.key,
+        audio_format=_FINISHED.c.format,
+        audio_sample_rate=_FINISHED.c.sample_rate,
+        audio_bitrate=_FINISHED.c.bitrate,
+        audio_channels=_FINISHED.c.channel,
+        audio_duration_ms=_FINISHED.c.duration,
+        audio_size=_FINISHED.c.size,
+        error_code=None,
+        error_message=None,
+        poll_count=Job.poll_count + 1,
+        next_action_at=None,
+        lease_token=None,
+        lease_until=None,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(Job.id)
+    .execution_options(synchronize_session=False)
+)
+
+
 def new_token() -> str:
     return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A polled job whose audio is stored, waiting for its SUCCEEDED write."""
+
+    job: Job
+    key: str
+    info: AudioInfo
+
+
+@dataclass
+class Deferred:
+    """The writes a batch's steps leave for ``advance_many`` to make together (the steps run on
+    threads of their own; list.append is atomic)."""
+
+    pending: list[tuple[Job, dt.datetime]] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -103,6 +216,7 @@ class Engine:
         self._account_configs: TTLCache[AccountConfig | None] = TTLCache(ttl=5.0)
         self._lease_cache: TTLCache[dict[str, dt.timedelta]] = TTLCache(ttl=5.0)
         self._pool: ThreadPoolExecutor | None = None
+        self._downloads: requests.Session | None = None
         # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
         self.handoff: Callable[[str, str], None] | None = None
         # Tells web processes holding `Prefer: wait` requests that a job has ended.
@@ -165,18 +279,22 @@ class Engine:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            claims = []
-            lease_until = horizon + self.lease
-            for job_id, due_at, status in rows:
-                token = new_token()
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(lease_token=token, lease_until=lease_until)
-                    .execution_options(synchronize_session=False)
-                )
-                claims.append(DueClaim(job_id, token, max(due_at or now, now), status))
-        return claims
+            if not rows:
+                return []
+            # One statement leases the whole sweep under one token (an UPDATE per row cost
+            # more than the rest of the tick). A token only has to differ from the one any
+            # other holder of the same job has; each claim still names its job.
+            token = new_token()
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([job_id for job_id, _, _ in rows]))
+                .values(lease_token=token, lease_until=horizon + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+        return [
+            DueClaim(job_id, token, max(due_at or now, now), status)
+            for job_id, due_at, status in rows
+        ]
 
     # ------------------------------------------------------------------ advancing
 
@@ -187,25 +305,73 @@ class Engine:
         if len(claims) == 1:
             return [self.advance(*claims[0], blocking=blocking)]
         # One statement takes the whole batch's leases; each job then steps on its own thread,
-        # and the most common outcome, "still pending, look again at t", is written for the
-        # whole batch in one statement too. A job named twice in one batch (a duplicated
-        # claim) goes the one-at-a-time way, where each claim's own token decides.
+        # and the two common outcomes of a poll, "still pending, look again at t" and "done,
+        # here is the audio", are written for the whole batch at the end, one transaction
+        # each. A job named twice in one batch (a duplicated claim) goes the one-at-a-time
+        # way, where each claim's own token decides.
         named = Counter(job_id for job_id, _ in claims)
         taken = self._take_many([c for c in claims if named[c[0]] == 1])
-        pending: list[tuple[Job, dt.datetime]] = []
+        batch = Deferred()
+        # Status calls the upstream's adapter can make for the whole batch at once, from
+        # this thread: far cheaper than one thread per call.
+        polled = self._poll_together(list(taken.values()))
 
         def step(claim: Claim) -> str:
             if named[claim[0]] > 1:
                 return self.advance(*claim, blocking=blocking)
             job = taken.get(claim[0])
-            return "skipped" if job is None else self._step(job, blocking=blocking, defer=pending)
+            if job is None:
+                return "skipped"
+            return self._step(job, blocking=blocking, batch=batch, polled=polled.get(job.id))
 
-        outcomes = list(self.pool.map(step, claims))
-        refused = set(self._reschedule_pending(pending))
-        for index, (job_id, _) in enumerate(claims):
-            if job_id in refused and named[job_id] == 1:
-                outcomes[index] = self._cancelled_meanwhile(taken[job_id], upstream_done=False)
-        return outcomes
+        # A step whose answer is "still pending" only notes when to look next: it runs here.
+        # The rest (submits, downloads, one-at-a-time polls) run on the I/O threads.
+        outcomes: list[str | None] = [None] * len(claims)
+        threaded: list[int] = []
+        for index, claim in enumerate(claims):
+            answer = polled.get(claim[0]) if named[claim[0]] == 1 else None
+            if isinstance(answer, PollResult) and answer.state is PollState.PENDING:
+                outcomes[index] = step(claim)
+            else:
+                threaded.append(index)
+        ran = self.pool.map(step, [claims[i] for i in threaded])
+        for index, outcome in zip(threaded, ran, strict=True):
+            outcomes[index] = outcome
+        refused = set(self._reschedule_pending(batch.pending))
+        finished = self._finish_many(batch.finished)
+        done: list[str] = []
+        for (job_id, _), stepped in zip(claims, outcomes, strict=True):
+            if named[job_id] == 1 and job_id in refused:
+                stepped = self._cancelled_meanwhile(taken[job_id], upstream_done=False)
+            elif named[job_id] == 1 and job_id in finished:
+                stepped = finished[job_id]
+            done.append(stepped or "error")
+        return done
+
+    def _poll_together(self, jobs: list[Job]) -> dict[str, PollResult | ProviderError]:
+        """Poll the batch's RUNNING jobs whose adapter asks about many at once; by job id.
+        Jobs left out are polled one at a time by their step."""
+        by_account: dict[str, list[Job]] = {}
+        for job in jobs:
+            if job.status == JobStatus.RUNNING and job.generation_id and job.account_id:
+                by_account.setdefault(job.account_id, []).append(job)
+        answers: dict[str, PollResult | ProviderError] = {}
+        width = max(1, self.settings.io_threads)
+        for group in by_account.values():
+            try:
+                account = self._job_account(group[0])
+                adapter = self._adapter(account) if account is not None else None
+                if adapter is None or not adapter.polls_together:
+                    continue
+                # As many calls in flight at once as the process has I/O threads.
+                for start in range(0, len(group), width):
+                    chunk = group[start : start + width]
+                    results = adapter.poll_many([job.generation_id or "" for job in chunk])
+                    answers.update(zip((job.id for job in chunk), results, strict=True))
+            except Exception:
+                # A bug here must not stall the batch: its jobs are polled one at a time.
+                log.exception("polling %d job(s) together failed", len(group))
+        return answers
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -228,14 +394,21 @@ class Engine:
         return self._step(job, blocking=blocking)
 
     def _step(
-        self, job: Job, *, blocking: bool, defer: list[tuple[Job, dt.datetime]] | None = None
+        self,
+        job: Job,
+        *,
+        blocking: bool,
+        batch: Deferred | None = None,
+        polled: PollResult | ProviderError | None = None,
     ) -> str:
+        """One step for a taken job; ``polled`` is its status answer when the batch already
+        asked the upstream."""
         try:
             if job.status == JobStatus.QUEUED:
                 return self._submit(job, blocking=blocking)
             if job.status == JobStatus.CANCELLED:
                 return self._follow_up(job)
-            return self._poll(job, defer=defer)
+            return self._poll(job, batch=batch, polled=polled)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
             # Give the lease back and look again soon; the deadline bounds how long this lasts.
@@ -412,18 +585,26 @@ class Engine:
 
     # ------------------------------------------------------------------ poll
 
-    def _poll(self, job: Job, *, defer: list[tuple[Job, dt.datetime]] | None = None) -> str:
+    def _poll(
+        self,
+        job: Job,
+        *,
+        batch: Deferred | None = None,
+        polled: PollResult | ProviderError | None = None,
+    ) -> str:
         account = self._job_account(job)
         if account is None or job.generation_id is None:
             self._fail(job, "upstream_unknown", "the job's upstream account is gone")
             return "failed"
         try:
-            result = self._adapter(account).poll(job.generation_id)
+            if isinstance(polled, ProviderError):
+                raise polled
+            result = polled or self._adapter(account).poll(job.generation_id)
         except ProviderError as exc:
             # The breaker guards new submits only: a healthy poll must not close a breaker
             # that failing submits opened, nor a flaky poll open one.
             return self._poll_failed(job, exc)
-        return self._apply(job, result, defer=defer)
+        return self._apply(job, result, batch=batch)
 
     def _poll_failed(self, job: Job, exc: ProviderError) -> str:
         if exc.code == "upstream_invalid_response":
@@ -447,15 +628,13 @@ class Engine:
         self._reschedule(job, delay=delay, poll_count=Job.poll_count + 1)
         return "retry"
 
-    def _apply(
-        self, job: Job, result: PollResult, *, defer: list[tuple[Job, dt.datetime]] | None = None
-    ) -> str:
+    def _apply(self, job: Job, result: PollResult, *, batch: Deferred | None = None) -> str:
         if result.state is PollState.PENDING:
             elapsed = (utcnow() - (job.started_at or job.created_at)).total_seconds()
-            if defer is not None:
+            if batch is not None:
                 # Written with the rest of the batch by advance_many (list.append is atomic).
                 due = utcnow() + dt.timedelta(seconds=self._poll_delay(job, elapsed))
-                defer.append((job, due))
+                batch.pending.append((job, due))
                 return "pending"
             if not self._reschedule(
                 job,
@@ -488,29 +667,43 @@ class Engine:
                 code = self._adapter(account).gone_audio_code if account else code
             self._fail(job, code, str(exc), poll_count=Job.poll_count + 1)
             return "failed"
-        done = self._write(
-            job,
+        if batch is not None:
+            batch.finished.append(Finished(job, key, info))
+            return "succeeded"
+        return self._succeed(Finished(job, key, info))
+
+    def _succeed(self, done: Finished) -> str:
+        """Record one job SUCCEEDED with its stored audio (settling its money in the same
+        transaction); or, if a cancel took it meanwhile, drop our copy of the audio."""
+        written = self._write(
+            done.job,
             sources(JobStatus.SUCCEEDED),
-            status=JobStatus.SUCCEEDED,
-            finished_at=utcnow(),
-            audio_key=key,
-            audio_format=info.format,
-            audio_sample_rate=info.sample_rate,
-            audio_bitrate=info.bitrate,
-            audio_channels=info.channels,
-            audio_duration_ms=info.duration_ms,
-            audio_size=info.size,
-            error_code=None,
-            error_message=None,
+            **self._success_values(done, utcnow()),
             poll_count=Job.poll_count + 1,
-            next_action_at=None,
             release=True,
         )
-        if not done:
+        if not written:
             # Someone else finished or cancelled the job meanwhile; our copy is not referenced.
-            self.storage.delete(key)
-            return self._cancelled_meanwhile(job, upstream_done=True)
+            self.storage.delete(done.key)
+            return self._cancelled_meanwhile(done.job, upstream_done=True)
         return "succeeded"
+
+    @staticmethod
+    def _success_values(done: Finished, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "status": JobStatus.SUCCEEDED,
+            "finished_at": now,
+            "audio_key": done.key,
+            "audio_format": done.info.format,
+            "audio_sample_rate": done.info.sample_rate,
+            "audio_bitrate": done.info.bitrate,
+            "audio_channels": done.info.channels,
+            "audio_duration_ms": done.info.duration_ms,
+            "audio_size": done.info.size,
+            "error_code": None,
+            "error_message": None,
+            "next_action_at": None,
+        }
 
     def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
         # A key of its own per attempt: a slow loser cleaning up its copy can never delete
@@ -527,7 +720,20 @@ class Engine:
             stem,
             max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
+            session=self.downloads,
         )
+
+    @property
+    def downloads(self) -> requests.Session:
+        """One pooled session for audio downloads, per process: a fresh connection (and a fresh
+        session, as ``requests.get`` makes) per finished job cost more than the download."""
+        if self._downloads is None:
+            session = requests.Session()
+            pooled = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
+            session.mount("http://", pooled)
+            session.mount("https://", pooled)
+            self._downloads = session
+        return self._downloads
 
     # ------------------------------------------------------------------ after a cancel
 
@@ -602,34 +808,76 @@ class Engine:
                     invalid_responses=0,
                 )
             ]
-        rows = values(
-            column("id", String),
-            column("token", String),
-            column("due", UTCDateTime()),
-            name="pending",
-        ).data([(job.id, job.lease_token, due) for job, due in pending])
         with self.db.transaction() as session:
             written = set(
                 session.scalars(
-                    update(Job)
-                    .where(
-                        Job.id == rows.c.id,
-                        Job.lease_token == rows.c.token,
-                        Job.status.in_(list(ACTIVE)),
-                    )
-                    .values(
-                        next_action_at=rows.c.due,
-                        poll_count=Job.poll_count + 1,
-                        invalid_responses=0,
-                        lease_token=None,
-                        lease_until=None,
-                        updated_at=utcnow(),
-                    )
-                    .returning(Job.id)
-                    .execution_options(synchronize_session=False)
+                    RESCHEDULE_MANY,
+                    {
+                        "ids": [job.id for job, _ in pending],
+                        "tokens": [job.lease_token for job, _ in pending],
+                        "dues": [due for _, due in pending],
+                        "now": utcnow(),
+                    },
                 )
             )
         return [job.id for job, _ in pending if job.id not in written]
+
+    def _finish_many(self, finished: list[Finished]) -> dict[str, str]:
+        """Write SUCCEEDED for many jobs whose audio is stored: one UPDATE on Postgres, and each
+        job's money and webhook event in the same transaction, as ``_write`` does for one.
+        Returns each job's outcome."""
+        if not finished:
+            return {}
+        if self.db.engine.dialect.name != "postgresql":
+            return {done.job.id: self._succeed(done) for done in finished}
+        now = utcnow()
+        params = {
+            "ids": [done.job.id for done in finished],
+            "tokens": [done.job.lease_token for done in finished],
+            "keys": [done.key for done in finished],
+            "formats": [done.info.format for done in finished],
+            "sample_rates": [done.info.sample_rate for done in finished],
+            "bitrates": [done.info.bitrate for done in finished],
+            "channels": [done.info.channels for done in finished],
+            "durations": [done.info.duration_ms for done in finished],
+            "sizes": [done.info.size for done in finished],
+            "now": now,
+        }
+        try:
+            with self.db.transaction() as session:
+                written = set(session.scalars(SUCCEED_MANY, params))
+                for done in finished:
+                    if done.job.id in written:
+                        # The money moves in the transaction that ends the job, and the
+                        # webhook event exists exactly when the change does.
+                        ledger.settle(session, done.job.id, capture=True)
+                        outbox.enqueue_for(session, done.job, JobStatus.SUCCEEDED, now)
+        except Exception:
+            # A deadlock with another many-row writer, say: each job on its own, then.
+            log.warning("writing %d finished jobs at once failed", len(finished), exc_info=True)
+            return {done.job.id: self._succeed_or_retry(done) for done in finished}
+        self.notifier.publish(sorted(written))
+        outcomes = {}
+        for done in finished:
+            if done.job.id in written:
+                outcomes[done.job.id] = "succeeded"
+            else:
+                # Someone else finished or cancelled the job meanwhile; our copy is not
+                # referenced.
+                self.storage.delete(done.key)
+                outcomes[done.job.id] = self._cancelled_meanwhile(done.job, upstream_done=True)
+        return outcomes
+
+    def _succeed_or_retry(self, done: Finished) -> str:
+        try:
+            return self._succeed(done)
+        except Exception:
+            # As _step's boundary: the job must not be stranded; the next poll finds it done
+            # again and stores a fresh copy, so this one is dropped.
+            log.exception("finishing job %s failed; it will be retried", done.job.id)
+            self.storage.delete(done.key)
+            self._reschedule(done.job, delay=5.0)
+            return "error"
 
     def _cancelled_meanwhile(self, job: Job, *, upstream_done: bool, **values: Any) -> str:
         """Our write was refused: if a cancel took the job, hand it to the follow-up at once.

@@ -19,8 +19,11 @@ class PollPolicy:
     fixed_interval: float = 10.0
     min_interval: float = 0.5
     max_interval: float = 30.0
-    # Steps across the likely window [expected − spread, expected + spread]: more steps, less lag.
-    steps_per_window: int = 10
+    # Steps across the likely window [expected − spread, expected + spread]: more steps, less
+    # lag, more calls. A job finishing in the window waits up to one step (p99 ≈ a step) and
+    # costs (steps + 1) / 2 calls on average: 11 steps put the lag's p99 under a fifth of a
+    # fixed poll at the window's width (10 s for 60 ± 10) for about as many calls as that poll.
+    steps_per_window: int = 11
 
     def clamp(self, seconds: float) -> float:
         return min(self.max_interval, max(self.min_interval, seconds))

@@ -19,6 +19,7 @@ from app.providers.base import (
     ProviderError,
     Submission,
 )
+from app.providers.fanout import Get
 
 PATH = "/v2/generate/audio"
 
@@ -54,8 +55,10 @@ class AimlapiAdapter(HTTPAdapter):
             )
         return Submission(generation_id=generation_id)
 
-    def poll(self, generation_id: str) -> PollResult:
-        response = self.request("GET", PATH, params={"generation_id": generation_id})
+    def status_call(self, generation_id: str) -> Get:
+        return Get(PATH, {"generation_id": generation_id})
+
+    def parse_poll(self, response: requests.Response) -> PollResult:
         return self.parse_status(self.json_body(response))
 
     @staticmethod

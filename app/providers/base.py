@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import requests
 import requests.adapters
+from requests.utils import select_proxy
+
+from app.providers.fanout import FanOut, Get, TransportError
 
 USER_AGENT = "Chorus/0.1 (+music-generation gateway)"
 POOL_SIZE = 128
@@ -113,6 +118,22 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def poll(self, generation_id: str) -> PollResult: ...
 
+    @property
+    def polls_together(self) -> bool:
+        """Whether ``poll_many`` asks about a batch at once (from one thread). Otherwise the
+        engine polls a batch one job per thread."""
+        return False
+
+    def poll_many(self, generation_ids: Sequence[str]) -> list[PollResult | ProviderError]:
+        """``poll`` for each id, in order; a failed call is its ProviderError, not a raise."""
+        results: list[PollResult | ProviderError] = []
+        for generation_id in generation_ids:
+            try:
+                results.append(self.poll(generation_id))
+            except ProviderError as exc:
+                results.append(exc)
+        return results
+
     def cancel(self, generation_id: str) -> None:
         """Tell the upstream that nobody wants this generation any more.
 
@@ -127,15 +148,88 @@ class HTTPAdapter(Adapter):
 
     def __init__(self, account: AccountConfig, session: requests.Session | None = None) -> None:
         super().__init__(account)
+        # A session handed in (a test's, say) carries every call; the batched status calls
+        # go around requests, so they are only made on the adapter's own session.
+        self._own_session = session is None
         if session is None:
-            session = requests.Session()
-            # Many worker threads share one adapter per account; without a larger pool they
-            # would open and discard a connection per call.
-            pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-            session.mount("http://", pooled)
-            session.mount("https://", pooled)
+            session = pooled_session(account.base_url)
         self.session = session
         self.session.headers["User-Agent"] = USER_AGENT
+        self._fanout: FanOut | None = None
+        self._fanout_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ status calls
+
+    def status_call(self, generation_id: str) -> Get | None:
+        """The GET that asks the upstream about a generation; None where there is none."""
+        return None
+
+    def parse_poll(self, response: requests.Response) -> PollResult:
+        """What a successful status answer says."""
+        raise NotImplementedError
+
+    def poll(self, generation_id: str) -> PollResult:
+        call = self.status_call(generation_id)
+        if call is None:
+            raise NotImplementedError(f"{type(self).__name__} has no status call")
+        return self.parse_poll(self.request("GET", call.path, params=call.params))
+
+    @property
+    def polls_together(self) -> bool:
+        return self.fanout() is not None
+
+    def fanout(self) -> FanOut | None:
+        """The client that sends a batch's status calls at once, made on first use; None when
+        the protocol has no status GET, the session was handed in, or a proxy stands between
+        (the fan-out speaks to the upstream directly)."""
+        if self._fanout is None:
+            if not self._own_session or self.status_call("probe") is None:
+                return None
+            if select_proxy(self.account.base_url, self.session.proxies):
+                return None
+            with self._fanout_lock:
+                if self._fanout is None:
+                    headers = {
+                        "User-Agent": str(self.session.headers.get("User-Agent", USER_AGENT)),
+                        "Accept": "*/*",
+                        **self.auth_headers(),
+                    }
+                    verify = self.session.verify
+                    self._fanout = FanOut(
+                        self.account.base_url,
+                        headers=headers,
+                        connect_timeout=self.account.connect_timeout,
+                        read_timeout=self.account.read_timeout,
+                        verify=verify if isinstance(verify, str | bool) else True,
+                        max_idle=POOL_SIZE,
+                    )
+        return self._fanout
+
+    def poll_many(self, generation_ids: Sequence[str]) -> list[PollResult | ProviderError]:
+        fanout = self.fanout()
+        if fanout is None:
+            return super().poll_many(generation_ids)
+        calls = [call for g in generation_ids if (call := self.status_call(g)) is not None]
+        if len(calls) != len(generation_ids):
+            return super().poll_many(generation_ids)
+        results: list[PollResult | ProviderError] = []
+        answers = fanout.get_many(calls)
+        for generation_id, answer in zip(generation_ids, answers, strict=True):
+            if isinstance(answer, TransportError):
+                results.append(_transport_error(answer, self.timeout[1]))
+            elif answer.is_redirect:
+                # The fan-out follows no redirect; requests does, as for any single call.
+                results.extend(super().poll_many([generation_id]))
+            elif answer.status_code >= 400:
+                results.append(self.http_error(answer))
+            else:
+                try:
+                    results.append(self.parse_poll(answer))
+                except ProviderError as exc:
+                    results.append(exc)
+        return results
+
+    # ------------------------------------------------------------------ calls
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -242,6 +336,36 @@ class HTTPAdapter(Adapter):
                 retryable=True,
             )
         return body
+
+
+def _transport_error(fault: TransportError, read_timeout: float) -> ProviderError:
+    """A fan-out call's transport fault, named as ``request`` names the same fault."""
+    if fault.kind == "timeout":
+        return ProviderError(
+            "upstream_timeout", f"no answer within {read_timeout:g}s", retryable=True
+        )
+    return ProviderError("upstream_unavailable", str(fault), retryable=True)
+
+
+def pooled_session(base_url: str) -> requests.Session:
+    """A session that keeps its connections, shared by the worker's threads.
+
+    requests otherwise looks at the environment (proxy variables, the CA bundle, ~/.netrc) on
+    every call, a third of the client's CPU per status call. It is asked once here, for the
+    address the session will call, and the answer is kept; ~/.netrc is left out (the adapter
+    sends its own credentials).
+    """
+    session = requests.Session()
+    # Many worker threads share one adapter per account; without a larger pool they would
+    # open and discard a connection per call.
+    pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", pooled)
+    session.mount("https://", pooled)
+    found = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies.update(found.get("proxies") or {})
+    session.verify = found.get("verify", True)
+    session.trust_env = False
+    return session
 
 
 def parse_retry_after(value: str | None) -> float | None:

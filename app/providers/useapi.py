@@ -29,6 +29,7 @@ from app.providers.base import (
     ProviderError,
     Submission,
 )
+from app.providers.fanout import Get
 
 CREATE_PATH = "/v1/minimax/music/create"
 MUSIC_PATH = "/v1/minimax/music/"
@@ -64,9 +65,11 @@ class UseapiAdapter(HTTPAdapter):
             maybe_created=True,
         )
 
-    def poll(self, generation_id: str) -> PollResult:
+    def status_call(self, generation_id: str) -> Get:
         # musicId looks like user:<id>-minimax:<account>-music:<id>: encode every ':' and '/'.
-        response = self.request("GET", MUSIC_PATH + quote(generation_id, safe=""))
+        return Get(MUSIC_PATH + quote(generation_id, safe=""))
+
+    def parse_poll(self, response: requests.Response) -> PollResult:
         return self.parse_status(self.json_body(response))
 
     def cancel(self, generation_id: str) -> None:

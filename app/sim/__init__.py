@@ -100,6 +100,7 @@ def create_sim_app(settings: Settings, *, state: SimState | None = None) -> Flas
         )
     )
     app.extensions[STATE_KEY] = store
+    app.wsgi_app = _QuickPolls(app.wsgi_app, store)  # type: ignore[method-assign]
     aimlapi.register(app, store)
     minimax.register(app, store)
     useapi.register(app, store)
@@ -117,6 +118,23 @@ def create_sim_app(settings: Settings, *, state: SimState | None = None) -> Flas
         return aimlapi.error(code, exc.description or REASONS.get(code, "Error"))
 
     return app
+
+
+class _QuickPolls:
+    """WSGI middleware: plain AIMLAPI status GETs skip Flask (``aimlapi.quick_poll``)."""
+
+    def __init__(self, app: Any, state: SimState) -> None:
+        self.app = app
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO") == API_PATH:
+            body = aimlapi.quick_poll(self.state, environ)
+            if body is not None:
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                start_response("200 OK", headers)
+                return [body]
+        return self.app(environ, start_response)
 
 
 def sim_state(app: Flask) -> SimState:

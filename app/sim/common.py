@@ -149,7 +149,11 @@ def garbage_response() -> Response:
 
 def bearer() -> str | None:
     """The key from ``Authorization: Bearer <key>``, or None when absent or empty."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return bearer_of(request.headers.get("Authorization", ""))
+
+
+def bearer_of(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
@@ -163,7 +167,11 @@ def json_body() -> tuple[Any, str | None]:
 
 def audio_url(generation_id: str) -> str:
     """The absolute link, on this very server, to a generation's WAV file."""
-    return f"{request.host_url.rstrip('/')}{AUDIO_PREFIX}{quote(generation_id, safe='')}.wav"
+    return audio_link(request.host_url, generation_id)
+
+
+def audio_link(host_url: str, generation_id: str) -> str:
+    return f"{host_url.rstrip('/')}{AUDIO_PREFIX}{quote(generation_id, safe='')}.wav"
 
 
 def record(

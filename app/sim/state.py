@@ -277,6 +277,10 @@ class SimState:
         with self._lock:
             return {k: [f.as_dict() for f in v] for k, v in self._faults.items()}
 
+    def has_faults(self, target: FaultTarget) -> bool:
+        with self._lock:
+            return bool(self._faults[target])
+
     def take_fault(self, target: FaultTarget) -> Fault | None:
         """The next queued fault for ``target``, removed so that it fires exactly once."""
         with self._lock:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from app.providers.base import (
     GenerationRequest,
     PollResult,
     PollState,
+    ProviderError,
     Submission,
 )
 
@@ -50,6 +51,10 @@ class Script:
         }
         self.calls: list[Call] = []
         self.accounts: list[AccountConfig] = []
+        # With ``together`` set the adapter says it polls a batch at once; each batch it was
+        # asked about is recorded (its ids, in order) before its polls play one by one.
+        self.together = False
+        self.batches: list[list[str]] = []
 
     # --------------------------------------------------------------- scripting
 
@@ -125,6 +130,15 @@ class FakeAdapter(Adapter):
         answer = self.script.play("poll", generation_id, self.account)
         assert isinstance(answer, PollResult), f"scripted poll answered {answer!r}"
         return answer
+
+    @property
+    def polls_together(self) -> bool:
+        return self.script.together
+
+    def poll_many(self, generation_ids: Sequence[str]) -> list[PollResult | ProviderError]:
+        with self.script._lock:
+            self.script.batches.append(list(generation_ids))
+        return super().poll_many(generation_ids)
 
     def cancel(self, generation_id: str) -> None:
         self.script.play("cancel", generation_id, self.account)

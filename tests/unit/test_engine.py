@@ -1048,3 +1048,186 @@ def test_an_account_far_below_its_cap_takes_slots_without_its_lock(
     assert account_locks(full) >= 1
     assert row(db, full).status == JobStatus.QUEUED and row(db, full).waiting_since is not None
     assert len(script.submits) == 3
+
+
+# ------------------------------------------------------------------ 11. batches polled together
+
+
+def due_claims(engine: Engine, db: Database, jobs: list[str]) -> dict[str, str]:
+    for job_id in jobs:
+        set_row(db, job_id, next_action_at=utcnow())
+    claims = {c.job_id: c.token for c in engine.claim_due(lookahead=0, limit=100)}
+    assert set(claims) == set(jobs)
+    return claims
+
+
+def answer_by_generation(answers: dict[str, PollResult | BaseException]) -> Any:
+    """A poll step that answers by generation id, whatever order the batch asks in."""
+
+    def play(generation_id: str) -> PollResult:
+        answer = answers[generation_id]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    return play
+
+
+def ledger_kinds(db: Database, job_id: str) -> list[str]:
+    from app.money.models import LedgerEntry
+
+    with db.session() as session:
+        return sorted(session.scalars(select(LedgerEntry.kind).where(LedgerEntry.job_id == job_id)))
+
+
+def test_a_sweep_leases_its_jobs_with_one_statement(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    jobs = [new_job(db, settings) for _ in range(3)]
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    claims = engine.claim_due(lookahead=0, limit=100)
+    event.remove(db.engine, "before_cursor_execute", seen)
+
+    assert sorted(c.job_id for c in claims) == sorted(jobs)
+    assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE JOBS")]) == 1
+    # One token for the sweep; each claim still names its job, and only its holder proceeds.
+    assert len({c.token for c in claims}) == 1
+    assert all(row(db, j).lease_token == claims[0].token for j in jobs)
+    assert engine.claim_due(lookahead=0, limit=100) == []
+
+
+def test_a_batch_polled_together_asks_once_and_applies_each_answer(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    jobs = [running_job(engine, db, settings) for _ in range(5)]
+    generation = {j: row(db, j).generation_id or "" for j in jobs}
+    claims = due_claims(engine, db, jobs)
+    failed = PollResult(PollState.FAILED, error_code="upstream_failed", error_message="boom")
+    answers: dict[str, PollResult | BaseException] = {
+        generation[jobs[0]]: PENDING,
+        generation[jobs[1]]: SUCCESS,
+        generation[jobs[2]]: failed,
+        generation[jobs[3]]: unavailable(),
+        generation[jobs[4]]: SUCCESS,
+    }
+    script.together = True
+    script.on_poll(*[answer_by_generation(answers)] * 5)
+    outcomes = engine.advance_many([(j, claims[j]) for j in jobs])
+
+    assert outcomes == ["pending", "succeeded", "failed", "retry", "succeeded"]
+    assert [sorted(batch) for batch in script.batches] == [sorted(generation.values())]
+    assert len(script.polls) == 5  # each generation asked once
+    pending, done, broken, retried, also_done = (row(db, j) for j in jobs)
+    assert pending.status == JobStatus.RUNNING and pending.poll_count == 1
+    assert pending.next_action_at is not None and pending.next_action_at > utcnow()
+    for job in (done, also_done):
+        assert job.status == JobStatus.SUCCEEDED and job.poll_count == 1
+        assert job.finished_at is not None and job.next_action_at is None
+        assert job.audio_key in stored_files(settings)
+        assert job.audio_size == len(WAV) and job.audio_format == "wav"
+        assert ledger_kinds(db, job.id) == ["capture", "hold"]
+        assert_released(job)
+    assert_failed(broken, "upstream_failed")
+    assert ledger_kinds(db, broken.id) == ["hold", "release"]
+    assert retried.status == JobStatus.RUNNING and retried.poll_count == 1
+    for job in (pending, broken, retried):
+        assert_released(job)
+
+
+def test_finished_jobs_of_a_batch_are_written_together_each_guarded(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    """One UPDATE ends the batch's finished jobs; a job cancelled while its audio downloaded
+    keeps its cancel (money released once, follow-up ended) and our copy of the audio goes."""
+    jobs = [running_job(engine, db, settings) for _ in range(3)]
+    claims = due_claims(engine, db, jobs)
+    cancelled = jobs[0]
+    cancelled_generation = row(db, cancelled).generation_id
+
+    def cancel_meanwhile(generation_id: str) -> PollResult:
+        if generation_id == cancelled_generation:
+            set_row(
+                db,
+                cancelled,
+                status=JobStatus.CANCELLED,
+                upstream_followup=FOLLOWUP_CANCEL,
+                finished_at=utcnow(),
+            )
+        return SUCCESS
+
+    script.together = True
+    script.on_poll(*[cancel_meanwhile] * 3)
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    outcomes = engine.advance_many([(j, claims[j]) for j in jobs])
+
+    assert outcomes == ["lost", "succeeded", "succeeded"]
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE JOBS")]
+    # The take, one write for the finished jobs, the cancel, and the cancelled job's hand-over.
+    assert len(updates) == 4, updates
+    for job_id in jobs[1:]:
+        assert row(db, job_id).status == JobStatus.SUCCEEDED
+    kept = row(db, cancelled)
+    assert kept.status == JobStatus.CANCELLED and kept.audio_key is None
+    assert kept.upstream_followup is None and kept.lease_token is None
+    assert sorted(stored_files(settings)) == sorted(row(db, j).audio_key or "" for j in jobs[1:])
+
+
+def test_a_batch_message_delivered_twice_polls_each_job_once(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    jobs = [running_job(engine, db, settings) for _ in range(3)]
+    claims = due_claims(engine, db, jobs)
+    script.together = True
+    script.on_poll(PENDING, SUCCESS, PENDING)
+    batch = [(j, claims[j]) for j in jobs]
+    first = engine.advance_many(batch)
+    again = engine.advance_many(batch)
+
+    assert sorted(first) == ["pending", "pending", "succeeded"]
+    assert again == ["skipped"] * 3
+    assert len(script.polls) == 3 and len(script.batches) == 1
+    assert sorted(row(db, j).poll_count for j in jobs) == [1, 1, 1]
+
+
+def test_finished_jobs_are_written_one_by_one_when_the_batch_write_fails(
+    engine: Engine,
+    script: Script,
+    db: Database,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy import text
+
+    import app.jobs.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SUCCEED_MANY", text("SELECT no_such_column FROM jobs"))
+    jobs = [running_job(engine, db, settings) for _ in range(2)]
+    claims = due_claims(engine, db, jobs)
+    script.together = True
+    script.on_poll(SUCCESS, SUCCESS)
+    outcomes = engine.advance_many([(j, claims[j]) for j in jobs])
+
+    assert outcomes == ["succeeded", "succeeded"]
+    for job_id in jobs:
+        job = row(db, job_id)
+        assert job.status == JobStatus.SUCCEEDED and job.audio_key in stored_files(settings)
+        assert ledger_kinds(db, job_id) == ["capture", "hold"]
+    assert len(stored_files(settings)) == 2
+
+
+def test_jobs_whose_adapter_polls_one_at_a_time_keep_their_threads(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    jobs = [running_job(engine, db, settings) for _ in range(3)]
+    claims = due_claims(engine, db, jobs)
+    script.on_poll(PENDING, PENDING, SUCCESS)
+    outcomes = engine.advance_many([(j, claims[j]) for j in jobs])
+
+    assert sorted(outcomes) == ["pending", "pending", "succeeded"]
+    assert script.batches == [] and len(script.polls) == 3

@@ -79,21 +79,29 @@ def test_inside_the_window_polls_are_one_step_apart_on_the_grid(
 
 
 def test_grid_survives_floating_point_steps() -> None:
-    expected, spread = 3.0, 3.0  # window [0, 6], step 0.6
-    times = [t for t in poll_times(ADAPTIVE, expected, spread, until=6) if t <= 6 + 1e-9]
-    assert [round(t, 6) for t in times] == [round(0.6 * k, 6) for k in range(1, 11)]
+    expected, spread = 3.3, 3.3  # window [0, 6.6], steps of 0.6 that float arithmetic blurs
+    step = step_of(ADAPTIVE, spread)
+    assert step == pytest.approx(0.6)
+    times = [t for t in poll_times(ADAPTIVE, expected, spread, until=6.6) if t <= 6.6 + 1e-9]
+    assert [round(t, 6) for t in times] == [round(0.6 * k, 6) for k in range(1, 12)]
 
 
 def test_inside_the_window_an_off_grid_poll_returns_to_the_grid() -> None:
-    # Window [50, 70], step 2: a poll that ran late comes back to the next grid point.
-    for elapsed, nxt in [(50.0, 52.0), (50.3, 52.0), (53.4, 54.0), (57.2, 58.0), (69.0, 70.0)]:
-        assert elapsed + ADAPTIVE.next_delay(elapsed, 60, 10) == pytest.approx(nxt)
+    # Window [50, 70]: a poll that ran late comes back to the next grid point 50 + k·step.
+    step = step_of(ADAPTIVE, 10)
+    for k in range(ADAPTIVE.steps_per_window):
+        for late in (0.0, 0.3 * step, 0.7 * step):
+            elapsed = 50 + k * step + late
+            assert elapsed + ADAPTIVE.next_delay(elapsed, 60, 10) == pytest.approx(
+                50 + (k + 1) * step
+            )
 
 
 def test_inside_the_window_the_delay_is_at_least_min_interval() -> None:
-    # 53.9 is 0.1 s from the grid point 54: the delay is min_interval, not 0.1.
-    assert ADAPTIVE.next_delay(53.9, 60, 10) == pytest.approx(ADAPTIVE.min_interval)
-    assert ADAPTIVE.next_delay(53.99, 60, 10) == ADAPTIVE.min_interval
+    # 0.1 s before a grid point, the delay is min_interval, not 0.1.
+    point = 50 + 2 * step_of(ADAPTIVE, 10)
+    assert ADAPTIVE.next_delay(point - 0.1, 60, 10) == pytest.approx(ADAPTIVE.min_interval)
+    assert ADAPTIVE.next_delay(point - 0.01, 60, 10) == ADAPTIVE.min_interval
 
 
 def test_overdue_jobs_back_off_geometrically_up_to_max_interval() -> None:
@@ -188,8 +196,11 @@ def test_adaptive_beats_a_fixed_ten_second_poll() -> None:
     assert polls["adaptive"] <= polls["fixed"], polls
     for q in (0.5, 0.99):
         assert percentile(lags["adaptive"], q) <= percentile(lags["fixed"], q) / 4, (q, lags)
-    # The lag of the adaptive policy is bounded by one step (2 s) for a job in its window.
-    assert max(lags["adaptive"]) <= 2.0 + 1e-9
+    # The lag of the adaptive policy is bounded by one step for a job in its window; the
+    # schedule alone leaves a fifth of the fixed poll's p99, the rest of a quarter being what
+    # the system has for everything else (sweep, queue, the call, the write).
+    assert max(lags["adaptive"]) <= step_of(ADAPTIVE, 10) + 1e-9
+    assert percentile(lags["adaptive"], 0.99) <= percentile(lags["fixed"], 0.99) / 5
     # Sanity of the baseline: a fixed 10 s poll lags ~5 s at p50 and ~10 s at p99.
     assert 4 <= percentile(lags["fixed"], 0.5) <= 6
     assert percentile(lags["fixed"], 0.99) >= 9
