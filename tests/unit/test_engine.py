@@ -93,6 +93,17 @@ def set_row(db: Database, job_id: str, **values: Any) -> None:
         assert result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def cancel_with_follow_up(db: Database, job_id: str) -> None:
+    """What a client's cancel of a RUNNING job writes (the upstream is still to be told)."""
+    set_row(
+        db,
+        job_id,
+        status=JobStatus.CANCELLED,
+        upstream_followup=FOLLOWUP_CANCEL,
+        finished_at=utcnow(),
+    )
+
+
 def row(db: Database, job_id: str) -> Job:
     with db.session() as session:
         job = session.get(Job, job_id)
@@ -984,20 +995,11 @@ def test_advance_many_writes_a_batch_of_pending_polls_at_once(
     """Pending answers for a batch are written together, each guarded like a single write:
     a job cancelled while its poll was in flight is handed to the follow-up, not rescheduled."""
     jobs = [running_job(engine, db, settings) for _ in range(4)]
-    for job_id in jobs:
-        set_row(db, job_id, next_action_at=utcnow())
-    claims = {c.job_id: c.token for c in engine.claim_due(lookahead=0, limit=100)}
-    assert set(claims) == set(jobs)
+    claims = due_claims(engine, db, jobs)
     cancelled = jobs[0]
 
     def cancel_meanwhile(_generation_id: str) -> PollResult:
-        set_row(
-            db,
-            cancelled,
-            status=JobStatus.CANCELLED,
-            upstream_followup=FOLLOWUP_CANCEL,
-            finished_at=utcnow(),
-        )
+        cancel_with_follow_up(db, cancelled)
         return PollResult(PollState.PENDING)
 
     script.on_poll(cancel_meanwhile, *[PollResult(PollState.PENDING)] * 3)
@@ -1151,13 +1153,7 @@ def test_finished_jobs_of_a_batch_are_written_together_each_guarded(
 
     def cancel_meanwhile(generation_id: str) -> PollResult:
         if generation_id == cancelled_generation:
-            set_row(
-                db,
-                cancelled,
-                status=JobStatus.CANCELLED,
-                upstream_followup=FOLLOWUP_CANCEL,
-                finished_at=utcnow(),
-            )
+            cancel_with_follow_up(db, cancelled)
         return SUCCESS
 
     script.together = True
