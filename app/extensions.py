@@ -51,6 +51,12 @@ class Chorus:
             session = g.db_session = self.db.session()
         return session
 
+    def commit(self) -> None:
+        """Commit the request's session, if the request opened one."""
+        session: Session | None = g.get("db_session")
+        if session is not None:
+            session.commit()
+
 
 def chorus() -> Chorus:
     ext: Chorus = current_app.extensions["chorus"]

@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg2.extensions
 import pytest
 import redis
 import requests
@@ -226,6 +228,43 @@ def lock_waiters(db: Database) -> int:
                 )
             ).scalar_one()
         )
+
+
+@contextmanager
+def statements_on(**engines: sa.Engine) -> Iterator[dict[str, list[str]]]:
+    """Every statement a cursor of each named engine's pool sends meanwhile, by name.
+
+    Recorded by psycopg2 itself (a cursor class set on each connection while it is checked
+    out), so statements run through SQLAlchemy and straight on a pooled connection's cursor
+    (``HotStatement``) both count. A BEGIN or ROLLBACK that psycopg2 sends on its own is not
+    a cursor's statement: a test checks autocommit for that.
+    """
+    seen: dict[str, list[str]] = {name: [] for name in engines}
+    hooks = []
+    for name, engine in engines.items():
+
+        class Recording(psycopg2.extensions.cursor):
+            log = seen[name]
+
+            def execute(self, query: Any, vars: Any = None) -> None:
+                self.log.append(query.decode() if isinstance(query, bytes) else query)
+                super().execute(query, vars)
+
+        def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any, cls: type = Recording) -> None:
+            dbapi_conn.cursor_factory = cls
+
+        def on_checkin(dbapi_conn: Any, _record: Any) -> None:
+            if dbapi_conn is not None:
+                dbapi_conn.cursor_factory = psycopg2.extensions.cursor
+
+        for event, hook in (("checkout", on_checkout), ("checkin", on_checkin)):
+            sa.event.listen(engine.pool, event, hook)
+            hooks.append((engine.pool, event, hook))
+    try:
+        yield seen
+    finally:
+        for pool, event, hook in hooks:
+            sa.event.remove(pool, event, hook)
 
 
 class Processes:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 from flask import g, request
-from sqlalchemy import Connection, Row, Table, and_, bindparam, select
+from sqlalchemy import Engine, Row, Table, and_, bindparam, select
 
 from app.api.errors import ApiError
+from app.db import HotStatement
 from app.extensions import chorus
 from app.jobs.models import Job, JobRecord
 from app.jobs.service import get_job, job_not_found
@@ -20,7 +21,7 @@ _JOBS = cast(Table, Job.__table__)
 # is the API's commonest request. Its key and its job come back in one round trip, as a plain
 # row (the job's columns under their own names): building an ORM object for a read that
 # only turns into JSON would cost more than the query.
-_KEY_AND_JOB = (
+_KEY_AND_JOB = HotStatement(
     select(
         ApiKey.id.label("key_id"),
         ApiKey.org_id.label("key_org_id"),
@@ -48,11 +49,11 @@ def require_key() -> None:
     job_id = _job_read() if request.method == "GET" else None
     key = None
     if presented:
-        with chorus().db.reader.connect() as conn:
-            if job_id is None:
-                key = authenticate(conn, presented)
-            else:
-                key = _authenticate_with_job(conn, presented, job_id)
+        reader = chorus().db.reader
+        if job_id is None:
+            key = authenticate(reader, presented)
+        else:
+            key = _authenticate_with_job(reader, presented, job_id)
     if key is None:
         # The seed answers a missing or unknown key with 403 ("need login").
         raise ApiError(
@@ -83,9 +84,9 @@ def _job_read() -> str | None:
     return job_id
 
 
-def _authenticate_with_job(conn: Connection, presented: str, job_id: str) -> Caller | None:
+def _authenticate_with_job(reader: Engine, presented: str, job_id: str) -> Caller | None:
     """``authenticate``, reading the org's job ``job_id`` on the way (kept in ``g``)."""
-    row = conn.execute(_KEY_AND_JOB, {"key_hash": hash_key(presented), "job_id": job_id}).first()
+    row = _KEY_AND_JOB.first(reader, {"key_hash": hash_key(presented), "job_id": job_id})
     if row is None or row.key_revoked_at is not None:
         return None
     # No job of this org under that id: the outer join gave NULLs.

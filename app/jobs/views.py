@@ -153,9 +153,8 @@ class Generations(MethodView):
         seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
         """
         ext = chorus()
-        session = ext.session()
         job: JobRecord = service.create_job(
-            session,
+            ext.session,
             g.api_key,
             args,
             deadline_seconds=ext.settings.job_deadline_seconds,
@@ -164,8 +163,9 @@ class Generations(MethodView):
             offers=ext.offers,
             max_active_jobs=ext.settings.org_max_active_jobs,
             recent_active=ext.recent_active,
+            quick=ext.db.reader,
         )
-        session.commit()
+        ext.commit()
         status, applied = 202, None
         wait = requested_wait(request.headers)
         if wait:
@@ -176,8 +176,8 @@ class Generations(MethodView):
                     hub.wait(job.id, wait)
                     applied = wait
             if applied:
-                # The session gave its connection back at the commit: waiting held none.
-                job = session.get(Job, job.id, populate_existing=True) or job
+                # The submit gave its connection back (at its commit): waiting holds none.
+                job = ext.session().get(Job, job.id, populate_existing=True) or job
                 if JobStatus(job.status).terminal:
                     status = 201
         body = job_object(job, ext.storage)

@@ -8,10 +8,23 @@ and the ledger's unique (job_id, kind) refuses a second capture or release anywa
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, String, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    Insert,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -59,15 +72,13 @@ def hold(
         # Every paid submit runs this: the balance UPDATE and its ledger entry go to the
         # database as one prebuilt statement (a data-modifying CTE), one round trip.
         statement = _HOLD_WITH_MINIMUM if min_balance else _HOLD
-        params = dict(
-            hold_org_id=org_id,
-            hold_currency=currency,
-            hold_price=price,
-            hold_kind=HOLD,
-            hold_neg_price=-price,
-            hold_min_balance=min_balance,
-            hold_job_id=job_id,
-            hold_now=now,
+        params = hold_params(
+            org_id=org_id,
+            currency=currency,
+            price=price,
+            min_balance=min_balance,
+            job_id=job_id,
+            now=now,
         )
         return session.execute(statement, params).rowcount == 1  # type: ignore[attr-defined]
     # No balance row at all is a zero balance: the UPDATE simply matches nothing.
@@ -98,15 +109,32 @@ def hold(
     return True
 
 
-def _hold_statement(*, with_minimum: bool) -> Any:
-    """The Postgres hold: take ``price`` from the balance and write its ledger entry, in one
-    statement whose values are all parameters. Their names are not column names: a
-    parameter named like a column of the UPDATE or INSERT would become a value of it."""
+_LEDGER_COLUMNS = ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"]
+
+
+def hold_params(
+    *, org_id: int, currency: str, price: int, min_balance: int, job_id: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The parameters of a statement made by ``with_hold`` (or of ``hold``'s own)."""
+    return dict(
+        hold_org_id=org_id,
+        hold_currency=currency,
+        hold_price=price,
+        hold_kind=HOLD,
+        hold_neg_price=-price,
+        hold_min_balance=min_balance,
+        hold_job_id=job_id,
+        hold_now=now,
+    )
+
+
+def _taken(*, with_minimum: bool) -> CTE:
+    """Postgres: take ``price`` from the balance, if it covers it; one row when it did."""
     table = cast(Table, Balance.__table__)
     enough = [table.c.available >= bindparam("hold_price")]
     if with_minimum:
         enough.append(table.c.available > bindparam("hold_min_balance"))
-    taken = (
+    return (
         update(table)
         .where(
             table.c.org_id == bindparam("hold_org_id"),
@@ -121,22 +149,42 @@ def _hold_statement(*, with_minimum: bool) -> Any:
         .returning(table.c.org_id)
         .cte("taken")
     )
-    return (
-        insert(cast(Table, LedgerEntry.__table__))
-        .from_select(
-            ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"],
-            select(
-                taken.c.org_id,
-                bindparam("hold_currency", type_=String()),
-                bindparam("hold_kind", type_=String()),
-                bindparam("hold_neg_price", type_=BigInteger()),
-                bindparam("hold_price", type_=BigInteger()),
-                bindparam("hold_job_id", type_=String()),
-                bindparam("hold_now", type_=UTCDateTime()),
-            ),
-        )
-        .add_cte(taken, nest_here=True)
+
+
+def _entry(taken: CTE) -> Insert:
+    """The hold's ledger entry, written only when ``taken`` took the money."""
+    return insert(cast(Table, LedgerEntry.__table__)).from_select(
+        _LEDGER_COLUMNS,
+        select(
+            taken.c.org_id,
+            bindparam("hold_currency", type_=String()),
+            bindparam("hold_kind", type_=String()),
+            bindparam("hold_neg_price", type_=BigInteger()),
+            bindparam("hold_price", type_=BigInteger()),
+            bindparam("hold_job_id", type_=String()),
+            bindparam("hold_now", type_=UTCDateTime()),
+        ),
     )
+
+
+def with_hold(insert_from: Callable[[CTE], Insert], *, with_minimum: bool) -> Insert:
+    """Postgres: ``insert_from(taken)``, an INSERT … SELECT … FROM ``taken``, as one statement
+    with the hold, parameters from ``hold_params``. It inserts its row only where the balance
+    covered the price, and then with the hold's ledger entry: a statement run alone in
+    autocommit is its own transaction, so the row and its money commit together or not at all.
+
+    Parameter names are not column names: a parameter named like a column of an UPDATE or
+    INSERT would become a value of it.
+    """
+    taken = _taken(with_minimum=with_minimum)
+    # Postgres allows a data-modifying CTE only at the top level of the statement.
+    return insert_from(taken).add_cte(taken, _entry(taken).cte("entry"), nest_here=True)
+
+
+def _hold_statement(*, with_minimum: bool) -> Insert:
+    """The Postgres hold alone: take ``price`` from the balance and write its ledger entry."""
+    taken = _taken(with_minimum=with_minimum)
+    return _entry(taken).add_cte(taken, nest_here=True)
 
 
 _HOLD = _hold_statement(with_minimum=False)

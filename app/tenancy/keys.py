@@ -11,9 +11,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session
 
+from app.db import HotStatement
 from app.tenancy.models import ApiKey, Org
 
 KEY_PREFIX = "chs_"
@@ -62,15 +63,20 @@ class Caller:
     org_id: int
 
 
-# Built once: every request runs it, and a prebuilt statement skips building and hashing it.
-_LIVE_KEY = select(ApiKey.id, ApiKey.org_id).where(
-    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+# Every request runs it: built once, and run as a HotStatement.
+_LIVE_KEY = HotStatement(
+    select(ApiKey.id, ApiKey.org_id).where(
+        ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+    )
 )
 
 
-def authenticate(conn: Connection | Session, presented: str | None) -> Caller | None:
-    """The live key matching ``presented``, or None for a missing, unknown or revoked key."""
+def authenticate(engine: Engine, presented: str | None) -> Caller | None:
+    """The live key matching ``presented``, or None for a missing, unknown or revoked key.
+
+    ``engine``'s connections should autocommit: the lookup is then one round trip.
+    """
     if not presented:
         return None
-    row = conn.execute(_LIVE_KEY, {"key_hash": hash_key(presented)}).first()
+    row = _LIVE_KEY.first(engine, {"key_hash": hash_key(presented)})
     return Caller(row.id, row.org_id) if row is not None else None

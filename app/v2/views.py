@@ -85,9 +85,8 @@ class Generations(MethodView):
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
         ext = chorus()
-        session = ext.session()
         job = service.create_job(
-            session,
+            ext.session,
             g.api_key,
             {**args, "catelogid": ext.settings.default_music_category},
             deadline_seconds=ext.settings.job_deadline_seconds,
@@ -96,8 +95,9 @@ class Generations(MethodView):
             offers=ext.offers,
             max_active_jobs=ext.settings.org_max_active_jobs,
             recent_active=ext.recent_active,
+            quick=ext.db.reader,
         )
-        session.commit()
+        ext.commit()
         # 201, as AIMLAPI answers a created generation.
         response = jsonify(id=job.id, status="queued")
         response.status_code = 201

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.jobs.models import Job
-from tests.conftest import GOOD_BODY, auth, job_rows
+from tests.conftest import GOOD_BODY, auth, job_rows, statements_on
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
@@ -328,21 +328,11 @@ def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     BEGIN, no ROLLBACK); revocation and isolation still hold."""
     job_id = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key)).json["id"]
     web_db = app.extensions["chorus"].db
-    statements: dict[str, list[str]] = {"engine": [], "reader": []}
-    listeners = {
-        name: (lambda *args, name=name: statements[name].append(args[2])) for name in statements
-    }
-    engines = {"engine": web_db.engine, "reader": web_db.reader}
-    for name, engine in engines.items():
-        sa.event.listen(engine, "before_cursor_execute", listeners[name])
-    try:
+    with statements_on(engine=web_db.engine, reader=web_db.reader) as statements:
         read = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key))
         v2 = client.get(
             "/v2/generate/audio", query_string={"generation_id": job_id}, headers=auth(api_key)
         )
-    finally:
-        for name, engine in engines.items():
-            sa.event.remove(engine, "before_cursor_execute", listeners[name])
     assert read.status_code == 200 and read.json["id"] == job_id
     assert v2.status_code == 200 and v2.json["id"] == job_id
     assert statements["engine"] == [], statements
@@ -354,6 +344,43 @@ def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     with db.transaction() as session:
         session.execute(sa.text("UPDATE api_keys SET revoked_at = now()"))
     assert client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key)).status_code == 403
+
+
+def test_a_submit_far_below_the_cap_is_one_autocommit_statement(
+    app: Any, client: Any, db: Any, api_key: str
+) -> None:
+    """No transaction of the session's: the key, then the job's INSERT, each its own."""
+    web_db = app.extensions["chorus"].db
+    assert client.post(URL, json=GOOD_BODY, headers=auth(api_key)).status_code == 202
+    with statements_on(engine=web_db.engine, reader=web_db.reader) as statements:
+        created = client.post(URL, json=GOOD_BODY, headers=auth(api_key))
+    assert created.status_code == 202, created.json
+    assert statements["engine"] == [], statements
+    assert len(statements["reader"]) == 2, statements
+    assert "INSERT INTO jobs" in statements["reader"][1], statements
+    stored = client.get(created.json["urls"]["get"], headers=auth(api_key))
+    assert stored.json == {**created.json, "audio": None}
+    assert stored.json["metadata"] == {}
+
+
+def test_a_jobs_urls_are_its_routes_under_any_host_and_root(
+    app: Any, client: Any, api_key: str
+) -> None:
+    """The URLs in a job object are the routes url_for gives, for the host and mount point
+    each request came through."""
+    from flask import url_for
+
+    for host, root in (("localhost", ""), ("chorus.example:8443", "/api"), ("localhost", "")):
+        environ = {"SCRIPT_NAME": root, "HTTP_HOST": host}
+        job = client.post(
+            URL, json=GOOD_BODY, headers=auth(api_key), environ_overrides=environ
+        ).get_json()
+        with app.test_request_context(environ_overrides=environ):
+            assert job["urls"]["get"] == url_for(
+                "generations.Generation", job_id=job["id"], _external=True
+            )
+        assert job["urls"]["get"] == f"http://{host}{root}{URL}/{job['id']}"
+        assert job["urls"]["content"] is None
 
 
 def test_an_id_with_a_nul_character_is_unknown_not_a_500(client: Any, api_key: str) -> None:

@@ -47,6 +47,7 @@ from tests.conftest import (
     auth,
     funded_key,
     lock_waiters,
+    statements_on,
     wait_for,
 )
 
@@ -317,6 +318,47 @@ def test_min_balance_must_be_exceeded(client: Any, db: Database) -> None:
     # 401 covers the price but not the minimum.
     assert submit(client, key).status_code == 429
     assert balance_of(db, org) == ledger.Totals(401, PRICE)
+
+
+def test_a_priced_submit_far_below_the_cap_is_one_statement_with_its_hold(
+    app: Any, client: Any, db: Database
+) -> None:
+    """The job, the hold and its ledger entry go as one autocommit statement (its own
+    transaction); a refused one writes none of them."""
+    key = funded_key(db, "quick", PRICE + PRICE // 2)
+    org = org_id(db, "quick")
+    web_db = app.extensions["chorus"].db
+    # Another org's submit first: the process then has the model in its catalog cache.
+    assert submit(client, funded_key(db, "warm")).status_code == 202
+    with statements_on(engine=web_db.engine, reader=web_db.reader) as statements:
+        accepted = submit(client, key)
+        refused = submit(client, key)
+    assert accepted.status_code == 202, accepted.get_json()
+    assert error_of(refused.get_json())["code"] == "insufficient_quota"
+    assert statements["engine"] == [], statements
+    # Per request: the key, then the one statement (the first also counts the org's jobs).
+    writes = [sql for sql in statements["reader"] if "INSERT INTO jobs" in sql]
+    assert len(writes) == 2 and len(statements["reader"]) == 5, statements
+    assert all("UPDATE balances" in sql and "INSERT INTO ledger" in sql for sql in writes)
+    with web_db.reader.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True  # type: ignore[union-attr]
+    assert balance_of(db, org) == ledger.Totals(PRICE // 2, PRICE)
+    assert ledger_kinds(db, org) == {"topup": 1, "hold": 1}
+    with db.session() as session:
+        jobs = session.scalars(sa.select(Job.id).where(Job.org_id == org)).all()
+    assert jobs == [accepted.get_json()["id"]]
+
+
+@pytest.mark.env(ORG_MAX_ACTIVE_JOBS="3")
+def test_near_the_cap_a_submit_takes_the_transaction(app: Any, client: Any, db: Database) -> None:
+    """A small cap is always counted exactly, under the org's lock: in a transaction."""
+    key = funded_key(db, "careful")
+    web_db = app.extensions["chorus"].db
+    with statements_on(engine=web_db.engine, reader=web_db.reader) as statements:
+        assert submit(client, key).status_code == 202
+    assert not any("INSERT INTO jobs" in sql for sql in statements["reader"]), statements
+    assert any("INSERT INTO jobs" in sql for sql in statements["engine"]), statements
+    assert any("UPDATE balances" in sql for sql in statements["engine"]), statements
 
 
 @pytest.mark.env(ORG_MAX_ACTIVE_JOBS="3")
