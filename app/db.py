@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import re
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import JSON, ClauseElement, DateTime, Executable, MetaData, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    ClauseElement,
+    DateTime,
+    Executable,
+    MetaData,
+    String,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -126,7 +138,10 @@ class Database:
         """
         if self._reader is None:
             self._reader = make_engine(
-                self.settings.database_url, pre_ping=self.pre_ping, isolation_level="AUTOCOMMIT"
+                self.settings.database_url,
+                pre_ping=self.pre_ping,
+                isolation_level="AUTOCOMMIT",
+                execution_options={PREPARE_OPTION: self.settings.database_prepare},
             )
         return self._reader
 
@@ -152,10 +167,18 @@ class Database:
                 engine.dispose(close=False)
 
 
+# An engine's execution option: its HotStatements are prepared on the server (DATABASE_PREPARE).
+PREPARE_OPTION = "chorus_prepare"
+# SQLSTATEs of a prepared statement the connection does not (or already) have.
+_NOT_PREPARED, _ALREADY_PREPARED = "26000", "42P05"
+
+
 class _Compiled(NamedTuple):
     sql: str
     defaults: dict[str, Any]
     processors: dict[str, Callable[[Any], Any]]
+    prepare: str  # PREPARE name (types) AS the statement, parameters by position
+    execute: str  # EXECUTE name (the parameters)
 
 
 class HotStatement:
@@ -170,12 +193,21 @@ class HotStatement:
     and decoded JSON, as the columns' types would give. Elsewhere (SQLite) it is an ordinary
     execution.
 
+    Where the engine has ``PREPARE_OPTION``, the statement is also prepared on the server,
+    once per connection, and run with EXECUTE: Postgres then neither parses nor plans it
+    again, which for a read joining the key and the job was most of its CPU. A connection
+    that lost it (a pooler's reset) prepares it again. Not behind a pooler in transaction
+    mode, where the next transaction may be on another server connection.
+
     ``column_keys`` names an INSERT's columns when the statement has no ``values()``.
     """
+
+    _names = itertools.count(1)
 
     def __init__(self, statement: Executable, *, column_keys: Sequence[str] | None = None):
         self.statement = statement
         self.column_keys = list(column_keys) if column_keys is not None else None
+        self.name = f"chorus_hot_{next(self._names)}"
         self._compiled: dict[int, _Compiled] = {}
         self._rows: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
@@ -190,11 +222,15 @@ class HotStatement:
         values = {**compiled.defaults, **params}
         for name, process in compiled.processors.items():
             values[name] = process(values[name])
+        prepare = engine.get_execution_options().get(PREPARE_OPTION, False)
         connection = engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute(compiled.sql, values)
+                if prepare:
+                    self._execute_prepared(cursor, connection.info, compiled, values)
+                else:
+                    cursor.execute(compiled.sql, values)
                 row = cursor.fetchone() if cursor.description else None
                 names = tuple(column[0] for column in cursor.description or ())
             finally:
@@ -217,6 +253,28 @@ class HotStatement:
             connection.close()
         return None if row is None else self._row_type(names)._make(row)
 
+    def _execute_prepared(
+        self, cursor: Any, info: dict[Any, Any], compiled: _Compiled, values: dict[str, Any]
+    ) -> None:
+        # ``info`` lives as long as the DBAPI connection: a new connection starts empty.
+        prepared: set[str] = info.setdefault(PREPARE_OPTION, set())
+        for attempt in (1, 2):
+            if self.name not in prepared:
+                try:
+                    cursor.execute(compiled.prepare)
+                except Exception as exc:
+                    if getattr(exc, "pgcode", None) != _ALREADY_PREPARED:
+                        raise
+                prepared.add(self.name)
+            try:
+                cursor.execute(compiled.execute, values)
+                return
+            except Exception as exc:
+                # In autocommit a failed statement leaves no transaction to roll back.
+                if attempt == 2 or getattr(exc, "pgcode", None) != _NOT_PREPARED:
+                    raise
+                prepared.discard(self.name)
+
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(id(dialect))
         if compiled is None:
@@ -237,10 +295,36 @@ class HotStatement:
                 for name, bind in done.binds.items()
                 if not bind.required and bind.value is not None
             }
-            compiled = _Compiled(str(done), defaults, processors)
+            sql = str(done)
+            compiled = _Compiled(sql, defaults, processors, *self._prepared_forms(done, sql))
             with self._lock:
                 self._compiled[id(dialect)] = compiled
         return compiled
+
+    def _prepared_forms(self, done: SQLCompiler, sql: str) -> tuple[str, str]:
+        """PREPARE and EXECUTE for ``sql`` (pyformat): each named parameter becomes $n, typed
+        as its bind's type so that Postgres infers nothing."""
+        order: list[str] = []
+
+        def position(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        body = re.sub(r"%\((\w+)\)s", position, sql).replace("%%", "%")
+
+        def type_of(bind: BindParameter[Any]) -> str:
+            # A string's length is the column's business: the statement itself refuses what
+            # does not fit, as it would unprepared.
+            kind = String() if isinstance(bind.type, String) else bind.type
+            return done.dialect.type_compiler_instance.process(kind)
+
+        types = ", ".join(type_of(done.binds[name]) for name in order)
+        arguments = ", ".join(f"%({name})s" for name in order)
+        return (
+            f"PREPARE {self.name} ({types}) AS {body}",
+            f"EXECUTE {self.name} ({arguments})" if order else f"EXECUTE {self.name}",
+        )
 
     def _row_type(self, names: tuple[str, ...]) -> Any:
         row_type = self._rows.get(names)

@@ -55,6 +55,8 @@ class Settings:
     # Storage and brokers
     var_dir: Path
     database_url: str
+    # Prepare the API's hottest statements on the server (off behind a transaction pooler).
+    database_prepare: bool
     redis_url: str | None
     redis_prefix: str
     broker_url: str
@@ -189,6 +191,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
+        database_prepare=env.bool("DATABASE_PREPARE", True),
         redis_url=redis_url,
         redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
         broker_url=broker_url,

@@ -321,6 +321,8 @@ def test_a_database_restart_is_a_503_once_then_served(
     assert served.status_code == 200, served.json
 
 
+# The statements' own SQL is what these tests read: unprepared, it goes as it is.
+@pytest.mark.env(DATABASE_PREPARE="false")
 def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     app: Any, client: Any, db: Any, api_key: str, other_key: str
 ) -> None:
@@ -346,6 +348,7 @@ def test_reading_a_job_is_one_statement_and_still_checks_the_key(
     assert client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key)).status_code == 403
 
 
+@pytest.mark.env(DATABASE_PREPARE="false")
 def test_a_submit_far_below_the_cap_is_one_autocommit_statement(
     app: Any, client: Any, db: Any, api_key: str
 ) -> None:
@@ -361,6 +364,35 @@ def test_a_submit_far_below_the_cap_is_one_autocommit_statement(
     stored = client.get(created.json["urls"]["get"], headers=auth(api_key))
     assert stored.json == {**created.json, "audio": None}
     assert stored.json["metadata"] == {}
+
+
+def test_hot_statements_are_prepared_once_per_connection(
+    app: Any, client: Any, api_key: str
+) -> None:
+    """By default (DATABASE_PREPARE) the key+job read is PREPAREd once on a connection and
+    only EXECUTEd after; a connection that lost it (DEALLOCATE ALL, as a pooler's reset
+    does) prepares it again and still answers."""
+    reader = app.extensions["chorus"].db.reader
+    job_id = client.post(URL, json=GOOD_BODY, headers=auth(api_key)).json["id"]
+
+    def read() -> list[str]:
+        with statements_on(reader=reader) as statements:
+            response = client.get(f"{URL}/{job_id}", headers=auth(api_key))
+        assert response.status_code == 200 and response.json["id"] == job_id, response.json
+        return [sql.split(" (")[0] for sql in statements["reader"]]
+
+    first = read()
+    assert first[-1].startswith("EXECUTE chorus_hot_"), first
+    name = first[-1].removeprefix("EXECUTE ")
+    assert read() == [f"EXECUTE {name}"]
+    with reader.connect() as conn:  # the pool's one connection: the test client is serial
+        conn.exec_driver_sql("DEALLOCATE ALL")
+    assert read() == [f"EXECUTE {name}", f"PREPARE {name}", f"EXECUTE {name}"]
+    assert read() == [f"EXECUTE {name}"]
+    # Revocation still shows at once through the prepared statement.
+    with reader.connect() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET revoked_at = now()")
+    assert client.get(f"{URL}/{job_id}", headers=auth(api_key)).status_code == 403
 
 
 def test_a_jobs_urls_are_its_routes_under_any_host_and_root(

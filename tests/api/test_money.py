@@ -320,6 +320,8 @@ def test_min_balance_must_be_exceeded(client: Any, db: Database) -> None:
     assert balance_of(db, org) == ledger.Totals(401, PRICE)
 
 
+# The statement's own SQL is what this test reads: unprepared, it goes as it is.
+@pytest.mark.env(DATABASE_PREPARE="false")
 def test_a_priced_submit_far_below_the_cap_is_one_statement_with_its_hold(
     app: Any, client: Any, db: Database
 ) -> None:
