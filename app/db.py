@@ -141,6 +141,8 @@ class Database:
                 self.settings.database_url,
                 pre_ping=self.pre_ping,
                 isolation_level="AUTOCOMMIT",
+                # Nothing to roll back on an autocommit connection given back to the pool.
+                pool_reset_on_return=None,
                 execution_options={PREPARE_OPTION: self.settings.database_prepare},
             )
         return self._reader
@@ -209,7 +211,7 @@ class HotStatement:
         self.column_keys = list(column_keys) if column_keys is not None else None
         self.name = f"chorus_hot_{next(self._names)}"
         self._compiled: dict[int, _Compiled] = {}
-        self._rows: dict[tuple[str, ...], Any] = {}
+        self._row: Any = None  # the named tuple of its rows, made at the first one
         self._lock = threading.Lock()
 
     def first(self, engine: Engine, params: dict[str, Any]) -> Any | None:
@@ -232,7 +234,8 @@ class HotStatement:
                 else:
                     cursor.execute(compiled.sql, values)
                 row = cursor.fetchone() if cursor.description else None
-                names = tuple(column[0] for column in cursor.description or ())
+                if row is not None and self._row is None:
+                    self._row = namedtuple("HotRow", [c[0] for c in cursor.description])  # type: ignore[misc]
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as exc:
@@ -251,7 +254,7 @@ class HotStatement:
             ) from exc
         finally:
             connection.close()
-        return None if row is None else self._row_type(names)._make(row)
+        return None if row is None else self._row._make(row)
 
     def _execute_prepared(
         self, cursor: Any, info: dict[Any, Any], compiled: _Compiled, values: dict[str, Any]
@@ -325,9 +328,3 @@ class HotStatement:
             f"PREPARE {self.name} ({types}) AS {body}",
             f"EXECUTE {self.name} ({arguments})" if order else f"EXECUTE {self.name}",
         )
-
-    def _row_type(self, names: tuple[str, ...]) -> Any:
-        row_type = self._rows.get(names)
-        if row_type is None:
-            row_type = self._rows[names] = namedtuple("HotRow", names)
-        return row_type

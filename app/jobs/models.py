@@ -33,9 +33,8 @@ class Job(Base):
         Index("ix_jobs_deadline", "status", "deadline_at"),
         # Slots: jobs in flight on an account.
         Index("ix_jobs_account_status", "account_id", "status"),
-        # The per-org cap on active jobs, and usage reports.
-        Index("ix_jobs_org_status", "org_id", "status"),
-        # The job list filtered by status, newest first.
+        # The job list filtered by status, newest first; and (its prefix) the per-org cap on
+        # active jobs and usage reports.
         Index("ix_jobs_org_status_id", "org_id", "status", "id"),
         # Retention: the oldest jobs not yet purged.
         Index("ix_jobs_purge", "purged_at", "created_at"),

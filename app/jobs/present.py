@@ -65,7 +65,9 @@ def job_url(endpoint: str, job_id: str) -> str:
     path = _PATHS.get(key)
     if path is None:
         path = _PATHS[key] = url_for(endpoint, job_id=_MARK)
-    return request.host_url[:-1] + path.replace(_MARK, quote(job_id, safe=""))
+    # What url_for puts before the path; werkzeug's own host_url costs more to build.
+    origin = f"{request.scheme}://{request.host}"
+    return origin + path.replace(_MARK, quote(job_id, safe=""))
 
 
 def job_object(job: JobRecord, storage: AudioStorage | None = None) -> dict[str, Any]:
