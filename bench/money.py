@@ -5,12 +5,12 @@ POST throughput for a free model (price 0, phase (a)'s own case) and for a price
 a song, every org funded so that no request is refused), measured back to back.
 
 A priced submit adds, to what a free one does, a conditional UPDATE of the org's balance row
-(the hold) and an INSERT into the ledger. Every submit of one org, free or priced, already
-queues on that org's row lock (the per-org cap on active jobs counts under it), so a priced
-submit holds the lock a little longer. Each model is therefore measured twice: every request
-from one org's key (phase (a)'s load, and the figure the target is judged on: "submit
-throughput with money on, beside core's figure"), and spread round-robin over ``ORGS`` orgs,
-one key each, where the row locks barely meet.
+(the hold) and an INSERT into the ledger, in the same one statement as the job's INSERT. The
+hold locks the org's balance row until that statement commits, so one org's priced submits
+queue on each other. Each model is therefore measured twice: every request from one org's
+key (phase (a)'s load, and the figure the target is judged on: "submit throughput with money
+on, beside core's figure"), and spread round-robin over ``ORGS`` orgs, one key each, where
+the row locks barely meet.
 """
 
 from __future__ import annotations

@@ -699,9 +699,9 @@ def _money_section(money: dict[str, Any], http: dict[str, Any] | None) -> list[s
         f"{money['free_model']}` (price 0). Priced: `{money['paid_model']}` "
         f"({money['price']} minor units of {money['currency']} a song; every org, free ones too, "
         f"funded with {money['fund_per_org']:,} so no request is refused). Every case uses fresh "
-        "orgs with no jobs. Every POST of one org takes that org's row lock (the per-org cap "
-        "and the balance hold are serialised per org), so each model is measured on one org's "
-        f"key, as in (a), and spread round-robin over {money['orgs']} orgs (one key each). "
+        "orgs with no jobs. Every priced POST of one org takes that org's balance-row lock until "
+        "its commit (the hold), so one org's priced submits are serialised; each model is "
+        f"therefore measured on one org's key, as in (a), and spread round-robin over {money['orgs']} orgs (one key each). "
         "**The target is judged on the 1-org pair**: the issue asks for submit throughput with "
         "money on beside core's figure, which is (a)'s one-key load.",
         "",
