@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=370.0,
         help="seconds after the last submit before unfinished jobs count as lost (default 370)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="(a), (b) and (e): times each HTTP measurement is made, in turn with the others; "
+        "figures are the median rounds (default 3)",
+    )
     parser.add_argument("--skip-http", action="store_true", help="skip phases (a) and (b)")
     parser.add_argument("--skip-jobs", action="store_true", help="skip phase (c)")
     parser.add_argument(
@@ -147,12 +154,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.held_repeats,
         args.useapi_jobs_per_account,
         args.money_orgs,
+        args.rounds,
         *args.useapi_accounts,
     )
     if not args.useapi_accounts or min(positive) < 1:
         parser.error(
             "--upstream-batch, --hold-jobs, --held-repeats, --useapi-accounts, "
-            "--useapi-jobs-per-account and --money-orgs must be positive"
+            "--useapi-jobs-per-account, --money-orgs and --rounds must be positive"
         )
     return args
 
@@ -254,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_http:
             from bench.http_phase import run_http_phase
 
-            print(f"(a)/(b) HTTP: Chorus vs bare, {args.duration:g} s each", flush=True)
+            print(
+                f"(a)/(b) HTTP: Chorus vs bare, {args.duration:g} s each, {args.rounds} rounds",
+                flush=True,
+            )
             results["http"] = run_http_phase(
                 sup,
                 stack,
@@ -262,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections=args.connections,
                 use_wrk=use_wrk,
                 workdir=root,
+                rounds=args.rounds,
             )
         if not args.skip_jobs:
             from bench.jobs import run_jobs_phase
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(
                 f"(e) money: POST, free vs priced model, 1 org and {args.money_orgs} orgs, "
-                f"{args.duration:g} s each",
+                f"{args.duration:g} s each, {args.rounds} rounds",
                 flush=True,
             )
             results["money"] = run_money_phase(
@@ -322,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 use_wrk=use_wrk,
                 workdir=root,
                 orgs=args.money_orgs,
+                rounds=args.rounds,
             )
         if not args.skip_wait:
             from bench.wait import run_wait_phase

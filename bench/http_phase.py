@@ -32,6 +32,11 @@ from bench.procs import (
     wait_http,
 )
 from bench.stack import CATEGORY, LYRICS, MODEL, Stack, bare_command, start_web
+from bench.stats import median_item
+
+# The servers of phases (a)/(b): Chorus, the bare app doing the same durable work, and the
+# bare app doing no I/O at all.
+SIDES = ("chorus", "bare", "bare_noio")
 
 # A few existing jobs for the GETs: enough that every read is not the same cached row.
 GET_JOBS = 8
@@ -131,7 +136,12 @@ def run_http_phase(
     connections: int,
     use_wrk: bool,
     workdir: Path,
+    rounds: int = 3,
 ) -> dict[str, Any]:
+    """Chorus beside the bare app. Each endpoint's three servers are measured in turn,
+    ``rounds`` times over; each figure is the server's median round (by req/s), and the
+    ratio is of the medians: on a shared machine one 15-second measurement can land in a
+    slowdown of the host."""
     chorus_port, bare_port = free_port(), free_port()
     web = start_web(sup, stack, "web-http", chorus_port, {})
     bare_app.create_table(stack.database_url)
@@ -187,9 +197,8 @@ def run_http_phase(
 
     dbname = str(make_url(stack.database_url).database)
     servers = {chorus_port: web.pid, bare_port: bare.pid}
-    cpu: dict[str, dict[str, float]] = {}
 
-    def drive(target: load.Target, duration: float) -> load.LoadResult:
+    def drive(target: load.Target, duration: float) -> tuple[load.LoadResult, dict[str, float]]:
         # Where the CPU went: the server under load, its Postgres backends, the generator, and
         # anything else on the machine (other people's processes show up there).
         server = servers[target.port]
@@ -215,7 +224,6 @@ def run_http_phase(
             - used["interrupts"]
             - used["steal"]
         )
-        cpu[target.label] = used
         sup.check_alive(["web-http", "bare"])
         if result.non_2xx or result.socket_errors:
             print(
@@ -224,7 +232,7 @@ def run_http_phase(
                 flush=True,
             )
             print(f"  one answer to the same request: {_sample(target)}", flush=True)
-        return result
+        return result, used
 
     out: dict[str, Any] = {
         "chorus_command": " ".join(web.argv),
@@ -233,23 +241,30 @@ def run_http_phase(
         "seconds": seconds,
         "warmup_seconds": WARMUP_SECONDS,
         "get_job_ids": len(job_ids),
+        "rounds": rounds,
     }
     with RssSampler({"chorus_web": web.pid, "bare_web": bare.pid}) as sampler:
         for target in (t for pair in pairs.values() for t in pair):
             drive(target, WARMUP_SECONDS)  # warm-up: imports, pools, JIT-less caches
-        for kind, (chorus_target, bare_target, noio_target) in pairs.items():
-            # Back to back, with a short pause to let sockets settle.
-            results = {}
-            for side, target in (
-                ("chorus", chorus_target),
-                ("bare", bare_target),
-                ("bare_noio", noio_target),
-            ):
-                results[side] = drive(target, seconds)
-                time.sleep(1.0)
+        for kind, targets in pairs.items():
+            runs: dict[str, list[tuple[load.LoadResult, dict[str, float]]]] = {
+                side: [] for side in SIDES
+            }
+            for _ in range(rounds):
+                # Back to back, with a short pause to let sockets settle.
+                for side, target in zip(SIDES, targets, strict=True):
+                    runs[side].append(drive(target, seconds))
+                    time.sleep(1.0)
+            medians = {side: median_item(rs, key=lambda r: r[0].rps) for side, rs in runs.items()}
+            results = {side: result for side, (result, _) in medians.items()}
             out[kind] = {
-                side: {**result.as_dict(), "cpu": _per_request(cpu[result.label], result)}
-                for side, result in results.items()
+                side: {
+                    **result.as_dict(),
+                    "cpu": _per_request(used, result),
+                    "rps_rounds": [r.rps for r, _ in runs[side]],
+                    "faults_all_rounds": sum(r.non_2xx + r.socket_errors for r, _ in runs[side]),
+                }
+                for side, (result, used) in medians.items()
             }
             chorus_rps = results["chorus"].rps
             # The target's ratio is against the bare app doing the same durable work.

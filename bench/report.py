@@ -15,6 +15,7 @@ from typing import Any, cast
 import redis
 import sqlalchemy as sa
 
+from bench.http_phase import SIDES
 from bench.procs import ROOT
 from bench.stats import fmt
 
@@ -129,10 +130,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
         )
     if http:
         bad = sum(
-            http[k][side]["non_2xx"] + http[k][side]["socket_errors"]
-            for k in ("post", "get")
-            for side in SIDES
-            if side in http[k]
+            _faults(http[k][side]) for k in ("post", "get") for side in SIDES if side in http[k]
         )
         out.append(Verdict("(a)/(b) non-2xx answers or socket errors", str(bad), "0", bad == 0))
     jobs = results.get("jobs", {})
@@ -321,6 +319,11 @@ def _upstream_verdicts(upstreams: dict[str, Any] | None) -> list[Verdict]:
     return out
 
 
+def _faults(measured: dict[str, Any]) -> int:
+    """Non-2xx answers and socket errors over every round of a measurement."""
+    return int(measured.get("faults_all_rounds", measured["non_2xx"] + measured["socket_errors"]))
+
+
 def _money_verdicts(money: dict[str, Any] | None) -> list[Verdict]:
     if not money:
         return []
@@ -342,9 +345,11 @@ def _money_verdicts(money: dict[str, Any] | None) -> list[Verdict]:
                 (ratio is not None and ratio >= PRICED_RATIO_MIN) if judged else None,
             )
         )
-    bad = sum(c["non_2xx"] + c["socket_errors"] for c in cases.values())
+    bad = sum(_faults(c) for c in cases.values())
     out.append(Verdict("(e) non-2xx answers or socket errors", str(bad), "0", bad == 0))
-    consistent = all(c["tables"]["consistent"] for c in cases.values())
+    consistent = all(
+        c.get("consistent_all_rounds", c["tables"]["consistent"]) for c in cases.values()
+    )
     out.append(
         Verdict(
             "(e) holds and balances match the jobs created",
@@ -363,6 +368,29 @@ def _other(seconds: float | None, digits: int = 1) -> str:
     # What is left after subtracting every measured group; a small negative remainder is
     # sampling skew between /proc/stat and the per-process counters, not negative work.
     return fmt(None if seconds is None else max(0.0, seconds), digits)
+
+
+def _rounds_text(rounds: int, seconds: float, what: str) -> list[str]:
+    if rounds < 2:
+        return []
+    return [
+        f"Each {what}, {rounds} times over. Every figure below is that server's (or case's) "
+        "median round by req/s, and each ratio is of the medians: on this shared machine a "
+        f"single {fmt(seconds, 0)}-second measurement now and then lands in a slowdown of the "
+        "host (its CPU ms per request rises and the machine shows idle CPU under full load).",
+        "",
+    ]
+
+
+def _rounds_rows(measured: dict[str, dict[str, Any]]) -> list[str]:
+    """req/s of every round, in the order they ran."""
+    if not any(len(m.get("rps_rounds", ())) > 1 for m in measured.values()):
+        return []
+    lines = ["| Measured | req/s of each round, in order |", "|---|---|"]
+    for label, m in measured.items():
+        rounds = " / ".join(fmt(rps, 0) for rps in m.get("rps_rounds", ()))
+        lines.append(f"| {label} | {rounds} |")
+    return [*lines, ""]
 
 
 def _http_table(http: dict[str, Any]) -> list[str]:
@@ -386,11 +414,6 @@ def _http_table(http: dict[str, Any]) -> list[str]:
                 f"{fmt(cpu.get('machine_busy_pct'), 0)} % | {_other(cpu.get('other_s'))} |"
             )
     return lines
-
-
-# The servers of phases (a)/(b): Chorus, the bare app doing the same durable work, and the
-# bare app doing no I/O at all.
-SIDES = ("chorus", "bare", "bare_noio")
 
 
 def _ratio_rows(http: dict[str, Any]) -> list[str]:
@@ -705,6 +728,11 @@ def _money_section(money: dict[str, Any], http: dict[str, Any] | None) -> list[s
         "**The target is judged on the 1-org pair**: the issue asks for submit throughput with "
         "money on beside core's figure, which is (a)'s one-key load.",
         "",
+        *_rounds_text(
+            money.get("rounds", 1),
+            money["seconds"],
+            "round runs the four cases in turn, on fresh orgs",
+        ),
         "| Case | orgs | requests | req/s | p50 ms | p99 ms | max ms | non-2xx | socket errors "
         "| jobs created (per org) | holds | server CPU ms/req | Postgres CPU ms/req "
         "| machine CPU busy | other processes, CPU s |",
@@ -722,8 +750,8 @@ def _money_section(money: dict[str, Any], http: dict[str, Any] | None) -> list[s
             f"{fmt(cpu.get('postgres_ms_per_request'))} | "
             f"{fmt(cpu.get('machine_busy_pct'), 0)} % | {fmt(cpu.get('other_s'), 1)} |"
         )
+    lines += ["", *_rounds_rows({c["label"]: c for c in cases.values()})]
     lines += [
-        "",
         "| | priced ÷ free req/s | slower by | target | result |",
         "|---|---:|---:|---|---|",
     ]
@@ -747,7 +775,9 @@ def _money_section(money: dict[str, Any], http: dict[str, Any] | None) -> list[s
             f"{fmt(http['post']['chorus']['p99_ms'])} ms.",
             "",
         ]
-    bad = [c for c in cases.values() if not c["tables"]["consistent"]]
+    bad = [
+        c for c in cases.values() if not c.get("consistent_all_rounds", c["tables"]["consistent"])
+    ]
     if not bad:
         lines += [
             "The tables were checked after each case (one snapshot): every priced job has "
@@ -845,6 +875,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"warm-up of each endpoint; every POST carries a distinct prompt; GETs cycle over "
             f"{http['get_job_ids']} existing (QUEUED) jobs. Generator: `{http['post']['chorus']['command']}`.",
             "",
+            *_rounds_text(
+                http.get("rounds", 1),
+                http["seconds"],
+                "endpoint's three servers (Chorus, bare, bare with no I/O) are measured in turn",
+            ),
             "The bare app is plain Flask with no extension and no ORM. The target's ratio is "
             "against its `/bare` routes, which do the durable work a job API cannot skip and "
             "nothing else: the POST INSERTs the request as a row and commits (through a psycopg2 "
@@ -855,6 +890,14 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         lines += [*_ratio_rows(http), "", *_http_table(http), ""]
+        lines += _rounds_rows(
+            {
+                f"{kind.upper()} {http[kind][side]['label']}": http[kind][side]
+                for kind in ("post", "get")
+                for side in SIDES
+                if side in http[kind]
+            }
+        )
         lines += [
             f"Peak RSS during this phase: Chorus web {fmt(http['peak_rss_mb']['chorus_web'], 0)} MB, "
             f"bare {fmt(http['peak_rss_mb']['bare_web'], 0)} MB (gunicorn master + workers). "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:
@@ -18,6 +21,11 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     high = min(low + 1, len(ordered) - 1)
     frac = rank - low
     return float(ordered[low] + (ordered[high] - ordered[low]) * frac)
+
+
+def median_item(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The item whose ``key`` is the median (the upper one of an even count)."""
+    return sorted(items, key=key)[len(items) // 2]
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -52,7 +52,7 @@ from bench.stack import (
     start_worker,
     wait_worker_ready,
 )
-from bench.stats import describe
+from bench.stats import describe, median_item
 
 HOLD_MODEL = "mm-hold"
 FAST_MODEL = "fast"
@@ -304,8 +304,7 @@ def _wait_open_calls(sup: Supervisor, stack: Stack, want: int, timeout: float) -
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose completion time is the median (the upper one of an even count); a run
     that did not finish counts as the slowest."""
-    ordered = sorted(runs, key=lambda r: r["completion_s"] or float("inf"))
-    return ordered[len(ordered) // 2]
+    return median_item(runs, key=lambda r: r["completion_s"] or float("inf"))
 
 
 def run_held_calls(
