@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -211,8 +210,8 @@ class HotStatement:
         self.column_keys = list(column_keys) if column_keys is not None else None
         self.name = f"chorus_hot_{next(self._names)}"
         self._compiled: dict[int, _Compiled] = {}
-        self._row: Any = None  # the named tuple of its rows, made at the first one
-        self._lock = threading.Lock()
+        # Both filled on first use; a race between threads only does that work twice.
+        self._row: Any = None  # the named tuple of its rows
 
     def first(self, engine: Engine, params: dict[str, Any]) -> Any | None:
         """The statement's first row (None for none), on a connection of ``engine``; with an
@@ -300,8 +299,7 @@ class HotStatement:
             }
             sql = str(done)
             compiled = _Compiled(sql, defaults, processors, *self._prepared_forms(done, sql))
-            with self._lock:
-                self._compiled[id(dialect)] = compiled
+            self._compiled[id(dialect)] = compiled
         return compiled
 
     def _prepared_forms(self, done: SQLCompiler, sql: str) -> tuple[str, str]:

@@ -343,16 +343,10 @@ def create_job(
     ``offers`` caches catalog answers in the calling process for a few seconds. ``quick``,
     an engine whose connections autocommit, lets the commonest submit be stored in one
     statement on it, committed at once (``_store_at_once``); otherwise the job is inserted
-    and its price held in ``session`` (or in the session that callable opens), for the
-    caller to commit.
+    and its price held in ``session`` (or in the one that callable gives, the same each
+    call, as ``Chorus.session`` does), for the caller to commit.
     """
-    opened: list[Session] = []
-
-    def db() -> Session:
-        if not opened:
-            opened.append(session() if callable(session) else session)
-        return opened[0]
-
+    db: Callable[[], Session] = session if callable(session) else lambda: session
     key_ = (args["model"], args["catelogid"])
     if offers is not None:
         model = offers.get(key_, lambda: find_model(db(), *key_))
