@@ -12,7 +12,10 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 # Touched after a successful install: pip runs again only when pyproject.toml is newer.
+# `make run` needs only Chorus and its embedded PostgreSQL (RUN_STAMP); the other targets
+# need the dev tools too (STAMP), which include everything `make run` needs.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -28,9 +31,16 @@ venv: $(STAMP) ## Create .venv and install Chorus with its dev tools (again only
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(VENV_PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(VENV_PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[embedded]'
 	@touch $@
 
-run: venv ## Run the embedded default (API on :8000, worker, beat, simulator); Ctrl-C stops it
+# On Ctrl-C, chorus dev stops everything and exits 0; make itself then ends by the same
+# SIGINT (status 130), as GNU make always does when interrupted.
+run: $(RUN_STAMP) ## Run the embedded default (API on :8000, worker, beat, simulator); Ctrl-C stops it
 	$(BIN)/chorus dev
 
 test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest $(PYTEST_ARGS)
@@ -50,6 +60,6 @@ bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_
 		|| echo "wrk is not installed: the Python load generator will be used"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-clean: ## Remove var/ (local database, audio, beat schedule) and build/test caches; keeps .venv
+clean: ## Remove var/ (the embedded PostgreSQL's data, audio, beat schedule) and build/test caches; keeps .venv
 	rm -rf var/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ *.egg-info
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

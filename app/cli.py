@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -18,6 +20,8 @@ from config import Settings, load_settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+# What honcho's manager returns when it was stopped by SIGINT or SIGTERM: a requested stop.
+STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 # The embedded default's org starts with ¥1,000 so the README's curl steps just work.
 DEV_CURRENCY = "CNY"
 DEV_CREDIT = 100_000
@@ -35,6 +39,29 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+_HELD = "chorus.embedded"
+
+
+def database_settings(ctx: click.Context) -> Settings:
+    """The settings, with a database URL: DATABASE_URL's, or else the embedded server's,
+    which this process then holds (starting it if none runs) until the command ends."""
+    settings = settings_of(ctx)
+    if settings.database_url is not None:
+        return settings
+    held: Settings | None = ctx.meta.get(_HELD)
+    if held is None:
+        from app import embedded
+
+        try:
+            server = embedded.open_server(settings)
+        except embedded.EmbeddedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        ctx.find_root().call_on_close(server.close)
+        held = dataclasses.replace(settings, database_url=server.url)
+        ctx.meta[_HELD] = held
+    return held
+
+
 # ------------------------------------------------------------------ data
 
 
@@ -47,10 +74,10 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Apply migrations (creates the SQLite file of the embedded default)."""
+    """Apply migrations (to the embedded PostgreSQL when DATABASE_URL is unset)."""
     from app import dbmigrate
 
-    dbmigrate.upgrade(settings_of(ctx), revision)
+    dbmigrate.upgrade(database_settings(ctx), revision)
 
 
 @main.group()
@@ -64,12 +91,26 @@ def keys() -> None:
 @click.pass_context
 def keys_create(ctx: click.Context, org_name: str, label: str | None) -> None:
     """Create a key and print it (only it: it is shown this once)."""
-    from app.db import Database
-    from app.tenancy.keys import create_key
+    from sqlalchemy import func, select
 
-    with Database(settings_of(ctx)).transaction() as session:
+    from app.db import Database
+    from app.money.models import Balance
+    from app.tenancy.keys import create_key, get_or_create_org
+
+    with Database(database_settings(ctx)).transaction() as session:
         secret = create_key(session, org_name, label)
+        org_id = get_or_create_org(session, org_name).id
+        credit = session.scalar(select(func.sum(Balance.available)).where(Balance.org_id == org_id))
     click.echo(secret)
+    if not credit:
+        # On stderr, so that stdout stays the key alone (KEY=$(chorus keys create …)).
+        click.echo(
+            f"The org {org_name!r} has no credit yet: its jobs on priced models get "
+            f"429 insufficient_quota. Fund it with\n"
+            f"  chorus balance add --org {shlex.quote(org_name)} AMOUNT\n"
+            f"(AMOUNT in minor units: 100000 is ¥1,000)",
+            err=True,
+        )
 
 
 @keys.command("list")
@@ -82,7 +123,7 @@ def keys_list(ctx: click.Context, org_name: str) -> None:
     from app.db import Database
     from app.tenancy.models import ApiKey, Org
 
-    with Database(settings_of(ctx)).session() as session:
+    with Database(database_settings(ctx)).session() as session:
         org = session.scalar(select(Org).where(Org.name == org_name))
         if org is None:
             raise click.ClickException(f"no org named {org_name!r}")
@@ -104,7 +145,7 @@ def keys_revoke(ctx: click.Context, key_id: int) -> None:
     from app.db import Database, utcnow
     from app.tenancy.models import ApiKey
 
-    with Database(settings_of(ctx)).transaction() as session:
+    with Database(database_settings(ctx)).transaction() as session:
         key = session.get(ApiKey, key_id)
         if key is None:
             raise click.ClickException(f"no key with id {key_id}")
@@ -146,7 +187,7 @@ def balance_add(
     from app.db import Database
     from app.money import ledger
 
-    with Database(settings_of(ctx)).transaction() as session:
+    with Database(database_settings(ctx)).transaction() as session:
         org_id = _org_id(session, org_name, create=True)
         kind = ledger.TOPUP if amount >= 0 else ledger.ADJUSTMENT
         # Under the balance row's lock: a submit's hold cannot slip in between check and write.
@@ -166,7 +207,7 @@ def balance_show(ctx: click.Context, org_name: str, currency: str) -> None:
     from app.db import Database
     from app.money import ledger
 
-    with Database(settings_of(ctx)).session() as session:
+    with Database(database_settings(ctx)).session() as session:
         org_id = _org_id(session, org_name, create=False)
         click.echo(ledger.balance(session, org_id, currency.upper()).available)
 
@@ -197,7 +238,7 @@ def usage(
 
     last = end.date() if end else dt.datetime.now(dt.UTC).date()
     first = start.date() if start else last - dt.timedelta(days=30)
-    with Database(settings_of(ctx)).session() as session:
+    with Database(database_settings(ctx)).session() as session:
         rows = report(session, _org_id(session, org_name, create=False), first, last)
     click.echo("date\tmodel\tjobs\tsucceeded\taudio_seconds\tamount\tcurrency")
     for row in rows:
@@ -232,7 +273,7 @@ def catalog_load(ctx: click.Context, file: Path) -> None:
 
     try:
         data = loader.read(file)
-        with Database(settings_of(ctx)).transaction() as session:
+        with Database(database_settings(ctx)).transaction() as session:
             counts = loader.load(session, data)
     except loader.CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -245,10 +286,25 @@ main.add_command(webhooks)
 # ------------------------------------------------------------------ processes
 
 
-def _exec(argv: list[str]) -> None:
+def _exec(ctx: click.Context, argv: list[str]) -> None:
     # Replace this process so signals (Ctrl-C, SIGTERM from a supervisor) reach the server.
+    env = dict(os.environ)
+    if settings_of(ctx).database_url is None:
+        # Run alone with DATABASE_URL unset: join the embedded server `chorus dev` runs.
+        from app import embedded
+
+        try:
+            url = embedded.running_url(settings_of(ctx))
+        except embedded.EmbeddedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if url is None:
+            raise click.ClickException(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not running: "
+                "start `chorus dev` (it runs everything), or set DATABASE_URL"
+            )
+        env["DATABASE_URL"] = url
     sys.stdout.flush()
-    os.execvp(argv[0], argv)  # noqa: S606 - fixed argv of our own entry points
+    os.execvpe(argv[0], argv, env)  # noqa: S606 - fixed argv of our own entry points
 
 
 def web_argv(settings: Settings) -> list[str]:
@@ -300,7 +356,7 @@ def beat_argv(settings: Settings) -> list[str]:
 @click.pass_context
 def web(ctx: click.Context) -> None:
     """The API under gunicorn (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
-    _exec(web_argv(settings_of(ctx)))
+    _exec(ctx, web_argv(settings_of(ctx)))
 
 
 @main.command()
@@ -312,7 +368,7 @@ def web(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, sync: bool) -> None:
     """A Celery worker for the sweep, submit and poll queues (or, with --sync, the sync queue)."""
-    _exec(worker_argv(settings_of(ctx), sync=sync))
+    _exec(ctx, worker_argv(settings_of(ctx), sync=sync))
 
 
 @main.command()
@@ -321,7 +377,7 @@ def beat(ctx: click.Context) -> None:
     """Celery beat: drives the sweeper. Run exactly one (a second is harmless, only wasteful)."""
     settings = settings_of(ctx)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    _exec(beat_argv(settings))
+    _exec(ctx, beat_argv(settings))
 
 
 @main.command()
@@ -343,13 +399,14 @@ def flower(ctx: click.Context, port: int) -> None:
         # Flower can run tasks and shows their arguments: never without credentials.
         raise click.ClickException("set FLOWER_BASIC_AUTH=user:password first")
     _exec(
+        ctx,
         _celery(
             "flower",
             f"--port={port}",
             f"--basic-auth={settings.flower_basic_auth}",
             "--max-tasks=10000",
             "--purge_offline_workers=300",
-        )
+        ),
     )
 
 
@@ -367,8 +424,9 @@ def dev(ctx: click.Context, org_name: str) -> None:
     from app.money import ledger
     from app.tenancy.keys import create_key, get_or_create_org
 
-    settings = settings_of(ctx)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    settings_of(ctx).var_dir.mkdir(parents=True, exist_ok=True)
+    # With DATABASE_URL unset, the embedded PostgreSQL: started here, held until Chorus stops.
+    settings = database_settings(ctx)
     dbmigrate.upgrade(settings)
     database = Database(settings)
     with database.transaction() as session:
@@ -379,14 +437,17 @@ def dev(ctx: click.Context, org_name: str) -> None:
             ledger.credit(session, org.id, DEV_CURRENCY, DEV_CREDIT, note="chorus dev")
     database.engine.dispose()
     base = f"http://{settings.web_host}:{settings.web_port}"
+    where = "the embedded PostgreSQL" if settings_of(ctx).database_url is None else "DATABASE_URL"
     click.echo(
-        f"\nChorus is starting on {base}\n  API key ({org_name}): {key}\n"
+        f"\nChorus is starting on {base} (database: {where})\n"
+        f"  API key ({org_name}): {key}\n"
         f"  try: curl -s {base}/healthz\n"
     )
 
     chorus = shutil.which("chorus") or f"{sys.executable} -m app.cli"
     manager = Manager()
-    env = dict(os.environ)
+    # The processes connect to the database this process resolved (the embedded server's).
+    env = {**os.environ, "DATABASE_URL": str(settings.database_url)}
     commands = {
         "web": "web",
         "worker": "worker",
@@ -396,8 +457,13 @@ def dev(ctx: click.Context, org_name: str) -> None:
     }
     for name, command in commands.items():
         manager.add_process(name, f"{chorus} {command}", env=env)
-    signal.signal(signal.SIGTERM, lambda *_: manager.terminate())
+    # Ctrl-C (SIGINT, sent by a terminal to this whole process group) and SIGTERM: honcho
+    # passes SIGTERM to each process's own group and waits for them. The embedded server,
+    # in a session of its own, is stopped after them, when this command's context closes.
     manager.loop()
+    if manager.returncode not in (None, 0, *STOP_CODES):
+        # A process ended by itself (a crash, a port in use): honcho stopped the rest.
+        ctx.exit(manager.returncode)
     sys.exit(manager.returncode)
 
 

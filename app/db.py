@@ -43,10 +43,10 @@ def utcnow() -> dt.datetime:
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
-    """A timezone-aware UTC timestamp on every backend.
+    """A ``timestamptz`` that takes only aware datetimes and hands back UTC ones.
 
-    SQLite keeps no zone, so values come back naive there; this type stores UTC and always
-    hands back aware datetimes, which keeps comparisons in Python honest on both databases.
+    A naive datetime is refused rather than guessed at; values read come back in
+    ``datetime.UTC``, whatever fixed offset the driver attached.
     """
 
     impl = DateTime(timezone=True)
@@ -57,17 +57,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        return None if value is None else value.astimezone(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -76,12 +71,6 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 40)
     engine = create_engine(url, pool_pre_ping=pre_ping, **kwargs)
@@ -98,14 +87,14 @@ def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Web, worker and beat write one file at once: WAL lets readers and one writer coexist,
-    # and busy_timeout makes a writer wait for the lock instead of failing at once.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def database_url(settings: Settings) -> str:
+    """The URL to connect to; the embedded server's must have been filled in by then."""
+    if settings.database_url is None:
+        raise RuntimeError(
+            "no database: set DATABASE_URL, or start Chorus with `chorus dev`, which runs "
+            "the embedded PostgreSQL and hands its URL to the processes it starts"
+        )
+    return settings.database_url
 
 
 class Database:
@@ -124,7 +113,7 @@ class Database:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url, pre_ping=self.pre_ping)
+            self._engine = make_engine(database_url(self.settings), pre_ping=self.pre_ping)
         return self._engine
 
     @property
@@ -137,7 +126,7 @@ class Database:
         """
         if self._reader is None:
             self._reader = make_engine(
-                self.settings.database_url,
+                database_url(self.settings),
                 pre_ping=self.pre_ping,
                 isolation_level="AUTOCOMMIT",
                 # Nothing to roll back on an autocommit connection given back to the pool.
@@ -145,10 +134,6 @@ class Database:
                 execution_options={PREPARE_OPTION: self.settings.database_prepare},
             )
         return self._reader
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
 
     def session(self) -> Session:
         if self._sessions is None:
@@ -191,7 +176,7 @@ class HotStatement:
     with SQLAlchemy's compiler and keeps the parameters' bind processors (JSON and the like),
     then runs each call on a pooled connection's cursor. Its rows are named tuples of what
     the driver returns: on Postgres, aware datetimes in the session's UTC (set on connect)
-    and decoded JSON, as the columns' types would give. Elsewhere (SQLite) it is an ordinary
+    and decoded JSON, as the columns' types would give. On another driver it is an ordinary
     execution.
 
     Where the engine has ``PREPARE_OPTION``, the statement is also prepared on the server,

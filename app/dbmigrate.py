@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from app.db import database_url
 from config import Settings
 
 SCRIPTS = Path(__file__).with_name("migrations")
@@ -16,13 +17,11 @@ def alembic_config(settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))
     # ConfigParser interpolation would choke on '%' in passwords.
-    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", database_url(settings).replace("%", "%%"))
     return cfg
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    if settings.database_url.startswith("sqlite"):
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings), revision)
 
 

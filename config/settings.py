@@ -1,8 +1,9 @@
 """The one place that reads the environment.
 
 Everything else receives a ``Settings`` object. With nothing set, Chorus runs its embedded
-default: SQLite under ``./var``, a Celery broker that needs no server (``filesystem://``), and
-the built-in simulator as every upstream.
+default: a PostgreSQL server of its own with its data under ``./var/pgdata`` (``app.embedded``
+starts it; reading settings starts nothing), a Celery broker that needs no server
+(``filesystem://``), and the built-in simulator as every upstream.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ WEBHOOK_MIN_SPAN = 86400
 class Settings:
     # Storage and brokers
     var_dir: Path
-    database_url: str
+    # None: the embedded PostgreSQL under var_dir/pgdata (``app.embedded`` gives its URL).
+    database_url: str | None
     # Prepare the API's hottest statements on the server (off behind a transaction pooler).
     database_prepare: bool
     redis_url: str | None
@@ -136,6 +138,11 @@ class Settings:
         return self.broker_url.startswith("filesystem://")
 
     @property
+    def pgdata(self) -> Path:
+        """The embedded PostgreSQL's data folder (used only when DATABASE_URL is unset)."""
+        return self.var_dir / "pgdata"
+
+    @property
     def celery_folders(self) -> dict[str, Path]:
         root = self.var_dir / "celery"
         return {"data": root / "data", "control": root / "control", "processed": root / "processed"}
@@ -170,8 +177,7 @@ class _MappingEnv(Env):
 def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     var_dir = Path(env.str("CHORUS_VAR_DIR", "var")).resolve()
     redis_url = env.str("REDIS_URL", None) or None
-    database_url = env.str("DATABASE_URL", None) or f"sqlite:///{var_dir / 'chorus.db'}"
-    database_url = _with_driver(database_url)
+    database_url = env.str("DATABASE_URL", None) or None
     broker_url = env.str("CELERY_BROKER_URL", None) or redis_url or "filesystem://"
     sim_host = env.str("SIM_HOST", "127.0.0.1")
     sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
@@ -190,7 +196,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     web_port = env.int("PORT", 8000, validate=Range(min=1, max=65535))
     return Settings(
         var_dir=var_dir,
-        database_url=database_url,
+        database_url=with_driver(database_url) if database_url else None,
         database_prepare=env.bool("DATABASE_PREPARE", True),
         redis_url=redis_url,
         redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
@@ -325,7 +331,7 @@ def _schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
-def _with_driver(url: str) -> str:
+def with_driver(url: str) -> str:
     """Pin psycopg2 for driver-less Postgres URLs (SQLAlchemy 2.1 would pick psycopg 3)."""
     for scheme in ("postgres://", "postgresql://"):
         if url.startswith(scheme):

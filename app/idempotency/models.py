@@ -41,8 +41,7 @@ class IdempotencyKey(Base):
         Index("ix_idempotency_keys_expires_at", "expires_at"),
     )
 
-    # SQLite autoincrements only an INTEGER PRIMARY KEY.
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"))
     key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
     # SHA-256 of method, path and the body (JSON canonicalised): "the same request".

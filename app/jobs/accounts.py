@@ -3,8 +3,8 @@
 Slots are not counted in a column that could drift: an account's jobs in flight are the
 rows that hold it (RUNNING, or QUEUED with a submit under way). A slot held by a crashed
 worker therefore comes back by itself when its job ends, fails at its deadline, or is found
-interrupted. Reserving a slot locks the account row first (an UPDATE, which both Postgres
-and SQLite honour), so concurrent workers cannot both take the last one.
+interrupted. Reserving a slot locks the account row first (an UPDATE), so concurrent workers
+cannot both take the last one.
 
 The circuit breaker lives in ``account_states``, shared by every worker: it opens after a
 run of transient failures, then lets one probe through at a time; a success closes it.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from threading import Lock
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -239,9 +239,7 @@ class Accounts:
 
     def _ensure_state(self, session: Session, account_id: str) -> None:
         values = {"account_id": account_id, "failures": 0, "updated_at": utcnow()}
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(insert(AccountState).values(**values).on_conflict_do_nothing())
+        session.execute(upsert(AccountState).values(**values).on_conflict_do_nothing())
 
     # ------------------------------------------------------------------ waking
 

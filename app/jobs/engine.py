@@ -790,24 +790,11 @@ class Engine:
         )
 
     def _reschedule_pending(self, pending: list[tuple[Job, dt.datetime]]) -> list[str]:
-        """Write "still pending, next look at t" for many polled jobs, in one statement on
-        Postgres. Each row is guarded as ``_write`` guards one (lease token, active state).
-        Returns the ids whose write was refused (a cancel took them meanwhile)."""
+        """Write "still pending, next look at t" for many polled jobs, in one statement. Each
+        row is guarded as ``_write`` guards one (lease token, active state). Returns the ids
+        whose write was refused (a cancel took them meanwhile)."""
         if not pending:
             return []
-        if self.db.engine.dialect.name != "postgresql":
-            return [
-                job.id
-                for job, due in pending
-                if not self._write(
-                    job,
-                    ACTIVE,
-                    release=True,
-                    next_action_at=due,
-                    poll_count=Job.poll_count + 1,
-                    invalid_responses=0,
-                )
-            ]
         with self.db.transaction() as session:
             written = set(
                 session.scalars(
@@ -823,13 +810,11 @@ class Engine:
         return [job.id for job, _ in pending if job.id not in written]
 
     def _finish_many(self, finished: list[Finished]) -> dict[str, str]:
-        """Write SUCCEEDED for many jobs whose audio is stored: one UPDATE on Postgres, and each
+        """Write SUCCEEDED for many jobs whose audio is stored: one UPDATE, and each
         job's money and webhook event in the same transaction, as ``_write`` does for one.
         Returns each job's outcome."""
         if not finished:
             return {}
-        if self.db.engine.dialect.name != "postgresql":
-            return {done.job.id: self._succeed(done) for done in finished}
         now = utcnow()
         params = {
             "ids": [done.job.id for done in finished],

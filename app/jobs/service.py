@@ -287,13 +287,11 @@ def _store_at_once(
     """The submit's commonest case in one autocommit statement, committed when it returns:
     None where it does not apply (the caller takes the transactional path).
 
-    It applies on Postgres to an org far below its cap (``far_below_cap``: no count and no
+    It applies to an org far below its cap (``far_below_cap``: no count and no
     lock are needed) whose price is either nothing or a hold. One statement run in
     autocommit is its own transaction, so the job and its money still commit together; and
     it saves the BEGIN and the COMMIT round trips of a session's transaction.
     """
-    if quick.dialect.name != "postgresql":
-        return None
     price = values["price"]  # nothing on the org's own models
     if not price and model.min_balance and model.owner_org_id != key.org_id:
         return None  # only a minimum to check: rare, left to ``charge``

@@ -16,8 +16,6 @@ def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things; batch mode copies tables instead (a no-op elsewhere).
-        render_as_batch=True,
         compare_type=True,
     )
     with context.begin_transaction():

@@ -25,7 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.orm import Session
 
 from app.db import UTCDateTime, utcnow
@@ -34,13 +34,9 @@ from app.money.models import Balance, LedgerEntry
 TOPUP, HOLD, CAPTURE, RELEASE, ADJUSTMENT = "topup", "hold", "capture", "release", "adjustment"
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 def ensure_balance(session: Session, org_id: int, currency: str) -> None:
     session.execute(
-        _insert(session)(Balance)
+        upsert(Balance)
         .values(org_id=org_id, currency=currency, available=0, held=0, updated_at=utcnow())
         .on_conflict_do_nothing()
     )
@@ -68,7 +64,7 @@ def hold(
     if not price and not min_balance:
         return True  # nothing to hold and no minimum to meet
     now = utcnow()
-    if price and session.get_bind().dialect.name == "postgresql":
+    if price:
         # Every paid submit runs this: the balance UPDATE and its ledger entry go to the
         # database as one prebuilt statement (a data-modifying CTE), one round trip.
         statement = _HOLD_WITH_MINIMUM if min_balance else _HOLD
@@ -81,32 +77,19 @@ def hold(
             now=now,
         )
         return session.execute(statement, params).rowcount == 1  # type: ignore[attr-defined]
-    # No balance row at all is a zero balance: the UPDATE simply matches nothing.
-    enough = [Balance.available >= price]
-    if min_balance:
-        # The seed platform's rule: the balance must exceed the model's minimum.
-        enough.append(Balance.available > min_balance)
+    # Only a minimum to meet (the seed platform's rule: the balance must exceed it), nothing
+    # to take. No balance row at all is a zero balance: the UPDATE simply matches nothing.
     result = session.execute(
         update(Balance)
-        .where(Balance.org_id == org_id, Balance.currency == currency, *enough)
-        .values(available=Balance.available - price, held=Balance.held + price, updated_at=now)
+        .where(
+            Balance.org_id == org_id,
+            Balance.currency == currency,
+            Balance.available > min_balance,
+        )
+        .values(updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    if price:
-        session.execute(
-            insert(LedgerEntry).values(
-                org_id=org_id,
-                currency=currency,
-                kind=HOLD,
-                amount=-price,
-                job_amount=price,
-                job_id=job_id,
-                created_at=now,
-            )
-        )
-    return True
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 _LEDGER_COLUMNS = ["org_id", "currency", "kind", "amount", "job_amount", "job_id", "created_at"]
@@ -212,7 +195,7 @@ def settle(session: Session, job_id: str, *, capture: bool) -> bool:
         return False
     kind = CAPTURE if capture else RELEASE
     inserted = session.execute(
-        _insert(session)(LedgerEntry)
+        upsert(LedgerEntry)
         .values(
             org_id=org_id,
             currency=currency,

@@ -11,8 +11,10 @@ from config import Settings
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
+    """The settings with a database URL (the embedded server's when DATABASE_URL is unset)."""
+    from app.cli import database_settings
+
+    return database_settings(ctx)
 
 
 def _org_id(session: object, org_name: str) -> int:

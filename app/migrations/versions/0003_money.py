@@ -32,7 +32,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("id", sa.BigInteger(), nullable=False),
         sa.Column("org_id", sa.Integer(), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
