@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from celery import Celery
@@ -50,5 +51,9 @@ def make_celery(settings: Settings) -> ChorusCelery:
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: Any) -> None:
         app.reset_after_fork()
+        # honcho and Heroku stop a process by signalling its whole group. A pool process that
+        # died of that SIGTERM would leave the main process waiting for it; instead the main
+        # process alone shuts down, letting each pool process finish its task and exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     return app
