@@ -35,6 +35,7 @@ RUNNING = "music.generation.running"
 @pytest.fixture
 def chorus(sim: str, catalog: Any, procs: Processes) -> Processes:
     procs.worker()
+    procs.webhooks()
     procs.beat()
     return procs
 
