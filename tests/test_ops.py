@@ -1,5 +1,5 @@
-"""The operations files (Procfile, docker-compose.yml, Dockerfile, Makefile, .ci/run, .env.example)
-name things that exist.
+"""The operations files (Procfile, docker-compose.yml, Dockerfile, Makefile, .ci/run) name things
+that exist; tests/test_topology.py checks that they follow config/topology.py.
 
 These run without Postgres, Redis or a Docker engine. Every command line a process file runs is
 split into its simple commands, and each `celery`, `gunicorn` or `chorus` command is resolved
