@@ -36,7 +36,7 @@ def authorized(header: str | None, credentials: Sequence[str]) -> bool:
     return any(matches)
 
 
-def guarded(handler_class: type, credentials: Sequence[str]) -> type:
+def guarded(handler_class: Any, credentials: Sequence[str]) -> type:
     """A subclass of ``handler_class`` that answers 401 before anything else without them."""
 
     async def prepare(self: Any) -> None:
