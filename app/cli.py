@@ -287,10 +287,11 @@ def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = Fals
             "--hostname", "sync@%h", "--loglevel", settings.log_level,
         )  # fmt: skip
     if webhooks:
-        # The tasks hand deliveries to a thread pool (WEBHOOK_CONCURRENCY) and return.
+        # The tasks hand deliveries to each process's thread pool (WEBHOOK_CONCURRENCY).
         return _celery(
-            "worker", "-E", "-Q", ",".join(BY_NAME["webhooks"].queues), "--pool", "threads",
-            "--concurrency", "2", "--hostname", "webhooks@%h", "--loglevel", settings.log_level,
+            "worker", "-E", "-Q", ",".join(BY_NAME["webhooks"].queues),
+            "--concurrency", str(settings.worker_concurrency),
+            "--hostname", "webhooks@%h", "--loglevel", settings.log_level,
         )  # fmt: skip
     return _celery(
         "worker", "-E", "-Q", ",".join(BY_NAME["worker"].queues),
