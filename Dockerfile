@@ -1,5 +1,5 @@
-# One image for every Chorus process (web, worker, beat, flower, sim, release); the process is
-# chosen by the command (see docker-compose.yml and the Procfile).
+# One image for every Chorus process (config/topology.py: web, release, worker, worker_sync,
+# webhooks, scheduler, sim, flower); the command chooses it (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,15 +20,19 @@ COPY config ./config
 # compiler is needed in the image.
 RUN pip install '.[ops]'
 
-# Run as an unprivileged user. var/ (audio files, the beat schedule) is the only place Chorus
-# writes; a named volume mounted there inherits this owner.
+# Run as an unprivileged user. var/ is the only place Chorus writes locally; audio goes to
+# STORAGE_URL.
 RUN useradd --create-home --uid 10001 --user-group chorus \
     && mkdir -p /app/var \
     && chown chorus:chorus /app/var
 USER chorus
 
-ENV CHORUS_VAR_DIR=/app/var
+# Servers listen beyond the container's loopback.
+ENV CHORUS_VAR_DIR=/app/var \
+    WEB_HOST=0.0.0.0 \
+    SIM_HOST=0.0.0.0
 EXPOSE 8000
 
-# sh -c so the same knobs as the Procfile's web line apply; exec so gunicorn gets the signals.
-CMD ["sh", "-c", "exec gunicorn --worker-class gthread --workers ${WEB_CONCURRENCY:-2} --threads ${WEB_THREADS:-8} --bind 0.0.0.0:${PORT:-8000} --access-logfile - app.wsgi:app"]
+# The API; its processes and threads come from settings (WEB_CONCURRENCY, WEB_THREADS, PORT),
+# as in every other shape. `chorus web` execs gunicorn, which then gets the signals.
+CMD ["chorus", "web"]

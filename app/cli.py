@@ -339,18 +339,26 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
 
-def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
-    from config.celery import QUEUES, SYNC_QUEUE
+def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = False) -> list[str]:
+    """The worker's Celery command line; its queues are the topology's for that process."""
+    from config.topology import BY_NAME
 
     if sync:
         # Threads, not processes: each held-open upstream call is a thread waiting on a socket.
         return _celery(
-            "worker", "-E", "-Q", SYNC_QUEUE, "--pool", "threads",
+            "worker", "-E", "-Q", ",".join(BY_NAME["worker_sync"].queues), "--pool", "threads",
             "--concurrency", str(settings.sync_concurrency),
             "--hostname", "sync@%h", "--loglevel", settings.log_level,
         )  # fmt: skip
+    if webhooks:
+        # The tasks hand deliveries to each process's thread pool (WEBHOOK_CONCURRENCY).
+        return _celery(
+            "worker", "-E", "-Q", ",".join(BY_NAME["webhooks"].queues),
+            "--concurrency", str(settings.worker_concurrency),
+            "--hostname", "webhooks@%h", "--loglevel", settings.log_level,
+        )  # fmt: skip
     return _celery(
-        "worker", "-E", "-Q", ",".join(QUEUES),
+        "worker", "-E", "-Q", ",".join(BY_NAME["worker"].queues),
         "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
     )  # fmt: skip
 
@@ -358,6 +366,35 @@ def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
 def beat_argv(settings: Settings) -> list[str]:
     schedule = settings.var_dir / "celerybeat-schedule"
     return _celery("beat", "--schedule", str(schedule), "--loglevel", settings.log_level)
+
+
+def scheduler_argv(settings: Settings) -> list[str]:
+    """Beat, and a one-thread worker running the ticks it schedules (the sweep queue)."""
+    from config.topology import BY_NAME
+
+    schedule = settings.var_dir / "celerybeat-schedule"
+    return _celery(
+        "worker", "--beat", "--schedule", str(schedule), "-E",
+        "-Q", ",".join(BY_NAME["scheduler"].queues), "--pool", "solo",
+        "--hostname", "scheduler@%h", "--loglevel", settings.log_level,
+    )  # fmt: skip
+
+
+def require_public_url(settings: Settings, process: str) -> None:
+    """Refuse to start a process that writes links without knowing Chorus's public address.
+
+    The fallback (http://WEB_HOST:PORT) is the web process's own bind address, which is
+    neither what clients reach behind a proxy nor, under honcho (PORT+100 per process), even
+    the web port: links in webhook payloads would point nowhere.
+    """
+    from config.topology import BY_NAME
+
+    if BY_NAME[process].builds_links and not settings.public_url_configured:
+        raise click.ClickException(
+            f"`chorus {' '.join(BY_NAME[process].args)}` writes links to Chorus into webhook "
+            "payloads: set PUBLIC_URL to the address clients reach the API at "
+            "(e.g. PUBLIC_URL=https://chorus.example.com)"
+        )
 
 
 @main.command()
@@ -373,19 +410,66 @@ def web(ctx: click.Context) -> None:
     is_flag=True,
     help="Serve the queue of synchronous upstream calls (MiniMax) with a thread pool.",
 )
+@click.option("--webhooks", is_flag=True, help="Deliver webhooks (needs PUBLIC_URL).")
 @click.pass_context
-def worker(ctx: click.Context, sync: bool) -> None:
-    """A Celery worker for the sweep, submit and poll queues (or, with --sync, the sync queue)."""
-    _exec(ctx, worker_argv(settings_of(ctx), sync=sync))
+def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
+    """A Celery worker: submits and polls jobs (--sync: MiniMax's held-open calls;
+    --webhooks: webhook deliveries)."""
+    if sync and webhooks:
+        raise click.UsageError("--sync and --webhooks are different processes: pick one")
+    settings = settings_of(ctx)
+    if webhooks:
+        require_public_url(settings, "webhooks")
+    _exec(ctx, worker_argv(settings, sync=sync, webhooks=webhooks))
 
 
 @main.command()
 @click.pass_context
 def beat(ctx: click.Context) -> None:
-    """Celery beat: drives the sweeper. Run exactly one (a second is harmless, only wasteful)."""
+    """Celery beat alone (`chorus scheduler` runs it with the worker its ticks need)."""
     settings = settings_of(ctx)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     _exec(ctx, beat_argv(settings))
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
+    """Dispatches due jobs and deliveries. Run one (a second is harmless, only wasteful)."""
+    settings = settings_of(ctx)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _exec(ctx, scheduler_argv(settings))
+
+
+@main.command()
+@click.pass_context
+def release(ctx: click.Context) -> None:
+    """One-shot, before the other processes start: migrate, then load CATALOG_FILE."""
+    ctx.invoke(db_upgrade)
+    ctx.invoke(catalog_load, file=settings_of(ctx).catalog_file)
+
+
+@main.group()
+def topology() -> None:
+    """Chorus's processes (config/topology.py)."""
+
+
+@topology.command("procfile")
+def topology_procfile() -> None:
+    """Print the Procfile (`chorus topology procfile > Procfile`)."""
+    from config.topology import procfile
+
+    click.echo(procfile(), nl=False)
+
+
+@topology.command("list")
+def topology_list() -> None:
+    """Each process: its command, and the queues it consumes."""
+    from config.topology import PROCESSES
+
+    for process in PROCESSES:
+        queues = ",".join(process.queues) or "-"
+        click.echo(f"{process.name}\t{' '.join(process.argv)}\t{queues}\t{process.help}")
 
 
 @main.command()
@@ -398,24 +482,17 @@ def sim(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--port", default=5555, show_default=True)
+@click.option("--port", type=int, default=None, help="Default: FLOWER_PORT (5555).")
 @click.pass_context
-def flower(ctx: click.Context, port: int) -> None:
-    """Flower, behind HTTP basic auth (FLOWER_BASIC_AUTH=user:password)."""
+def flower(ctx: click.Context, port: int | None) -> None:
+    """Flower, behind HTTP basic auth on every page (FLOWER_BASIC_AUTH=user:password)."""
     settings = settings_of(ctx)
     if not settings.flower_basic_auth:
         # Flower can run tasks and shows their arguments: never without credentials.
         raise click.ClickException("set FLOWER_BASIC_AUTH=user:password first")
-    _exec(
-        ctx,
-        _celery(
-            "flower",
-            f"--port={port}",
-            f"--basic-auth={settings.flower_basic_auth}",
-            "--max-tasks=10000",
-            "--purge_offline_workers=300",
-        ),
-    )
+    from workers.flower import serve
+
+    serve(settings, port or settings.flower_port)
 
 
 @main.command()
@@ -423,7 +500,7 @@ def flower(ctx: click.Context, port: int) -> None:
 @click.pass_context
 def dev(ctx: click.Context, org_name: str) -> None:
     """Everything at once on the embedded default: migrate, load the catalog, print a key,
-    then run web, worker, beat and the simulator until Ctrl-C."""
+    then run every process of the topology but Flower until Ctrl-C."""
     import honcho.manager
     from honcho.manager import Manager
 
@@ -453,19 +530,22 @@ def dev(ctx: click.Context, org_name: str) -> None:
         f"  try: curl -s {base}/healthz\n"
     )
 
+    from config.topology import PROCESSES
+
     chorus = shutil.which("chorus") or f"{sys.executable} -m app.cli"
     manager = Manager()
-    # The processes connect to the database this process resolved (the embedded server's).
-    env = {**os.environ, "DATABASE_URL": str(settings.database_url)}
-    commands = {
-        "web": "web",
-        "worker": "worker",
-        "sync": "worker --sync",
-        "beat": "beat",
-        "sim": "sim",
+    # The processes connect to the database this process resolved (the embedded server's),
+    # and every child's links must point at this web process, whatever the children's own
+    # settings would guess: both are said explicitly.
+    env = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url),
+        "PUBLIC_URL": settings.public_url,
     }
-    for name, command in commands.items():
-        manager.add_process(name, f"{chorus} {command}", env=env)
+    for process in PROCESSES:
+        # release already ran above; Flower is for operating a cluster, and needs a password.
+        if not process.one_shot and process.name != "flower":
+            manager.add_process(process.name, f"{chorus} {' '.join(process.args)}", env=env)
     # Ctrl-C (SIGINT, sent by a terminal to this whole process group) and SIGTERM: honcho
     # passes SIGTERM to each process's own group and waits for them. The embedded server,
     # in a session of its own, is stopped after them, when this command's context closes.

@@ -836,7 +836,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"{k}={v}" for k, v in results["env"].items()]
     lines += ["```", ""]
     lines += [
-        "Command lines (`app.cli.web_argv`, `worker_argv`, `beat_argv`; `chorus sim`):",
+        "Command lines (`app.cli.web_argv`, `worker_argv`, `scheduler_argv`; `chorus sim`):",
         "",
         "```",
     ]

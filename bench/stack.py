@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from app import dbmigrate
 from app.catalog import loader
-from app.cli import beat_argv, web_argv, worker_argv
+from app.cli import scheduler_argv, web_argv, worker_argv
 from app.db import Database
 from app.tenancy.keys import create_key
 from bench.procs import Child, PhaseError, Supervisor, free_port, wait_http
@@ -210,7 +210,7 @@ def start_sync_worker(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> C
 
 
 def start_beat(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
-    argv = beat_argv(load_settings({**stack.env, **extra}))
+    argv = scheduler_argv(load_settings({**stack.env, **extra}))
     return sup.start("beat", argv, extra)
 
 
@@ -230,12 +230,10 @@ def wait_worker_ready(
             replies: list[Any] = probe.control.ping(timeout=1.0) or []
             # Each reply is {"<hostname>": {"ok": "pong"}}; the sync worker is "sync@<host>".
             hosts = [name for reply in replies for name in reply]
-            workers_up = bool(hosts) and (
-                not sync
-                or (
-                    any(h.startswith("sync@") for h in hosts)
-                    and any(not h.startswith("sync@") for h in hosts)
-                )
+            # The scheduler answers pings too; the job worker is every other host.
+            job_workers = [h for h in hosts if not h.startswith(("sync@", "scheduler@"))]
+            workers_up = bool(job_workers) and (
+                not sync or any(h.startswith("sync@") for h in hosts)
             )
             beat_log = (sup.logdir / "beat.log").read_text(errors="replace")
             if workers_up and "Sending due task" in beat_log.rsplit("===== start", 1)[-1]:

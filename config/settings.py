@@ -103,6 +103,9 @@ class Settings:
     retention_interval: float
     # Webhooks
     public_url: str
+    # PUBLIC_URL was given, rather than guessed from WEB_HOST and PORT (which are the web
+    # process's own, and differ per process under honcho).
+    public_url_configured: bool
     webhook_timeout: float
     webhook_retry_schedule: tuple[float, ...]
     webhook_schedule_scale: float
@@ -127,6 +130,7 @@ class Settings:
     worker_concurrency: int
     sync_concurrency: int
     flower_basic_auth: str | None
+    flower_port: int
     log_level: str
 
     # Credentials are named by environment variable in the catalog; they are read here, once.
@@ -194,6 +198,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     storage_dir, s3 = _storage(env, var_dir)
     web_host = env.str("WEB_HOST", "127.0.0.1")
     web_port = env.int("PORT", 8000, validate=Range(min=1, max=65535))
+    public_url = env.str("PUBLIC_URL", None) or None
     return Settings(
         var_dir=var_dir,
         database_url=with_driver(database_url) if database_url else None,
@@ -243,7 +248,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         retention_days=env.float("RETENTION_DAYS", 30.0, validate=Range(min=0)),
         retention_batch=env.int("RETENTION_BATCH", 500, validate=Range(min=1, max=10_000)),
         retention_interval=env.float("RETENTION_INTERVAL", 3600.0, validate=Range(min=1)),
-        public_url=env.str("PUBLIC_URL", None) or f"http://{web_host}:{web_port}",
+        public_url=(public_url or f"http://{web_host}:{web_port}").rstrip("/"),
+        public_url_configured=public_url is not None,
         webhook_timeout=env.float("WEBHOOK_TIMEOUT", 10.0, validate=Range(min=0.1, max=15)),
         webhook_retry_schedule=_schedule(
             env.str("WEBHOOK_RETRY_SCHEDULE", ",".join(f"{s:g}" for s in WEBHOOK_SCHEDULE))
@@ -268,6 +274,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         worker_concurrency=env.int("WORKER_CONCURRENCY", 2, validate=Range(min=1)),
         sync_concurrency=env.int("SYNC_CONCURRENCY", 100, validate=Range(min=1, max=2000)),
         flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,
+        flower_port=env.int("FLOWER_PORT", 5555, validate=Range(min=1, max=65535)),
         log_level=env.str("LOG_LEVEL", "INFO"),
         environ=dict(source),
     )

@@ -284,3 +284,20 @@ def test_catalog_load_of_the_default_file_succeeds_and_sets_prices(
             sa.text("SELECT price, currency FROM models WHERE name = 'music-2.6'")
         ).one()
     assert tuple(price) == (100, "CNY")
+
+
+# ------------------------------------------------------------------ release
+
+
+def test_release_migrates_and_loads_the_catalog(env: dict[str, str], db: Database) -> None:
+    from app.catalog.models import Model
+
+    result = chorus(env, "release")
+    assert "models" in result.stderr, result.stderr
+    with db.session() as session:
+        names = set(session.scalars(sa.select(Model.name)))
+    assert "music-2.6" in names
+    # Run again (every deploy does): nothing is duplicated.
+    chorus(env, "release")
+    with db.session() as session:
+        assert len(list(session.scalars(sa.select(Model.name)))) == len(names)

@@ -49,6 +49,7 @@ from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, UTCDateTime, utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
+from app.jobs.errors import public_message
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.schedule import PollPolicy, backoff
 from app.jobs.status import ACTIVE, JobStatus, sources
@@ -554,10 +555,7 @@ class Engine:
     def _submit_failed(self, job: Job, exc: ProviderError) -> str:
         if exc.maybe_created:
             self._fail(
-                job,
-                "upstream_unknown",
-                f"{exc.message}; the upstream may have created the job, so it was not "
-                "submitted again",
+                job, "upstream_unknown", public_message(job.id, "upstream_unknown", exc.message)
             )
             return "failed"
         if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
@@ -569,12 +567,12 @@ class Engine:
                 {JobStatus.QUEUED},
                 submitting_since=None,
                 error_code=exc.code,
-                error_message=exc.message,
+                error_message=public_message(job.id, exc.code, exc.message),
                 release=True,
                 next_action_at=utcnow() + dt.timedelta(seconds=delay),
             )
             return "retry" if written else "lost"
-        self._fail(job, exc.code, exc.message)
+        self._fail(job, exc.code, public_message(job.id, exc.code, exc.message))
         return "failed"
 
     def _count_fault(self, account_id: str, exc: ProviderError) -> None:
@@ -610,9 +608,8 @@ class Engine:
         if exc.code == "upstream_invalid_response":
             count = job.invalid_responses + 1
             if count >= self.settings.invalid_response_limit:
-                self._fail(
-                    job, exc.code, f"{count} unreadable answers in a row; last: {exc.message}"
-                )
+                detail = f"{count} unreadable answers in a row; last: {exc.message}"
+                self._fail(job, exc.code, public_message(job.id, exc.code, detail))
                 return "failed"
             self._reschedule(
                 job,
@@ -622,7 +619,7 @@ class Engine:
             )
             return "retry"
         if not exc.retryable:
-            self._fail(job, exc.code, exc.message)
+            self._fail(job, exc.code, public_message(job.id, exc.code, exc.message))
             return "failed"
         delay = backoff(job.poll_count + 1, base=1.0, cap=30.0, retry_after=exc.retry_after)
         self._reschedule(job, delay=delay, poll_count=Job.poll_count + 1)
@@ -665,7 +662,8 @@ class Engine:
             if exc.gone:
                 account = self._job_account(job)
                 code = self._adapter(account).gone_audio_code if account else code
-            self._fail(job, code, str(exc), poll_count=Job.poll_count + 1)
+            message = public_message(job.id, code, str(exc))
+            self._fail(job, code, message, poll_count=Job.poll_count + 1)
             return "failed"
         if batch is not None:
             batch.finished.append(Finished(job, key, info))

@@ -33,7 +33,7 @@ def stack(sim: str, procs: Processes) -> Processes:
     procs.beat()
     # The waits below are measured from the POST: start them once the sweeper is turning.
     wait_for(
-        lambda: "chorus.tick" in procs.log("worker") and "succeeded" in procs.log("worker"),
+        lambda: "chorus.tick" in procs.log("beat") and "succeeded" in procs.log("beat"),
         90,
         interval=0.5,
         message="worker and beat to run a tick",

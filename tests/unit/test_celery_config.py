@@ -17,7 +17,7 @@ def test_queues_are_declared_and_split_between_the_two_workers() -> None:
     assert set(app.amqp.queues) == {*QUEUES, SYNC_QUEUE}
     # The job worker never takes held-open sync calls; the sync worker takes nothing else.
     job_argv, sync_argv = worker_argv(settings), worker_argv(settings, sync=True)
-    assert job_argv[job_argv.index("-Q") + 1].split(",") == list(QUEUES)
+    assert job_argv[job_argv.index("-Q") + 1].split(",") == ["chorus.submit", "chorus.poll"]
     assert sync_argv[sync_argv.index("-Q") + 1] == SYNC_QUEUE
     assert sync_argv[sync_argv.index("--pool") + 1] == "threads"
     assert app.conf.task_routes["chorus.sync_submit_jobs"]["queue"] == SYNC_QUEUE

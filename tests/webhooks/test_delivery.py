@@ -35,7 +35,11 @@ RUNNING = "music.generation.running"
 @pytest.fixture
 def chorus(sim: str, catalog: Any, procs: Processes) -> Processes:
     procs.worker()
+    procs.webhooks()
     procs.beat()
+    # Deliveries start only once their worker is up: the tests rely on each event going out
+    # as it happens, not on a backlog of events sent together.
+    wait_for(lambda: " ready." in procs.log("webhooks"), 120, 0.25, "the webhooks worker")
     return procs
 
 

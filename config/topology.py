@@ -1,0 +1,125 @@
+"""Chorus's processes: the one definition every shape follows.
+
+The Procfile is generated from this (``chorus topology procfile``), docker-compose.yml runs a
+service per process with the same command, ``chorus worker`` takes its queues from here, and
+``tests/test_topology.py`` fails when any of them drifts. Every command is one of Chorus's
+own entry points; its sizes (threads, concurrency, ports) come from settings, so each shape
+is tuned by the same variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from config.celery import POLL_QUEUE, SUBMIT_QUEUE, SWEEP_QUEUE, SYNC_QUEUE, WEBHOOKS_QUEUE
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    # The arguments after ``chorus``.
+    args: tuple[str, ...]
+    help: str
+    # Celery queues this process consumes.
+    queues: tuple[str, ...] = ()
+    # Runs to completion before the others start (migrations, catalog), instead of staying up.
+    one_shot: bool = False
+    # Writes links that leave Chorus without a request to take the host from (webhook
+    # payloads): in the production shape it needs PUBLIC_URL.
+    builds_links: bool = False
+    # Settings this process needs other than the defaults when it runs on a host of its own:
+    # servers listen beyond loopback.
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return ["chorus", *self.args]
+
+    @property
+    def service(self) -> str:
+        """Its service name in docker-compose.yml (Compose prefers hyphens)."""
+        return self.name.replace("_", "-")
+
+
+PROCESSES: tuple[Process, ...] = (
+    Process(
+        "web",
+        ("web",),
+        "the API under gunicorn (PORT, WEB_CONCURRENCY, WEB_THREADS)",
+        env={"WEB_HOST": "0.0.0.0"},  # noqa: S104 - a server, reached from outside its host
+    ),
+    Process(
+        "release",
+        ("release",),
+        "migrate the database and load the catalog (CATALOG_FILE), then exit",
+        one_shot=True,
+    ),
+    Process(
+        "worker",
+        ("worker",),
+        "submits jobs upstream and polls them (WORKER_CONCURRENCY, IO_THREADS)",
+        queues=(SUBMIT_QUEUE, POLL_QUEUE),
+    ),
+    Process(
+        "worker_sync",
+        ("worker", "--sync"),
+        "holds MiniMax's synchronous calls open, a thread each (SYNC_CONCURRENCY)",
+        queues=(SYNC_QUEUE,),
+    ),
+    Process(
+        "webhooks",
+        ("worker", "--webhooks"),
+        "delivers webhooks (WEBHOOK_CONCURRENCY); its payloads link to PUBLIC_URL",
+        queues=(WEBHOOKS_QUEUE,),
+        builds_links=True,
+    ),
+    Process(
+        "scheduler",
+        ("scheduler",),
+        "finds due jobs and due deliveries and dispatches them; one is enough",
+        # Until the scheduler dispatches from Postgres itself, it runs beat's tick task.
+        queues=(SWEEP_QUEUE,),
+    ),
+    Process(
+        "sim",
+        ("sim",),
+        "the upstream simulator the default catalog routes every model to (SIM_PORT)",
+        env={"SIM_HOST": "0.0.0.0"},  # noqa: S104 - the workers reach it from other hosts
+    ),
+    Process(
+        "flower",
+        ("flower",),
+        "the Celery dashboard behind basic auth (FLOWER_BASIC_AUTH, FLOWER_PORT)",
+    ),
+)
+
+BY_NAME = {process.name: process for process in PROCESSES}
+
+
+def consumers() -> dict[str, list[str]]:
+    """Each queue and the processes that consume it."""
+    found: dict[str, list[str]] = {}
+    for process in PROCESSES:
+        for queue in process.queues:
+            found.setdefault(queue, []).append(process.name)
+    return found
+
+
+PROCFILE_HEADER = """\
+# Generated from config/topology.py by `chorus topology procfile > Procfile`; edit that, not
+# this (tests/test_topology.py fails when they differ).
+#
+# `release` is one-shot (Heroku runs it before each deploy). Under honcho, name the
+# long-running processes, since honcho stops them all as soon as one exits:
+#   honcho start web worker worker_sync webhooks scheduler sim flower
+# Every process reads its settings from the environment (honcho loads .env).
+"""
+
+
+def procfile() -> str:
+    lines = [PROCFILE_HEADER]
+    for process in PROCESSES:
+        # ${VAR:-default}: the platform's value wins, else the one a server needs.
+        prefix = "".join(f"{k}=${{{k}:-{v}}} " for k, v in process.env.items())
+        lines.append(f"{process.name}: {prefix}exec {' '.join(process.argv)}\n")
+    return "".join(lines)
