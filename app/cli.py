@@ -275,8 +275,8 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
 
-def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
-    from config.celery import QUEUES, SYNC_QUEUE
+def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = False) -> list[str]:
+    from config.celery import QUEUES, SYNC_QUEUE, WEBHOOKS_QUEUE
 
     if sync:
         # Threads, not processes: each held-open upstream call is a thread waiting on a socket.
@@ -285,15 +285,21 @@ def worker_argv(settings: Settings, *, sync: bool = False) -> list[str]:
             "--concurrency", str(settings.sync_concurrency),
             "--hostname", "sync@%h", "--loglevel", settings.log_level,
         )  # fmt: skip
+    if webhooks:
+        # Its tasks hand claims to each process's delivery threads and return at once.
+        return _celery(
+            "worker", "-E", "-Q", WEBHOOKS_QUEUE,
+            "--concurrency", str(settings.worker_concurrency),
+            "--hostname", "webhooks@%h", "--loglevel", settings.log_level,
+        )  # fmt: skip
     return _celery(
         "worker", "-E", "-Q", ",".join(QUEUES),
         "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
     )  # fmt: skip
 
 
-def beat_argv(settings: Settings) -> list[str]:
-    schedule = settings.var_dir / "celerybeat-schedule"
-    return _celery("beat", "--schedule", str(schedule), "--loglevel", settings.log_level)
+def scheduler_argv(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "app.cli", "scheduler"]
 
 
 @main.command()
@@ -309,19 +315,24 @@ def web(ctx: click.Context) -> None:
     is_flag=True,
     help="Serve the queue of synchronous upstream calls (MiniMax) with a thread pool.",
 )
+@click.option("--webhooks", is_flag=True, help="Serve the queue of webhook deliveries.")
 @click.pass_context
-def worker(ctx: click.Context, sync: bool) -> None:
-    """A Celery worker for the sweep, submit and poll queues (or, with --sync, the sync queue)."""
-    _exec(worker_argv(settings_of(ctx), sync=sync))
+def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
+    """A Celery worker for the submit and poll queues (--sync: the sync queue; --webhooks:
+    the webhook deliveries)."""
+    if sync and webhooks:
+        raise click.UsageError("--sync and --webhooks are separate workers: give one")
+    _exec(worker_argv(settings_of(ctx), sync=sync, webhooks=webhooks))
 
 
 @main.command()
 @click.pass_context
-def beat(ctx: click.Context) -> None:
-    """Celery beat: drives the sweeper. Run exactly one (a second is harmless, only wasteful)."""
-    settings = settings_of(ctx)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    _exec(beat_argv(settings))
+def scheduler(ctx: click.Context) -> None:
+    """Hands due jobs, webhook deliveries and maintenance to the workers. One leads at a
+    time (the others stand by and take over when it stops)."""
+    from workers.scheduler import run
+
+    run(settings_of(ctx))
 
 
 @main.command()
@@ -358,7 +369,7 @@ def flower(ctx: click.Context, port: int) -> None:
 @click.pass_context
 def dev(ctx: click.Context, org_name: str) -> None:
     """Everything at once on the embedded default: migrate, load the catalog, print a key,
-    then run web, worker, beat and the simulator until Ctrl-C."""
+    then run web, the workers, the scheduler and the simulator until Ctrl-C."""
     from honcho.manager import Manager
 
     from app import dbmigrate
@@ -391,7 +402,8 @@ def dev(ctx: click.Context, org_name: str) -> None:
         "web": "web",
         "worker": "worker",
         "sync": "worker --sync",
-        "beat": "beat",
+        "webhooks": "worker --webhooks",
+        "scheduler": "scheduler",
         "sim": "sim",
     }
     for name, command in commands.items():

@@ -111,7 +111,6 @@ def env(
             "REDIS_URL": redis_url,
             "CHORUS_VAR_DIR": str(tmp_path / "var"),
             "SECRET_KEY": "test-secret",
-            "TICK_SECONDS": "0.2",
             "LEASE_SECONDS": "8",
             "UPSTREAM_READ_TIMEOUT": "3",
             "UPSTREAM_CONNECT_TIMEOUT": "2",
@@ -303,12 +302,17 @@ class Processes:
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
-    def beat(self) -> subprocess.Popen[bytes]:
-        from app.cli import beat_argv
+    def webhooks_worker(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
+        from app.cli import worker_argv
 
-        settings = load_settings(self.env)
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        return self.start("beat", beat_argv(settings))
+        argv = worker_argv(load_settings(self.env), webhooks=True)
+        argv[argv.index("--hostname") + 1] = f"{name}@%h"
+        return self.start(name, argv)
+
+    def scheduler(self, name: str = "scheduler") -> subprocess.Popen[bytes]:
+        from app.cli import scheduler_argv
+
+        return self.start(name, scheduler_argv(load_settings(self.env)))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)

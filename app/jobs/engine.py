@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     column,
     func,
     or_,
@@ -48,6 +49,7 @@ from sqlalchemy.sql.expression import ColumnClause
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, UTCDateTime, utcnow
+from app.doorbell import doorbell
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.schedule import PollPolicy, backoff
@@ -221,6 +223,8 @@ class Engine:
         self.handoff: Callable[[str, str], None] | None = None
         # Tells web processes holding `Prefer: wait` requests that a job has ended.
         self.notifier = TerminalNotifier(settings)
+        # Wakes the scheduler when this process's writes make work due.
+        self.doorbell = doorbell(settings.database_url)
 
     # ------------------------------------------------------------------ sweeping
 
@@ -296,10 +300,29 @@ class Engine:
             for job_id, due_at, status in rows
         ]
 
+    def next_due(self) -> dt.datetime | None:
+        """When the earliest swept job is due: its next look, or, while it is leased, the
+        lease's end (the holder may have died). None when nothing is waiting."""
+        due = case(
+            (Job.lease_until > Job.next_action_at, Job.lease_until), else_=Job.next_action_at
+        )
+        with self.db.session() as session:
+            found: dt.datetime | None = session.scalar(
+                select(func.min(due)).where(Job.status.in_(SWEPT), Job.next_action_at.is_not(None))
+            )
+        return found
+
     # ------------------------------------------------------------------ advancing
 
     def advance_many(self, claims: Iterable[Claim], *, blocking: bool = False) -> list[str]:
-        claims = list(claims)
+        done = self._advance_many(list(claims), blocking=blocking)
+        if any(outcome != "skipped" for outcome in done):
+            # What the steps wrote (next looks, retries, ended jobs with their webhook events,
+            # freed account slots) may be due before the scheduler would otherwise look.
+            self.doorbell.ring()
+        return done
+
+    def _advance_many(self, claims: list[Claim], *, blocking: bool) -> list[str]:
         if not claims:
             return []
         if len(claims) == 1:

@@ -27,6 +27,7 @@ import ssrfguard
 from sqlalchemy import insert, select, update
 
 from app.db import Database, utcnow
+from app.doorbell import doorbell
 from app.jobs.models import Job
 from app.webhooks import outbox, signing, urls
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -101,9 +102,18 @@ class Dispatcher:
                 lease=self.lease,
             )
 
+    def next_due(self) -> dt.datetime | None:
+        """When the next pending delivery is due (after now), for the scheduler's sleep."""
+        with self.db.session() as session:
+            return outbox.next_due(session, utcnow())
+
     def attempt_safely(self, delivery_id: str, token: str) -> str:
         try:
-            return self.attempt(delivery_id, token)
+            outcome = self.attempt(delivery_id, token)
+            if outcome != "skipped":
+                # A retry is scheduled, or room freed under the in-flight cap.
+                doorbell(self.settings.database_url).ring()
+            return outcome
         except Exception:
             # A fault here (a bug, the database) must not kill the pool thread; the lease
             # lapses and the next sweep tries again.

@@ -86,7 +86,7 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav(tmp_path: Path) -> Non
         with wave.open(io.BytesIO(audio.content)) as track:
             assert track.getnframes() > 0 and track.getframerate() == 32000
         children = _descendants(proc.pid)
-        assert len(children) >= 5, children  # web, worker, sync worker, beat, simulator (and more)
+        assert len(children) >= 5, children  # web, workers, scheduler, simulator (and more)
         # Everything lived under the var folder: the SQLite file and the stored track.
         assert (tmp_path / "var" / "chorus.db").exists()
         assert list((tmp_path / "var" / "audio").glob("*.wav"))
