@@ -98,9 +98,10 @@ class Doorbell:
 
 def connect(url: Any, **extra: Any) -> Any:
     """A psycopg2 connection of its own (outside any pool), in autocommit."""
-    dialect = url.get_dialect()()
-    cargs, cparams = dialect.create_connect_args(url)
-    conn = dialect.loaded_dbapi.connect(*cargs, **{**cparams, **extra})
+    kind = url.get_dialect()
+    dbapi = kind.import_dbapi()
+    cargs, cparams = kind(dbapi=dbapi).create_connect_args(url)
+    conn = dbapi.connect(*cargs, **{**cparams, **extra})
     conn.autocommit = True
     return conn
 
