@@ -1,4 +1,4 @@
-# One image for every Chorus process (web, worker, beat, flower, sim, release); the process is
+# One image for every Chorus process (web, workers, scheduler, flower, sim, release); the process is
 # chosen by the command (see docker-compose.yml and the Procfile).
 FROM python:3.11-slim
 
@@ -20,8 +20,8 @@ COPY config ./config
 # compiler is needed in the image.
 RUN pip install '.[ops]'
 
-# Run as an unprivileged user. var/ (SQLite in the embedded mode, audio files, the beat
-# schedule) is the only place Chorus writes; a named volume mounted there inherits this owner.
+# Run as an unprivileged user. var/ (SQLite in the embedded mode, audio files) is the only
+# place Chorus writes; a named volume mounted there inherits this owner.
 RUN useradd --create-home --uid 10001 --user-group chorus \
     && mkdir -p /app/var \
     && chown chorus:chorus /app/var

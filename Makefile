@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $@
 
-run: venv ## Run the embedded default (API on :8000, worker, beat, simulator); Ctrl-C stops it
+run: venv ## Run the embedded default (API on :8000, workers, scheduler, simulator); Ctrl-C stops it
 	$(BIN)/chorus dev
 
 test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest $(PYTEST_ARGS)
@@ -50,6 +50,6 @@ bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_
 		|| echo "wrk is not installed: the Python load generator will be used"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-clean: ## Remove var/ (local database, audio, beat schedule) and build/test caches; keeps .venv
+clean: ## Remove var/ (local database, audio, embedded broker) and build/test caches; keeps .venv
 	rm -rf var/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ *.egg-info
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

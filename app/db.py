@@ -99,7 +99,7 @@ def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Web, worker and beat write one file at once: WAL lets readers and one writer coexist,
+    # Web, workers and the scheduler write one file at once: WAL lets readers and one writer coexist,
     # and busy_timeout makes a writer wait for the lock instead of failing at once.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

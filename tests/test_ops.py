@@ -26,8 +26,26 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROCFILE_PROCESSES = {"release", "web", "worker", "worker_sync", "beat", "flower"}
-COMPOSE_SERVICES = {"postgres", "redis", "web", "worker", "worker-sync", "beat", "flower", "sim"}
+PROCFILE_PROCESSES = {
+    "release",
+    "web",
+    "worker",
+    "worker_sync",
+    "worker_webhooks",
+    "scheduler",
+    "flower",
+}
+COMPOSE_SERVICES = {
+    "postgres",
+    "redis",
+    "web",
+    "worker",
+    "worker-sync",
+    "worker-webhooks",
+    "scheduler",
+    "flower",
+    "sim",
+}
 ENTRY_POINTS = {"celery", "gunicorn", "chorus"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
@@ -249,13 +267,14 @@ def test_compose_secrets_are_required() -> None:
 def test_compose_processes_wait_for_release() -> None:
     services = compose()["services"]
     assert "release" in services
-    for name in ("web", "worker", "worker-sync", "beat"):
+    for name in ("web", "worker", "worker-sync", "worker-webhooks", "scheduler"):
         depends = services[name]["depends_on"]
         assert depends["release"]["condition"] == "service_completed_successfully", name
 
 
 @pytest.mark.parametrize(
-    "service", ["release", "web", "worker", "worker-sync", "beat", "flower", "sim"]
+    "service",
+    ["release", "web", "worker", "worker-sync", "worker-webhooks", "scheduler", "flower", "sim"],
 )
 def test_compose_service_names_real_entry_points(service: str) -> None:
     svc = app_services()[service]
@@ -270,7 +289,8 @@ def test_compose_app_services_all_checked() -> None:
         "web",
         "worker",
         "worker-sync",
-        "beat",
+        "worker-webhooks",
+        "scheduler",
         "flower",
         "sim",
     }

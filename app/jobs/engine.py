@@ -1,13 +1,13 @@
 """Moves jobs through their lifecycle. Celery only carries "look at job X with claim T".
 
 Every job row carries ``next_action_at`` (when to look at it next) and a lease
-(``lease_token`` + ``lease_until``). The sweeper (``claim_due``) leases due jobs in one short
+(``lease_token`` + ``lease_until``). The scheduler (``claim_due``) leases due jobs in one short
 transaction and hands their ids and tokens to workers; ``advance`` first swaps the token for
 a fresh one with a compare-and-set, so of two copies of one message only one proceeds, and a
-message whose lease was taken over by a later sweep does nothing. Every state change is a
+message whose lease was taken over by a later claim does nothing. Every state change is a
 conditional UPDATE guarded by the token and by the state machine's source states, so a
 late or duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
-expires; the next sweep picks the job up again.
+expires; the scheduler picks the job up again.
 
 No HTTP call happens inside a database transaction, and no worker sleeps while an
 upstream works: between polls a job is only a row.
@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
 
-# The rows a sweep may lease: active jobs, and cancelled ones whose upstream is still followed.
+# The rows the scheduler may lease: active jobs, and cancelled ones whose upstream is still followed.
 # A cancelled row is due only while it has a follow-up: its next_action_at is NULL otherwise.
 SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED]
 
@@ -208,7 +208,7 @@ class Engine:
             min_interval=settings.poll_min_interval,
             max_interval=settings.poll_max_interval,
         )
-        # A lease shorter than one upstream call would let a sweep take an in-flight job away.
+        # A lease shorter than one upstream call would let the scheduler take an in-flight job away.
         call = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self._adapters: dict[str, Adapter] = {}
@@ -285,8 +285,8 @@ class Engine:
             ).all()
             if not rows:
                 return []
-            # One statement leases the whole sweep under one token (an UPDATE per row cost
-            # more than the rest of the tick). A token only has to differ from the one any
+            # One statement leases the whole round under one token (an UPDATE per row cost
+            # more than the rest of the round). A token only has to differ from the one any
             # other holder of the same job has; each claim still names its job.
             token = new_token()
             session.execute(
@@ -509,7 +509,7 @@ class Engine:
             return "failed"
         if isinstance(reservation, Wait):
             # Every account is full or its breaker is open: wait QUEUED, not FAILED. The
-            # sweeper wakes the job as soon as a slot frees.
+            # scheduler wakes the job as soon as a slot frees.
             self._write(
                 job,
                 {JobStatus.QUEUED},

@@ -92,7 +92,7 @@ class Dispatcher:
         return [self.pool.submit(self.attempt_safely, d, t) for d, t in claims]
 
     def claim(self) -> list[outbox.Claim]:
-        """Lease the deliveries due now, for the sweeper to hand out."""
+        """Lease the deliveries due now, for the scheduler to hand out."""
         # The claim's lease also covers the message's trip and the wait in a pool's queue.
         with self.db.transaction() as session:
             return outbox.claim_due(
@@ -116,7 +116,7 @@ class Dispatcher:
             return outcome
         except Exception:
             # A fault here (a bug, the database) must not kill the pool thread; the lease
-            # lapses and the next sweep tries again.
+            # lapses and the scheduler claims it again.
             log.exception("webhook delivery %s failed unexpectedly", delivery_id)
             return "error"
 

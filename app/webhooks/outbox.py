@@ -1,4 +1,4 @@
-"""The delivery outbox: rows written with the status change, claimed by the sweeper.
+"""The delivery outbox: rows written with the status change, claimed by the scheduler.
 
 ``enqueue_for`` is called inside the transaction that moves a job to RUNNING or to a terminal
 state, so a delivery exists if and only if the change was committed: a rolled-back write
