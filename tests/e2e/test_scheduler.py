@@ -73,8 +73,9 @@ def test_the_doorbell_wakes_a_sleeping_scheduler(
     # Its first round sends the maintenance tasks; with nothing else due it then sleeps
     # until the safety cap, five minutes away.
     wait_for(
-        lambda: "purge_idempotency_keys" in procs.log("worker")
-        and "succeeded" in procs.log("worker"),
+        lambda: (
+            "purge_idempotency_keys" in procs.log("worker") and "succeeded" in procs.log("worker")
+        ),
         90,
         message="the scheduler's first round to reach the worker",
     )
