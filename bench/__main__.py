@@ -243,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             "notes": [],
         }
         settings = load_settings(stack.env)
-        from app.cli import beat_argv, worker_argv
+        from app.cli import scheduler_argv, worker_argv
 
         results["commands"] = {
             "web": shlex.join(web_command(stack, settings.web_port)),
             "bare": "the web command line with `app.wsgi:app` replaced by `bench.bare:app`",
             "worker": shlex.join(worker_argv(settings)),
-            "beat": shlex.join(beat_argv(settings)),
+            "scheduler": shlex.join(scheduler_argv(settings)),
             "sim": shlex.join(sim_command()) + "  (gunicorn, 1 process, gthread)",
         }
         if not args.skip_upstreams:
