@@ -301,16 +301,22 @@ class Engine:
         ]
 
     def next_due(self) -> dt.datetime | None:
-        """When the earliest swept job is due: its next look, or, while it is leased, the
-        lease's end (the holder may have died). None when nothing is waiting."""
+        """When the scheduler next has something to do for a job: the earliest next look (or,
+        while a job is leased, the lease's end: its holder may have died) or deadline. None
+        when no job is waiting."""
         due = case(
             (Job.lease_until > Job.next_action_at, Job.lease_until), else_=Job.next_action_at
         )
         with self.db.session() as session:
-            found: dt.datetime | None = session.scalar(
-                select(func.min(due)).where(Job.status.in_(SWEPT), Job.next_action_at.is_not(None))
-            )
-        return found
+            found = [
+                session.scalar(
+                    select(func.min(due)).where(
+                        Job.status.in_(SWEPT), Job.next_action_at.is_not(None)
+                    )
+                ),
+                session.scalar(select(func.min(Job.deadline_at)).where(Job.status.in_(ACTIVE))),
+            ]
+        return min((when for when in found if when is not None), default=None)
 
     # ------------------------------------------------------------------ advancing
 
