@@ -64,7 +64,9 @@ def test_two_schedulers_one_leads_and_a_standby_takes_over_from_a_killed_leader(
     assert_settled_once(db, jobs)
 
 
-@pytest.mark.env(SCHEDULER_MAX_SLEEP="300")
+# The safety cap and the leases are far longer than the waits below: only the doorbell, rung
+# by the API after the submit and by the worker after each write, can wake the scheduler.
+@pytest.mark.env(SCHEDULER_MAX_SLEEP="300", LEASE_SECONDS="300")
 def test_the_doorbell_wakes_a_sleeping_scheduler(
     client: Any, db: Database, api_key: str, sim: str, procs: Processes
 ) -> None:
