@@ -284,3 +284,17 @@ def test_catalog_load_of_the_default_file_succeeds_and_sets_prices(
             sa.text("SELECT price, currency FROM models WHERE name = 'music-2.6'")
         ).one()
     assert tuple(price) == (100, "CNY")
+
+
+# ------------------------------------------------------------------ processes
+
+
+def test_the_process_commands_are_the_scheduler_and_three_workers(env: dict[str, str]) -> None:
+    listed = chorus(env, "--help").stdout
+    assert "scheduler" in listed and "worker" in listed
+    # Beat is gone: the scheduler replaced it.
+    gone = chorus(env, "beat", check=False)
+    assert gone.returncode != 0 and "No such command" in gone.stderr
+    both = chorus(env, "worker", "--sync", "--webhooks", check=False)
+    assert both.returncode == 2 and "give one" in both.stderr
+    assert "--webhooks" in chorus(env, "worker", "--help").stdout

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from app.db import Database
 from tests.conftest import GOOD_BODY, Processes, auth, job_rows, sim_record, wait_for
@@ -116,3 +117,32 @@ def test_the_maintenance_tasks_are_sent_and_an_idle_system_stays_quiet(
     # Nothing is due, so nothing is sent and nothing is logged; a tick would have logged
     # dozens of lines by now.
     assert sum(added.values()) <= 2, {name: procs.log(name)[-2000:] for name in names}
+
+
+def test_a_leader_cut_off_from_the_database_stops_leading_then_leads_again(
+    client: Any, db: Database, api_key: str, sim: str, procs: Processes
+) -> None:
+    procs.worker()
+    procs.scheduler()
+    wait_for(lambda: leaders(procs, "scheduler"), 60, message="the scheduler to lead")
+    with db.engine.connect() as conn:
+        cut = conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'chorus scheduler' AND datname = current_database()"
+            )
+        ).all()
+    assert cut == [(True,)]  # exactly one connection holds the lock and listens
+    wait_for(
+        lambda: "lost the database connection" in procs.log("scheduler"),
+        30,
+        message="the leader to notice",
+    )
+    wait_for(
+        lambda: procs.log("scheduler").count("scheduler: leading") == 2,
+        30,
+        message="the lock taken again on a new connection",
+    )
+    job_id = submit(client, api_key)
+    jobs = wait_terminal(client, api_key, [job_id], timeout=60)
+    assert jobs[job_id]["status"] == "SUCCEEDED", jobs[job_id]
