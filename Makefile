@@ -40,7 +40,7 @@ $(RUN_STAMP): pyproject.toml
 
 # On Ctrl-C, chorus dev stops everything and exits 0; make itself then ends by the same
 # SIGINT (status 130), as GNU make always does when interrupted.
-run: $(RUN_STAMP) ## Run the embedded default (API on :8000, worker, beat, simulator); Ctrl-C stops it
+run: $(RUN_STAMP) ## Run the embedded default (API on :8000, workers, scheduler, simulator); Ctrl-C stops it
 	$(BIN)/chorus dev
 
 test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest $(PYTEST_ARGS)
@@ -60,6 +60,6 @@ bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_
 		|| echo "wrk is not installed: the Python load generator will be used"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-clean: ## Remove var/ (the embedded PostgreSQL's data, audio, beat schedule) and build/test caches; keeps .venv
+clean: ## Remove var/ (the embedded PostgreSQL's data, audio, embedded broker) and build/test caches; keeps .venv
 	rm -rf var/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ *.egg-info
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -363,21 +363,8 @@ def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = Fals
     )  # fmt: skip
 
 
-def beat_argv(settings: Settings) -> list[str]:
-    schedule = settings.var_dir / "celerybeat-schedule"
-    return _celery("beat", "--schedule", str(schedule), "--loglevel", settings.log_level)
-
-
 def scheduler_argv(settings: Settings) -> list[str]:
-    """Beat, and a one-thread worker running the ticks it schedules (the sweep queue)."""
-    from config.topology import BY_NAME
-
-    schedule = settings.var_dir / "celerybeat-schedule"
-    return _celery(
-        "worker", "--beat", "--schedule", str(schedule), "-E",
-        "-Q", ",".join(BY_NAME["scheduler"].queues), "--pool", "solo",
-        "--hostname", "scheduler@%h", "--loglevel", settings.log_level,
-    )  # fmt: skip
+    return [sys.executable, "-m", "app.cli", "scheduler"]
 
 
 def require_public_url(settings: Settings, process: str) -> None:
@@ -425,20 +412,12 @@ def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
 
 @main.command()
 @click.pass_context
-def beat(ctx: click.Context) -> None:
-    """Celery beat alone (`chorus scheduler` runs it with the worker its ticks need)."""
-    settings = settings_of(ctx)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    _exec(ctx, beat_argv(settings))
-
-
-@main.command()
-@click.pass_context
 def scheduler(ctx: click.Context) -> None:
-    """Dispatches due jobs and deliveries. Run one (a second is harmless, only wasteful)."""
-    settings = settings_of(ctx)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    _exec(ctx, scheduler_argv(settings))
+    """Hands due jobs, webhook deliveries and maintenance to the workers. One leads at a
+    time (the others stand by and take over when it stops)."""
+    from workers.scheduler import run
+
+    run(database_settings(ctx))
 
 
 @main.command()

@@ -9,7 +9,8 @@ from flask import current_app, g
 from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
-from app.db import Database
+from app.db import Database, database_url
+from app.doorbell import Doorbell, doorbell
 from app.jobs.service import Offer
 from app.jobs.waiting import TerminalNotifier, WaitHub
 from app.storage import AudioStorage
@@ -43,6 +44,11 @@ class Chorus:
             if self._hub is None:
                 self._hub = WaitHub(self.settings, self.db)
             return self._hub
+
+    @property
+    def doorbell(self) -> Doorbell:
+        """Rung after committing work the scheduler must hear of (a new job, a cancel's event)."""
+        return doorbell(database_url(self.settings))
 
     def session(self) -> Session:
         """The request's session, opened on first use and closed at teardown."""

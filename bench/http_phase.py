@@ -1,6 +1,6 @@
 """Phases (a) and (b): Chorus's web tier beside a bare Flask app under the same gunicorn.
 
-Only the web tier runs (no worker, no beat), so the figures are the API's own cost: key check,
+Only the web tier runs (no worker, no scheduler), so the figures are the API's own cost: key check,
 validation, catalog lookup and the INSERT for a POST; key check and a primary-key read for a GET.
 """
 

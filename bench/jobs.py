@@ -41,7 +41,7 @@ from bench.stack import (
     SIM_LATENCY,
     Stack,
     reset_jobs,
-    start_beat,
+    start_scheduler,
     start_sim,
     start_web,
     start_worker,
@@ -282,11 +282,11 @@ def run_jobs_phase(
     sim_reset(stack.sim_port)
     web = start_web(sup, stack, "web", web_port, extra)
     worker = start_worker(sup, stack, extra)
-    beat = start_beat(sup, stack, extra)
+    scheduler = start_scheduler(sup, stack, extra)
     wait_worker_ready(sup, stack)
     print(f"    stack up in {time.time() - started:.1f}s; submitting {count} jobs", flush=True)
 
-    targets = {"worker": worker.pid, "web": web.pid, "sim": sim.pid, "beat": beat.pid}
+    targets = {"worker": worker.pid, "web": web.pid, "sim": sim.pid, "scheduler": scheduler.pid}
     dbname = str(make_url(stack.database_url).database)
     groups: dict[str, Callable[[], list[int]]] = {
         name: _tree_of(pid) for name, pid in targets.items()
@@ -323,11 +323,11 @@ def run_jobs_phase(
     summary = sim_summary(stack.sim_port)
     rows = job_rows(stack)
     # Faults the processes logged (a database refusing connections, say) explain lost jobs.
-    log_errors = {name: sup.log_errors(name) for name in ("worker", "web", "beat", "sim")}
+    log_errors = {name: sup.log_errors(name) for name in ("worker", "web", "scheduler", "sim")}
     for name, found in log_errors.items():
         if found["error_lines"] or found["exceptions"]:
             print(f"  !!! {name} logged {found['error_lines']} ERROR lines: {found['exceptions']}")
-    for name in ("beat", "worker", "web", "sim"):
+    for name in ("scheduler", "worker", "web", "sim"):
         sup.stop(name)
 
     figures = analyse(rows, summary, submit, count)

@@ -1,6 +1,6 @@
 """Phase (e): submit throughput with money on, beside money off (issue [money]).
 
-Phase (a)'s gunicorn command line and load generator, web tier only (no worker, no beat):
+Phase (a)'s gunicorn command line and load generator, web tier only (no worker, no scheduler):
 POST throughput for a free model (price 0, phase (a)'s own case) and for a priced one (100 CNY
 a song, every org funded so that no request is refused), measured back to back.
 

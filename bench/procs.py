@@ -100,7 +100,7 @@ class Supervisor:
         _kill_group(child.proc, grace)
 
     def stop_all(self, grace: float = 10.0) -> None:
-        # Stop in reverse start order: clients (worker, beat) before the servers they call.
+        # Stop in reverse start order: clients (worker, scheduler) before the servers they call.
         for name in reversed(list(self.children)):
             with contextlib.suppress(Exception):
                 self.stop(name, grace)

@@ -438,7 +438,7 @@ def _ratio_rows(http: dict[str, Any]) -> list[str]:
 CPU_GROUPS = (
     "worker",
     "web",
-    "beat",
+    "scheduler",
     "sim",
     "postgres",
     "redis",
@@ -540,14 +540,14 @@ def _jobs_table(jobs: dict[str, Any]) -> list[str]:
         ],
     )
     row(
-        "web / beat / simulator peak RSS, MB",
+        "web / scheduler / simulator peak RSS, MB",
         [
-            f"{fmt(r['peak_rss_mb']['web'], 0)} / {fmt(r['peak_rss_mb']['beat'], 0)} / {fmt(r['peak_rss_mb']['sim'], 0)}"
+            f"{fmt(r['peak_rss_mb']['web'], 0)} / {fmt(r['peak_rss_mb']['scheduler'], 0)} / {fmt(r['peak_rss_mb']['sim'], 0)}"
             for r in runs
         ],
     )
     row(
-        "CPU s from submit to done: worker / web / beat / sim / Postgres / Redis / harness / "
+        "CPU s from submit to done: worker / web / scheduler / sim / Postgres / Redis / harness / "
         "interrupts / steal / other processes",
         [
             " / ".join(
@@ -595,7 +595,7 @@ def _pair(d: dict[str, Any], digits: int = 2) -> str:
     return f"{fmt(d['p50'], digits)} / {fmt(d['p99'], digits)}"
 
 
-UPSTREAM_CPU_GROUPS = ("worker", "sync", "web", "beat", "sim", "postgres", "redis", "harness")
+UPSTREAM_CPU_GROUPS = ("worker", "sync", "web", "scheduler", "sim", "postgres", "redis", "harness")
 
 
 def _upstreams_section(up: dict[str, Any], commands: dict[str, str]) -> list[str]:
@@ -604,7 +604,7 @@ def _upstreams_section(up: dict[str, Any], commands: dict[str, str]) -> list[str
     lines = [
         "### (d1) MiniMax calls held open beside other jobs",
         "",
-        f"Web, worker, beat and the simulator as in (c), plus the sync worker "
+        f"Web, worker, scheduler and the simulator as in (c), plus the sync worker "
         f"(`{commands.get('sync worker ((d) only)', 'chorus worker --sync')}`) with "
         f"`SYNC_CONCURRENCY={env['SYNC_CONCURRENCY']}`, and the simulator with "
         f"`SIM_THREADS={env['SIM_THREADS']}` (one thread per open MiniMax call). Catalog: model "
@@ -821,7 +821,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Load generator: {results['generator']}",
         f"- Load average (1/5/15 min) at start: {' / '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}",
         "",
-        "Everything (Postgres, Redis, the load generator, web, worker, beat and the simulator) "
+        "Everything (Postgres, Redis, the load generator, web, worker, scheduler and the simulator) "
         "shares the same cores, so the figures are a lower bound for a deployment that puts them "
         "on separate machines.",
         "",
@@ -855,7 +855,7 @@ def markdown(results: dict[str, Any]) -> str:
         "every I/O thread holds a Postgres connection, and 2 × 32 worker threads plus 2 × 8 web "
         "threads come close to Postgres's `max_connections` (100, shared with everything on the "
         "machine); a run at 32 was refused connections (`too many clients`) and lost jobs. "
-        "Beat ticks every 0.25 s and leases up to 500 due jobs per tick. `RATE_LIMIT` and "
+        "The scheduler leases up to 500 due jobs per round, 0.5 s ahead. `RATE_LIMIT` and "
         "`ORG_MAX_ACTIVE_JOBS` are raised out of the way (the rate check still runs on every "
         "POST; so far below the cap, the cap is checked against the org's count of at most a "
         "second ago) so that a 2,000-job burst measures throughput, not the limits; the bench "
@@ -870,7 +870,7 @@ def markdown(results: dict[str, Any]) -> str:
     if http:
         lines += [
             f"Both apps under the same gunicorn command line (only the bind and the app differ); "
-            f"worker and beat not running. {http['connections']} keep-alive connections, "
+            f"worker and scheduler not running. {http['connections']} keep-alive connections, "
             f"{fmt(http['seconds'], 0)} s per measurement after a {fmt(http['warmup_seconds'], 0)} s "
             f"warm-up of each endpoint; every POST carries a distinct prompt; GETs cycle over "
             f"{http['get_job_ids']} existing (QUEUED) jobs. Generator: `{http['post']['chorus']['command']}`.",

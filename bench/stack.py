@@ -61,13 +61,12 @@ LYRICS = "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing 
 #   else on the machine); a run at 32 was refused connections ("too many clients") and lost
 #   jobs. 4 processes x 8 threads did no better in phase (c): on 2 cores the processes only
 #   take CPU from each other and from the simulator;
-# - beat ticks every 0.25 s and leases up to 500 due jobs per tick (defaults).
+# - the scheduler leases up to 500 due jobs per round, 0.5 s ahead (defaults).
 PROCESS_SETTINGS: dict[str, str] = {
     "WEB_CONCURRENCY": "2",
     "WEB_THREADS": "8",
     "WORKER_CONCURRENCY": "2",
     "IO_THREADS": "16",
-    "TICK_SECONDS": "0.25",
     "CLAIM_BATCH": "500",
     "LOG_LEVEL": "INFO",
     # The per-key rate limit (default 600/min) and the per-org cap on active jobs (default
@@ -157,14 +156,12 @@ def flush_redis(redis_url: str) -> None:
 
 
 def reset_jobs(stack: Stack) -> None:
-    """Empty the jobs table, the broker, the stored audio and the beat schedule between runs."""
+    """Empty the jobs table, the broker and the stored audio between runs."""
     with stack.database().engine.begin() as conn:
         # CASCADE: webhook deliveries (and their attempts) point at jobs.
         conn.execute(sa.text("TRUNCATE jobs CASCADE"))
     flush_redis(stack.redis_url)
     shutil.rmtree(stack.var_dir / "audio", ignore_errors=True)
-    for path in stack.var_dir.glob("celerybeat-schedule*"):
-        path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ processes
@@ -209,21 +206,27 @@ def start_sync_worker(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> C
     return sup.start("sync", argv, extra)
 
 
-def start_beat(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
+def start_webhooks_worker(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
+    """``chorus worker --webhooks``: the worker that sends webhook deliveries."""
+    argv = worker_argv(load_settings({**stack.env, **extra}), webhooks=True)
+    return sup.start("webhooks", argv, extra)
+
+
+def start_scheduler(sup: Supervisor, stack: Stack, extra: dict[str, str]) -> Child:
     argv = scheduler_argv(load_settings({**stack.env, **extra}))
-    return sup.start("beat", argv, extra)
+    return sup.start("scheduler", argv, extra)
 
 
 def wait_worker_ready(
     sup: Supervisor, stack: Stack, timeout: float = 60.0, *, sync: bool = False
 ) -> None:
     """Until the worker (and, with ``sync``, the sync worker too) answers a broadcast ping and
-    beat has sent its first tick."""
+    the scheduler leads."""
     from celery import Celery
 
     probe = Celery("bench-probe", broker=stack.redis_url)
     deadline = time.monotonic() + timeout
-    names = ["worker", "beat", "sync"] if sync else ["worker", "beat"]
+    names = ["worker", "scheduler", "sync"] if sync else ["worker", "scheduler"]
     try:
         while time.monotonic() < deadline:
             sup.check_alive(names)
@@ -235,13 +238,13 @@ def wait_worker_ready(
             workers_up = bool(job_workers) and (
                 not sync or any(h.startswith("sync@") for h in hosts)
             )
-            beat_log = (sup.logdir / "beat.log").read_text(errors="replace")
-            if workers_up and "Sending due task" in beat_log.rsplit("===== start", 1)[-1]:
+            scheduler_log = (sup.logdir / "scheduler.log").read_text(errors="replace")
+            if workers_up and "scheduler: leading" in scheduler_log.rsplit("===== start", 1)[-1]:
                 return
             time.sleep(0.5)
     finally:
         probe.close()
-    raise PhaseError(f"worker or beat not ready within {timeout:.0f}s")
+    raise PhaseError(f"worker or scheduler not ready within {timeout:.0f}s")
 
 
 def load_catalog(stack: Stack, name: str, text: str) -> None:

@@ -45,7 +45,7 @@ from bench.stack import (
     Stack,
     load_catalog,
     reset_jobs,
-    start_beat,
+    start_scheduler,
     start_sim,
     start_sync_worker,
     start_web,
@@ -326,7 +326,7 @@ def run_held_calls(
     start_web(sup, stack, "web", web_port, PHASE_ENV)
     start_worker(sup, stack, PHASE_ENV)
     start_sync_worker(sup, stack, PHASE_ENV)
-    start_beat(sup, stack, PHASE_ENV)
+    start_scheduler(sup, stack, PHASE_ENV)
     wait_worker_ready(sup, stack, sync=True)
     print(f"    stack up in {time.time() - started:.1f}s (with the sync worker)", flush=True)
     out: dict[str, Any] = {
@@ -393,10 +393,12 @@ def run_held_calls(
     # The held calls outlived the batches by design; what became of them is only reported.
     hold_rows = _rows(stack, list(held.accepted.values()))
     out["hold_statuses"] = dict(Counter(str(r["status"]) for r in hold_rows))
-    out["log_errors"] = {n: sup.log_errors(n) for n in ("worker", "sync", "web", "beat", "sim")}
+    out["log_errors"] = {
+        n: sup.log_errors(n) for n in ("worker", "sync", "web", "scheduler", "sim")
+    }
     alone, beside = out["alone"]["completion_s"], out["with_hold"]["completion_s"]
     out["ratio"] = beside / alone if alone and beside else None
-    for name in ("beat", "sync", "worker", "web", "sim"):
+    for name in ("scheduler", "sync", "worker", "web", "sim"):
         # The sync worker would wait for its held calls on a warm shutdown: no need to.
         sup.stop(name, grace=3.0 if name == "sync" else 10.0)
     reset_jobs(stack)
@@ -492,15 +494,15 @@ def run_useapi(
     start_sim(sup, stack, PHASE_ENV)
     start_web(sup, stack, "web", web_port, PHASE_ENV)
     start_worker(sup, stack, PHASE_ENV)
-    start_beat(sup, stack, PHASE_ENV)
+    start_scheduler(sup, stack, PHASE_ENV)
     wait_worker_ready(sup, stack)
     print(f"    stack up in {time.time() - started:.1f}s", flush=True)
     runs = [
         _useapi_run(sup, stack, web_port=web_port, k=k, per_account=per_account, clients=clients)
         for k in ks
     ]
-    log_errors = {n: sup.log_errors(n) for n in ("worker", "web", "beat", "sim")}
-    for name in ("beat", "worker", "web", "sim"):
+    log_errors = {n: sup.log_errors(n) for n in ("worker", "web", "scheduler", "sim")}
+    for name in ("scheduler", "worker", "web", "sim"):
         sup.stop(name)
     reset_jobs(stack)
     return {

@@ -1,6 +1,6 @@
 """Phase (f): ``Prefer: wait`` clients held open by ONE web process, beside POST/GET throughput.
 
-One gunicorn process with Chorus's default thread count, web tier only (no worker, no beat):
+One gunicorn process with Chorus's default thread count, web tier only (no worker, no scheduler):
 every job stays QUEUED, so a granted ``Prefer: wait=60`` holds its request the full 60 s, the
 worst case for the server. POST and GET throughput are measured first with no waiters, then
 again while ``WAIT_MAX_WAITERS`` + ``OVER_CAP`` clients keep a ``Prefer: wait=60`` POST open

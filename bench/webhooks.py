@@ -25,9 +25,10 @@ from bench.stack import (
     MODEL,
     Stack,
     reset_jobs,
-    start_beat,
+    start_scheduler,
     start_sim,
     start_web,
+    start_webhooks_worker,
     start_worker,
     wait_worker_ready,
 )
@@ -170,7 +171,8 @@ def run_webhooks_phase(
     start_sim(sup, stack)
     start_web(sup, stack, "web", web_port, PHASE_ENV)
     start_worker(sup, stack, PHASE_ENV)
-    start_beat(sup, stack, PHASE_ENV)
+    start_webhooks_worker(sup, stack, PHASE_ENV)
+    start_scheduler(sup, stack, PHASE_ENV)
     results: dict[str, Any] = {"count": count, "slow_share": slow_share, "env": PHASE_ENV}
     try:
         wait_worker_ready(sup, stack)
@@ -217,7 +219,7 @@ def run_webhooks_phase(
             }
             results["statuses_after_run2"] = delivery_counts(stack)
     finally:
-        for name in ("beat", "worker", "web", "sim"):
+        for name in ("scheduler", "webhooks", "worker", "web", "sim"):
             sup.stop(name)
     return results
 

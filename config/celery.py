@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from kombu import Queue
 
 from config.settings import Settings
 
-SWEEP_QUEUE = "chorus.sweep"
 SUBMIT_QUEUE = "chorus.submit"
 POLL_QUEUE = "chorus.poll"
 # Synchronous upstream calls (MiniMax) that hold a thread for minutes: their own queue,
@@ -19,20 +17,22 @@ SYNC_QUEUE = "chorus.sync"
 # The tasks only hand claims to a thread pool and return, so a slow receiver holds a thread,
 # never a worker slot.
 WEBHOOKS_QUEUE = "chorus.webhooks"
-QUEUES = (SWEEP_QUEUE, SUBMIT_QUEUE, POLL_QUEUE, WEBHOOKS_QUEUE)
-ALL_QUEUES = (*QUEUES, SYNC_QUEUE)
+# What `chorus worker` consumes; `chorus worker --webhooks` takes WEBHOOKS_QUEUE and
+# `chorus worker --sync` SYNC_QUEUE.
+QUEUES = (SUBMIT_QUEUE, POLL_QUEUE)
+ALL_QUEUES = (*QUEUES, WEBHOOKS_QUEUE, SYNC_QUEUE)
 
 # Every task finishes well inside this; a message unacked for longer is presumed lost and
 # redelivered, which the job leases make harmless.
 TASK_TIME_LIMIT = 240
 VISIBILITY_TIMEOUT = 600
-# Expired idempotency keys are deleted this often; until then an expired key is already
-# treated as new, so the interval only bounds the table's size.
-IDEMPOTENCY_PURGE_SECONDS = 600
+# The filesystem broker (embedded mode) looks for new messages this often, in seconds: each
+# hop from the scheduler to a worker waits up to this long (kombu's default is a second).
+EMBEDDED_POLLING_INTERVAL = 0.1
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    lookahead = settings.tick_seconds * 2
+    lookahead = settings.scheduler_lookahead
     if lookahead + TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT:
         # A countdown or task outliving the visibility timeout runs twice, forever (reliability §1.2).
         raise ValueError("task time limit plus countdowns must stay under the visibility timeout")
@@ -55,6 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folders["control"]),
             "processed_folder": str(folders["processed"]),
             "store_processed": False,
+            "polling_interval": EMBEDDED_POLLING_INTERVAL,
         }
     return {
         "broker_url": settings.broker_url,
@@ -75,49 +76,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in ALL_QUEUES],
         "task_default_queue": SUBMIT_QUEUE,
         "task_routes": {
-            "chorus.tick": {"queue": SWEEP_QUEUE},
-            "chorus.purge_idempotency_keys": {"queue": SWEEP_QUEUE},
             "chorus.submit_jobs": {"queue": SUBMIT_QUEUE},
             "chorus.poll_jobs": {"queue": POLL_QUEUE},
             "chorus.sync_submit_jobs": {"queue": SYNC_QUEUE},
-            # Not the sweep queue: a long purge must never hold up a tick.
+            # Maintenance the scheduler sends now and then: a worker's poll slot, briefly.
+            "chorus.purge_idempotency_keys": {"queue": POLL_QUEUE},
             "chorus.purge_expired": {"queue": POLL_QUEUE},
-            "chorus.webhooks.sweep": {"queue": WEBHOOKS_QUEUE},
             "chorus.webhooks.deliver": {"queue": WEBHOOKS_QUEUE},
         },
-        "beat_schedule": {
-            "sweep": {
-                "task": "chorus.tick",
-                "schedule": dt.timedelta(seconds=settings.tick_seconds),
-                # A tick nobody ran within a second is worthless; the next one supersedes it.
-                "options": {"expires": max(1.0, settings.tick_seconds * 4)},
-            },
-            "purge-idempotency-keys": {
-                "task": "chorus.purge_idempotency_keys",
-                "schedule": dt.timedelta(seconds=IDEMPOTENCY_PURGE_SECONDS),
-                "options": {"expires": IDEMPOTENCY_PURGE_SECONDS},
-            },
-            **_retention_schedule(settings),
-            "webhooks": {
-                "task": "chorus.webhooks.sweep",
-                "schedule": dt.timedelta(seconds=settings.tick_seconds),
-                "options": {"expires": max(1.0, settings.tick_seconds * 4)},
-            },
-        },
-        "beat_max_loop_interval": max(settings.tick_seconds, 1.0),
         "timezone": "UTC",
         "enable_utc": True,
-    }
-
-
-def _retention_schedule(settings: Settings) -> dict[str, Any]:
-    if settings.retention_days <= 0:
-        return {}  # RETENTION_DAYS=0 keeps everything
-    return {
-        "purge": {
-            "task": "chorus.purge_expired",
-            "schedule": dt.timedelta(seconds=settings.retention_interval),
-            # A purge still queued when the next is due is redundant: it would do the same rows.
-            "options": {"expires": settings.retention_interval},
-        },
     }

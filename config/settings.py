@@ -82,7 +82,8 @@ class Settings:
     wait_recheck_seconds: float
 
     # Job engine
-    tick_seconds: float
+    scheduler_lookahead: float
+    scheduler_max_sleep: float
     lease_seconds: float
     claim_batch: int
     io_threads: int
@@ -229,7 +230,8 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         wait_recheck_seconds=env.float(
             "WAIT_RECHECK_SECONDS", 3.0, validate=Range(min=0.1, max=30)
         ),
-        tick_seconds=env.float("TICK_SECONDS", 0.25, validate=Range(min=0.05, max=10)),
+        scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
+        scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),
         lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),
         claim_batch=env.int("CLAIM_BATCH", 500, validate=Range(min=1)),
         io_threads=env.int("IO_THREADS", 32, validate=Range(min=1, max=512)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from config.celery import POLL_QUEUE, SUBMIT_QUEUE, SWEEP_QUEUE, SYNC_QUEUE, WEBHOOKS_QUEUE
+from config.celery import POLL_QUEUE, SUBMIT_QUEUE, SYNC_QUEUE, WEBHOOKS_QUEUE
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,7 @@ PROCESSES: tuple[Process, ...] = (
     Process(
         "scheduler",
         ("scheduler",),
-        "finds due jobs and due deliveries and dispatches them; one is enough",
-        # Until the scheduler dispatches from Postgres itself, it runs beat's tick task.
-        queues=(SWEEP_QUEUE,),
+        "sends due jobs, due deliveries and maintenance to the workers; one leads, others stand by",
     ),
     Process(
         "sim",

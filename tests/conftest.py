@@ -113,7 +113,6 @@ def env(
             "SECRET_KEY": "test-secret",
             # The processes that write links refuse to start without it.
             "PUBLIC_URL": "http://127.0.0.1:8000",
-            "TICK_SECONDS": "0.2",
             "LEASE_SECONDS": "8",
             "UPSTREAM_READ_TIMEOUT": "3",
             "UPSTREAM_CONNECT_TIMEOUT": "2",
@@ -305,20 +304,17 @@ class Processes:
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
-    def webhooks(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
+    def webhooks_worker(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
         from app.cli import worker_argv
 
         argv = worker_argv(load_settings(self.env), webhooks=True)
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
-    def beat(self) -> subprocess.Popen[bytes]:
-        """The scheduler (`chorus scheduler`), which drives every other process."""
+    def scheduler(self, name: str = "scheduler") -> subprocess.Popen[bytes]:
         from app.cli import scheduler_argv
 
-        settings = load_settings(self.env)
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        return self.start("beat", scheduler_argv(settings))
+        return self.start(name, scheduler_argv(load_settings(self.env)))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)

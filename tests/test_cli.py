@@ -301,3 +301,17 @@ def test_release_migrates_and_loads_the_catalog(env: dict[str, str], db: Databas
     chorus(env, "release")
     with db.session() as session:
         assert len(list(session.scalars(sa.select(Model.name)))) == len(names)
+
+
+# ------------------------------------------------------------------ processes
+
+
+def test_the_process_commands_are_the_scheduler_and_three_workers(env: dict[str, str]) -> None:
+    listed = chorus(env, "--help").stdout
+    assert "scheduler" in listed and "worker" in listed
+    # Beat is gone: the scheduler replaced it.
+    gone = chorus(env, "beat", check=False)
+    assert gone.returncode != 0 and "No such command" in gone.stderr
+    both = chorus(env, "worker", "--sync", "--webhooks", check=False)
+    assert both.returncode == 2 and "pick one" in both.stderr
+    assert "--webhooks" in chorus(env, "worker", "--help").stdout

@@ -1,4 +1,4 @@
-"""The Celery side of Chorus: workers that move jobs, and the beat-driven sweeper."""
+"""The Celery side of Chorus: the workers that move jobs, and the scheduler that feeds them."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Celery tasks. They take ids (and lease tokens), never objects, and are safe to run twice.
 
-``tick`` is the sweeper beat runs; it hands QUEUED jobs to ``submit_jobs`` and RUNNING jobs to
-``poll_jobs``. Both end in ``Engine.advance``, which re-reads the row under a fresh lease and
-does whatever step the job needs now, so a message that arrives after the job moved on is
-harmless.
+The scheduler (``workers.scheduler``) leases due jobs and ``dispatch`` hands QUEUED ones to
+``submit_jobs`` and RUNNING ones to ``poll_jobs``. Both end in ``Engine.advance``, which
+re-reads the row under a fresh lease and does whatever step the job needs now, so a message
+that arrives after the job moved on is harmless.
 """
 
 from __future__ import annotations
@@ -33,21 +33,8 @@ def _engine(task: Task) -> Any:
     return task.app.engine  # type: ignore[attr-defined]
 
 
-@shared_task(name="chorus.tick", bind=True, ignore_result=True)
-def tick(self: Task) -> int:
-    """The sweeper: fail overdue jobs, lease due ones and hand them to workers."""
-    engine = _engine(self)
-    expired = engine.expire_overdue()
-    if expired:
-        log.info("%d job(s) passed their deadline", expired)
-    engine.accounts.wake_waiting()
-    settings = self.app.settings  # type: ignore[attr-defined]
-    claims = engine.claim_due(lookahead=settings.tick_seconds * 2, limit=settings.claim_batch)
-    dispatch(claims)
-    return len(claims)
-
-
 def dispatch(claims: list[DueClaim]) -> None:
+    """Send leased jobs to the workers, each slice of due times as one message with an ETA."""
     now = utcnow()
 
     def slot(claim: DueClaim) -> tuple[str, float]:
@@ -101,7 +88,7 @@ def purge_idempotency_keys(self: Task) -> int:
 
 @shared_task(name="chorus.purge_expired", bind=True, ignore_result=True)
 def purge_expired(self: Task) -> int:
-    """Retention (beat): purge terminal jobs older than RETENTION_DAYS and their audio."""
+    """Retention (sent by the scheduler): purge terminal jobs older than RETENTION_DAYS and their audio."""
     settings = self.app.settings  # type: ignore[attr-defined]
     engine = _engine(self)
     purged = retention.purge_expired(

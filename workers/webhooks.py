@@ -1,4 +1,4 @@
-"""Webhook tasks: the beat-driven sweep, and the hand-off of claims to a delivery thread pool."""
+"""Webhook tasks: the hand-off of the scheduler's claims to a delivery thread pool."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from celery import Task, shared_task
 
 from app.db import Database
 from app.webhooks.delivery import Dispatcher
+from app.webhooks.outbox import Claim
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,11 @@ def dispatcher(task: Task) -> Dispatcher:
     return found
 
 
-@shared_task(name="chorus.webhooks.sweep", bind=True, ignore_result=True)
-def sweep(self: Task) -> int:
-    """Lease the deliveries due now and send them out in batches."""
-    claims = dispatcher(self).claim()
+def send(claims: list[Claim]) -> None:
+    """Send leased deliveries to the webhook workers, in batches."""
     for start in range(0, len(claims), BATCH_SIZE):
         batch = claims[start : start + BATCH_SIZE]
         deliver.apply_async(args=([[c.delivery_id, c.token] for c in batch],))
-    return len(claims)
 
 
 @shared_task(name="chorus.webhooks.deliver", bind=True, ignore_result=True)
@@ -43,7 +41,7 @@ def deliver(self: Task, claims: list[list[str]]) -> int:
     """Queue one attempt per claim on this process's delivery threads; returns at once.
 
     Losing the queued attempts (the process dies) costs only latency: their leases lapse and
-    the next sweep claims the deliveries again.
+    the scheduler claims the deliveries again.
     """
     dispatcher(self).submit((delivery_id, token) for delivery_id, token in claims)
     return len(claims)

@@ -1,13 +1,13 @@
 """Moves jobs through their lifecycle. Celery only carries "look at job X with claim T".
 
 Every job row carries ``next_action_at`` (when to look at it next) and a lease
-(``lease_token`` + ``lease_until``). The sweeper (``claim_due``) leases due jobs in one short
+(``lease_token`` + ``lease_until``). The scheduler (``claim_due``) leases due jobs in one short
 transaction and hands their ids and tokens to workers; ``advance`` first swaps the token for
 a fresh one with a compare-and-set, so of two copies of one message only one proceeds, and a
-message whose lease was taken over by a later sweep does nothing. Every state change is a
+message whose lease was taken over by a later claim does nothing. Every state change is a
 conditional UPDATE guarded by the token and by the state machine's source states, so a
 late or duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
-expires; the next sweep picks the job up again.
+expires; the scheduler picks the job up again.
 
 No HTTP call happens inside a database transaction, and no worker sleeps while an
 upstream works: between polls a job is only a row.
@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     column,
     func,
     or_,
@@ -47,7 +48,8 @@ from sqlalchemy.sql.expression import ColumnClause
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
-from app.db import Database, UTCDateTime, utcnow
+from app.db import Database, UTCDateTime, database_url, utcnow
+from app.doorbell import doorbell
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.errors import public_message
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
 
-# The rows a sweep may lease: active jobs, and cancelled ones whose upstream is still followed.
+# The rows the scheduler may lease: active jobs, and cancelled ones whose upstream is still followed.
 # A cancelled row is due only while it has a follow-up: its next_action_at is NULL otherwise.
 SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED]
 
@@ -207,7 +209,7 @@ class Engine:
             min_interval=settings.poll_min_interval,
             max_interval=settings.poll_max_interval,
         )
-        # A lease shorter than one upstream call would let a sweep take an in-flight job away.
+        # A lease shorter than one upstream call would let the scheduler take an in-flight job away.
         call = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self._adapters: dict[str, Adapter] = {}
@@ -222,6 +224,8 @@ class Engine:
         self.handoff: Callable[[str, str], None] | None = None
         # Tells web processes holding `Prefer: wait` requests that a job has ended.
         self.notifier = TerminalNotifier(settings)
+        # Wakes the scheduler when this process's writes make work due.
+        self.doorbell = doorbell(database_url(settings))
 
     # ------------------------------------------------------------------ sweeping
 
@@ -282,8 +286,8 @@ class Engine:
             ).all()
             if not rows:
                 return []
-            # One statement leases the whole sweep under one token (an UPDATE per row cost
-            # more than the rest of the tick). A token only has to differ from the one any
+            # One statement leases the whole round under one token (an UPDATE per row cost
+            # more than the rest of the round). A token only has to differ from the one any
             # other holder of the same job has; each claim still names its job.
             token = new_token()
             session.execute(
@@ -297,10 +301,35 @@ class Engine:
             for job_id, due_at, status in rows
         ]
 
+    def next_due(self) -> dt.datetime | None:
+        """When the scheduler next has something to do for a job: the earliest next look (or,
+        while a job is leased, the lease's end: its holder may have died) or deadline. None
+        when no job is waiting."""
+        due = case(
+            (Job.lease_until > Job.next_action_at, Job.lease_until), else_=Job.next_action_at
+        )
+        with self.db.session() as session:
+            found = [
+                session.scalar(
+                    select(func.min(due)).where(
+                        Job.status.in_(SWEPT), Job.next_action_at.is_not(None)
+                    )
+                ),
+                session.scalar(select(func.min(Job.deadline_at)).where(Job.status.in_(ACTIVE))),
+            ]
+        return min((when for when in found if when is not None), default=None)
+
     # ------------------------------------------------------------------ advancing
 
     def advance_many(self, claims: Iterable[Claim], *, blocking: bool = False) -> list[str]:
-        claims = list(claims)
+        done = self._advance_many(list(claims), blocking=blocking)
+        if any(outcome != "skipped" for outcome in done):
+            # What the steps wrote (next looks, retries, ended jobs with their webhook events,
+            # freed account slots) may be due before the scheduler would otherwise look.
+            self.doorbell.ring()
+        return done
+
+    def _advance_many(self, claims: list[Claim], *, blocking: bool) -> list[str]:
         if not claims:
             return []
         if len(claims) == 1:
@@ -487,7 +516,7 @@ class Engine:
             return "failed"
         if isinstance(reservation, Wait):
             # Every account is full or its breaker is open: wait QUEUED, not FAILED. The
-            # sweeper wakes the job as soon as a slot frees.
+            # scheduler wakes the job as soon as a slot frees.
             self._write(
                 job,
                 {JobStatus.QUEUED},

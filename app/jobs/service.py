@@ -1,8 +1,9 @@
 """Accepting a job: the catalog lookup and input rules of CONTRACT §1a, then one INSERT.
 
 Nothing is sent to Celery here. The row is the outbox: it is created due now, and the
-scheduler's next sweep (a fraction of a second later) leases it and hands it to a worker, so
-a request never waits on the broker and a broker outage loses nothing.
+scheduler leases it and hands it to a worker, so a request never waits on the broker and a
+broker outage loses nothing. The views ring the doorbell (``app.doorbell``) after the commit,
+which wakes the scheduler at once; the NOTIFY is never part of the submit's transaction.
 """
 
 from __future__ import annotations

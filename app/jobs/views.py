@@ -166,6 +166,7 @@ class Generations(MethodView):
             quick=ext.db.reader,
         )
         ext.commit()
+        ext.doorbell.ring()  # after the commit, never inside the submit's transaction
         status, applied = 202, None
         wait = requested_wait(request.headers)
         if wait:
@@ -240,6 +241,7 @@ class Cancel(MethodView):
         session = ext.session()
         job = service.cancel_job(session, g.api_key, job_id)
         session.commit()
+        ext.doorbell.ring()  # its webhook event, and a freed account slot
         # A client waiting on this job (Prefer: wait) is answered now, not at its re-check.
         ext.notifier.publish([job.id])
         return jsonify(job_object(job, ext.storage))

@@ -98,6 +98,7 @@ class Generations(MethodView):
             quick=ext.db.reader,
         )
         ext.commit()
+        ext.doorbell.ring()  # after the commit, never inside the submit's transaction
         # 201, as AIMLAPI answers a created generation.
         response = jsonify(id=job.id, status="queued")
         response.status_code = 201

@@ -198,7 +198,8 @@ def deliveries(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def redeliver_command(ctx: click.Context, delivery_id: str) -> None:
     """Send a delivery again (same webhook-id) as soon as a worker can."""
-    from app.db import Database
+    from app.db import Database, database_url
+    from app.doorbell import ring_now
     from app.webhooks.models import WebhookDelivery
     from app.webhooks.outbox import redeliver
 
@@ -209,4 +210,5 @@ def redeliver_command(ctx: click.Context, delivery_id: str) -> None:
         if found is None:
             raise click.ClickException(f"no delivery {delivery_id!r}")
         redeliver(found)
+    ring_now(database_url(_settings(ctx)))  # this process ends before a background ring
     click.echo(delivery_id)

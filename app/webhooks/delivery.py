@@ -26,7 +26,8 @@ import requests
 import ssrfguard
 from sqlalchemy import insert, select, update
 
-from app.db import Database, utcnow
+from app.db import Database, database_url, utcnow
+from app.doorbell import doorbell
 from app.jobs.models import Job
 from app.webhooks import outbox, signing, urls
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -91,7 +92,7 @@ class Dispatcher:
         return [self.pool.submit(self.attempt_safely, d, t) for d, t in claims]
 
     def claim(self) -> list[outbox.Claim]:
-        """Lease the deliveries due now, for the sweeper to hand out."""
+        """Lease the deliveries due now, for the scheduler to hand out."""
         # The claim's lease also covers the message's trip and the wait in a pool's queue.
         with self.db.transaction() as session:
             return outbox.claim_due(
@@ -101,12 +102,21 @@ class Dispatcher:
                 lease=self.lease,
             )
 
+    def next_due(self) -> dt.datetime | None:
+        """When the next pending delivery is due (after now), for the scheduler's sleep."""
+        with self.db.session() as session:
+            return outbox.next_due(session, utcnow())
+
     def attempt_safely(self, delivery_id: str, token: str) -> str:
         try:
-            return self.attempt(delivery_id, token)
+            outcome = self.attempt(delivery_id, token)
+            if outcome != "skipped":
+                # A retry is scheduled, or room freed under the in-flight cap.
+                doorbell(database_url(self.settings)).ring()
+            return outcome
         except Exception:
             # A fault here (a bug, the database) must not kill the pool thread; the lease
-            # lapses and the next sweep tries again.
+            # lapses and the scheduler claims it again.
             log.exception("webhook delivery %s failed unexpectedly", delivery_id)
             return "error"
 

@@ -63,7 +63,7 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        # The sweeper's hot path: pending deliveries by due time.
+        # The scheduler's hot path: pending deliveries by due time.
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_job", "job_id", "id"),
         Index("ix_webhook_deliveries_org_status", "org_id", "status", "id"),

@@ -1,4 +1,4 @@
-"""The delivery outbox: rows written with the status change, claimed by the sweeper.
+"""The delivery outbox: rows written with the status change, claimed by the scheduler.
 
 ``enqueue_for`` is called inside the transaction that moves a job to RUNNING or to a terminal
 state, so a delivery exists if and only if the change was committed: a rolled-back write
@@ -166,6 +166,26 @@ def claim_due(
         )
         claims.append(Claim(delivery_id, token))
     return claims
+
+
+def next_due(session: Session, now: dt.datetime) -> dt.datetime | None:
+    """When the next free pending delivery is due, later than ``now``.
+
+    Only the index's order, never a scan of a backlog: deliveries due now that were not
+    claimed wait for room under the in-flight cap, which the attempts ringing the doorbell
+    make; a leased one whose worker died is found within the scheduler's safety cap.
+    """
+    found: dt.datetime | None = session.scalar(
+        select(WebhookDelivery.next_attempt_at)
+        .where(
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_at > now,
+            WebhookDelivery.lease_until.is_(None),
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(1)
+    )
+    return found
 
 
 def retry_delay(

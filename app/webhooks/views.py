@@ -343,6 +343,7 @@ class Redeliver(MethodView):
             )
         outbox.redeliver(delivery)
         session.commit()
+        chorus().doorbell.ring()
         attempts = _attempts(session, [delivery.id])
         response = jsonify(delivery_object(delivery, attempts.get(delivery.id, [])))
         response.status_code = 202

@@ -23,7 +23,6 @@ from app.jobs import service
 from app.jobs.models import Job
 from app.money.models import LedgerEntry
 from app.tenancy.models import ApiKey
-from config.celery import celery_config
 from tests.conftest import GOOD_BODY, auth, funded_key, job_rows, wait_for
 from tests.serving import serve
 
@@ -298,9 +297,13 @@ def test_expired_keys_count_as_new_and_are_purged(client: Any, db: Any, api_key:
     assert store.purge_expired(db) == 0
 
 
-def test_beat_runs_the_purge(settings: Any) -> None:
-    schedule = celery_config(settings)["beat_schedule"]
-    assert any(e["task"] == "chorus.purge_idempotency_keys" for e in schedule.values())
+def test_the_scheduler_sends_the_purge(settings: Any) -> None:
+    from workers import make_celery
+    from workers.scheduler import IDEMPOTENCY_PURGE_SECONDS, Scheduler
+
+    periodic = Scheduler(make_celery(settings)).periodic
+    purge = [p for p in periodic if p.task == "chorus.purge_idempotency_keys"]
+    assert [p.interval for p in purge] == [IDEMPOTENCY_PURGE_SECONDS]
 
 
 def test_the_purge_task_deletes_expired_keys(db: Any, api_key: str, client: Any) -> None:

@@ -3,7 +3,7 @@ account endpoints, and API keys.
 
 The race runs against a real gunicorn (two processes, sixteen threads each) on real Postgres,
 hit by fifty client threads: the balance row lock has to hold across processes, not just
-threads of one. The key-leak test runs a job through gunicorn, a Celery worker and beat, and
+threads of one. The key-leak test runs a job through gunicorn, a Celery worker and the scheduler, and
 looks for the secret in everything they wrote: logs, the database and the broker.
 """
 
@@ -799,7 +799,7 @@ def test_the_secret_never_reaches_logs_the_database_or_the_broker(
     with RedisRecorder(redis_url) as recorder:
         base = start_web(procs)
         procs.worker()
-        procs.beat()
+        procs.scheduler()
         session = requests.Session()
         created = session.post(f"{base}{URL}", json=GOOD_BODY, headers=auth(key), timeout=60)
         assert created.status_code == 202, created.text
@@ -823,7 +823,11 @@ def test_the_secret_never_reaches_logs_the_database_or_the_broker(
         broker_now = redis_dump(redis_url)
     procs.stop_all()  # flush and close every log
 
-    web_log, worker_log, beat_log = procs.log("web"), procs.log("worker"), procs.log("beat")
+    web_log, worker_log, scheduler_log = (
+        procs.log("web"),
+        procs.log("worker"),
+        procs.log("scheduler"),
+    )
     # The logs and the recording are not empty: they saw this job.
     assert f"POST {URL}" in web_log and f"GET {URL}/{job_id}" in web_log
     assert "chorus.submit_jobs" in worker_log or job_id in worker_log, worker_log[-3000:]
@@ -834,7 +838,7 @@ def test_the_secret_never_reaches_logs_the_database_or_the_broker(
     places = {
         "web log": web_log,
         "worker log": worker_log,
-        "beat log": beat_log,
+        "scheduler log": scheduler_log,
         "redis traffic": traffic,
         "redis traffic (base64-decoded)": traffic_decoded,
         "redis contents": broker_now + "\n" + "\n".join(decoded(broker_now)),

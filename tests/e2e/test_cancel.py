@@ -1,4 +1,4 @@
-"""Cancelling a job a real worker is following, on real Postgres, Redis, Celery worker and beat
+"""Cancelling a job a real worker is following, on real Postgres, Redis, Celery worker and scheduler
 processes and the simulator (useapi.net's protocol: one song at a time per account).
 
 The API runs in-process (Flask's test client) against the database the worker uses.
@@ -69,7 +69,7 @@ def test_cancel_running_job_stays_cancelled_and_the_busy_account_gets_no_second_
 ) -> None:
     only_one_useapi_account(db)
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     doomed = submit(client, api_key, "Cancelled ballad [sim:latency=4]", model="music-1.5")
     wait_for(
         lambda: read(client, api_key, doomed)["status"] == "RUNNING",
@@ -118,7 +118,7 @@ def test_cancel_queued_job_never_reaches_the_upstream(
 ) -> None:
     only_one_useapi_account(db)
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     # The first job holds the only slot; the second waits QUEUED behind it and is cancelled.
     busy = submit(client, api_key, "Holding the slot [sim:latency=3]", model="music-1.5")
     wait_for(

@@ -154,7 +154,7 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav_and_keeps_its_data(
         assert audio.status_code == 200
         with wave.open(io.BytesIO(audio.content)) as track:
             assert track.getnframes() > 0 and track.getframerate() == 32000
-        # web, worker, sync worker, beat, simulator (and their own children)
+        # web, the workers, scheduler, simulator (and their own children)
         assert len(dev.children) >= 5, dev.children
         assert list((var_dir / "audio").glob("*.wav"))
     assert_stopped_cleanly(dev, pgdata)

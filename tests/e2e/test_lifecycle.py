@@ -1,7 +1,7 @@
-"""End to end on real Postgres, Redis, Celery worker and beat processes, and the simulator.
+"""End to end on real Postgres, Redis, Celery worker and scheduler processes, and the simulator.
 
 The API runs in-process (Flask's test client) against the same database the worker uses;
-the worker and beat are real child processes, so they can be killed with SIGKILL.
+the worker and scheduler are real child processes, so they can be killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def submits_per_job(sim: str, db: Any) -> dict[str, int]:
 @pytest.fixture
 def stack(procs: Processes, sim: str) -> Processes:
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     return procs
 
 
@@ -126,7 +126,7 @@ def test_upstream_faults_end_as_documented(
     }
     ids = {marker: submit(client, api_key, f"Calm piano {marker}") for marker in cases}
     procs.worker(concurrency=2)
-    procs.beat()
+    procs.scheduler()
     jobs = wait_terminal(client, api_key, list(ids.values()), timeout=40)
     for marker, (status, code) in cases.items():
         job = jobs[ids[marker]]
@@ -151,7 +151,7 @@ def test_worker_killed_mid_job_every_job_still_ends_once(
     ]
     submitting = [submit(client, api_key, f"Song {i} [sim:submit-hang=4]") for i in range(4)]
     procs.worker(name="doomed")
-    procs.beat()
+    procs.scheduler()
     # Wait until the worker is inside the upstream calls (submits hung, polls hung), then kill -9.
     wait_for(
         lambda: sum(1 for j in job_rows(db) if j.status == "RUNNING") >= 6, 20, message="running"
@@ -206,7 +206,7 @@ def test_duplicated_and_lost_messages_neither_repeat_nor_lose_work(
     )
     # Without the sweeper nobody knows about the lost ones: they are still waiting.
     assert {j.status for j in job_rows(db) if j.id in {c.job_id for c in lost}} == {"QUEUED"}
-    procs.beat()  # the sweeper now rescues them once their lease lapses
+    procs.scheduler()  # the sweeper now rescues them once their lease lapses
     jobs = wait_terminal(client, api_key, ids, timeout=40)
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), jobs
     assert submits_per_job(sim, db) == dict.fromkeys(ids, 1)

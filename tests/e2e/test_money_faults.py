@@ -1,4 +1,4 @@
-"""Exactly-once money under faults, with real worker and beat processes and the simulator.
+"""Exactly-once money under faults, with real worker and scheduler processes and the simulator.
 
 Whatever happens to the workers (SIGKILL mid-call, every message delivered five times, late
 stale messages after the end), each job has exactly one hold and exactly one capture (it
@@ -137,7 +137,7 @@ def test_worker_killed_mid_job_charges_every_job_exactly_once(
     submitting = [submit(client, api_key, f"Song {i} [sim:submit-hang=4]") for i in range(4)]
     ids = polling + submitting
     procs.worker(name="doomed")
-    procs.beat()
+    procs.scheduler()
     # Kill -9 while the worker is inside the upstream calls (submits and polls hung).
     wait_for(
         lambda: sum(1 for j in job_rows(db) if j.status == "RUNNING") >= 6,
@@ -198,7 +198,7 @@ def test_duplicated_messages_still_capture_each_job_once(
     for _ in range(5):  # every job's message, five times over
         celery.send_task("chorus.submit_jobs", args=(message,))
     procs.worker(concurrency=2)
-    procs.beat()
+    procs.scheduler()
     jobs = wait_terminal(client, api_key, ids, timeout=180)
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), jobs
     assert_settled_once(db, jobs)
@@ -232,7 +232,7 @@ def test_failed_and_expired_jobs_give_the_money_back(
     key = funded_key(db, "thrifty", funds)
     org = org_id(db, "thrifty")
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     worker_ready(procs)
     cases = {
         "[sim:error]": ("music-2.6", "upstream_failed"),
@@ -277,7 +277,7 @@ def test_the_cost_moves_from_held_to_captured_or_released(
     org = org_id(db, "acme")
     assert_balance(db, org, CREDIT - 2 * PRICE, 2 * PRICE)
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     seen: dict[str, list[tuple[str, str]]] = {good: [], bad: []}
     balances: list[tuple[int, int]] = []
 

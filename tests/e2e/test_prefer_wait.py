@@ -1,4 +1,4 @@
-"""``Prefer: wait`` end to end: real worker, beat and simulator processes, real Redis.
+"""``Prefer: wait`` end to end: real worker, scheduler and simulator processes, real Redis.
 
 The API runs in-process (its wait hub is a thread of the test process); the worker that ends
 the job publishes on Redis from its own process.
@@ -30,19 +30,22 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 @pytest.fixture
 def stack(sim: str, procs: Processes) -> Processes:
     procs.worker()
-    procs.beat()
-    # The waits below are measured from the POST: start them once the sweeper is turning.
+    procs.scheduler()
+    # The waits below are measured from the POST: start them once the scheduler leads and
+    # the worker has run what it sends first (the maintenance tasks).
     wait_for(
-        lambda: "chorus.tick" in procs.log("beat") and "succeeded" in procs.log("beat"),
+        lambda: (
+            "purge_idempotency_keys" in procs.log("worker") and "succeeded" in procs.log("worker")
+        ),
         90,
         interval=0.5,
-        message="worker and beat to run a tick",
+        message="the worker to run the scheduler's first task",
     )
     return procs
 
 
 def make_app(env: dict[str, str], **overrides: str) -> Any:
-    """An API of its own settings (the worker and beat keep the test's)."""
+    """An API of its own settings (the worker and scheduler keep the test's)."""
     app = create_app(load_settings({**env, **overrides}))
     app.config["TESTING"] = True
     return app

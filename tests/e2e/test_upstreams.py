@@ -1,6 +1,6 @@
 """Every upstream protocol end to end: API → worker (→ sync worker) → simulator → Chorus's copy.
 
-Real Postgres, Redis, Celery worker, sync worker and beat processes, and the simulator speaking
+Real Postgres, Redis, Celery worker, sync worker and scheduler processes, and the simulator speaking
 AIMLAPI, Apilaplas (AIMLAPI's protocol), MiniMax (synchronous) and useapi.net. The catalog is
 the default one (``config/catalog.yaml``); a test that needs other account settings changes the
 ``upstream_accounts`` rows before it starts the workers (they cache account rows for seconds).
@@ -160,7 +160,7 @@ def test_async_protocol_reaches_succeeded_with_stored_audio(
     sim_account: str,
 ) -> None:
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     job_id = submit_to(
         client, api_key, model, f"Bright synth pop for {provider}", **reference_for(model, files)
     )
@@ -208,7 +208,7 @@ def test_minimax_runs_on_the_sync_worker_in_url_and_hex(
         for name, extra in formats.items()
     }
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     # Without a sync worker the normal worker only hands the jobs over: their messages wait on
     # the sync queue, and nothing reaches MiniMax.
     broker = redis.Redis.from_url(env["REDIS_URL"])
@@ -285,7 +285,7 @@ def test_minimax_faults_end_as_documented(
     }
     procs.worker()
     procs.sync_worker()
-    procs.beat()
+    procs.scheduler()
     jobs = wait_terminal(client, api_key, list(ids.values()), timeout=60)
     assert_outcomes(
         jobs, ids, {m: (s, c) for m, (s, c, _, _) in cases.items()}, account="sim-minimax"
@@ -329,7 +329,7 @@ def test_useapi_faults_end_as_documented(
         for i, marker in enumerate(cases)
     }
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     jobs = wait_terminal(client, api_key, list(ids.values()), timeout=80)
     assert_outcomes(jobs, ids, {m: (s, c) for m, (s, c, _, _) in cases.items()})
     record = sim_record(sim)
@@ -403,7 +403,7 @@ def test_useapi_song_struck_before_its_download_fails_content_moderated(
         "Struck before the download [sim:latency=0.3] [sim:post-moderated=0.1]",
     )
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     job = wait_terminal(client, api_key, [job_id], timeout=40)[job_id]
     (generation,) = generations_for(sim, "Struck before the download")
     record = sim_record(sim)
@@ -452,7 +452,7 @@ def test_aimlapi_and_apilaplas_faults_end_as_documented(
         for model in routes
     }
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     every = [job_id for per_model in ids.values() for job_id in per_model.values()]
     jobs = wait_terminal(client, api_key, every, timeout=60)
     for model, account in routes.items():
@@ -472,7 +472,7 @@ def test_useapi_accounts_take_one_song_at_a_time(
         for i in range(10)
     ]
     procs.worker()
-    procs.beat()
+    procs.scheduler()
     saw_waiting = False
     over_limit: list[dict[str, int]] = []
 
@@ -516,7 +516,7 @@ def test_minimax_never_holds_more_calls_than_max_in_flight(
     set_accounts(db, UpstreamAccount.id == "sim-minimax", max_in_flight=3)
     procs.worker()
     procs.sync_worker()
-    procs.beat()
+    procs.scheduler()
 
     # With the default routes, a job that finds MiniMax full takes the next route (AIMLAPI).
     first = [
@@ -578,7 +578,7 @@ def test_slot_held_by_a_killed_worker_comes_back(
     set_accounts(db, UpstreamAccount.id == "sim-useapi-2", enabled=False)
     set_accounts(db, UpstreamAccount.id == "sim-useapi-1", read_timeout=6.0)
     procs.worker(name="doomed")
-    procs.beat()
+    procs.scheduler()
     held = submit_to(
         client, api_key, "music-1.5", "Killed mid-submit [sim:submit-hang=4] [sim:latency=0.3]"
     )
@@ -636,7 +636,7 @@ def test_minimax_breaker_opens_falls_back_and_closes_after_a_probe(
     ]
     procs.worker()
     procs.sync_worker()
-    procs.beat()
+    procs.scheduler()
 
     def opened() -> AccountState | None:
         state = breaker(db, "sim-minimax")

@@ -3,7 +3,7 @@
 Each client is a file in ``seed_clients/``. The test runs a copy in which only the base URL,
 the key and (for minimax-music) the reference track's URL are replaced, as a plain
 ``python`` process: its own ``requests`` calls, status checks and ten-second polling. Chorus
-runs as in production: gunicorn, a Celery worker and beat as child processes, on real
+runs as in production: gunicorn, a Celery worker and the scheduler as child processes, on real
 Postgres and Redis, with the simulator as the upstream. The track each client ends with is
 then downloaded and read as audio.
 """
@@ -87,7 +87,7 @@ def test_the_seed_clients_run_unchanged_and_end_with_the_track(
     key = funded_key(db, "seed-user")
     base = start_web(procs)
     procs.worker()
-    procs.beat()
+    procs.scheduler()
 
     common = {AIMLAPI_BASE: base, KEY_PLACEHOLDER: key}
     clients = {

@@ -259,12 +259,14 @@ def test_retention_settings() -> None:
     assert load_settings({"RETENTION_DAYS": "0"}).retention_days == 0
 
 
-def test_beat_runs_the_purge_off_the_sweep_queue_unless_retention_is_off() -> None:
+def test_the_scheduler_sends_the_purge_unless_retention_is_off() -> None:
     from config.celery import POLL_QUEUE, celery_config
+    from workers import make_celery
+    from workers.scheduler import Scheduler
 
-    conf = celery_config(load_settings({"RETENTION_INTERVAL": "600"}))
-    purge = conf["beat_schedule"]["purge"]
-    assert purge["task"] == "chorus.purge_expired"
-    assert purge["schedule"].total_seconds() == 600
-    assert conf["task_routes"]["chorus.purge_expired"] == {"queue": POLL_QUEUE}
-    assert "purge" not in celery_config(load_settings({"RETENTION_DAYS": "0"}))["beat_schedule"]
+    settings = load_settings({"RETENTION_INTERVAL": "600"})
+    periodic = {p.task: p.interval for p in Scheduler(make_celery(settings)).periodic}
+    assert periodic["chorus.purge_expired"] == 600
+    assert celery_config(settings)["task_routes"]["chorus.purge_expired"] == {"queue": POLL_QUEUE}
+    off = Scheduler(make_celery(load_settings({"RETENTION_DAYS": "0"}))).periodic
+    assert "chorus.purge_expired" not in {p.task for p in off}

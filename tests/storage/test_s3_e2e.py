@@ -1,7 +1,7 @@
-"""End to end on S3: real worker, sync worker and beat processes, the simulator, and moto.
+"""End to end on S3: real worker, sync worker and scheduler processes, the simulator, and moto.
 
 The workers store the audio in a bucket of the S3 stand-in over HTTP; the API (in-process)
-streams it back through ``/content`` and the signed link; the beat's retention task purges it.
+streams it back through ``/content`` and the signed link; the scheduler's retention task purges it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def bucket(s3: S3StandIn) -> str:
 @pytest.fixture
 def env(env: dict[str, str], s3: S3StandIn, bucket: str) -> dict[str, str]:
     env.update(s3.env(bucket, prefix=PREFIX))
-    # The beat runs the retention task every second, so the test sees it within moments.
+    # The scheduler sends the retention task every second, so the test sees it within moments.
     env.update(RETENTION_DAYS="30", RETENTION_INTERVAL="1")
     return env
 
@@ -52,7 +52,7 @@ def test_jobs_store_to_s3_and_download_then_retention_purges(
 ) -> None:
     procs.worker()
     procs.sync_worker()
-    procs.beat()
+    procs.scheduler()
     # music-2.6 goes to the AIMLAPI simulator (a URL to download); music-2.0 to MiniMax's
     # (audio inline as hex): both paths into the bucket.
     url_job = submit(client, api_key)
@@ -92,7 +92,7 @@ def test_jobs_store_to_s3_and_download_then_retention_purges(
         else:
             assert job["audio"] == job["urls"]["audio"]
 
-    # Retention: move the jobs 40 days back; the beat's next purge takes them.
+    # Retention: move the jobs 40 days back; the next purge takes them.
     with db.transaction() as session:
         org_id = rows[url_job].org_id
         balance = ledger.balance(session, org_id, "CNY")

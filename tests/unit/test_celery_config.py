@@ -5,25 +5,54 @@ from __future__ import annotations
 import pytest
 
 from config import load_settings
-from config.celery import QUEUES, SYNC_QUEUE, VISIBILITY_TIMEOUT, celery_config
+from config.celery import (
+    ALL_QUEUES,
+    POLL_QUEUE,
+    QUEUES,
+    SYNC_QUEUE,
+    VISIBILITY_TIMEOUT,
+    WEBHOOKS_QUEUE,
+    celery_config,
+)
 
 
-def test_queues_are_declared_and_split_between_the_two_workers() -> None:
+def test_queues_are_declared_and_split_between_the_three_workers() -> None:
     from app.cli import worker_argv
     from workers import make_celery
 
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"})
     app = make_celery(settings)
-    assert set(app.amqp.queues) == {*QUEUES, SYNC_QUEUE}
-    # The job worker never takes held-open sync calls; the sync worker takes nothing else.
-    job_argv, sync_argv = worker_argv(settings), worker_argv(settings, sync=True)
-    assert job_argv[job_argv.index("-Q") + 1].split(",") == ["chorus.submit", "chorus.poll"]
-    assert sync_argv[sync_argv.index("-Q") + 1] == SYNC_QUEUE
-    assert sync_argv[sync_argv.index("--pool") + 1] == "threads"
-    assert app.conf.task_routes["chorus.sync_submit_jobs"]["queue"] == SYNC_QUEUE
-    assert app.conf.task_routes["chorus.tick"]["queue"] == "chorus.sweep"
-    assert app.conf.task_routes["chorus.submit_jobs"]["queue"] == "chorus.submit"
-    assert app.conf.task_routes["chorus.poll_jobs"]["queue"] == "chorus.poll"
+    assert set(app.amqp.queues) == set(ALL_QUEUES) == {*QUEUES, WEBHOOKS_QUEUE, SYNC_QUEUE}
+    # Each queue has exactly one kind of worker: jobs, held-open sync calls, webhooks.
+    job, sync, hooks = (
+        worker_argv(settings),
+        worker_argv(settings, sync=True),
+        worker_argv(settings, webhooks=True),
+    )
+    assert job[job.index("-Q") + 1].split(",") == ["chorus.submit", "chorus.poll"]
+    assert sync[sync.index("-Q") + 1] == SYNC_QUEUE
+    assert sync[sync.index("--pool") + 1] == "threads"
+    assert hooks[hooks.index("-Q") + 1] == WEBHOOKS_QUEUE
+    routes = app.conf.task_routes
+    assert routes["chorus.sync_submit_jobs"]["queue"] == SYNC_QUEUE
+    assert routes["chorus.submit_jobs"]["queue"] == "chorus.submit"
+    assert routes["chorus.poll_jobs"]["queue"] == "chorus.poll"
+    assert routes["chorus.webhooks.deliver"]["queue"] == WEBHOOKS_QUEUE
+    # Maintenance rides on the poll queue; nothing is routed to a queue no worker takes.
+    assert routes["chorus.purge_idempotency_keys"]["queue"] == POLL_QUEUE
+    assert routes["chorus.purge_expired"]["queue"] == POLL_QUEUE
+    assert {r["queue"] for r in routes.values()} <= set(ALL_QUEUES)
+
+
+def test_there_is_no_beat_and_no_tick() -> None:
+    from workers import make_celery
+
+    app = make_celery(load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"}))
+    app.loader.import_default_modules()
+    assert not app.conf.beat_schedule
+    assert "chorus.tick" not in app.tasks
+    assert "chorus.webhooks.sweep" not in app.tasks
+    assert "chorus.submit_jobs" in app.tasks and "chorus.webhooks.deliver" in app.tasks
 
 
 def test_redis_safety_settings() -> None:
@@ -44,6 +73,8 @@ def test_embedded_default_uses_the_filesystem_broker(tmp_path: object) -> None:
     folders = conf["broker_transport_options"]
     assert folders["data_folder_in"] == folders["data_folder_out"]
     assert str(tmp_path) in folders["control_folder"]
+    # A hop through the folder broker costs a tenth of a second, not kombu's default second.
+    assert folders["polling_interval"] <= 0.1
 
 
 def test_refuses_settings_that_would_outlive_the_visibility_timeout(

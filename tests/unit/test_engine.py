@@ -1229,3 +1229,37 @@ def test_jobs_whose_adapter_polls_one_at_a_time_keep_their_threads(
 
     assert sorted(outcomes) == ["pending", "pending", "succeeded"]
     assert script.batches == [] and len(script.polls) == 3
+
+
+# ------------------------------------------------------------------ what the scheduler sleeps until
+
+
+def test_next_due_is_the_earliest_look_lease_end_or_deadline(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    assert engine.next_due() is None  # nothing waiting: sleep until the safety cap
+    now = utcnow()
+    later, soon = new_job(db, settings), new_job(db, settings)
+    set_row(db, later, next_action_at=now + dt.timedelta(seconds=50))
+    set_row(db, soon, next_action_at=now + dt.timedelta(seconds=20))
+    assert engine.next_due() == now + dt.timedelta(seconds=20)
+    # Leased: not due again before its lease ends (should its holder die), even though its
+    # next look has come.
+    set_row(
+        db, soon, next_action_at=now, lease_token="t", lease_until=now + dt.timedelta(seconds=40)
+    )
+    assert engine.next_due() == now + dt.timedelta(seconds=40)
+    # A deadline sooner than any look: the scheduler must wake to fail the job.
+    set_row(db, later, deadline_at=now + dt.timedelta(seconds=30))
+    assert engine.next_due() == now + dt.timedelta(seconds=30)
+    # Ended jobs wait for nothing.
+    set_row(
+        db,
+        soon,
+        status=JobStatus.SUCCEEDED,
+        next_action_at=None,
+        lease_token=None,
+        lease_until=None,
+    )
+    set_row(db, later, status=JobStatus.FAILED, next_action_at=None)
+    assert engine.next_due() is None

@@ -1,4 +1,4 @@
-"""Delivery end to end: real worker and beat processes, real receivers on local sockets.
+"""Delivery end to end: real worker, webhook worker and scheduler processes, real receivers on local sockets.
 
 The schedule is compressed (``WEBHOOK_SCHEDULE_SCALE``): its nine attempts over ~45 hours
 take ~17 seconds here. Receivers are on 127.0.0.1, so these tests allow private targets.
@@ -35,8 +35,8 @@ RUNNING = "music.generation.running"
 @pytest.fixture
 def chorus(sim: str, catalog: Any, procs: Processes) -> Processes:
     procs.worker()
-    procs.webhooks()
-    procs.beat()
+    procs.webhooks_worker()
+    procs.scheduler()
     # Deliveries start only once their worker is up: the tests rely on each event going out
     # as it happens, not on a backlog of events sent together.
     wait_for(lambda: " ready." in procs.log("webhooks"), 120, 0.25, "the webhooks worker")
