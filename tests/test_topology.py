@@ -128,16 +128,16 @@ def celery_queues(argv: list[str]) -> list[str]:
 
 
 def test_each_process_consumes_exactly_its_queues() -> None:
-    from app.cli import scheduler_argv, worker_argv
+    from app.cli import worker_argv
 
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"})
     actual = {
         "worker": celery_queues(worker_argv(settings)),
         "worker_sync": celery_queues(worker_argv(settings, sync=True)),
         "webhooks": celery_queues(worker_argv(settings, webhooks=True)),
-        "scheduler": celery_queues(scheduler_argv(settings)),
     }
     for process in PROCESSES:
+        # The others (web, scheduler, sim, flower…) are no Celery workers and consume nothing.
         assert actual.get(process.name, []) == list(process.queues), process.name
 
 
