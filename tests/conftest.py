@@ -67,11 +67,11 @@ TABLES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A database of this session's own (so concurrent runs never meet), migrated from empty."""
+@contextmanager
+def empty_database(suffix: str) -> Iterator[str]:
+    """A database with no tables, named after the test database plus ``suffix``; dropped after."""
     base = make_url(TEST_DATABASE_URL)
-    url = base.set(database=f"{base.database}_{os.getpid()}")
+    url = base.set(database=f"{base.database}_{suffix}")
     admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
 
     def drop() -> None:
@@ -81,11 +81,19 @@ def database_url() -> Iterator[str]:
     drop()
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
-    rendered = url.render_as_string(hide_password=False)
-    dbmigrate.upgrade(load_settings({"DATABASE_URL": rendered}))
-    yield rendered
-    drop()
-    admin.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        drop()
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of this session's own (so concurrent runs never meet), migrated from empty."""
+    with empty_database(str(os.getpid())) as url:
+        dbmigrate.upgrade(load_settings({"DATABASE_URL": url}))
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from standardwebhooks import Webhook
 
 from config.topology import PROCESSES
@@ -28,9 +26,9 @@ from tests.conftest import (
     GOOD_BODY,
     REDIS_PREFIX,
     ROOT,
-    TEST_DATABASE_URL,
     TEST_REDIS_URL,
     clear_redis,
+    empty_database,
     wait_for,
 )
 from tests.e2e.test_embedded import free_port
@@ -74,18 +72,10 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def empty_database() -> Iterator[str]:
+def release_database() -> Iterator[str]:
     """A database with no tables at all: the release line must build it."""
-    base = make_url(TEST_DATABASE_URL)
-    url = base.set(database=f"{base.database}_{os.getpid()}_procfile")
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
+    with empty_database(f"{os.getpid()}_procfile") as url:
+        yield url
 
 
 class Honcho:
@@ -148,7 +138,7 @@ class Honcho:
 
 @pytest.fixture(scope="module")
 def shape(
-    tmp_path_factory: pytest.TempPathFactory, empty_database: str, receiver: Receiver
+    tmp_path_factory: pytest.TempPathFactory, release_database: str, receiver: Receiver
 ) -> Iterator[dict[str, Any]]:
     """The Procfile's processes, started once for this module's tests."""
     tmp_path = tmp_path_factory.mktemp("procfile")
@@ -158,7 +148,7 @@ def shape(
     honcho = Honcho(
         tmp_path,
         {
-            "DATABASE_URL": empty_database,
+            "DATABASE_URL": release_database,
             "REDIS_URL": TEST_REDIS_URL,
             "REDIS_KEY_PREFIX": REDIS_PREFIX,
             "SECRET_KEY": "procfile-test-secret",

@@ -259,14 +259,15 @@ def test_retention_settings() -> None:
     assert load_settings({"RETENTION_DAYS": "0"}).retention_days == 0
 
 
-def test_the_scheduler_sends_the_purge_unless_retention_is_off() -> None:
+def test_the_scheduler_sends_the_purge_unless_retention_is_off(database_url: str) -> None:
     from config.celery import POLL_QUEUE, celery_config
     from workers import make_celery
     from workers.scheduler import Scheduler
 
-    settings = load_settings({"RETENTION_INTERVAL": "600"})
+    settings = load_settings({"DATABASE_URL": database_url, "RETENTION_INTERVAL": "600"})
     periodic = {p.task: p.interval for p in Scheduler(make_celery(settings)).periodic}
     assert periodic["chorus.purge_expired"] == 600
     assert celery_config(settings)["task_routes"]["chorus.purge_expired"] == {"queue": POLL_QUEUE}
-    off = Scheduler(make_celery(load_settings({"RETENTION_DAYS": "0"}))).periodic
+    retention_off = {"DATABASE_URL": database_url, "RETENTION_DAYS": "0"}
+    off = Scheduler(make_celery(load_settings(retention_off))).periodic
     assert "chorus.purge_expired" not in {p.task for p in off}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+import os
+
 from alembic import command
-from sqlalchemy.engine import make_url
 
 from app import dbmigrate
 from config import load_settings
+from tests.conftest import empty_database
 
 
 def test_postgres_schema_matches_the_models(database_url: str) -> None:
@@ -15,21 +16,11 @@ def test_postgres_schema_matches_the_models(database_url: str) -> None:
     command.check(dbmigrate.alembic_config(load_settings({"DATABASE_URL": database_url})))
 
 
-def test_downgrade_to_empty_and_back(database_url: str) -> None:
+def test_downgrade_to_empty_and_back() -> None:
     # A database of its own: the session's stays at head for the other tests.
-    base = make_url(database_url)
-    url = base.set(database=f"{base.database}_downgrade")
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
-    try:
-        settings = load_settings({"DATABASE_URL": url.render_as_string(hide_password=False)})
+    with empty_database(f"{os.getpid()}_downgrade") as url:
+        settings = load_settings({"DATABASE_URL": url})
         dbmigrate.upgrade(settings)
         command.downgrade(dbmigrate.alembic_config(settings), "base")
         dbmigrate.upgrade(settings)
         command.check(dbmigrate.alembic_config(settings))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-        admin.dispose()

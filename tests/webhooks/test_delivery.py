@@ -221,7 +221,9 @@ def test_410_disables_the_endpoint(
         "/v1/webhooks/endpoint", json={"url": hook_url(receiver)}, headers=auth(api_key)
     )
     assert response.status_code == 200 and response.json["status"] == "enabled"
-    job_id = submit(client, api_key)  # no callback_url: the org's endpoint
+    # No callback_url: the org's endpoint. The song takes 3 s, so its `running` event has had
+    # its 410 before `succeeded` exists (two events due at once may both be on their way).
+    job_id = submit(client, api_key, prompt=f"{GOOD_BODY['prompt']} [sim:latency=3]")
     wait_for(
         lambda: (
             client.get("/v1/webhooks/endpoint", headers=auth(api_key)).json["status"] == "disabled"
