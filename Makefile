@@ -18,6 +18,8 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
 PYTEST_ARGS ?=
+# Two workers, a test file each at a time: module fixtures (a process stack) start once.
+PYTEST_XDIST ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -43,9 +45,9 @@ $(RUN_STAMP): pyproject.toml
 run: $(RUN_STAMP) ## Run the embedded default (API on :8000, workers, scheduler, simulator); Ctrl-C stops it
 	$(BIN)/chorus dev
 
-test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest $(PYTEST_ARGS)
+test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest in two workers
 	bash scripts/services.sh check
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .

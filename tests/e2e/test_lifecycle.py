@@ -12,11 +12,18 @@ import wave
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from app.jobs.models import Job
-from tests.conftest import GOOD_BODY, Processes, auth, job_rows, sim_record, wait_for
+from tests.conftest import (
+    GOOD_BODY,
+    Processes,
+    auth,
+    clear_redis,
+    job_rows,
+    sim_record,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -218,7 +225,7 @@ def test_redis_flushed_mid_run_loses_nothing(
 ) -> None:
     ids = [submit(client, api_key, f"Tune {i} [sim:latency=2]") for i in range(10)]
     wait_for(lambda: any(j.status == "RUNNING" for j in job_rows(db)), 20, message="running")
-    redis.Redis.from_url(redis_url).flushdb()
+    clear_redis(redis_url)  # every key of this run's broker and limits, as FLUSHDB would
     ids += [submit(client, api_key, f"Late tune {i}") for i in range(5)]
     jobs = wait_terminal(client, api_key, ids, timeout=60)
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), {
