@@ -4,5 +4,7 @@ Not a test: one run measures the web tier against a bare Flask app under the sam
 settings, then runs N jobs end to end against the simulator twice (adaptive and fixed
 polling), then the upstream protocols (MiniMax calls held open beside other jobs; useapi
 throughput with K accounts), then submit throughput with a priced model beside a free one,
-and writes the figures to ``docs/benchmarks.md`` and ``docs/benchmarks.json``.
+``Prefer: wait`` clients, webhook deliveries, and the shapes users run (``make run`` and the
+Procfile: idle log lines, webhook latency), and writes the figures to ``docs/benchmarks.md``
+and ``docs/benchmarks.json``.
 """

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from bench import load, report
 from bench.procs import ROOT, PhaseError, Supervisor, free_port
-from bench.stack import prepare, sim_command, web_command
+from bench.shapes import MAX_SHAPE_JOBS
+from bench.stack import Stack, prepare, sim_command, web_command
 from config import load_settings
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_bench"
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark Chorus: web tier vs a bare Flask app, then N jobs end to end "
         "against the simulator with adaptive and with fixed 10-second polling, then the "
         "upstream protocols (MiniMax held calls, useapi accounts), then submit throughput with "
-        "money on and off, then `Prefer: wait` clients held by one web process.",
+        "money on and off, then `Prefer: wait` clients held by one web process, then webhook "
+        "deliveries, then the shapes users run (`make run` and the Procfile).",
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in flight (default 2000)")
     parser.add_argument(
@@ -125,6 +127,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.05,
         help="(g) share of the second run's jobs sent to a receiver that takes 60 s (default 0.05)",
     )
+    parser.add_argument(
+        "--large-jobs",
+        type=int,
+        default=0,
+        help="(c) also run N jobs with adaptive and with fixed polling after the default-size "
+        "runs, reported beside them, e.g. 10000 (default 0: off)",
+    )
+    parser.add_argument(
+        "--skip-shapes",
+        action="store_true",
+        help="skip phase (h) (`make run` and the Procfile: idle logs, webhook latency)",
+    )
+    parser.add_argument(
+        "--shape-jobs",
+        type=int,
+        default=200,
+        help=f"(h) jobs per shape, each with a webhook (default 200, at most {MAX_SHAPE_JOBS})",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report path"
@@ -142,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.baseline_jobs is None:
         args.baseline_jobs = args.jobs
+    if args.large_jobs < 0:
+        parser.error("--large-jobs must be 0 (off) or positive")
+    if not 1 <= args.shape_jobs <= MAX_SHAPE_JOBS:
+        # A shape runs at its defaults: one key's rate limit (600 a minute) and the dev org's
+        # credit bound what it accepts.
+        parser.error(f"--shape-jobs must be between 1 and {MAX_SHAPE_JOBS}")
     if args.jobs < 1 or args.baseline_jobs < 1 or args.connections < 1 or args.duration <= 0:
         parser.error("--jobs, --baseline-jobs, --connections and --duration must be positive")
     try:
@@ -163,6 +189,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--useapi-jobs-per-account, --money-orgs and --rounds must be positive"
         )
     return args
+
+
+def _jobs_runs(
+    sup: Supervisor, stack: Stack, args: argparse.Namespace, count: int, baseline: int
+) -> dict[str, Any]:
+    """Phase (c) at one size: ``count`` jobs with adaptive polling, ``baseline`` with fixed."""
+    from bench.jobs import run_jobs_phase
+
+    out: dict[str, Any] = {}
+    web_port = free_port()
+    runs = (
+        ("adaptive", count, {"POLL_STRATEGY": "adaptive"}),
+        ("fixed", baseline, {"POLL_STRATEGY": "fixed", "POLL_FIXED_INTERVAL": "10"}),
+    )
+    for mode, n, extra in runs:
+        print(f"(c) jobs: {n} jobs, {mode} polling", flush=True)
+        out[mode] = run_jobs_phase(
+            sup,
+            stack,
+            mode=mode,
+            count=n,
+            web_port=web_port,
+            clients=args.connections,
+            extra=extra,
+            wait_timeout=args.wait_timeout,
+        )
+    return out
 
 
 def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -236,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 "useapi_accounts": args.useapi_accounts,
                 "useapi_jobs_per_account": args.useapi_jobs_per_account,
                 "money_orgs": args.money_orgs,
+                "large_jobs": args.large_jobs,
+                "shape_jobs": args.shape_jobs,
             },
             "generator": generator,
             "machine": report.machine(args.database_url, args.redis_url),
@@ -276,33 +331,14 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=args.rounds,
             )
         if not args.skip_jobs:
-            from bench.jobs import run_jobs_phase
-
-            results["jobs"] = {}
-            web_port = free_port()
-            runs = (
-                ("adaptive", args.jobs, {"POLL_STRATEGY": "adaptive"}),
-                (
-                    "fixed",
-                    args.baseline_jobs,
-                    {"POLL_STRATEGY": "fixed", "POLL_FIXED_INTERVAL": "10"},
-                ),
-            )
-            for mode, count, extra in runs:
-                print(f"(c) jobs: {count} jobs, {mode} polling", flush=True)
-                results["jobs"][mode] = run_jobs_phase(
-                    sup,
-                    stack,
-                    mode=mode,
-                    count=count,
-                    web_port=web_port,
-                    clients=args.connections,
-                    extra=extra,
-                    wait_timeout=args.wait_timeout,
-                )
+            results["jobs"] = _jobs_runs(sup, stack, args, args.jobs, args.baseline_jobs)
             if args.jobs != args.baseline_jobs:
                 results["notes"].append(
                     f"the fixed-poll baseline ran {args.baseline_jobs} jobs, the adaptive run {args.jobs}"
+                )
+            if args.large_jobs:
+                results["jobs_large"] = _jobs_runs(
+                    sup, stack, args, args.large_jobs, args.large_jobs
                 )
         if not args.skip_upstreams:
             from bench.upstreams import run_upstreams_phase
@@ -364,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
                 clients=args.connections,
                 wait_timeout=args.wait_timeout,
             )
+        if not args.skip_shapes:
+            from bench.shapes import run_shapes_phase
+
+            results["shapes"] = run_shapes_phase(
+                logdir,
+                database_url=args.database_url,
+                redis_url=args.redis_url,
+                count=args.shape_jobs,
+                clients=args.connections,
+                wait_timeout=args.wait_timeout,
+            )
         results["notes"].extend(_noise_notes(results))
         results["verdicts"] = [v.as_dict() for v in report.verdicts(results)]
         results["elapsed_s"] = time.time() - began
@@ -416,10 +463,12 @@ def _noise_notes(results: dict[str, Any]) -> list[str]:
                 cpu = http[kind][side]["cpu"]
                 outside = cpu["other_s"] + cpu["steal_s"]
                 seen.append((http[kind][side]["label"], outside / (cpu["wall_s"] * cores)))
-    for mode, run in results.get("jobs", {}).items():
-        cpu = run["cpu_s"]
-        outside = cpu["other"] + cpu["steal"]
-        seen.append((f"jobs run ({mode})", outside / (cpu["wall"] * cores)))
+    sizes = (("jobs", ""), ("jobs_large", f", {results['args']['large_jobs']:,} jobs"))
+    for key, size in sizes:
+        for mode, run in results.get(key, {}).items():
+            cpu = run["cpu_s"]
+            outside = cpu["other"] + cpu["steal"]
+            seen.append((f"jobs run ({mode}{size})", outside / (cpu["wall"] * cores)))
     held = results.get("upstreams", {}).get("held_calls")
     if held:
         for name, label in (("alone_runs", "alone"), ("with_hold_runs", "beside the held calls")):
@@ -454,8 +503,8 @@ def print_summary(results: dict[str, Any]) -> None:
     width = max(len(v["name"]) for v in results["verdicts"]) if results["verdicts"] else 10
     for v in results["verdicts"]:
         print(f"  {v['name']:<{width}}  {v['value']:>22}  target {v['target']:<22} {v['result']}")
-    jobs = results.get("jobs", {})
-    for mode, run in jobs.items():
+    runs = [*results.get("jobs", {}).items(), *results.get("jobs_large", {}).items()]
+    for mode, run in runs:
         print("-" * 78)
         print(
             f"  {mode}: {run['jobs_accepted']} jobs; submit {run['submit_seconds']:.1f} s; "
@@ -509,6 +558,15 @@ def print_summary(results: dict[str, Any]) -> None:
         print(
             f"  (g) webhooks: {hooks['delivered']} delivered; latency p50 {lat['p50'] or 0:.3f} s "
             f"p99 {lat['p99'] or 0:.3f} s; with a slow receiver {mixed['fast_per_s'] or 0:.1f}/s"
+        )
+    for name, shape in results.get("shapes", {}).get("shapes", {}).items():
+        print("-" * 78)
+        idle, hooks = shape["idle"], shape["webhooks"]
+        lat = hooks["latency_s"]
+        print(
+            f"  (h) {name}: idle {idle['lines_per_minute']:.1f} lines/min "
+            f"{idle['by_process']}; webhooks {hooks['delivered']} of {hooks['accepted']} "
+            f"delivered, p50 {lat['p50'] or 0:.3f} s p99 {lat['p99'] or 0:.3f} s"
         )
     for note in results.get("notes", []):
         print(f"  note: {note}")

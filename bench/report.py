@@ -133,51 +133,10 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             _faults(http[k][side]) for k in ("post", "get") for side in SIDES if side in http[k]
         )
         out.append(Verdict("(a)/(b) non-2xx answers or socket errors", str(bad), "0", bad == 0))
-    jobs = results.get("jobs", {})
-    adaptive, fixed = jobs.get("adaptive"), jobs.get("fixed")
-    if adaptive:
-        ratio = adaptive["makespan_ratio"]
-        out.append(
-            Verdict(
-                "(c) makespan / ideal (adaptive)",
-                fmt(ratio),
-                f"≤ {MAKESPAN_RATIO_MAX}",
-                ratio is not None and ratio <= MAKESPAN_RATIO_MAX,
-            )
-        )
-    for run in (adaptive, fixed):
-        if run:
-            out.append(
-                Verdict(f"(c) jobs lost ({run['mode']})", str(run["lost"]), "0", run["lost"] == 0)
-            )
-            out.append(
-                Verdict(
-                    f"(c) jobs duplicated ({run['mode']})",
-                    str(run["duplicated"]),
-                    "0",
-                    run["duplicated"] == 0,
-                )
-            )
-    if adaptive and fixed:
-        a_calls, f_calls = adaptive["calls_per_job"]["mean"], fixed["calls_per_job"]["mean"]
-        out.append(
-            Verdict(
-                "(c) upstream status calls per job, adaptive vs fixed 10 s (mean)",
-                f"{fmt(a_calls)} vs {fmt(f_calls)}",
-                "adaptive ≤ fixed",
-                a_calls is not None and f_calls is not None and a_calls <= f_calls,
-            )
-        )
-        for pct in ("p50", "p99"):
-            a_lag, f_lag = adaptive["lag_s"][pct], fixed["lag_s"][pct]
-            out.append(
-                Verdict(
-                    f"(c) detection lag {pct}, adaptive vs fixed 10 s",
-                    f"{fmt(a_lag)} s vs {fmt(f_lag)} s",
-                    "adaptive ≤ ¼ × fixed",
-                    a_lag is not None and f_lag is not None and a_lag <= LAG_FRACTION_MAX * f_lag,
-                )
-            )
+    out += _jobs_verdicts(results.get("jobs", {}), "(c)")
+    large = results.get("jobs_large")
+    if large:
+        out += _jobs_verdicts(large, f"(c, {results['args']['large_jobs']:,} jobs)")
     out += _upstream_verdicts(results.get("upstreams"))
     out += _money_verdicts(results.get("money"))
     out += _wait_verdicts(results.get("wait"))
@@ -200,6 +159,91 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                 None,
             )
         )
+    out += _shapes_verdicts(results.get("shapes"))
+    return out
+
+
+def _shapes_verdicts(shapes: dict[str, Any] | None) -> list[Verdict]:
+    from bench.shapes import IDLE_LINES_MAX, LATENCY_P99_MAX
+
+    out: list[Verdict] = []
+    for name, shape in (shapes or {}).get("shapes", {}).items():
+        per_minute = shape["idle"]["lines_per_minute"]
+        out.append(
+            Verdict(
+                f"(h) {name}: log lines per minute, idle, every process (INFO)",
+                fmt(per_minute, 1),
+                f"≤ {IDLE_LINES_MAX}",
+                per_minute <= IDLE_LINES_MAX,
+            )
+        )
+        hooks = shape["webhooks"]
+        p99 = hooks["latency_s"]["p99"]
+        out.append(
+            Verdict(
+                f"(h) {name}: webhook latency after terminal p50 / p99",
+                f"{fmt(hooks['latency_s']['p50'], 3)} s / {fmt(p99, 3)} s",
+                f"p99 ≤ {fmt(LATENCY_P99_MAX, 0)} s",
+                p99 is not None and p99 <= LATENCY_P99_MAX,
+            )
+        )
+        out.append(
+            Verdict(
+                f"(h) {name}: webhooks lost ({hooks['accepted']} jobs)",
+                str(hooks["lost"]),
+                "0",
+                hooks["lost"] == 0,
+            )
+        )
+    return out
+
+
+def _jobs_verdicts(jobs: dict[str, Any], tag: str) -> list[Verdict]:
+    out: list[Verdict] = []
+    adaptive, fixed = jobs.get("adaptive"), jobs.get("fixed")
+    if adaptive:
+        ratio = adaptive["makespan_ratio"]
+        out.append(
+            Verdict(
+                f"{tag} makespan / ideal (adaptive)",
+                fmt(ratio),
+                f"≤ {MAKESPAN_RATIO_MAX}",
+                ratio is not None and ratio <= MAKESPAN_RATIO_MAX,
+            )
+        )
+    for run in (adaptive, fixed):
+        if run:
+            out.append(
+                Verdict(f"{tag} jobs lost ({run['mode']})", str(run["lost"]), "0", run["lost"] == 0)
+            )
+            out.append(
+                Verdict(
+                    f"{tag} jobs duplicated ({run['mode']})",
+                    str(run["duplicated"]),
+                    "0",
+                    run["duplicated"] == 0,
+                )
+            )
+    if adaptive and fixed:
+        a_calls, f_calls = adaptive["calls_per_job"]["mean"], fixed["calls_per_job"]["mean"]
+        out.append(
+            Verdict(
+                f"{tag} upstream status calls per job, adaptive vs fixed 10 s (mean)",
+                f"{fmt(a_calls)} vs {fmt(f_calls)}",
+                "adaptive ≤ fixed",
+                a_calls is not None and f_calls is not None and a_calls <= f_calls,
+            )
+        )
+        for pct in ("p50", "p99"):
+            a_lag, f_lag = adaptive["lag_s"][pct], fixed["lag_s"][pct]
+            out.append(
+                Verdict(
+                    f"{tag} detection lag {pct}, adaptive vs fixed 10 s",
+                    f"{fmt(a_lag)} s vs {fmt(f_lag)} s",
+                    "adaptive ≤ ¼ × fixed",
+                    a_lag is not None and f_lag is not None and a_lag <= LAG_FRACTION_MAX * f_lag,
+                )
+            )
     return out
 
 
@@ -797,6 +841,28 @@ def _money_section(money: dict[str, Any], http: dict[str, Any] | None) -> list[s
     return lines
 
 
+def _jobs_section(jobs: dict[str, Any], count: int, baseline: int, clients: int) -> list[str]:
+    lines = [
+        f"{count:,} jobs with adaptive polling (Chorus's default), then "
+        f"{baseline:,} with a fixed 10-second poll (`POLL_STRATEGY=fixed "
+        "POLL_FIXED_INTERVAL=10`), each on a fresh simulator and an empty jobs table, submitted "
+        f"through `POST /v1/music/generations` by {clients} keep-alive client threads, "
+        "each job with a distinct prompt. Completion is read from the `jobs` table once a second. "
+        "Detection lag is `jobs.finished_at` minus the simulator's `ready_at` for the job's "
+        "generation (so it includes the audio download and the final write); calls per job are "
+        "the simulator's `poll_count` per generation.",
+        "",
+        *_jobs_table(jobs),
+        "",
+    ]
+    for run in (jobs[m] for m in ("adaptive", "fixed") if m in jobs):
+        for name, found in run["log_errors"].items():
+            for message, times in found["exceptions"].items():
+                lines.append(f"- {run['mode']} run, {name} log: {times} × `{message}`")
+    lines.append("")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     args = results["args"]
@@ -909,25 +975,14 @@ def markdown(results: dict[str, Any]) -> str:
     jobs = results.get("jobs")
     lines += ["## (c) jobs in flight against the simulator", ""]
     if jobs:
-        lines += [
-            f"{args['jobs']:,} jobs with adaptive polling (Chorus's default), then "
-            f"{args['baseline_jobs']:,} with a fixed 10-second poll (`POLL_STRATEGY=fixed "
-            "POLL_FIXED_INTERVAL=10`), each on a fresh simulator and an empty jobs table, submitted "
-            f"through `POST /v1/music/generations` by {args['clients']} keep-alive client threads, "
-            "each job with a distinct prompt. Completion is read from the `jobs` table once a second. "
-            "Detection lag is `jobs.finished_at` minus the simulator's `ready_at` for the job's "
-            "generation (so it includes the audio download and the final write); calls per job are "
-            "the simulator's `poll_count` per generation.",
-            "",
-        ]
-        lines += [*_jobs_table(jobs), ""]
-        for run in (jobs[m] for m in ("adaptive", "fixed") if m in jobs):
-            for name, found in run["log_errors"].items():
-                for message, count in found["exceptions"].items():
-                    lines.append(f"- {run['mode']} run, {name} log: {count} × `{message}`")
-        lines.append("")
+        lines += _jobs_section(jobs, args["jobs"], args["baseline_jobs"], args["clients"])
     else:
         lines += ["Not run (`--skip-jobs`).", ""]
+    large = results.get("jobs_large")
+    if large:
+        n = args["large_jobs"]
+        lines += [f"## (c) at {n:,} jobs", ""]
+        lines += _jobs_section(large, n, n, args["clients"])
     upstreams = results.get("upstreams")
     lines += ["## (d) upstreams: MiniMax held calls, useapi accounts", ""]
     if upstreams:
@@ -954,12 +1009,21 @@ def markdown(results: dict[str, Any]) -> str:
         lines += section(hooks)
     else:
         lines += ["Not run (`--skip-webhooks`).", ""]
+    shapes = results.get("shapes")
+    lines += ["## (h) the shapes users run: `make run` and the Procfile", ""]
+    if shapes:
+        from bench.shapes import section as shapes_section
+
+        lines += shapes_section(shapes)
+    else:
+        lines += ["Not run (`--skip-shapes`).", ""]
     lines += [
         "## How to reproduce",
         "",
         "```sh",
         "make bench                              # defaults: 2,000 jobs, 15 s per HTTP measurement",
         'make bench BENCH_ARGS="--jobs 10000"    # the 10,000-job run',
+        'make bench BENCH_ARGS="--large-jobs 10000"   # (c) at 2,000 and at 10,000 jobs',
         'make bench BENCH_ARGS="--skip-http --skip-jobs"   # only (d), (e) and (f)',
         'make bench BENCH_ARGS="--help"          # every option',
         "```",
