@@ -324,6 +324,17 @@ class Processes:
 
         return self.start(name, scheduler_argv(load_settings(self.env)))
 
+    def wait_first_round(self, worker: str = "worker") -> None:
+        """Until ``worker`` has run the maintenance tasks the scheduler sends when it leads."""
+        wait_for(
+            lambda: (
+                "purge_idempotency_keys" in self.log(worker) and "succeeded" in self.log(worker)
+            ),
+            90,
+            interval=0.5,
+            message="the worker to run the scheduler's first task",
+        )
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
         os.killpg(proc.pid, sig)

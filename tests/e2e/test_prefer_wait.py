@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from app.jobs.models import Job
 from app.web import create_app
 from config import load_settings
-from tests.conftest import GOOD_BODY, Processes, auth, job_rows, wait_for
+from tests.conftest import GOOD_BODY, Processes, auth, job_rows
 from tests.serving import serve, stop_hub
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
@@ -33,14 +33,7 @@ def stack(sim: str, procs: Processes) -> Processes:
     procs.scheduler()
     # The waits below are measured from the POST: start them once the scheduler leads and
     # the worker has run what it sends first (the maintenance tasks).
-    wait_for(
-        lambda: (
-            "purge_idempotency_keys" in procs.log("worker") and "succeeded" in procs.log("worker")
-        ),
-        90,
-        interval=0.5,
-        message="the worker to run the scheduler's first task",
-    )
+    procs.wait_first_round()
     return procs
 
 

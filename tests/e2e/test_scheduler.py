@@ -75,13 +75,7 @@ def test_the_doorbell_wakes_a_sleeping_scheduler(
     procs.scheduler()
     # Its first round sends the maintenance tasks; with nothing else due it then sleeps
     # until the safety cap, five minutes away.
-    wait_for(
-        lambda: (
-            "purge_idempotency_keys" in procs.log("worker") and "succeeded" in procs.log("worker")
-        ),
-        90,
-        message="the scheduler's first round to reach the worker",
-    )
+    procs.wait_first_round()
     time.sleep(1.0)
     job_id = submit(client, api_key)
     # Far sooner than the cap: the submit's NOTIFY woke it, and each of the worker's writes
