@@ -28,6 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
 
 from config import Settings
+from config.topology import POOL_OVERFLOW, POOL_SIZE
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -71,8 +72,8 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 40)
+    kwargs.setdefault("pool_size", POOL_SIZE)
+    kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     engine = create_engine(url, pool_pre_ping=pre_ping, **kwargs)
     event.listen(engine, "connect", _postgres_utc)
     return engine
