@@ -405,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
 
             results["shapes"] = run_shapes_phase(
                 logdir,
-                database_url=args.database_url,
                 redis_url=args.redis_url,
                 count=args.shape_jobs,
                 clients=args.connections,
