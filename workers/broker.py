@@ -23,7 +23,7 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         folder = self.data_folder_out
         # kombu's own name: consumers take messages in the order of their names.
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
