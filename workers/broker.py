@@ -23,7 +23,8 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+    # kombu's filesystem Channel itself differs from its base's signature in the type stubs.
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
         folder = self.data_folder_out
         # kombu's own name: consumers take messages in the order of their names.
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
@@ -31,7 +32,7 @@ class Channel(filesystem.Channel):
         fd, partial = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(str_to_bytes(dumps(message)))
+                f.write(str_to_bytes(dumps(payload)))
             os.replace(partial, os.path.join(folder, name))
         except OSError as exc:
             with contextlib.suppress(OSError):
