@@ -28,6 +28,15 @@ class Context:
     notes: list[str]  # said under "Notes on this run"
     commands: dict[str, str]  # command lines shown in the report's settings
 
+    def http_load(self) -> dict[str, Any]:
+        """What every HTTP load measurement is given: phases (a), (b), (e) and (f)."""
+        return {
+            "seconds": self.args.duration,
+            "connections": self.args.connections,
+            "use_wrk": self.use_wrk,
+            "workdir": self.workdir,
+        }
+
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     return None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from bench.money import run_money_phase
 from bench.phases.base import Context, Phase, Results
@@ -37,23 +36,13 @@ def run(ctx: Context) -> Results:
         flush=True,
     )
     money = run_money_phase(
-        ctx.sup,
-        ctx.stack,
-        seconds=args.duration,
-        connections=args.connections,
-        use_wrk=ctx.use_wrk,
-        workdir=ctx.workdir,
-        orgs=args.money_orgs,
-        rounds=args.rounds,
+        ctx.sup, ctx.stack, **ctx.http_load(), orgs=args.money_orgs, rounds=args.rounds
     )
     return {"money": money}
 
 
 def verdicts(results: Results) -> list[Verdict]:
-    return _verdicts(results.get("money"))
-
-
-def _verdicts(money: dict[str, Any] | None) -> list[Verdict]:
+    money = results.get("money")
     if not money:
         return []
     cases, orgs = money["cases"], money["orgs"]
@@ -91,10 +80,7 @@ def _verdicts(money: dict[str, Any] | None) -> list[Verdict]:
 
 
 def section(results: Results) -> list[str]:
-    return _section(results["money"], results.get("http"))
-
-
-def _section(money: dict[str, Any], http: dict[str, Any] | None) -> list[str]:
+    money, http = results["money"], results.get("http")
     cases = money["cases"]
     lines = [
         f"Phase (a)'s gunicorn command line and load generator, web tier only, "

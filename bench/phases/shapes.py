@@ -4,7 +4,6 @@ webhook latency (measured by ``bench/shapes.py``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from bench.phases.base import Context, Phase, Results
 from bench.report import Verdict
@@ -48,12 +47,8 @@ def run(ctx: Context) -> Results:
 
 
 def verdicts(results: Results) -> list[Verdict]:
-    return _verdicts(results.get("shapes"))
-
-
-def _verdicts(shapes: dict[str, Any] | None) -> list[Verdict]:
     out: list[Verdict] = []
-    for name, shape in (shapes or {}).get("shapes", {}).items():
+    for name, shape in results.get("shapes", {}).get("shapes", {}).items():
         per_minute = shape["idle"]["lines_per_minute"]
         out.append(
             Verdict(
@@ -85,10 +80,7 @@ def _verdicts(shapes: dict[str, Any] | None) -> list[Verdict]:
 
 
 def section(results: Results) -> list[str]:
-    return _section(results["shapes"])
-
-
-def _section(shapes: dict[str, Any]) -> list[str]:
+    shapes = results["shapes"]
     lines = [
         "Each shape started as its user starts it: `make run` is `chorus dev` with no "
         "`DATABASE_URL` and no `REDIS_URL` (the embedded PostgreSQL, the filesystem broker, "

@@ -115,10 +115,7 @@ def run(ctx: Context) -> Results:
 
 
 def verdicts(results: Results) -> list[Verdict]:
-    return _verdicts(results.get("upstreams"))
-
-
-def _verdicts(upstreams: dict[str, Any] | None) -> list[Verdict]:
+    upstreams = results.get("upstreams")
     if not upstreams:
         return []
     out: list[Verdict] = []
@@ -170,11 +167,6 @@ def _verdicts(upstreams: dict[str, Any] | None) -> list[Verdict]:
     return out
 
 
-def section(results: Results) -> list[str]:
-    up = {**results["upstreams"], "clients": results["args"]["clients"]}
-    return _section(up, results["commands"])
-
-
 def _pair(d: dict[str, Any], digits: int = 2) -> str:
     """ "p50 / p99" of a ``stats.describe`` result."""
     return f"{fmt(d['p50'], digits)} / {fmt(d['p99'], digits)}"
@@ -183,21 +175,22 @@ def _pair(d: dict[str, Any], digits: int = 2) -> str:
 UPSTREAM_CPU_GROUPS = ("worker", "sync", "web", "scheduler", "sim", "postgres", "redis", "harness")
 
 
-def _section(up: dict[str, Any], commands: dict[str, str]) -> list[str]:
-    held, useapi = up["held_calls"], up["useapi"]
+def section(results: Results) -> list[str]:
+    held, useapi = results["upstreams"]["held_calls"], results["upstreams"]["useapi"]
     env = held["settings"]
     lines = [
         "### (d1) MiniMax calls held open beside other jobs",
         "",
         f"Web, worker, scheduler and the simulator as in (c), plus the sync worker "
-        f"(`{commands.get(SYNC_WORKER, 'chorus worker --sync')}`) with "
+        f"(`{results['commands'].get(SYNC_WORKER, 'chorus worker --sync')}`) with "
         f"`SYNC_CONCURRENCY={env['SYNC_CONCURRENCY']}`, and the simulator with "
         f"`SIM_THREADS={env['SIM_THREADS']}` (one thread per open MiniMax call). Catalog: model "
         f"`mm-hold` routed only to a MiniMax-protocol account (`max_in_flight: 200`, "
         f"`read_timeout: 600`), model `fast` routed only to an AIMLAPI-protocol account "
         f"(`max_in_flight: 100000`, `expected_seconds: {held['fast_latency_s']:g}`). "
         f"A batch of {held['batch']} `fast` jobs (`[sim:latency={held['fast_latency_s']:g}]`) "
-        f"is submitted by the same {up.get('clients', 32)} client threads as in (c) and timed "
+        f"is submitted by the same {results['args']['clients']} client threads as in (c) and "
+        "timed "
         "from its first submit to its last job's `finished_at`, after a warm-up batch of "
         "one-second jobs; "
         f"it runs {held['repeats']} times alone, then {held['hold']} `mm-hold` jobs "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from bench.phases.base import Context, Phase, Results
 from bench.report import Verdict
 from bench.stats import fmt
@@ -20,22 +18,11 @@ def run(ctx: Context) -> Results:
         f"{args.duration:g} s each without and with them",
         flush=True,
     )
-    wait = run_wait_phase(
-        ctx.sup,
-        ctx.stack,
-        seconds=args.duration,
-        connections=args.connections,
-        use_wrk=ctx.use_wrk,
-        workdir=ctx.workdir,
-    )
-    return {"wait": wait}
+    return {"wait": run_wait_phase(ctx.sup, ctx.stack, **ctx.http_load())}
 
 
 def verdicts(results: Results) -> list[Verdict]:
-    return _verdicts(results.get("wait"))
-
-
-def _verdicts(wait: dict[str, Any] | None) -> list[Verdict]:
+    wait = results.get("wait")
     if not wait:
         return []
     out = [
@@ -67,10 +54,7 @@ def _verdicts(wait: dict[str, Any] | None) -> list[Verdict]:
 
 
 def section(results: Results) -> list[str]:
-    return _section(results["wait"])
-
-
-def _section(wait: dict[str, Any]) -> list[str]:
+    wait = results["wait"]
     lines = [
         f"One gunicorn process, gthread, {wait['threads']} threads (Chorus's default; "
         f"`WAIT_MAX_WAITERS` defaults to three quarters of them: {wait['cap']}); web tier only, "

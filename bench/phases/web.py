@@ -20,16 +20,7 @@ def run(ctx: Context) -> Results:
         f"(a)/(b) HTTP: Chorus vs bare, {args.duration:g} s each, {args.rounds} rounds",
         flush=True,
     )
-    http = run_http_phase(
-        ctx.sup,
-        ctx.stack,
-        seconds=args.duration,
-        connections=args.connections,
-        use_wrk=ctx.use_wrk,
-        workdir=ctx.workdir,
-        rounds=args.rounds,
-    )
-    return {"http": http}
+    return {"http": run_http_phase(ctx.sup, ctx.stack, **ctx.http_load(), rounds=args.rounds)}
 
 
 def verdicts(results: Results) -> list[Verdict]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from bench.phases.base import Context, Phase, Results
 from bench.procs import free_port
@@ -64,10 +63,7 @@ def verdicts(results: Results) -> list[Verdict]:
 
 
 def section(results: Results) -> list[str]:
-    return _section(results["webhooks"])
-
-
-def _section(hooks: dict[str, Any]) -> list[str]:
+    hooks = results["webhooks"]
     lat = hooks["latency_s"]
     mixed = hooks["mixed"]
     return [
