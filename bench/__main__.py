@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _recorded_args(args: argparse.Namespace) -> dict[str, Any]:
+def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options the report quotes: the shared ones, then each phase's."""
     recorded = {"duration": args.duration, "connections": args.connections}
     recorded["clients"] = args.connections
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": report.now_iso(),
             "commit": report.git_commit(),
             "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            "args": _recorded_args(args),
+            "args": recorded_args(args),
             "generator": generator,
             "machine": report.machine(args.database_url, args.redis_url),
             "env": dict(stack.env),
