@@ -135,7 +135,7 @@ def catalog(ks: list[int]) -> str:
 # ------------------------------------------------------------------ reading the jobs table
 
 
-def rows_of(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
+def _rows(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
     query = sa.text(
         "SELECT id, status, error_code, generation_id, account_id, created_at, started_at, "
         "finished_at FROM jobs WHERE id = ANY(:ids)"
@@ -150,7 +150,7 @@ def wait_done(
     """The jobs' rows once none of them is active, or at ``deadline`` (unix time)."""
     last_print = time.time()
     while True:
-        rows = rows_of(stack, ids)
+        rows = _rows(stack, ids)
         counts = Counter(str(r["status"]) for r in rows)
         active = counts.get("QUEUED", 0) + counts.get("RUNNING", 0)
         now = time.time()
@@ -366,7 +366,7 @@ def run_held_calls(
     out["alone"] = _median_run(out["alone_runs"])
     out["with_hold"] = _median_run(out["with_hold_runs"])
     # The held calls outlived the batches by design; what became of them is only reported.
-    hold_rows = rows_of(stack, list(held.accepted.values()))
+    hold_rows = _rows(stack, list(held.accepted.values()))
     out["hold_statuses"] = dict(Counter(str(r["status"]) for r in hold_rows))
     out["log_errors"] = {
         n: sup.log_errors(n) for n in ("worker", "sync", "web", "scheduler", "sim")
