@@ -4,9 +4,10 @@ Every job row carries ``next_action_at`` (when to look at it next) and a lease
 (``lease_token`` + ``lease_until``). The scheduler (``claim_due``) leases due jobs in one short
 transaction and hands their ids and tokens to workers; ``advance`` first swaps the token for
 a fresh one with a compare-and-set, so of two copies of one message only one proceeds, and a
-message whose lease was taken over by a later claim does nothing. Every state change is a
-conditional UPDATE guarded by the token and by the state machine's source states, so a
-late or duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
+message whose lease was taken over by a later claim does nothing. Every write is a
+conditional UPDATE guarded by the token and by the job's state, so a late or duplicated
+writer changes nothing; a change of status, with its money, webhook event and woken waiters,
+is made by ``app.jobs.transitions``. A worker killed mid-job leaves a lease that simply
 expires; the scheduler picks the job up again.
 
 No HTTP call happens inside a database transaction, and no worker sleeps while an
@@ -28,9 +29,7 @@ from typing import Any
 import requests
 import requests.adapters
 from sqlalchemy import (
-    BigInteger,
     DateTime,
-    Integer,
     String,
     and_,
     bindparam,
@@ -42,21 +41,20 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.expression import ColumnClause
 
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
-from app.db import Database, UTCDateTime, database_url, utcnow
+from app.db import Database, UTCDateTime, database_url, unnest, utcnow
 from app.doorbell import doorbell
+from app.jobs import effects
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.errors import public_message
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.schedule import PollPolicy, backoff
-from app.jobs.status import ACTIVE, JobStatus, sources
+from app.jobs.status import ACTIVE, JobStatus
+from app.jobs.transitions import Finished, Transitions
 from app.jobs.waiting import TerminalNotifier
-from app.money import ledger
 from app.providers import get_adapter
 from app.providers.base import (
     POOL_SIZE,
@@ -68,7 +66,6 @@ from app.providers.base import (
     ProviderError,
 )
 from app.storage import AudioError, AudioInfo, AudioStorage, make_storage
-from app.webhooks import outbox
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -84,15 +81,7 @@ WRITE_ATTEMPTS = 4
 SIM_KEY = "chorus-sim"
 
 
-def _unnest(name: str, *columns: ColumnClause[Any]) -> Any:
-    """Rows passed as one array per column (Postgres): the statement has one shape whatever
-    the batch's size, so SQLAlchemy compiles it once, where VALUES rows compiled it anew for
-    every batch."""
-    arrays = [bindparam(f"{c.name}s", type_=ARRAY(c.type)) for c in columns]
-    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
-
-
-_PENDING = _unnest(
+_PENDING = unnest(
     "pending",
     column("id", String),
     column("token", String),
@@ -118,60 +107,9 @@ RESCHEDULE_MANY = (
     .execution_options(synchronize_session=False)
 )
 
-_FINISHED = _unnest(
-    "finished",
-    column("id", String),
-    column("token", String),
-    column("key", String),
-    column("format", String),
-    column("sample_rate", Integer),
-    column("bitrate", Integer),
-    column("channel", Integer),
-    column("duration", Integer),
-    column("size", BigInteger),
-)
-# SUCCEEDED with the stored audio's facts, for a batch; guarded as ``_write`` guards one.
-SUCCEED_MANY = (
-    update(Job)
-    .where(
-        Job.id == _FINISHED.c.id,
-        Job.lease_token == _FINISHED.c.token,
-        Job.status.in_(list(sources(JobStatus.SUCCEEDED))),
-    )
-    .values(
-        status=JobStatus.SUCCEEDED,
-        finished_at=bindparam("now", type_=UTCDateTime()),
-        audio_key=_FINISHED.c.key,
-        audio_format=_FINISHED.c.format,
-        audio_sample_rate=_FINISHED.c.sample_rate,
-        audio_bitrate=_FINISHED.c.bitrate,
-        audio_channels=_FINISHED.c.channel,
-        audio_duration_ms=_FINISHED.c.duration,
-        audio_size=_FINISHED.c.size,
-        error_code=None,
-        error_message=None,
-        poll_count=Job.poll_count + 1,
-        next_action_at=None,
-        lease_token=None,
-        lease_until=None,
-        updated_at=bindparam("now", type_=UTCDateTime()),
-    )
-    .returning(Job.id)
-    .execution_options(synchronize_session=False)
-)
-
 
 def new_token() -> str:
     return secrets.token_hex(16)
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A polled job whose audio is stored, waiting for its SUCCEEDED write."""
-
-    job: Job
-    key: str
-    info: AudioInfo
 
 
 @dataclass
@@ -198,6 +136,7 @@ class Engine:
         db: Database,
         storage: AudioStorage | None = None,
         adapter_factory: Callable[[AccountConfig], Adapter] = get_adapter,
+        transitions: Transitions | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -222,8 +161,8 @@ class Engine:
         self._downloads: requests.Session | None = None
         # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
         self.handoff: Callable[[str, str], None] | None = None
-        # Tells web processes holding `Prefer: wait` requests that a job has ended.
-        self.notifier = TerminalNotifier(settings)
+        # Every change of a job's status, with its money, webhook event and woken waiters.
+        self.transitions = transitions or effects.writer(db, TerminalNotifier(settings))
         # Wakes the scheduler when this process's writes make work due.
         self.doorbell = doorbell(database_url(settings))
 
@@ -232,25 +171,8 @@ class Engine:
     def expire_overdue(self, now: dt.datetime | None = None) -> int:
         """FAIL every active job past its deadline. Returns how many."""
         now = now or utcnow()
+        expired = self.transitions.expire(now)
         with self.db.transaction() as session:
-            expired = session.scalars(
-                update(Job)
-                .where(Job.status.in_(list(ACTIVE)), Job.deadline_at < now)
-                .values(
-                    status=JobStatus.FAILED,
-                    error_code="deadline_exceeded",
-                    error_message="the job did not finish before its deadline",
-                    finished_at=now,
-                    next_action_at=None,
-                    lease_token=None,
-                    lease_until=None,
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
-            ).all()
-            for job in expired:
-                ledger.settle(session, job.id, capture=False)
-                outbox.enqueue_for(session, job, JobStatus.FAILED, now)
             # Past its deadline an upstream generation is as good as dead: stop following a
             # cancelled job's, so its account slot comes back even if no follow-up ran.
             session.execute(
@@ -263,7 +185,6 @@ class Engine:
                 .values(upstream_followup=None, next_action_at=None)
                 .execution_options(synchronize_session=False)
             )
-        self.notifier.publish([job.id for job in expired])
         return len(expired)
 
     def claim_due(
@@ -551,10 +472,9 @@ class Engine:
         now = utcnow()
         # The upstream has the job now: recording that must not be lost to a passing database
         # fault, or the job would look like an interrupted submit.
-        if not self._write_hard(
+        if not self._move_hard(
             job,
-            sources(JobStatus.RUNNING),
-            status=JobStatus.RUNNING,
+            JobStatus.RUNNING,
             generation_id=submission.generation_id,
             started_at=now,
             submitting_since=None,
@@ -702,35 +622,12 @@ class Engine:
     def _succeed(self, done: Finished) -> str:
         """Record one job SUCCEEDED with its stored audio (settling its money in the same
         transaction); or, if a cancel took it meanwhile, drop our copy of the audio."""
-        written = self._write(
-            done.job,
-            sources(JobStatus.SUCCEEDED),
-            **self._success_values(done, utcnow()),
-            poll_count=Job.poll_count + 1,
-            release=True,
-        )
+        written = self.transitions.succeed(done)
         if not written:
             # Someone else finished or cancelled the job meanwhile; our copy is not referenced.
             self.storage.delete(done.key)
             return self._cancelled_meanwhile(done.job, upstream_done=True)
         return "succeeded"
-
-    @staticmethod
-    def _success_values(done: Finished, now: dt.datetime) -> dict[str, Any]:
-        return {
-            "status": JobStatus.SUCCEEDED,
-            "finished_at": now,
-            "audio_key": done.key,
-            "audio_format": done.info.format,
-            "audio_sample_rate": done.info.sample_rate,
-            "audio_bitrate": done.info.bitrate,
-            "audio_channels": done.info.channels,
-            "audio_duration_ms": done.info.duration_ms,
-            "audio_size": done.info.size,
-            "error_code": None,
-            "error_message": None,
-            "next_action_at": None,
-        }
 
     def _store_audio(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
         # A key of its own per attempt: a slow loser cleaning up its copy can never delete
@@ -837,38 +734,16 @@ class Engine:
         return [job.id for job, _ in pending if job.id not in written]
 
     def _finish_many(self, finished: list[Finished]) -> dict[str, str]:
-        """Write SUCCEEDED for many jobs whose audio is stored: one UPDATE, and each
-        job's money and webhook event in the same transaction, as ``_write`` does for one.
-        Returns each job's outcome."""
+        """Write SUCCEEDED for many jobs whose audio is stored, in one statement (with each
+        job's side effects, ``app.jobs.transitions``). Returns each job's outcome."""
         if not finished:
             return {}
-        now = utcnow()
-        params = {
-            "ids": [done.job.id for done in finished],
-            "tokens": [done.job.lease_token for done in finished],
-            "keys": [done.key for done in finished],
-            "formats": [done.info.format for done in finished],
-            "sample_rates": [done.info.sample_rate for done in finished],
-            "bitrates": [done.info.bitrate for done in finished],
-            "channels": [done.info.channels for done in finished],
-            "durations": [done.info.duration_ms for done in finished],
-            "sizes": [done.info.size for done in finished],
-            "now": now,
-        }
         try:
-            with self.db.transaction() as session:
-                written = set(session.scalars(SUCCEED_MANY, params))
-                for done in finished:
-                    if done.job.id in written:
-                        # The money moves in the transaction that ends the job, and the
-                        # webhook event exists exactly when the change does.
-                        ledger.settle(session, done.job.id, capture=True)
-                        outbox.enqueue_for(session, done.job, JobStatus.SUCCEEDED, now)
+            written = self.transitions.succeed_many(finished)
         except Exception:
             # A deadlock with another many-row writer, say: each job on its own, then.
             log.warning("writing %d finished jobs at once failed", len(finished), exc_info=True)
             return {done.job.id: self._succeed_or_retry(done) for done in finished}
-        self.notifier.publish(sorted(written))
         outcomes = {}
         for done in finished:
             if done.job.id in written:
@@ -922,7 +797,8 @@ class Engine:
     def _write(
         self, job: Job, allowed: Iterable[JobStatus], *, release: bool = False, **values: Any
     ) -> bool:
-        """One conditional UPDATE: applies only while we hold the lease and the state allows it."""
+        """One conditional UPDATE of a job's other columns (its status is the transitions'):
+        applies only while we hold the lease and the job is in one of the ``allowed`` states."""
         if release:
             values.update(lease_token=None, lease_until=None)
         with self.db.transaction() as session:
@@ -936,25 +812,13 @@ class Engine:
                 .values(updated_at=utcnow(), **values)
                 .execution_options(synchronize_session=False)
             )
-            changed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-            target = values.get("status")
-            ended = changed and target is not None and JobStatus(target).terminal
-            if ended:
-                # The money moves in the transaction that ends the job: once, or not at all.
-                ledger.settle(session, job.id, capture=target == JobStatus.SUCCEEDED)
-            if changed and target is not None:
-                # So does the webhook event: it exists exactly when the change does.
-                outbox.enqueue_for(session, job, target)
-        if ended:
-            # After the commit: a woken waiter must read the terminal row, not the old one.
-            self.notifier.publish([job.id])
-        return changed
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def _write_hard(self, job: Job, allowed: Iterable[JobStatus], **values: Any) -> bool:
-        """``_write``, retried through transient database faults (a restart, a deadlock)."""
+    def _move_hard(self, job: Job, target: JobStatus, **values: Any) -> bool:
+        """A move, retried through transient database faults (a restart, a deadlock)."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                return self._write(job, allowed, **values)
+                return self.transitions.move(job, target, **values)
             except SQLAlchemyError:
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
@@ -972,18 +836,7 @@ class Engine:
         )
 
     def _fail(self, job: Job, code: str, message: str, **values: Any) -> bool:
-        return self._write(
-            job,
-            sources(JobStatus.FAILED),
-            status=JobStatus.FAILED,
-            error_code=code,
-            error_message=message[:2000],
-            finished_at=utcnow(),
-            submitting_since=None,
-            next_action_at=None,
-            release=True,
-            **values,
-        )
+        return self.transitions.fail(job, code, message, **values)
 
     # ------------------------------------------------------------------ helpers
 

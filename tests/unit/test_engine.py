@@ -1202,9 +1202,9 @@ def test_finished_jobs_are_written_one_by_one_when_the_batch_write_fails(
 ) -> None:
     from sqlalchemy import text
 
-    import app.jobs.engine as engine_module
+    from app.jobs import transitions
 
-    monkeypatch.setattr(engine_module, "SUCCEED_MANY", text("SELECT no_such_column FROM jobs"))
+    monkeypatch.setattr(transitions, "SUCCEED_MANY", text("SELECT no_such_column FROM jobs"))
     jobs = [running_job(engine, db, settings) for _ in range(2)]
     claims = due_claims(engine, db, jobs)
     script.together = True
