@@ -18,12 +18,11 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    Integer,
     String,
+    Table,
     Update,
     bindparam,
     case,
@@ -54,6 +53,18 @@ OnChange = Callable[[Session, Sequence[Change]], None]
 AfterCommit = Callable[[Sequence[Change]], None]
 
 
+# The columns a success writes the stored audio's facts to, in the order of ``Finished.audio``.
+AUDIO = (
+    "audio_key",
+    "audio_format",
+    "audio_sample_rate",
+    "audio_bitrate",
+    "audio_channels",
+    "audio_duration_ms",
+    "audio_size",
+)
+
+
 @dataclass(frozen=True)
 class Finished:
     """A polled job whose audio is stored, waiting for its SUCCEEDED write."""
@@ -61,6 +72,19 @@ class Finished:
     job: Job
     key: str
     info: AudioInfo
+
+    @property
+    def audio(self) -> tuple[Any, ...]:
+        info = self.info
+        return (
+            self.key,
+            info.format,
+            info.sample_rate,
+            info.bitrate,
+            info.channels,
+            info.duration_ms,
+            info.size,
+        )
 
 
 def guarded(target: JobStatus) -> Update:
@@ -78,37 +102,30 @@ def _ended(now: Any) -> dict[str, Any]:
     return {"finished_at": now, "next_action_at": None, "lease_token": None, "lease_until": None}
 
 
+def _succeeded(audio: dict[str, Any], now: Any) -> dict[str, Any]:
+    """What a success writes besides its status, for one job or (as columns) a batch."""
+    return {
+        **audio,
+        "error_code": None,
+        "error_message": None,
+        "poll_count": Job.poll_count + 1,
+        **_ended(now),
+    }
+
+
+_JOBS = cast(Table, Job.__table__)
 _FINISHED = unnest(
     "finished",
     column("id", String),
     column("token", String),
-    column("key", String),
-    column("format", String),
-    column("sample_rate", Integer),
-    column("bitrate", Integer),
-    column("channel", Integer),
-    column("duration", Integer),
-    column("size", BigInteger),
+    *(column(name, _JOBS.c[name].type) for name in AUDIO),
 )
 _NOW = bindparam("now", type_=UTCDateTime())
 # SUCCEEDED with the stored audio's facts, for a batch: each row guarded as ``move`` guards one.
 SUCCEED_MANY = (
     guarded(JobStatus.SUCCEEDED)
     .where(Job.id == _FINISHED.c.id, Job.lease_token == _FINISHED.c.token)
-    .values(
-        audio_key=_FINISHED.c.key,
-        audio_format=_FINISHED.c.format,
-        audio_sample_rate=_FINISHED.c.sample_rate,
-        audio_bitrate=_FINISHED.c.bitrate,
-        audio_channels=_FINISHED.c.channel,
-        audio_duration_ms=_FINISHED.c.duration,
-        audio_size=_FINISHED.c.size,
-        error_code=None,
-        error_message=None,
-        poll_count=Job.poll_count + 1,
-        updated_at=_NOW,
-        **_ended(_NOW),
-    )
+    .values(updated_at=_NOW, **_succeeded({name: _FINISHED.c[name] for name in AUDIO}, _NOW))
     .returning(Job.id)
 )
 
@@ -164,21 +181,8 @@ class Transitions:
 
     def succeed(self, done: Finished) -> bool:
         """SUCCEED a leased job with its stored audio."""
-        return self.move(
-            done.job,
-            JobStatus.SUCCEEDED,
-            audio_key=done.key,
-            audio_format=done.info.format,
-            audio_sample_rate=done.info.sample_rate,
-            audio_bitrate=done.info.bitrate,
-            audio_channels=done.info.channels,
-            audio_duration_ms=done.info.duration_ms,
-            audio_size=done.info.size,
-            error_code=None,
-            error_message=None,
-            poll_count=Job.poll_count + 1,
-            **_ended(utcnow()),
-        )
+        audio = dict(zip(AUDIO, done.audio, strict=True))
+        return self.move(done.job, JobStatus.SUCCEEDED, **_succeeded(audio, utcnow()))
 
     # ------------------------------------------------------------------ batches
 
@@ -187,16 +191,11 @@ class Transitions:
         if not finished:
             return set()
         now = utcnow()
+        columns = zip(*(done.audio for done in finished), strict=True)
         params = {
             "ids": [done.job.id for done in finished],
             "tokens": [done.job.lease_token for done in finished],
-            "keys": [done.key for done in finished],
-            "formats": [done.info.format for done in finished],
-            "sample_rates": [done.info.sample_rate for done in finished],
-            "bitrates": [done.info.bitrate for done in finished],
-            "channels": [done.info.channels for done in finished],
-            "durations": [done.info.duration_ms for done in finished],
-            "sizes": [done.info.size for done in finished],
+            **{f"{name}s": list(values) for name, values in zip(AUDIO, columns, strict=True)},
             "now": now,
         }
 

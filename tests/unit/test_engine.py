@@ -66,16 +66,6 @@ def invalid() -> ProviderError:
 # ------------------------------------------------------------------ fixtures and helpers
 
 
-@pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def engine(settings: Settings, db: Database, script: Script) -> Engine:
-    return Engine(settings, db, adapter_factory=script.factory)
-
-
 def new_job(db: Database, settings: Settings, **values: Any) -> str:
     """A job accepted the way the API accepts one, then adjusted by direct column updates."""
     with db.transaction() as session:

@@ -94,16 +94,6 @@ def wakeups(settings: Settings) -> Iterator[Wakeups]:
     listener.close()
 
 
-@pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def engine(settings: Settings, db: Database, script: Script) -> Engine:
-    return Engine(settings, db, adapter_factory=script.factory)
-
-
 @dataclass
 class World:
     engine: Engine
