@@ -18,7 +18,7 @@ from celery import Task, shared_task
 from app.db import utcnow
 from app.idempotency import store as idempotency_store
 from app.jobs import retention
-from app.jobs.engine import DueClaim
+from app.jobs.leasing import DueClaim
 from app.jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
