@@ -271,6 +271,29 @@ def test_waiters_are_woken_once_on_every_path(world: World, wakeups: Wakeups, pa
         assert wakeups.of(job_id) == 1
 
 
+def test_a_move_needs_the_lease_its_writer_holds(world: World, wakeups: Wakeups) -> None:
+    job_id = world.running()
+    token = claim(world.engine, job_id, now=row(world.db, job_id).next_action_at)
+    leased = row(world.db, job_id)
+    assert leased.lease_token == token
+    writer = world.engine.transitions
+
+    # Another holder's copy of the job: its state allows the move, its lease does not.
+    stale = row(world.db, job_id)
+    stale.lease_token = "not-the-lease"
+    assert not writer.fail(stale, "upstream_failed", "a late worker")
+    assert row(world.db, job_id).status == JobStatus.RUNNING
+    assert ledger_kinds(world.db, job_id) == ["hold"]
+
+    assert writer.fail(leased, "upstream_failed", "the lease holder")
+    assert not writer.fail(leased, "upstream_failed", "the lease holder, again")
+
+    assert row(world.db, job_id).status == JobStatus.FAILED
+    assert ledger_kinds(world.db, job_id) == ["hold", "release"]
+    assert events(world.db, job_id) == Counter(["running", "failed"])
+    assert wakeups.of(job_id) == 1
+
+
 def test_a_job_that_starts_running_wakes_no_waiter_and_moves_no_money(
     world: World, wakeups: Wakeups
 ) -> None:
