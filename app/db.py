@@ -18,13 +18,17 @@ from sqlalchemy import (
     Executable,
     MetaData,
     String,
+    bindparam,
     create_engine,
     event,
+    func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeDecorator
 
 from config import Settings
@@ -64,6 +68,14 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         self, value: dt.datetime | None, dialect: Dialect
     ) -> dt.datetime | None:
         return None if value is None else value.astimezone(dt.UTC)
+
+
+def unnest(name: str, *columns: ColumnClause[Any]) -> Any:
+    """Rows passed as one array per column (Postgres), each bound as ``<column>s``: the
+    statement has one shape whatever the batch's size, so SQLAlchemy compiles it once, where
+    VALUES rows compiled it anew for every batch."""
+    arrays = [bindparam(f"{c.name}s", type_=ARRAY(c.type)) for c in columns]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
 
 class Base(DeclarativeBase):
