@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-import requests.adapters
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -50,6 +48,7 @@ from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database, UTCDateTime, database_url, utcnow
 from app.doorbell import doorbell
+from app.http.downloads import Downloads
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.errors import public_message
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
@@ -59,7 +58,6 @@ from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
 from app.providers import get_adapter
 from app.providers.base import (
-    POOL_SIZE,
     AccountConfig,
     Adapter,
     GenerationRequest,
@@ -219,7 +217,7 @@ class Engine:
         self._account_configs: TTLCache[AccountConfig | None] = TTLCache(ttl=5.0)
         self._lease_cache: TTLCache[dict[str, dt.timedelta]] = TTLCache(ttl=5.0)
         self._pool: ThreadPoolExecutor | None = None
-        self._downloads: requests.Session | None = None
+        self._downloads: Downloads | None = None
         # Set by the Celery layer: sends a job (id, lease token) to the sync worker's queue.
         self.handoff: Callable[[str, str], None] | None = None
         # Tells web processes holding `Prefer: wait` requests that a job has ended.
@@ -742,24 +740,22 @@ class Engine:
             )
         if not result.audio_url:
             raise AudioError("the upstream reported success without audio", retryable=False)
+        account = self._job_account(job)
         return self.storage.fetch(
             result.audio_url,
             stem,
             max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
-            session=self.downloads,
+            downloads=self.downloads,
+            trusted=account.base_url if account else None,
         )
 
     @property
-    def downloads(self) -> requests.Session:
-        """One pooled session for audio downloads, per process: a fresh connection (and a fresh
-        session, as ``requests.get`` makes) per finished job cost more than the download."""
+    def downloads(self) -> Downloads:
+        """One pooled client for audio downloads, per process: a fresh connection per finished
+        job cost more than the download."""
         if self._downloads is None:
-            session = requests.Session()
-            pooled = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
-            session.mount("http://", pooled)
-            session.mount("https://", pooled)
-            self._downloads = session
+            self._downloads = Downloads(self.settings)
         return self._downloads
 
     # ------------------------------------------------------------------ after a cancel
