@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import pytest
 import requests
 
-from app.providers.aimlapi import AimlapiAdapter
-from app.providers.base import AccountConfig, PollResult, PollState, ProviderError
 from app.http.fanout import FanOut, Get, TransportError
 from app.http.sessions import Answer
+from app.providers.aimlapi import AimlapiAdapter
+from app.providers.base import AccountConfig, PollResult, PollState, ProviderError
 from app.providers.minimax import MinimaxAdapter
 from app.providers.useapi import UseapiAdapter
 from app.sim.server import start_background
