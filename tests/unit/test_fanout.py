@@ -11,8 +11,8 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from http.server import ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import requests
@@ -25,6 +25,7 @@ from app.providers.minimax import MinimaxAdapter
 from app.providers.useapi import UseapiAdapter
 from app.sim.server import start_background
 from config.settings import load_settings
+from tests.unit.keepalive import KeepAlive, keepalive_server, url_of
 
 KEY = "sk-fanout"
 
@@ -101,52 +102,16 @@ def test_a_batch_answers_as_polls_one_by_one(sim: str) -> None:
     assert [counts[g] for g in ids[:5]] == [2] * 5  # once in the batch, once alone
 
 
-class KeepAlive(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive; answers what the server's ``script`` says for the path."""
-
-    protocol_version = "HTTP/1.1"
-    connections: ClassVar[list[int]] = []
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections += 1  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:
-        status, headers, body = self.server.answer(self.path)  # type: ignore[attr-defined]
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        if self.server.hang_up_after_answer:  # type: ignore[attr-defined]
-            self.close_connection = True
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
 @pytest.fixture
 def server() -> Iterator[ThreadingHTTPServer]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
-    httpd.daemon_threads = True
-    httpd.connections = 0  # type: ignore[attr-defined]
-    httpd.hang_up_after_answer = False  # type: ignore[attr-defined]
-    httpd.answer = lambda path: (  # type: ignore[attr-defined]
-        200,
-        {"Content-Type": "application/json"},
-        json.dumps({"id": path, "status": "generating"}).encode(),
-    )
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
-
-
-def url_of(httpd: ThreadingHTTPServer) -> str:
-    return f"http://127.0.0.1:{httpd.server_address[1]}"
+    with keepalive_server(
+        lambda path: (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"id": path, "status": "generating"}).encode(),
+        )
+    ) as httpd:
+        yield httpd
 
 
 def test_connections_are_kept_and_one_the_upstream_closed_is_replaced(

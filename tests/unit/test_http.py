@@ -10,11 +10,10 @@ the proof that nothing reached it.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -33,6 +32,7 @@ from app.storage import AudioError, LocalStorage
 from app.webhooks.delivery import Dispatcher
 from config import Settings
 from tests.conftest import auth
+from tests.unit.keepalive import keepalive_server, url_of
 
 METADATA_V4 = "http://169.254.169.254/latest/meta-data/"
 METADATA_V6 = "http://[fd00:ec2::254]/latest/meta-data/"
@@ -244,52 +244,21 @@ def test_upstreams_and_webhook_receivers_are_read_alike(
 # ------------------------------------------------------------------ pooling
 
 
-class KeepAlive(BaseHTTPRequestHandler):
-    """HTTP/1.1 that keeps every connection open (werkzeug's server closes each one)."""
-
-    protocol_version = "HTTP/1.1"
-    ANSWERS: ClassVar[dict[str, tuple[str, bytes]]] = {
-        "/v2/generate/audio": ("application/json", b'{"status": "queued"}'),
-        "/song.wav": ("audio/wav", WAV),
-        "/hook": ("text/plain", b"ok"),
-    }
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections += 1  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:
-        content_type, body = self.ANSWERS[self.path.partition("?")[0]]
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.do_GET()
-
-    def log_message(self, *args: Any) -> None:
-        return None
+ANSWERS = {
+    "/v2/generate/audio": ("application/json", b'{"status": "queued"}'),
+    "/song.wav": ("audio/wav", WAV),
+    "/hook": ("text/plain", b"ok"),
+}
 
 
 @pytest.fixture
 def keeper() -> Iterator[ThreadingHTTPServer]:
-    """A keep-alive server; its ``connections`` counts the connections it accepted."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
-    httpd.daemon_threads = True
-    httpd.connections = 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        content_type, body = ANSWERS[path.partition("?")[0]]
+        return 200, {"Content-Type": content_type}, body
 
-
-def base(httpd: ThreadingHTTPServer) -> str:
-    return f"http://127.0.0.1:{httpd.server_address[1]}"
+    with keepalive_server(answer) as httpd:
+        yield httpd
 
 
 def account(base_url: str) -> AccountConfig:
@@ -297,7 +266,7 @@ def account(base_url: str) -> AccountConfig:
 
 
 def test_upstream_calls_keep_their_connection(keeper: ThreadingHTTPServer) -> None:
-    adapter = AimlapiAdapter(account(base(keeper)))
+    adapter = AimlapiAdapter(account(url_of(keeper)))
     for _ in range(3):
         adapter.poll("gen-1")
     assert keeper.connections == 1  # type: ignore[attr-defined]
@@ -312,12 +281,12 @@ def test_audio_downloads_keep_their_connection(
     downloads = Downloads(settings)
     for n in range(3):
         storage.fetch(
-            base(keeper) + "/song.wav",
+            url_of(keeper) + "/song.wav",
             f"job-{n}",
             max_bytes=1 << 20,
             timeout=TIMEOUT,
             downloads=downloads,
-            trusted=base(keeper) if trusted else None,
+            trusted=url_of(keeper) if trusted else None,
         )
     assert keeper.connections == 1  # type: ignore[attr-defined]
 
@@ -328,5 +297,5 @@ def test_webhook_sends_keep_their_connection(
 ) -> None:
     dispatcher = Dispatcher(settings, db)
     for _ in range(3):
-        assert dispatcher.send(base(keeper) + "/hook", {}, "{}").delivered
+        assert dispatcher.send(url_of(keeper) + "/hook", {}, "{}").delivered
     assert keeper.connections == 1  # type: ignore[attr-defined]
