@@ -33,6 +33,7 @@ from urllib3.exceptions import (
     ProtocolError,
     ReadTimeoutError,
 )
+from urllib3.util.retry import Retry
 
 from app.http.sessions import Answer
 
@@ -143,7 +144,8 @@ class FanOut:
             "maxsize": self.max_idle,
             "block": False,
             "headers": self.headers,
-            "retries": False,
+            # Built once: urllib3 would otherwise make a Retry object per call from ``False``.
+            "retries": Retry(total=False, redirect=False, raise_on_redirect=False),
             "timeout": Timeout(connect=self.connect_timeout, read=self.read_timeout),
         }
         pool: HTTPConnectionPool
