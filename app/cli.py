@@ -451,6 +451,19 @@ def topology_list() -> None:
         click.echo(f"{process.name}\t{' '.join(process.argv)}\t{queues}\t{process.help}")
 
 
+@topology.command("connections")
+@click.pass_context
+def topology_connections(ctx: click.Context) -> None:
+    """The database connections each process can hold at these settings, and the
+    max_connections PostgreSQL needs for one deployment."""
+    from config.topology import database_connections, max_connections
+
+    settings = settings_of(ctx)
+    for name, count in database_connections(settings).items():
+        click.echo(f"{name}\t{count}")
+    click.echo(f"max_connections\t{max_connections(settings)}")
+
+
 @main.command()
 @click.pass_context
 def sim(ctx: click.Context) -> None:

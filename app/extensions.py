@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache
 from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
+from app.jobs import effects
 from app.jobs.service import Offer
+from app.jobs.transitions import Transitions
 from app.jobs.waiting import TerminalNotifier, WaitHub
 from app.storage import AudioStorage
 from config import Settings
@@ -28,14 +30,15 @@ class Chorus:
     recent_active: TTLCache[int] = field(default_factory=lambda: TTLCache(ttl=1.0))
     _hub: WaitHub | None = field(default=None, repr=False)
     _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _notifier: TerminalNotifier | None = field(default=None, repr=False)
+    _transitions: Transitions | None = field(default=None, repr=False)
 
     @property
-    def notifier(self) -> TerminalNotifier:
-        """Tells every process's waiting requests that jobs ended here (a cancel)."""
-        if self._notifier is None:
-            self._notifier = TerminalNotifier(self.settings)
-        return self._notifier
+    def transitions(self) -> Transitions:
+        """The writer of a job's status (a cancel), with every side effect: among them,
+        telling every process's waiting requests that the job ended."""
+        if self._transitions is None:
+            self._transitions = effects.writer(self.db, TerminalNotifier(self.settings))
+        return self._transitions
 
     @property
     def waiters(self) -> WaitHub:

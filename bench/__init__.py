@@ -7,4 +7,9 @@ throughput with K accounts), then submit throughput with a priced model beside a
 ``Prefer: wait`` clients, webhook deliveries, and the shapes users run (``make run`` and the
 Procfile: idle log lines, webhook latency), and writes the figures to ``docs/benchmarks.md``
 and ``docs/benchmarks.json``.
+
+Each phase is one ``Phase`` in ``bench/phases/`` (its options, its run, its verdicts and its
+section of the report) and ``__main__`` runs them in order; the measuring itself is in the
+modules here (``jobs``, ``upstreams``, ``money``...), the shared parts of the report in
+``report``.
 """

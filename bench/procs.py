@@ -207,6 +207,11 @@ def tree_pids(root: int, table: dict[int, int]) -> list[int]:
     return out
 
 
+def tree_of(root: int) -> Callable[[], list[int]]:
+    """A ``CpuMeter`` group: ``root`` and every process under it, as they are when asked."""
+    return lambda: tree_pids(root, proc_table())
+
+
 def rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -367,3 +372,18 @@ class CpuMeter:
         out["steal"] = machine["steal"] - self._machine["steal"]
         out["wall"] = time.monotonic() - self._began
         return out
+
+
+def cpu_summary(used: dict[str, float]) -> dict[str, float]:
+    """``CpuMeter.stop``'s figures plus ``other`` and ``machine_busy_pct``.
+
+    ``other`` is the machine's busy time less every group, interrupts and hypervisor steal: what
+    ran in processes not ours.
+    """
+    ours = sum(v for k, v in used.items() if k not in ("machine_busy", "wall"))
+    out = dict(used)
+    out["other"] = used["machine_busy"] - ours
+    out["machine_busy_pct"] = (
+        100 * used["machine_busy"] / max(used["wall"] * (os.cpu_count() or 1), 1e-9)
+    )
+    return out

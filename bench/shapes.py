@@ -2,7 +2,7 @@
 
 ``make run``: ``chorus dev`` with no DATABASE_URL and no REDIS_URL (the embedded PostgreSQL,
 the filesystem broker, every process of the topology but Flower). The Procfile: ``honcho start
-release``, then every long-running line, on the machine's Postgres and Redis.
+release``, then every long-running line, on the machine's Redis and a PostgreSQL of its own.
 
 For each shape: once ``/healthz`` answers and the scheduler leads, and after a short settle,
 the lines all its processes print over a minute with no requests (at INFO) are counted; then N
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from app.embedded import open_server
 from bench.procs import ROOT, PhaseError, cpu_seconds, free_port, proc_table, tree_pids
 from bench.stack import flush_redis
 from bench.stats import describe, fmt
@@ -218,24 +218,19 @@ def _stop_orphan_postgres(pgdata: Path) -> None:
 
 
 @contextmanager
-def procfile(logdir: Path, database_url: str, redis_url: str) -> Iterator[Shape]:
+def procfile(logdir: Path, redis_url: str) -> Iterator[Shape]:
     """The Procfile under honcho: the release line on an empty database, then the rest."""
-    url = make_url(database_url)
-    shape_url = url.set(database=f"{url.database}_procfile")
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-
-    def recreate(drop_only: bool = False) -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{shape_url.database}" WITH (FORCE)'))
-            if not drop_only:
-                conn.execute(sa.text(f'CREATE DATABASE "{shape_url.database}"'))
-
-    recreate()
+    # A PostgreSQL of the shape's own (the embedded wheel's server, with the max_connections
+    # `chorus topology connections` asks for): the machine's keeps the default 100, shared
+    # with whatever else runs, which the Procfile's processes may outgrow at their busiest.
+    server_root = Path(tempfile.mkdtemp(prefix="chorus-bench-procfile-pg-"))
+    server_root.chmod(0o755)
+    server = open_server(load_settings({"CHORUS_VAR_DIR": str(server_root / "var")}))
+    rendered = server.url
     flush_redis(redis_url)
     web_port, flower_port, sim_port = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{web_port}"
     var_dir = Path(tempfile.mkdtemp(prefix="chorus-bench-procfile-"))
-    rendered = shape_url.render_as_string(hide_password=False)
     envfile = logdir / "procfile.env"
     envfile.write_text(
         "".join(
@@ -289,9 +284,8 @@ def procfile(logdir: Path, database_url: str, redis_url: str) -> Iterator[Shape]
     finally:
         if proc is not None and not _stop_group(proc, signal.SIGTERM, 30.0):
             print("  (h) honcho did not stop on SIGTERM within 30 s: killed", flush=True)
-        with contextlib.suppress(Exception):
-            recreate(drop_only=True)
-        admin.dispose()
+        server.close()
+        shutil.rmtree(server_root, ignore_errors=True)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
@@ -378,7 +372,6 @@ def measure_webhooks(shape: Shape, count: int, clients: int, timeout: float) -> 
 def run_shapes_phase(
     logdir: Path,
     *,
-    database_url: str,
     redis_url: str,
     count: int,
     clients: int,
@@ -387,7 +380,7 @@ def run_shapes_phase(
     results: dict[str, Any] = {"jobs": count, "idle_target": IDLE_LINES_MAX, "shapes": {}}
     starts: dict[str, Callable[[], contextlib.AbstractContextManager[Shape]]] = {
         "make run": lambda: make_run(logdir),
-        "Procfile": lambda: procfile(logdir, database_url, redis_url),
+        "Procfile": lambda: procfile(logdir, redis_url),
     }
     for name, start in starts.items():
         print(f"(h) shapes: {name}: start, idle {IDLE_WINDOW_S:g} s, {count} jobs", flush=True)
@@ -412,43 +405,3 @@ def run_shapes_phase(
             "elapsed_s": time.monotonic() - began,
         }
     return results
-
-
-# ------------------------------------------------------------------ report
-
-
-def section(shapes: dict[str, Any]) -> list[str]:
-    lines = [
-        "Each shape started as its user starts it: `make run` is `chorus dev` with no "
-        "`DATABASE_URL` and no `REDIS_URL` (the embedded PostgreSQL, the filesystem broker, "
-        "every process but Flower); the Procfile is `honcho start release` on an empty "
-        "database, then `honcho start` of every long-running line on the machine's Postgres "
-        "and Redis. Default settings (`LOG_LEVEL=INFO`, the default catalog, the simulator's "
-        "default latency) but `ALLOW_PRIVATE_URLS=true` for the local receiver. Once "
-        f"`/healthz` answered and the scheduler led, and after {fmt(IDLE_SETTLE_S, 0)} s more, "
-        f"every line the shape's processes printed over {fmt(IDLE_WINDOW_S, 0)} s with no "
-        f"requests was counted. Then {shapes['jobs']} jobs (`music-2.6`), each with a "
-        "`callback_url` on a receiver in the harness; latency is the arrival time minus the "
-        "job's `finished_at` in that shape's database.",
-        "",
-        "| Shape | idle lines / min | target | idle CPU, % of a core | webhooks delivered "
-        "(lost) | latency p50 / p99 / max, s | target p99 |",
-        "|---|---:|---|---:|---|---|---|",
-    ]
-    for name, shape in shapes["shapes"].items():
-        idle, hooks = shape["idle"], shape["webhooks"]
-        lat = hooks["latency_s"]
-        lines.append(
-            f"| {name} | {fmt(idle['lines_per_minute'], 1)} | ≤ {IDLE_LINES_MAX} | "
-            f"{fmt(idle['cpu_pct_of_one_core'], 1)} | {hooks['delivered']} of "
-            f"{hooks['accepted']} ({hooks['lost']}) | {fmt(lat['p50'], 3)} / "
-            f"{fmt(lat['p99'], 3)} / {fmt(lat['max'], 3)} | ≤ {fmt(LATENCY_P99_MAX, 0)} s |"
-        )
-    lines.append("")
-    for name, shape in shapes["shapes"].items():
-        idle = shape["idle"]
-        counts = ", ".join(f"{p} {n}" for p, n in idle["by_process"].items()) or "none"
-        lines += [f"Idle lines of {name} by process: {counts}.", ""]
-        if idle["first_lines"]:
-            lines += ["```", *idle["first_lines"][:10], "```", ""]
-    return lines

@@ -1,4 +1,6 @@
-"""Phase (d): the upstream protocols under load (issue [upstreams]).
+"""Phase (d): the upstream protocols under load (issue [upstreams]). This module holds the
+phase's catalog, the readings of the ``jobs`` table both parts share, and (d1); (d2), useapi
+throughput with K accounts, is ``bench/useapi.py``.
 
 (d1) MiniMax's calls are synchronous: each holds a connection open until the song is made, and
 Chorus hands them to a separate thread-pool worker (``chorus worker --sync``, queue
@@ -6,20 +8,12 @@ Chorus hands them to a separate thread-pool worker (``chorus worker --sync``, qu
 as the completion time of a batch of AIMLAPI-protocol jobs alone, and again while 100 MiniMax
 calls are held open for the whole batch; the ratio should stay near 1.
 
-(d2) useapi.net runs one song at a time per upstream account, so K accounts make at most K
-songs at once: jobs completed per second against the ideal K ÷ G (G the song's latency), and
-the simulator's own record that no account ever ran two songs at once (``max_concurrent``)
-and never answered "busy" (``rejected_busy``).
-
 Both read Chorus's side from the ``jobs`` table and the upstream's from the simulator's record,
 as phase (c) does.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,21 +23,20 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from bench.jobs import Connections, SubmitResult, sim_reset, sim_summary, submit_jobs
+from bench.client import Connections, SubmitResult, sim_reset, sim_summary, submit_jobs, ts
 from bench.procs import (
     CpuMeter,
     PhaseError,
     Supervisor,
+    cpu_summary,
     own_pid,
     pids_named,
     postgres_backends,
-    proc_table,
-    tree_pids,
+    tree_of,
 )
 from bench.stack import (
     CATEGORY,
     Stack,
-    load_catalog,
     reset_jobs,
     start_scheduler,
     start_sim,
@@ -151,7 +144,7 @@ def _rows(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in conn.execute(query, {"ids": ids})]
 
 
-def _wait_done(
+def wait_done(
     sup: Supervisor, stack: Stack, ids: list[str], deadline: float, label: str
 ) -> list[dict[str, Any]]:
     """The jobs' rows once none of them is active, or at ``deadline`` (unix time)."""
@@ -171,19 +164,15 @@ def _wait_done(
         time.sleep(0.5)
 
 
-def _ts(value: dt.datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _completion(submit: SubmitResult, rows: list[dict[str, Any]]) -> float | None:
+def completion_s(submit: SubmitResult, rows: list[dict[str, Any]]) -> float | None:
     """First submit → the last job's finished_at, when every job finished."""
-    finishes = [_ts(r["finished_at"]) for r in rows]
+    finishes = [ts(r["finished_at"]) for r in rows]
     if not rows or any(f is None for f in finishes):
         return None
     return max(f for f in finishes if f is not None) - submit.started
 
 
-def _outcome(rows: list[dict[str, Any]], accepted: int) -> dict[str, Any]:
+def outcome_of(rows: list[dict[str, Any]], accepted: int) -> dict[str, Any]:
     statuses = Counter(
         f"{r['status']}" + (f":{r['error_code']}" if r["error_code"] else "") for r in rows
     )
@@ -203,30 +192,16 @@ def _minimax_open(port: int) -> tuple[int, int]:
     return sum(a["in_flight"] for a in mm), max((a["max_concurrent"] for a in mm), default=0)
 
 
-def _tree_of(root: int) -> Callable[[], list[int]]:
-    return lambda: tree_pids(root, proc_table())
-
-
 def _meter(sup: Supervisor, stack: Stack) -> CpuMeter:
     """CPU of every process of the stack, Postgres, Redis and the harness, over a window."""
     groups: dict[str, Callable[[], list[int]]] = {
-        name: _tree_of(child.pid) for name, child in sup.children.items()
+        name: tree_of(child.pid) for name, child in sup.children.items()
     }
     dbname = str(make_url(stack.database_url).database)
     groups["postgres"] = lambda: postgres_backends(dbname)
     groups["redis"] = lambda: pids_named("redis-server")
     groups["harness"] = own_pid
     return CpuMeter(groups)
-
-
-def _cpu_summary(used: dict[str, float]) -> dict[str, float]:
-    ours = sum(v for k, v in used.items() if k not in ("machine_busy", "wall"))
-    out = dict(used)
-    out["other"] = used["machine_busy"] - ours
-    out["machine_busy_pct"] = (
-        100 * used["machine_busy"] / max(used["wall"] * (os.cpu_count() or 1), 1e-9)
-    )
-    return out
 
 
 # ------------------------------------------------------------------ (d1) held MiniMax calls
@@ -257,9 +232,9 @@ def _fast_batch(
     if submit.failures:
         print(f"  !!! {tag}: POSTs failed {dict(submit.failures)}: {submit.failure_sample}")
     ids = list(submit.accepted.values())
-    rows = _wait_done(sup, stack, ids, submit.ended + latency + 120.0, tag)
-    cpu = _cpu_summary(meter.stop())
-    completion = _completion(submit, rows)
+    rows = wait_done(sup, stack, ids, submit.ended + latency + 120.0, tag)
+    cpu = cpu_summary(meter.stop())
+    completion = completion_s(submit, rows)
     finished = [r for r in rows if r["finished_at"] is not None and r["started_at"] is not None]
     print(
         f"    {tag}: {len(ids)} jobs submitted in {submit.seconds:.1f}s, all finished "
@@ -281,7 +256,7 @@ def _fast_batch(
             [(r["finished_at"] - r["started_at"]).total_seconds() for r in finished]
         ),
         "cpu_s": cpu,
-        **_outcome(rows, len(ids)),
+        **outcome_of(rows, len(ids)),
     }
 
 
@@ -403,143 +378,3 @@ def run_held_calls(
         sup.stop(name, grace=3.0 if name == "sync" else 10.0)
     reset_jobs(stack)
     return out
-
-
-# ------------------------------------------------------------------ (d2) useapi accounts
-
-
-def _slot_gaps(generations: list[dict[str, Any]]) -> list[float]:
-    """Per account, the idle time between one song being ready and the next one's create:
-    what Chorus adds on top of the upstream's own time (detection, download, wake, submit)."""
-    by_account: dict[str, list[dict[str, Any]]] = {}
-    for gen in generations:
-        by_account.setdefault(str(gen["account"]), []).append(gen)
-    gaps = []
-    for gens in by_account.values():
-        gens.sort(key=lambda g: g["created_at"])
-        for before, after in itertools.pairwise(gens):
-            if before.get("ready_at") is not None:
-                gaps.append(after["created_at"] - before["ready_at"])
-    return gaps
-
-
-def _useapi_run(
-    sup: Supervisor, stack: Stack, *, web_port: int, k: int, per_account: int, clients: int
-) -> dict[str, Any]:
-    sim_reset(stack.sim_port)
-    count = per_account * k
-    submit = submit_jobs(
-        web_port,
-        stack.api_key,
-        count,
-        f"useapi-k{k}",
-        clients,
-        model=useapi_model(k),
-        marker=f" [sim:latency={USEAPI_LATENCY:g}]",
-    )
-    ids = list(submit.accepted.values())
-    ideal_s = count / k * USEAPI_LATENCY
-    rows = _wait_done(sup, stack, ids, submit.ended + 3 * ideal_s + 120.0, f"useapi K={k}")
-    summary = sim_summary(stack.sim_port)
-    accounts = [a for a in summary.get("accounts", []) if a["protocol"] == "useapi"]
-    generations = [g for g in summary.get("generations", []) if g["protocol"] == "useapi"]
-    completion = _completion(submit, rows)
-    outcome = _outcome(rows, len(ids))
-    rate = outcome["succeeded"] / completion if completion else None
-    ideal_rate = k / USEAPI_LATENCY
-    result = {
-        "k": k,
-        "jobs": count,
-        "accepted": len(ids),
-        "submit_seconds": submit.seconds,
-        "completion_s": completion,
-        "ideal_s": ideal_s,
-        "rate_per_s": rate,
-        "ideal_rate_per_s": ideal_rate,
-        "efficiency": rate / ideal_rate if rate is not None else None,
-        "accounts_used": len({r["account_id"] for r in rows if r["account_id"]}),
-        "max_concurrent": max((a["max_concurrent"] for a in accounts), default=0),
-        "max_concurrent_by_account": {a["account"]: a["max_concurrent"] for a in accounts},
-        "rejected_busy": sum(a["rejected_busy"] for a in accounts),
-        "generations": len(generations),
-        "slot_gap_s": describe(_slot_gaps(generations)),
-        "upstream_latency_s": describe(
-            [g["ready_at"] - g["created_at"] for g in generations if g.get("ready_at")]
-        ),
-        "sim_by_status_code": summary.get("counts", {}).get("by_status_code", {}),
-        **outcome,
-    }
-    print(
-        f"    useapi K={k}: {outcome['succeeded']}/{count} in {completion or 0:.1f}s → "
-        f"{rate or 0:.3f}/s vs ideal {ideal_rate:.3f}/s (efficiency "
-        f"{result['efficiency'] or 0:.2f}); max concurrent {result['max_concurrent']}, "
-        f"rejected busy {result['rejected_busy']}",
-        flush=True,
-    )
-    return result
-
-
-def run_useapi(
-    sup: Supervisor,
-    stack: Stack,
-    *,
-    web_port: int,
-    ks: list[int],
-    per_account: int,
-    clients: int,
-) -> dict[str, Any]:
-    """(d2): for each K, ``per_account``·K jobs on a model routed to K useapi accounts."""
-    reset_jobs(stack)
-    started = time.time()
-    start_sim(sup, stack, PHASE_ENV)
-    start_web(sup, stack, "web", web_port, PHASE_ENV)
-    start_worker(sup, stack, PHASE_ENV)
-    start_scheduler(sup, stack, PHASE_ENV)
-    wait_worker_ready(sup, stack)
-    print(f"    stack up in {time.time() - started:.1f}s", flush=True)
-    runs = [
-        _useapi_run(sup, stack, web_port=web_port, k=k, per_account=per_account, clients=clients)
-        for k in ks
-    ]
-    log_errors = {n: sup.log_errors(n) for n in ("worker", "web", "scheduler", "sim")}
-    for name in ("scheduler", "worker", "web", "sim"):
-        sup.stop(name)
-    reset_jobs(stack)
-    return {
-        "latency_s": USEAPI_LATENCY,
-        "per_account": per_account,
-        "runs": runs,
-        "log_errors": log_errors,
-    }
-
-
-def run_upstreams_phase(
-    sup: Supervisor,
-    stack: Stack,
-    *,
-    web_port: int,
-    clients: int,
-    batch: int,
-    hold: int,
-    ks: list[int],
-    per_account: int,
-    repeats: int,
-) -> dict[str, Any]:
-    load_catalog(stack, "upstreams", catalog(ks))
-    print(
-        f"(d1) upstreams: {repeats} x {batch} AIMLAPI jobs of {FAST_LATENCY:g} s alone, then "
-        f"{repeats} x beside {hold} MiniMax calls held open ({HOLD_LATENCY:g} s each)",
-        flush=True,
-    )
-    held = run_held_calls(
-        sup, stack, web_port=web_port, batch=batch, hold=hold, clients=clients, repeats=repeats
-    )
-    print(
-        f"(d2) upstreams: useapi with K = {', '.join(map(str, ks))} accounts, "
-        f"{per_account}·K jobs of {USEAPI_LATENCY:g} s",
-        flush=True,
-    )
-    useapi = run_useapi(
-        sup, stack, web_port=web_port, ks=ks, per_account=per_account, clients=clients
-    )
-    return {"held_calls": held, "useapi": useapi}

@@ -222,28 +222,3 @@ def run_webhooks_phase(
         for name in ("scheduler", "webhooks", "worker", "web", "sim"):
             sup.stop(name)
     return results
-
-
-def section(hooks: dict[str, Any]) -> list[str]:
-    from bench.stats import fmt
-
-    lat = hooks["latency_s"]
-    mixed = hooks["mixed"]
-    return [
-        f"{hooks['count']} jobs, each with a `callback_url` on a receiver in the harness "
-        "(answers 200 at once). Latency: the receiver's arrival time minus the job's "
-        "`finished_at` (the commit that also wrote the event row).",
-        "",
-        "| delivered | p50 | p99 | max |",
-        "|---|---|---|---|",
-        f"| {hooks['delivered']} of {hooks['jobs_succeeded']} | {fmt(lat['p50'], 3)} s | "
-        f"{fmt(lat['p99'], 3)} s | {fmt(lat['max'], 3)} s |",
-        "",
-        f"With one slow receiver in the mix ({mixed['slow_jobs']} of {mixed['jobs']} jobs "
-        f"to a receiver that takes {SLOW_SECONDS:g} s, cut off by the 10 s timeout): the "
-        f"fast receiver got {mixed['fast_delivered']} deliveries at "
-        f"{fmt(mixed['fast_per_s'], 1)} per second, against "
-        f"{fmt(hooks['alone_per_s'], 1)} per second in the run without it (both rates are "
-        "bounded by how fast the jobs themselves finish).",
-        "",
-    ]

@@ -29,6 +29,7 @@ VISIBILITY_TIMEOUT = 600
 # The filesystem broker (embedded mode) looks for new messages this often, in seconds: each
 # hop from the scheduler to a worker waits up to this long (kombu's default is a second).
 EMBEDDED_POLLING_INTERVAL = 0.1
+EMBEDDED_TRANSPORT = "workers.broker:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -59,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     return {
         "broker_url": settings.broker_url,
+        # kombu's filesystem transport, fixed to publish each message whole.
+        "broker_transport": EMBEDDED_TRANSPORT if settings.embedded else None,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "result_backend": None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from config.celery import POLL_QUEUE, SUBMIT_QUEUE, SYNC_QUEUE, WEBHOOKS_QUEUE
+from config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,34 @@ PROCESSES: tuple[Process, ...] = (
 )
 
 BY_NAME = {process.name: process for process in PROCESSES}
+
+# Each process's SQLAlchemy pool: this many connections kept, this many more under load.
+POOL_SIZE, POOL_OVERFLOW = 10, 40
+# Room beside the processes for one-off commands (`chorus balance`, a migration, psql).
+SPARE_CONNECTIONS = 50
+
+
+def database_connections(settings: Settings) -> dict[str, int]:
+    """The most connections each process can hold at its busiest: a thread that touches the
+    database takes one from its process's pool, and each process keeps one more open to
+    LISTEN or NOTIFY. PostgreSQL's max_connections must cover their sum (plus spare)."""
+
+    def pool(threads: int) -> int:
+        return min(threads, POOL_SIZE + POOL_OVERFLOW) + 1
+
+    return {
+        "web": settings.web_workers * pool(settings.web_threads),
+        "worker": settings.worker_concurrency * pool(settings.io_threads),
+        "worker_sync": pool(settings.sync_concurrency),
+        "webhooks": settings.worker_concurrency * pool(settings.webhook_concurrency),
+        # Its pool, the leader's lock and the doorbell it listens on.
+        "scheduler": 3,
+    }
+
+
+def max_connections(settings: Settings) -> int:
+    """The max_connections a PostgreSQL serving one such deployment needs."""
+    return sum(database_connections(settings).values()) + SPARE_CONNECTIONS
 
 
 def consumers() -> dict[str, list[str]]:

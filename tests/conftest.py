@@ -200,6 +200,22 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+@pytest.fixture
+def script() -> Any:
+    """A scriptable upstream (``tests.unit.fake_adapter``) for an in-process ``engine``."""
+    from tests.unit.fake_adapter import Script
+
+    return Script()
+
+
+@pytest.fixture
+def engine(settings: Settings, db: Database, script: Any) -> Any:
+    """The job engine on the test's database, its upstream ``script``: no HTTP, no Celery."""
+    from app.jobs.engine import Engine
+
+    return Engine(settings, db, adapter_factory=script.factory)
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

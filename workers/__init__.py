@@ -25,9 +25,9 @@ class ChorusCelery(Celery):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            engine = Engine(self.settings, Database(self.settings))
-            engine.handoff = self._hand_to_sync_worker
-            self._engine = engine
+            self._engine = Engine(
+                self.settings, Database(self.settings), handoff=self._hand_to_sync_worker
+            )
         return self._engine
 
     def _hand_to_sync_worker(self, job_id: str, token: str) -> None:

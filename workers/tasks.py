@@ -18,8 +18,11 @@ from celery import Task, shared_task
 from app.db import utcnow
 from app.idempotency import store as idempotency_store
 from app.jobs import retention
-from app.jobs.engine import DueClaim
+from app.jobs.engine import Engine
+from app.jobs.leasing import DueClaim
+from app.jobs.outcome import Outcome
 from app.jobs.status import JobStatus
+from workers import ChorusCelery
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,9 @@ BUCKET_SECONDS = 0.1
 BATCH_SIZE = 50
 
 
-def _engine(task: Task) -> Any:
-    return task.app.engine  # type: ignore[attr-defined]
+def _engine(task: Task) -> Engine:
+    # Every task runs in the app ``make_celery`` builds, which carries the process's engine.
+    return cast(ChorusCelery, task.app).engine
 
 
 def dispatch(claims: list[DueClaim]) -> None:
@@ -52,29 +56,27 @@ def dispatch(claims: list[DueClaim]) -> None:
             task.apply_async(args=([[c.job_id, c.token] for c in batch],), **options)
 
 
-def _advance(task: Task, claims: list[list[str]]) -> list[str]:
-    return cast(list[str], _engine(task).advance_many((job_id, token) for job_id, token in claims))
+def _advance(task: Task, claims: list[list[str]], *, blocking: bool = False) -> list[Outcome]:
+    pairs = ((job_id, token) for job_id, token in claims)
+    return _engine(task).advance_many(pairs, blocking=blocking)
 
 
 @shared_task(name="chorus.submit_jobs", bind=True, ignore_result=True)
-def submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+def submit_jobs(self: Task, claims: list[list[str]]) -> list[Outcome]:
     """Send each leased QUEUED job (id, lease token) upstream; stale claims do nothing."""
     return _advance(self, claims)
 
 
 @shared_task(name="chorus.poll_jobs", bind=True, ignore_result=True)
-def poll_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+def poll_jobs(self: Task, claims: list[list[str]]) -> list[Outcome]:
     """Ask the upstream about each leased RUNNING job; stale claims do nothing."""
     return _advance(self, claims)
 
 
 @shared_task(name="chorus.sync_submit_jobs", bind=True, ignore_result=True)
-def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[str]:
+def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[Outcome]:
     """Submit to a synchronous upstream, holding the call open (the sync worker only)."""
-    return cast(
-        list[str],
-        _engine(self).advance_many(((job_id, token) for job_id, token in claims), blocking=True),
-    )
+    return _advance(self, claims, blocking=True)
 
 
 @shared_task(name="chorus.purge_idempotency_keys", bind=True, ignore_result=True)

@@ -21,7 +21,6 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
-    case,
     func,
     insert,
     or_,
@@ -34,12 +33,12 @@ from app.api.errors import ApiError
 from app.cache import TTLCache, far_below_cap
 from app.catalog.models import Category, Model, Route
 from app.db import HotStatement, utcnow
-from app.jobs.models import FOLLOWUP_CANCEL, Job, new_job_id
+from app.jobs.models import Job, new_job_id
 from app.jobs.status import ACTIVE, JobStatus
+from app.jobs.transitions import Transitions
 from app.money import ledger
 from app.tenancy.keys import KeyHolder
 from app.tenancy.models import Org
-from app.webhooks import outbox
 
 
 @dataclass(frozen=True)
@@ -463,43 +462,15 @@ def list_jobs(
     return Page(jobs[:limit], len(jobs) > limit)
 
 
-def cancel_job(session: Session, key: KeyHolder, job_id: str) -> Job:
-    """CANCEL a QUEUED or RUNNING job of the key's org and release its hold, in the caller's
-    transaction; 404 for an unknown or foreign id, 409 for a job that already ended.
+def cancel_job(transitions: Transitions, session: Session, key: KeyHolder, job_id: str) -> Job:
+    """CANCEL a QUEUED or RUNNING job of the key's org, releasing its hold, in a transaction
+    of its own (``Transitions.cancel``); 404 for an unknown or foreign id, 409 for a job that
+    already ended. ``session`` only reads the job a refused cancel found.
 
-    One conditional UPDATE decides, so a cancel racing a worker's last write ends the job
-    once: whichever commits first wins, and the other matches no row. Worker writes are
-    guarded by the job's status, so a worker still holding a lease on the job finds every
-    later write refused. The lease itself is left to that worker, which hands the job over
-    (``Engine._cancelled_meanwhile``) when it notices.
-
-    A job the upstream may already have (RUNNING, or a submit under way) keeps a follow-up:
-    the engine tells the upstream where it can, and keeps the account's slot until the
-    upstream's generation ends.
+    A cancel racing a worker's last write ends the job once: whichever commits first wins,
+    and the other matches no row.
     """
-    now = utcnow()
-    upstream_has_it = or_(Job.status == JobStatus.RUNNING, Job.submitting_since.is_not(None))
-    cancelled = session.scalars(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.org_id == key.org_id,
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-        )
-        .values(
-            status=JobStatus.CANCELLED,
-            finished_at=now,
-            updated_at=now,
-            waiting_since=None,
-            upstream_followup=case((upstream_has_it, FOLLOWUP_CANCEL), else_=None),
-            next_action_at=case((upstream_has_it, now), else_=None),
-            # Nothing left to do for a job nobody sent anywhere: drop its lease too.
-            lease_token=case((upstream_has_it, Job.lease_token), else_=None),
-            lease_until=case((upstream_has_it, Job.lease_until), else_=None),
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
+    cancelled = transitions.cancel(key.org_id, job_id)
     if cancelled is None:
         job = get_job(session, key, job_id)
         raise ApiError(
@@ -509,8 +480,4 @@ def cancel_job(session: Session, key: KeyHolder, job_id: str) -> Job:
             param="id",
             code="job_not_cancellable",
         )
-    # The money goes back in the transaction that ends the job: once, or not at all; and
-    # the webhook event exists exactly when the cancel does.
-    ledger.settle(session, cancelled.id, capture=False)
-    outbox.enqueue_for(session, cancelled, JobStatus.CANCELLED, now)
     return cancelled

@@ -7,8 +7,9 @@
        └──────────────────► CANCELLED
 
 Terminal states never change again. Events arrive late, twice, or out of order (a duplicated
-Celery message, a poll answer that lost a race): a repeat of the current state, or any event
-for a terminal job, is a no-op rather than an error. Moving backwards is an error.
+Celery message, a poll answer that lost a race), so the table is the guard of every write of
+a status (``app.jobs.transitions``): a move it does not allow, a repeat, or anything after a
+terminal state matches no row and changes nothing.
 """
 
 from __future__ import annotations
@@ -38,26 +39,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
-
-
-class InvalidTransition(Exception):
-    def __init__(self, current: JobStatus, target: JobStatus) -> None:
-        super().__init__(f"a job cannot move from {current} to {target}")
-        self.current = current
-        self.target = target
-
-
-def check(current: JobStatus, target: JobStatus) -> bool:
-    """Whether moving ``current`` → ``target`` changes anything.
-
-    Returns False for a no-op (a repeat, or anything after a terminal state) and raises
-    InvalidTransition for a move the lifecycle forbids.
-    """
-    if current.terminal or current == target:
-        return False
-    if target not in TRANSITIONS[current]:
-        raise InvalidTransition(current, target)
-    return True
 
 
 def sources(target: JobStatus) -> frozenset[JobStatus]:

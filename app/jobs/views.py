@@ -238,12 +238,8 @@ class Cancel(MethodView):
         An upstream that may already be making the song is told where its protocol allows.
         """
         ext = chorus()
-        session = ext.session()
-        job = service.cancel_job(session, g.api_key, job_id)
-        session.commit()
+        job = service.cancel_job(ext.transitions, ext.session(), g.api_key, job_id)
         ext.doorbell.ring()  # its webhook event, and a freed account slot
-        # A client waiting on this job (Prefer: wait) is answered now, not at its re-check.
-        ext.notifier.publish([job.id])
         return jsonify(job_object(job, ext.storage))
 
 

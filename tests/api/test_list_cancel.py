@@ -94,16 +94,6 @@ def stored_files(settings: Settings) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
-@pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def engine(settings: Settings, db: Database, script: Script) -> Engine:
-    return Engine(settings, db, adapter_factory=script.factory)
-
-
 def step(engine: Engine, job_id: str) -> str:
     """Make the job due now, let a sweep lease it, and advance it once.
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from app.catalog.models import UpstreamAccount
 from app.db import Database
 from app.jobs.accounts import Accounts
-from app.jobs.engine import SIM_KEY
+from app.jobs.upstreams import SIM_KEY
 from app.money.models import LedgerEntry
 from config import Settings
 from tests.conftest import Processes, auth, job_rows, sim_record, wait_for

@@ -23,7 +23,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
+from app.embedded import running_url
+from config import Settings, load_settings
+from config.topology import max_connections
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +141,9 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav_and_keeps_its_data(
     pgdata = var_dir / "pgdata"
     with chorus_dev(var_dir, tmp_path / "dev.log") as dev:
         assert _postgres_on(pgdata), "the embedded server runs on var/pgdata"
+        # Room for every process at its busiest (initdb's default of 100 is not).
+        settings = load_settings(embedded_env(var_dir))
+        assert _show(settings, "max_connections") == str(max_connections(settings)) != "100"
         headers = {"Authorization": f"Bearer {dev.key}"}
         created = requests.post(
             f"{dev.base}/v1/music/generations", json=BODY, headers=headers, timeout=10
@@ -226,6 +233,17 @@ def _chorus(var_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def _show(settings: Settings, name: str) -> str:
+    url = running_url(settings)
+    assert url is not None
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(sa.text(f"SHOW {name}")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _postgres_on(pgdata: Path) -> bool:

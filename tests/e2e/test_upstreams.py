@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from app.catalog.models import AccountState, Model, Route, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.accounts import BREAKER_THRESHOLD, Accounts
-from app.jobs.engine import SIM_KEY
 from app.jobs.models import Job
+from app.jobs.upstreams import SIM_KEY
 from app.sim.audio import DEFAULT_SAMPLE_RATE
 from tests.api.test_reference_audio import files  # noqa: F401 - a fixture
 from tests.conftest import REDIS_PREFIX, Processes, job_rows, sim_record, wait_for

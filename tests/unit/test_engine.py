@@ -66,16 +66,6 @@ def invalid() -> ProviderError:
 # ------------------------------------------------------------------ fixtures and helpers
 
 
-@pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def engine(settings: Settings, db: Database, script: Script) -> Engine:
-    return Engine(settings, db, adapter_factory=script.factory)
-
-
 def new_job(db: Database, settings: Settings, **values: Any) -> str:
     """A job accepted the way the API accepts one, then adjusted by direct column updates."""
     with db.transaction() as session:
@@ -1202,9 +1192,9 @@ def test_finished_jobs_are_written_one_by_one_when_the_batch_write_fails(
 ) -> None:
     from sqlalchemy import text
 
-    import app.jobs.engine as engine_module
+    from app.jobs import transitions
 
-    monkeypatch.setattr(engine_module, "SUCCEED_MANY", text("SELECT no_such_column FROM jobs"))
+    monkeypatch.setattr(transitions, "SUCCEED_MANY", text("SELECT no_such_column FROM jobs"))
     jobs = [running_job(engine, db, settings) for _ in range(2)]
     claims = due_claims(engine, db, jobs)
     script.together = True

@@ -1,0 +1,261 @@
+"""Leases on job rows, and the writes a lease holder makes besides a change of status.
+
+Every job row carries ``next_action_at`` (when to look at it next) and a lease
+(``lease_token`` + ``lease_until``). The scheduler (``claim_due``) leases due jobs in one short
+transaction and hands their ids and tokens to workers; a worker first swaps the token for a
+fresh one with a compare-and-set (``take``), so of two copies of one message only one
+proceeds, and a message whose lease was taken over by a later claim does nothing. Every
+write here is a conditional UPDATE guarded by the token and by the job's state, so a late or
+duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
+expires; the scheduler picks the job up again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    String,
+    and_,
+    bindparam,
+    case,
+    column,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+
+from app.db import Database, UTCDateTime, unnest, utcnow
+from app.jobs.models import Job
+from app.jobs.outcome import Outcome
+from app.jobs.status import ACTIVE, JobStatus
+
+Claim = tuple[str, str]  # (job id, lease token)
+
+# The rows the scheduler may lease: active jobs, and cancelled ones whose upstream is still followed.
+# A cancelled row is due only while it has a follow-up: its next_action_at is NULL otherwise.
+SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED]
+
+_PENDING = unnest(
+    "pending",
+    column("id", String),
+    column("token", String),
+    column("due", DateTime(timezone=True)),
+)
+# "Still pending, next look at t" for a batch, each row guarded as ``write`` guards one.
+RESCHEDULE_MANY = (
+    update(Job)
+    .where(
+        Job.id == _PENDING.c.id,
+        Job.lease_token == _PENDING.c.token,
+        Job.status.in_(list(ACTIVE)),
+    )
+    .values(
+        next_action_at=_PENDING.c.due,
+        poll_count=Job.poll_count + 1,
+        invalid_responses=0,
+        lease_token=None,
+        lease_until=None,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(Job.id)
+    .execution_options(synchronize_session=False)
+)
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class DueClaim:
+    job_id: str
+    token: str
+    due_at: dt.datetime
+    status: str  # QUEUED jobs go to the submit task, RUNNING ones to the poll task
+
+
+def _takeable() -> Any:
+    """The rows a step may take: active jobs, and cancelled ones still followed upstream."""
+    return or_(
+        Job.status.in_(list(ACTIVE)),
+        and_(Job.status == JobStatus.CANCELLED, Job.upstream_followup.is_not(None)),
+    )
+
+
+class Leases:
+    def __init__(self, db: Database, lease: dt.timedelta) -> None:
+        self.db = db
+        self.lease = lease
+
+    # ------------------------------------------------------------------ the scheduler
+
+    def claim_due(
+        self, lookahead: float, limit: int, now: dt.datetime | None = None
+    ) -> list[DueClaim]:
+        """Lease active jobs due within ``lookahead`` seconds whose lease is free or expired."""
+        now = now or utcnow()
+        horizon = now + dt.timedelta(seconds=lookahead)
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(Job.id, Job.next_action_at, Job.status)
+                .where(
+                    Job.status.in_(SWEPT),
+                    Job.next_action_at <= horizon,
+                    or_(Job.lease_until.is_(None), Job.lease_until < now),
+                )
+                .order_by(Job.next_action_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            # One statement leases the whole round under one token (an UPDATE per row cost
+            # more than the rest of the round). A token only has to differ from the one any
+            # other holder of the same job has; each claim still names its job.
+            token = new_token()
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([job_id for job_id, _, _ in rows]))
+                .values(lease_token=token, lease_until=horizon + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+        return [
+            DueClaim(job_id, token, max(due_at or now, now), status)
+            for job_id, due_at, status in rows
+        ]
+
+    def next_due(self) -> dt.datetime | None:
+        """When the scheduler next has something to do for a job: the earliest next look (or,
+        while a job is leased, the lease's end: its holder may have died) or deadline. None
+        when no job is waiting."""
+        due = case(
+            (Job.lease_until > Job.next_action_at, Job.lease_until), else_=Job.next_action_at
+        )
+        with self.db.session() as session:
+            found = [
+                session.scalar(
+                    select(func.min(due)).where(
+                        Job.status.in_(SWEPT), Job.next_action_at.is_not(None)
+                    )
+                ),
+                session.scalar(select(func.min(Job.deadline_at)).where(Job.status.in_(ACTIVE))),
+            ]
+        return min((when for when in found if when is not None), default=None)
+
+    # ------------------------------------------------------------------ a worker
+
+    def take(self, job_id: str, token: str) -> Job | None:
+        """The job with a fresh lease of ours, if ``token`` still holds it; else None."""
+        fresh = new_token()
+        now = utcnow()
+        with self.db.transaction() as session:
+            # One round trip: swap the token and read the row back.
+            return session.scalars(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_token == token, _takeable())
+                .values(lease_token=fresh, lease_until=now + self.lease)
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+
+    def take_many(self, claims: list[Claim]) -> dict[str, Job]:
+        """``take`` for a batch of distinct jobs in one round trip. The batch shares one fresh
+        token: each job's only has to differ from the one every other holder of its claim has."""
+        if not claims:
+            return {}
+        fresh = new_token()
+        now = utcnow()
+        with self.db.transaction() as session:
+            jobs = session.scalars(
+                update(Job)
+                .where(tuple_(Job.id, Job.lease_token).in_(claims), _takeable())
+                .values(lease_token=fresh, lease_until=now + self.lease)
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            ).all()
+        return {job.id: job for job in jobs}
+
+    def write(
+        self, job: Job, allowed: Iterable[JobStatus], *, release: bool = False, **values: Any
+    ) -> bool:
+        """One conditional UPDATE of a job's other columns (its status is the transitions'):
+        applies only while we hold the lease and the job is in one of the ``allowed`` states."""
+        if release:
+            values.update(lease_token=None, lease_until=None)
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.lease_token == job.lease_token,
+                    Job.status.in_([s.value for s in allowed]),
+                )
+                .values(updated_at=utcnow(), **values)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def reschedule(self, job: Job, *, delay: float, **values: Any) -> bool:
+        """Give an active job's lease back, to be looked at again in ``delay`` seconds."""
+        return self.write(
+            job,
+            ACTIVE,
+            release=True,
+            next_action_at=utcnow() + dt.timedelta(seconds=delay),
+            **values,
+        )
+
+    def reschedule_pending(self, pending: list[tuple[Job, dt.datetime]]) -> list[str]:
+        """Write "still pending, next look at t" for many polled jobs, in one statement. Each
+        row is guarded as ``write`` guards one (lease token, active state). Returns the ids
+        whose write was refused (a cancel took them meanwhile)."""
+        if not pending:
+            return []
+        with self.db.transaction() as session:
+            written = set(
+                session.scalars(
+                    RESCHEDULE_MANY,
+                    {
+                        "ids": [job.id for job, _ in pending],
+                        "tokens": [job.lease_token for job, _ in pending],
+                        "dues": [due for _, due in pending],
+                        "now": utcnow(),
+                    },
+                )
+            )
+        return [job.id for job, _ in pending if job.id not in written]
+
+    def hand_back(self, job: Job, *, upstream_done: bool, **values: Any) -> Outcome:
+        """Our write was refused: if a cancel took the job, hand it to the follow-up at once.
+        The step's outcome is then LOST.
+
+        The cancel leaves the lease with the worker holding it; giving it back now (rather
+        than at its expiry, minutes away for a synchronous upstream) frees the account's slot
+        or starts the follow-up straight away. Matches nothing unless the job was cancelled.
+        """
+        if upstream_done:
+            values.update(upstream_followup=None, next_action_at=None)
+        else:
+            values.update(next_action_at=utcnow())
+        with self.db.transaction() as session:
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.lease_token == job.lease_token,
+                    Job.status == JobStatus.CANCELLED,
+                    # A cancel with nothing upstream to follow already dropped the lease.
+                    Job.upstream_followup.is_not(None),
+                )
+                .values(updated_at=utcnow(), lease_token=None, lease_until=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+        return Outcome.LOST
