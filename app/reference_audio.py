@@ -1,51 +1,32 @@
 """Checking a client's reference track before anything is charged or sent upstream.
 
-The URL comes from a stranger, so it is fetched through ssrfguard: the name is resolved, every
-address checked against its deny table (loopback, private, link-local, metadata, CGNAT,
-IPv6 transition forms…), the connection pinned to the checked address, and redirects checked
-again. The body is capped, then its header is read with mutagen: the upstreams want WAV or
+The URL comes from a stranger, so it is fetched through the SSRF guard (``app.http.guard``),
+and a redirect is an answer, not followed. The body is capped, then its header is read with mutagen: the upstreams want WAV or
 MP3 longer than 15 seconds, and a 400 now beats a FAILED job a minute later.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import tempfile
 from pathlib import Path
 
 import mutagen
 import requests
 import ssrfguard
-from ssrfguard.requests import Session as GuardedSession
 
 from app.api.errors import ApiError
+from app.http import guard
 from config import Settings
 
 MIN_SECONDS = 15.0
 MAX_SECONDS = 600.0
 ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
-PRIVATE_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7")
-)
 PARAM = "reference_audio_url"
-
-
-def guarded_session(settings: Settings) -> requests.Session:
-    """A session that refuses private targets, unless the operator allows them."""
-    if settings.allow_private_urls:
-        policy = ssrfguard.Policy(
-            allowed_networks=PRIVATE_NETWORKS, allowed_ports=frozenset(range(1, 65536))
-        )
-    else:
-        policy = ssrfguard.Policy()
-    session: requests.Session = GuardedSession(policy=policy)
-    return session
 
 
 def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
     """Raise a 400 ApiError unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
-    http = session or guarded_session(settings)
+    http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:
         try:

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import mutagen
 import requests
 
+from app.http.guard import RefusedURL
 from config.settings import S3Settings
 
 if TYPE_CHECKING:
+    from app.http.downloads import Downloads
     from config import Settings
 
 CHUNK = 64 * 1024
@@ -73,7 +75,8 @@ class AudioStorage(Protocol):
         *,
         max_bytes: int,
         timeout: tuple[float, float],
-        session: requests.Session | None = None,
+        downloads: Downloads,
+        trusted: str | None = None,
     ) -> tuple[str, AudioInfo]: ...
 
     def store(
@@ -112,12 +115,15 @@ class _Storage:
         *,
         max_bytes: int,
         timeout: tuple[float, float],
-        session: requests.Session | None = None,
+        downloads: Downloads,
+        trusted: str | None = None,
     ) -> tuple[str, AudioInfo]:
-        """Download ``url``, check it is audio, store it; returns (key, info)."""
-        http = session or requests
+        """Download ``url``, check it is audio, store it; returns (key, info).
+
+        ``trusted``: the base URL of the upstream that handed the link out (see
+        ``app.http.downloads``)."""
         try:
-            with http.get(url, stream=True, timeout=timeout) as response:
+            with downloads.get(url, timeout=timeout, trusted=trusted) as response:
                 if response.status_code >= 500 or response.status_code == 429:
                     raise AudioError(
                         f"audio download answered HTTP {response.status_code}", retryable=True
@@ -129,6 +135,8 @@ class _Storage:
                         gone=True,
                     )
                 return self.store(response.iter_content(CHUNK), key_stem, max_bytes=max_bytes)
+        except RefusedURL as exc:
+            raise AudioError(str(exc), retryable=False) from exc
         except requests.RequestException as exc:
             raise AudioError(f"audio download failed: {exc}", retryable=True) from exc
 

@@ -68,7 +68,9 @@ class Engine:
         self.upstreams = Upstreams(settings, db, adapter_factory, self.lease)
         self.policy = self.upstreams.policy
         self.leases = Leases(db, self.lease)
-        self.results = Results(settings, self.storage, self.transitions, self.leases)
+        self.results = Results(
+            settings, self.storage, self.transitions, self.leases, self.upstreams
+        )
         self.poller = Poller(settings, self.upstreams, self.leases, self.transitions, self.results)
         self.submitter = Submitter(
             settings,

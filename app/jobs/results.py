@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import secrets
 
-import requests
-import requests.adapters
-
+from app.http.downloads import Downloads
 from app.jobs.leasing import Leases
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.transitions import Finished, Transitions
-from app.providers.base import POOL_SIZE, PollResult
+from app.jobs.upstreams import Upstreams
+from app.providers.base import PollResult
 from app.storage import AudioError, AudioInfo, AudioStorage
 from config import Settings
 
@@ -26,13 +25,19 @@ log = logging.getLogger(__name__)
 
 class Results:
     def __init__(
-        self, settings: Settings, storage: AudioStorage, transitions: Transitions, leases: Leases
+        self,
+        settings: Settings,
+        storage: AudioStorage,
+        transitions: Transitions,
+        leases: Leases,
+        upstreams: Upstreams,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.transitions = transitions
         self.leases = leases
-        self._downloads: requests.Session | None = None
+        self.upstreams = upstreams
+        self._downloads: Downloads | None = None
 
     def store(self, job: Job, result: PollResult) -> tuple[str, AudioInfo]:
         # A key of its own per attempt: a slow loser cleaning up its copy can never delete
@@ -44,24 +49,23 @@ class Results:
             )
         if not result.audio_url:
             raise AudioError("the upstream reported success without audio", retryable=False)
+        account = self.upstreams.job_account(job)
         return self.storage.fetch(
             result.audio_url,
             stem,
             max_bytes=self.settings.audio_max_bytes,
             timeout=(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout),
-            session=self.downloads,
+            downloads=self.downloads,
+            # A link on the upstream's own API origin is as trusted as that API.
+            trusted=account.base_url if account else None,
         )
 
     @property
-    def downloads(self) -> requests.Session:
-        """One pooled session for audio downloads, per process: a fresh connection (and a fresh
-        session, as ``requests.get`` makes) per finished job cost more than the download."""
+    def downloads(self) -> Downloads:
+        """One pooled client for audio downloads, per process: a fresh connection per finished
+        job cost more than the download."""
         if self._downloads is None:
-            session = requests.Session()
-            pooled = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
-            session.mount("http://", pooled)
-            session.mount("https://", pooled)
-            self._downloads = session
+            self._downloads = Downloads(self.settings)
         return self._downloads
 
     def succeed(self, done: Finished) -> Outcome:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import requests
-
+from app.http.fanout import Get
+from app.http.sessions import Answer
 from app.providers.base import (
     GenerationRequest,
     HTTPAdapter,
@@ -19,7 +19,6 @@ from app.providers.base import (
     ProviderError,
     Submission,
 )
-from app.providers.fanout import Get
 
 PATH = "/v2/generate/audio"
 
@@ -58,7 +57,7 @@ class AimlapiAdapter(HTTPAdapter):
     def status_call(self, generation_id: str) -> Get:
         return Get(PATH, {"generation_id": generation_id})
 
-    def parse_poll(self, response: requests.Response) -> PollResult:
+    def parse_poll(self, response: Answer) -> PollResult:
         return self.parse_status(self.json_body(response))
 
     @staticmethod
@@ -113,7 +112,7 @@ class AimlapiAdapter(HTTPAdapter):
             )
         return PollResult(PollState.PENDING, raw)
 
-    def http_error(self, response: requests.Response) -> ProviderError:
+    def http_error(self, response: Answer) -> ProviderError:
         error = super().http_error(response)
         if response.status_code == 403:
             # AIMLAPI answers 403 "You've run out of credits": an account problem, not ours.

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import abc
-import email.utils
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import requests
-import requests.adapters
 from requests.utils import select_proxy
 
-from app.providers.fanout import FanOut, Get, TransportError
-
-USER_AGENT = "Chorus/0.1 (+music-generation gateway)"
-POOL_SIZE = 128
+from app.http.fanout import FanOut, Get, TransportError
+from app.http.retry_after import parse_retry_after
+from app.http.sessions import POOL_SIZE, USER_AGENT, Answer, pooled_session
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,7 @@ class HTTPAdapter(Adapter):
         """The GET that asks the upstream about a generation; None where there is none."""
         return None
 
-    def parse_poll(self, response: requests.Response) -> PollResult:
+    def parse_poll(self, response: Answer) -> PollResult:
         """What a successful status answer says."""
         raise NotImplementedError
 
@@ -238,7 +234,7 @@ class HTTPAdapter(Adapter):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.account.api_key}"} if self.account.api_key else {}
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         """Send one request; transport faults become ProviderError, HTTP errors are checked."""
         url = self.account.base_url.rstrip("/") + path
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
@@ -268,11 +264,12 @@ class HTTPAdapter(Adapter):
             ) from exc
         except requests.RequestException as exc:
             raise ProviderError("upstream_unavailable", str(exc), retryable=True) from exc
-        if response.status_code >= 400:
-            raise self.http_error(response)
-        return response
+        answer = Answer.of(response)
+        if answer.status_code >= 400:
+            raise self.http_error(answer)
+        return answer
 
-    def http_error(self, response: requests.Response) -> ProviderError:
+    def http_error(self, response: Answer) -> ProviderError:
         """Map an HTTP error status; adapters override to read their own error bodies."""
         status = response.status_code
         detail = _snippet(response)
@@ -295,7 +292,7 @@ class HTTPAdapter(Adapter):
                 "upstream_unavailable",
                 f"HTTP {status}: {detail}",
                 retryable=True,
-                maybe_created=status == 504 and response.request.method == "POST",
+                maybe_created=status == 504 and response.method == "POST",
                 retry_after=retry_after,
                 status_code=status,
             )
@@ -303,7 +300,7 @@ class HTTPAdapter(Adapter):
             "invalid_request", f"HTTP {status}: {detail}", retryable=False, status_code=status
         )
 
-    def submit_body(self, response: requests.Response) -> dict[str, Any]:
+    def submit_body(self, response: Answer) -> dict[str, Any]:
         """The JSON object of a successful submit.
 
         A 2xx we cannot read may still have created (and billed) a job upstream: that is
@@ -321,7 +318,7 @@ class HTTPAdapter(Adapter):
             ) from exc
 
     @staticmethod
-    def json_body(response: requests.Response) -> dict[str, Any]:
+    def json_body(response: Answer) -> dict[str, Any]:
         """The response's JSON object, or a retryable ``upstream_invalid_response``."""
         try:
             body = response.json()
@@ -347,43 +344,7 @@ def _transport_error(fault: TransportError, read_timeout: float) -> ProviderErro
     return ProviderError("upstream_unavailable", str(fault), retryable=True)
 
 
-def pooled_session(base_url: str) -> requests.Session:
-    """A session that keeps its connections, shared by the worker's threads.
-
-    requests otherwise looks at the environment (proxy variables, the CA bundle, ~/.netrc) on
-    every call, a third of the client's CPU per status call. It is asked once here, for the
-    address the session will call, and the answer is kept; ~/.netrc is left out (the adapter
-    sends its own credentials).
-    """
-    session = requests.Session()
-    # Many worker threads share one adapter per account; without a larger pool they would
-    # open and discard a connection per call.
-    pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-    session.mount("http://", pooled)
-    session.mount("https://", pooled)
-    found = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies.update(found.get("proxies") or {})
-    session.verify = found.get("verify", True)
-    session.trust_env = False
-    return session
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _snippet(response: requests.Response, limit: int = 300) -> str:
+def _snippet(response: Answer, limit: int = 300) -> str:
     text = response.text or ""
     return text[:limit] + ("…" if len(text) > limit else "")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import requests
-
+from app.http.retry_after import parse_retry_after
+from app.http.sessions import Answer
 from app.providers.base import (
     GenerationRequest,
     HTTPAdapter,
@@ -19,7 +19,6 @@ from app.providers.base import (
     PollState,
     ProviderError,
     Submission,
-    parse_retry_after,
 )
 
 PATH = "/v1/music_generation"
@@ -103,7 +102,7 @@ class MinimaxAdapter(HTTPAdapter):
         return body
 
     @staticmethod
-    def check_base_resp(body: dict[str, Any], response: requests.Response) -> None:
+    def check_base_resp(body: dict[str, Any], response: Answer) -> None:
         """Raise the mapped ProviderError when ``base_resp.status_code`` is not 0."""
         base_resp = body.get("base_resp")
         if not isinstance(base_resp, dict):
@@ -180,7 +179,7 @@ class MinimaxAdapter(HTTPAdapter):
             ),
         )
 
-    def http_error(self, response: requests.Response) -> ProviderError:
+    def http_error(self, response: Answer) -> ProviderError:
         error = super().http_error(response)
         status = response.status_code
         body = _json_or_none(response)
@@ -222,7 +221,7 @@ def _is_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
-def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
+def _json_or_none(response: Answer) -> dict[str, Any] | None:
     try:
         body = response.json()
     except ValueError:

@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import requests
-
+from app.http.fanout import Get
+from app.http.sessions import Answer
 from app.providers.base import (
     GenerationRequest,
     HTTPAdapter,
@@ -29,7 +29,6 @@ from app.providers.base import (
     ProviderError,
     Submission,
 )
-from app.providers.fanout import Get
 
 CREATE_PATH = "/v1/minimax/music/create"
 MUSIC_PATH = "/v1/minimax/music/"
@@ -69,7 +68,7 @@ class UseapiAdapter(HTTPAdapter):
         # musicId looks like user:<id>-minimax:<account>-music:<id>: encode every ':' and '/'.
         return Get(MUSIC_PATH + quote(generation_id, safe=""))
 
-    def parse_poll(self, response: requests.Response) -> PollResult:
+    def parse_poll(self, response: Answer) -> PollResult:
         return self.parse_status(self.json_body(response))
 
     def cancel(self, generation_id: str) -> None:
@@ -124,7 +123,7 @@ class UseapiAdapter(HTTPAdapter):
             )
         return PollResult(PollState.PENDING, raw)
 
-    def http_error(self, response: requests.Response) -> ProviderError:
+    def http_error(self, response: Answer) -> ProviderError:
         error = super().http_error(response)
         status = response.status_code
         # useapi's {error, code} words when that is what came, else the base's snippet.
@@ -136,13 +135,13 @@ class UseapiAdapter(HTTPAdapter):
             error.message = f"useapi moderated the prompt: {error.message}"
         elif status == 429:
             error.message = f"the upstream account's one slot is busy: {error.message}"
-        elif status == 404 and response.request.method == "GET":
+        elif status == 404 and response.method == "GET":
             error.code = "upstream_failed"
             error.message = f"the upstream no longer knows this song: {error.message}"
         return error
 
 
-def _error_text(response: requests.Response) -> str:
+def _error_text(response: Answer) -> str:
     """``error`` (and ``code``) of useapi's ``{error, code}`` bodies, if that is what came."""
     try:
         body = response.json()

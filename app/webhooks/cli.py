@@ -49,7 +49,8 @@ def endpoint() -> None:
 def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url: str) -> None:
     """Set the endpoint to URL (checked as the API checks it); enables it again if disabled."""
     from app.db import Database
-    from app.webhooks import outbox, signing, urls
+    from app.http import guard
+    from app.webhooks import outbox, signing
     from app.webhooks.models import WebhookEndpoint
 
     settings = _settings(ctx)
@@ -59,8 +60,8 @@ def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url
             f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(outbox.EVENT_TYPES)}"
         )
     try:
-        urls.check(url, settings)
-    except urls.RefusedURL as exc:
+        guard.check(url, settings)
+    except guard.RefusedURL as exc:
         raise click.ClickException(f"refused: {exc}") from exc
     with Database(settings).transaction() as session:
         org_id = _org_id(session, org_name)

@@ -12,7 +12,6 @@ again with the same ``webhook-id``, which is what at-least-once means.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import logging
 import threading
@@ -28,8 +27,10 @@ from sqlalchemy import insert, select, update
 
 from app.db import Database, database_url, utcnow
 from app.doorbell import doorbell
+from app.http import guard
+from app.http.retry_after import parse_retry_after
 from app.jobs.models import Job
-from app.webhooks import outbox, signing, urls
+from app.webhooks import outbox, signing
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from config import Settings
 
@@ -206,7 +207,7 @@ class Dispatcher:
     def http(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = urls.session(self.settings, self.resolver)
+            session = self._local.session = guard.session(self.settings, self.resolver)
         return session
 
     def send(self, url: str, headers: dict[str, str], body: str) -> Outcome:
@@ -238,7 +239,7 @@ class Dispatcher:
                     error = f"redirect to {target!r} not followed (update the URL instead)"
                 elif not 200 <= code < 300:
                     error = f"HTTP {code}"
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return Outcome(code, elapsed(), error, retry_after if code >= 429 else None)
         except ssrfguard.SSRFGuardError as exc:
             return Outcome(None, elapsed(), f"address refused: {exc}"[:ERROR_LIMIT])
@@ -343,22 +344,6 @@ class Dispatcher:
                 synchronize_session=False
             )
         )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - utcnow()).total_seconds())
 
 
 def _reason(exc: Exception) -> str:

@@ -1,109 +1,21 @@
-"""Callback URLs come from strangers: keep them away from Chorus's own network.
+"""Callback URLs in the API: the SSRF policy's refusal (``app.http.guard``) as a 400.
 
-ssrfguard checks the URL as written (scheme, credentials, port, literal addresses in every
-spelling: decimal, hex, octal, IPv4-mapped and -compatible IPv6, NAT64…), resolves the name
-once, refuses it if any answer is loopback, private, link-local, CGNAT, multicast, reserved or
-a metadata address, and connects to the address it checked, so DNS cannot change its answer
-between the check and the connection. It is done when a job or endpoint names the URL, and
-again on every attempt (the DNS answer may have changed since). Redirects are never followed.
-
-``ALLOW_PRIVATE_URLS=true`` (on-premise and local use) lets the private ranges and any port
-through; link-local and metadata addresses stay refused even then.
+A URL is checked when a job or endpoint names it, and again on every delivery attempt (the DNS
+answer may have changed since). Redirects are never followed.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-from collections.abc import Iterable
-
-import requests
-import ssrfguard
-from ssrfguard.requests import Session as GuardedSession
-
 from app.api.errors import ApiError
-from app.reference_audio import PRIVATE_NETWORKS
+from app.http import guard
 from config import Settings
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-MAX_URL_LENGTH = 2048
-# Cloud metadata services that sit inside a private range; they stay out of reach even when
-# private targets are allowed (ssrfguard's allow list beats its deny table, so they are cut
-# out of the allowed ranges instead).
-METADATA = (ipaddress.ip_network("fd00:ec2::254/128"),)
-
-
-def _without_metadata(networks: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    kept: list[IPNetwork] = []
-    for network in networks:
-        parts = [network]
-        for hole in METADATA:
-            parts = [
-                piece
-                for part in parts
-                for piece in (
-                    part.address_exclude(hole)  # type: ignore[arg-type]
-                    if hole.version == part.version and hole.subnet_of(part)  # type: ignore[arg-type]
-                    else [part]
-                )
-            ]
-        kept.extend(parts)
-    return tuple(kept)
-
-
-ALLOWED_PRIVATE = _without_metadata(PRIVATE_NETWORKS)
-
-
-def policy(settings: Settings) -> ssrfguard.Policy:
-    if settings.allow_private_urls:
-        return ssrfguard.Policy(
-            allowed_networks=ALLOWED_PRIVATE,
-            allowed_ports=frozenset(range(1, 65536)),
-            max_url_length=MAX_URL_LENGTH,
-        )
-    return ssrfguard.Policy(max_url_length=MAX_URL_LENGTH)
-
-
-class RefusedURL(ValueError):
-    """A callback URL Chorus will not call; the message says why, for the client."""
-
-
-def check(url: str, settings: Settings, resolver: ssrfguard.Resolver | None = None) -> None:
-    """Raise RefusedURL unless ``url`` is a webhook target Chorus may call now."""
-    if len(url) > MAX_URL_LENGTH:
-        raise RefusedURL(f"it is longer than {MAX_URL_LENGTH} characters")
-    if not url.isascii():
-        # An internationalised host can imitate another; ask for its punycode form.
-        raise RefusedURL("it must be ASCII (write an internationalised host in punycode)")
-    guard = policy(settings)
-    try:
-        target = guard.check_url(url)
-        ssrfguard.resolve(target, policy=guard, resolver=resolver)
-    except ssrfguard.BlockedAddressError as exc:
-        raise RefusedURL(f"it points to an address Chorus does not call ({exc.reason})") from exc
-    except ssrfguard.SSRFGuardError as exc:
-        raise RefusedURL(f"it is not allowed ({getattr(exc, 'reason', exc)})") from exc
-    except (OSError, UnicodeError, ValueError) as exc:
-        # Fail closed: a name that does not resolve now cannot be checked now.
-        if isinstance(exc, socket.gaierror):
-            raise RefusedURL("its host name does not resolve") from exc
-        raise RefusedURL(f"it is not a valid URL ({exc})") from exc
 
 
 def check_param(url: str, settings: Settings, param: str) -> None:
-    """``check`` for an API request: a 400 naming ``param``."""
+    """``guard.check`` for an API request: a 400 naming ``param``."""
     try:
-        check(url, settings)
-    except RefusedURL as exc:
+        guard.check(url, settings)
+    except guard.RefusedURL as exc:
         raise ApiError(
             400, f"Invalid value for '{param}': {exc}.", param=param, code="invalid_callback_url"
         ) from exc
-
-
-def session(settings: Settings, resolver: ssrfguard.Resolver | None = None) -> requests.Session:
-    """An HTTP session that connects only to addresses the policy allows."""
-    guarded: requests.Session = GuardedSession(policy=policy(settings), resolver=resolver)
-    # Proxy variables would hand resolution to the proxy, out of the guard's reach.
-    guarded.trust_env = False
-    return guarded

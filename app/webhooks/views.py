@@ -15,6 +15,7 @@ from app.api.auth import require_key
 from app.api.errors import ApiError
 from app.db import utcnow
 from app.extensions import chorus
+from app.http import guard
 from app.jobs import service
 from app.jobs.schemas import OpenAIErrorSchema
 from app.webhooks import examples, outbox, signing, urls
@@ -60,7 +61,7 @@ class EndpointArgs(Schema):
     url = fields.Url(
         schemes={"http", "https"},
         required=True,
-        validate=validate.Length(max=urls.MAX_URL_LENGTH),
+        validate=validate.Length(max=guard.MAX_URL_LENGTH),
         error_messages={"required": "Missing required parameter: url"},
     )
     events = fields.List(

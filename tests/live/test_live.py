@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from app.http.downloads import Downloads
 from app.providers import get_adapter
 from app.providers.base import (
     AccountConfig,
@@ -27,6 +28,7 @@ from app.providers.base import (
     PollState,
 )
 from app.storage import AudioInfo, LocalStorage
+from config import load_settings
 
 LIVE_TIMEOUT = float(os.environ.get("LIVE_TIMEOUT", "600"))
 POLL_EVERY = 10.0
@@ -91,7 +93,11 @@ def assert_real_audio(result: PollResult, tmp_path: Path) -> AudioInfo:
     else:
         assert result.audio_url, result
         key, info = storage.fetch(
-            result.audio_url, "live", max_bytes=100_000_000, timeout=(10.0, 120.0)
+            result.audio_url,
+            "live",
+            max_bytes=100_000_000,
+            timeout=(10.0, 120.0),
+            downloads=Downloads(load_settings({})),
         )
     assert storage.exists(key)
     assert info.format in {"mp3", "wav", "flac", "m4a", "ogg"}, info

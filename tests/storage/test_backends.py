@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.http.downloads import Downloads
 from app.storage import (
     AudioError,
     AudioStorage,
@@ -124,7 +125,12 @@ def test_delete_many(backend: AudioStorage) -> None:
 
 def test_fetch_over_http(server: Server, backend: AudioStorage) -> None:
     key, info = backend.fetch(
-        f"{server.url}/streamed.wav", "fetched", max_bytes=MAX, timeout=TIMEOUT
+        f"{server.url}/streamed.wav",
+        "fetched",
+        max_bytes=MAX,
+        timeout=TIMEOUT,
+        downloads=Downloads(load_settings({})),
+        trusted=server.url,
     )
     assert (key, info.size) == ("fetched.wav", len(BIG_WAV))
     assert b"".join(backend.stream(key)) == BIG_WAV
@@ -139,7 +145,14 @@ def test_nothing_is_kept_unless_it_is_audio_within_the_cap(
     server: Server, backend: AudioStorage, path: str, max_bytes: int, message: str
 ) -> None:
     with pytest.raises(AudioError, match=message) as info:
-        backend.fetch(server.url + path, "bad", max_bytes=max_bytes, timeout=TIMEOUT)
+        backend.fetch(
+            server.url + path,
+            "bad",
+            max_bytes=max_bytes,
+            timeout=TIMEOUT,
+            downloads=Downloads(load_settings({})),
+            trusted=server.url,
+        )
     assert info.value.retryable is False
     assert stored(backend) == []
     assert spool_leftovers(backend) == []

@@ -26,7 +26,6 @@ from app.providers.base import (
     PollState,
     ProviderError,
     Submission,
-    parse_retry_after,
 )
 from tests.unit.adapter_contract import AdapterContract, RecordingSession
 
@@ -482,29 +481,6 @@ def test_long_error_bodies_are_cut(rsps: responses.RequestsMock, adapter: Aimlap
     error = error_of(lambda: adapter.poll("gen-1"))
     assert len(error.message) < 400
     assert error.message.endswith("…")
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("7", 7.0),
-        ("0", 0.0),
-        ("1.5", 1.5),
-        ("-3", 0.0),
-        ("", None),
-        (None, None),
-        ("soon", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value) == expected
-
-
-def test_parse_retry_after_future_date() -> None:
-    value = email.utils.formatdate(time.time() + 120, usegmt=True)
-    seconds = parse_retry_after(value)
-    assert seconds is not None and 117 <= seconds <= 121
 
 
 # ------------------------------------------------------------------ garbage answers

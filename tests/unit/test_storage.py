@@ -15,7 +15,9 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from app.http.downloads import Downloads
 from app.storage import AudioError, AudioInfo, LocalStorage, inspect
+from config.settings import load_settings
 
 TIMEOUT = (2.0, 5.0)
 MAX = 10 * 1024 * 1024
@@ -85,6 +87,12 @@ def server() -> Iterator[Server]:
     srv.thread.join(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def downloads() -> Downloads:
+    # The test server is on loopback; what the guard refuses is tests/unit/test_http.py's.
+    return Downloads(load_settings({"ALLOW_PRIVATE_URLS": "true"}))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "audio"
@@ -100,8 +108,13 @@ def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
-def fetch_error(storage: LocalStorage, url: str, **kwargs: Any) -> AudioError:
-    options: dict[str, Any] = {"max_bytes": MAX, "timeout": TIMEOUT, **kwargs}
+def fetch_error(storage: LocalStorage, downloads: Downloads, url: str, **kwargs: Any) -> AudioError:
+    options: dict[str, Any] = {
+        "max_bytes": MAX,
+        "timeout": TIMEOUT,
+        "downloads": downloads,
+        **kwargs,
+    }
     with pytest.raises(AudioError) as info:
         storage.fetch(url, "job-1", **options)
     return info.value
@@ -110,8 +123,12 @@ def fetch_error(storage: LocalStorage, url: str, **kwargs: Any) -> AudioError:
 # ------------------------------------------------------------------ success
 
 
-def test_fetch_a_wav(server: Server, storage: LocalStorage, root: Path) -> None:
-    key, info = storage.fetch(f"{server.url}/song.wav", "01JOB", max_bytes=MAX, timeout=TIMEOUT)
+def test_fetch_a_wav(
+    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+) -> None:
+    key, info = storage.fetch(
+        f"{server.url}/song.wav", "01JOB", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+    )
 
     assert key == "01JOB.wav"
     assert info.format == "wav"
@@ -126,37 +143,34 @@ def test_fetch_a_wav(server: Server, storage: LocalStorage, root: Path) -> None:
     assert storage.path(key) == (root / key).resolve()
 
 
-def test_fetch_through_a_redirect(server: Server, storage: LocalStorage, root: Path) -> None:
-    key, info = storage.fetch(f"{server.url}/redirect", "j2", max_bytes=MAX, timeout=TIMEOUT)
+def test_fetch_through_a_redirect(
+    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+) -> None:
+    key, info = storage.fetch(
+        f"{server.url}/redirect", "j2", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+    )
     assert key == "j2.wav" and info.size == len(WAV)
     assert leftovers(root) == ["j2.wav"]
 
 
-def test_fetch_with_a_session(server: Server, storage: LocalStorage) -> None:
-    calls: list[dict[str, Any]] = []
-
-    class Spy(requests.Session):
-        def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
-            calls.append(kwargs)
-            return super().get(url, **kwargs)
-
-    with Spy() as session:
-        storage.fetch(
-            f"{server.url}/song.wav", "j3", max_bytes=MAX, timeout=(1.0, 9.0), session=session
-        )
-    assert calls == [{"stream": True, "timeout": (1.0, 9.0)}]
-
-
-def test_a_body_of_exactly_max_bytes_is_accepted(server: Server, storage: LocalStorage) -> None:
-    _, info = storage.fetch(f"{server.url}/song.wav", "j4", max_bytes=len(WAV), timeout=TIMEOUT)
+def test_a_body_of_exactly_max_bytes_is_accepted(
+    server: Server, storage: LocalStorage, downloads: Downloads
+) -> None:
+    _, info = storage.fetch(
+        f"{server.url}/song.wav", "j4", max_bytes=len(WAV), timeout=TIMEOUT, downloads=downloads
+    )
     assert info.size == len(WAV)
 
 
 def test_fetching_again_replaces_the_file(
-    server: Server, storage: LocalStorage, root: Path
+    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
 ) -> None:
-    storage.fetch(f"{server.url}/song.wav", "same", max_bytes=MAX, timeout=TIMEOUT)
-    storage.fetch(f"{server.url}/big.wav", "same", max_bytes=MAX, timeout=TIMEOUT)
+    storage.fetch(
+        f"{server.url}/song.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+    )
+    storage.fetch(
+        f"{server.url}/big.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+    )
     assert leftovers(root) == ["same.wav"]
     assert (root / "same.wav").read_bytes() == BIG_WAV
 
@@ -181,8 +195,10 @@ def test_inspect_reads_the_header(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ not audio, too big
 
 
-def test_a_body_that_is_not_audio(server: Server, storage: LocalStorage, root: Path) -> None:
-    error = fetch_error(storage, f"{server.url}/page.html")
+def test_a_body_that_is_not_audio(
+    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+) -> None:
+    error = fetch_error(storage, downloads, f"{server.url}/page.html")
     assert error.retryable is False
     assert "not audio" in str(error)
     assert leftovers(root) == []
@@ -198,9 +214,9 @@ def test_stored_bytes_that_are_not_audio(storage: LocalStorage, root: Path, data
 
 @pytest.mark.parametrize("path", ["/big.wav", "/streamed.wav"])
 def test_a_body_over_max_bytes(
-    server: Server, storage: LocalStorage, root: Path, path: str
+    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, server.url + path, max_bytes=len(BIG_WAV) - 1)
+    error = fetch_error(storage, downloads, server.url + path, max_bytes=len(BIG_WAV) - 1)
     assert error.retryable is False
     assert str(len(BIG_WAV) - 1) in str(error)
     assert leftovers(root) == []
@@ -217,9 +233,9 @@ def test_stored_bytes_over_max_bytes(storage: LocalStorage, root: Path) -> None:
 
 @pytest.mark.parametrize("path", ["/503", "/502", "/429"])
 def test_server_trouble_is_retryable(
-    server: Server, storage: LocalStorage, root: Path, path: str
+    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, server.url + path)
+    error = fetch_error(storage, downloads, server.url + path)
     assert error.retryable is True
     assert path.strip("/") in str(error)
     assert leftovers(root) == []
@@ -227,30 +243,36 @@ def test_server_trouble_is_retryable(
 
 @pytest.mark.parametrize("path", ["/404", "/403"])
 def test_client_errors_are_not_retryable(
-    server: Server, storage: LocalStorage, root: Path, path: str
+    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, server.url + path)
+    error = fetch_error(storage, downloads, server.url + path)
     assert error.retryable is False
     assert path.strip("/") in str(error)
     assert leftovers(root) == []
 
 
-def test_connection_refused_is_retryable(storage: LocalStorage, root: Path) -> None:
+def test_connection_refused_is_retryable(
+    storage: LocalStorage, root: Path, downloads: Downloads
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    error = fetch_error(storage, f"http://127.0.0.1:{port}/song.wav")
+    error = fetch_error(storage, downloads, f"http://127.0.0.1:{port}/song.wav")
     assert error.retryable is True
     assert isinstance(error.__cause__, requests.ConnectionError)
     assert leftovers(root) == []
 
 
-def test_a_silent_server_times_out_retryably(storage: LocalStorage, root: Path) -> None:
+def test_a_silent_server_times_out_retryably(
+    storage: LocalStorage, root: Path, downloads: Downloads
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(4)
         port = sock.getsockname()[1]
-        error = fetch_error(storage, f"http://127.0.0.1:{port}/x.wav", timeout=(1.0, 0.3))
+        error = fetch_error(
+            storage, downloads, f"http://127.0.0.1:{port}/x.wav", timeout=(1.0, 0.3)
+        )
     assert error.retryable is True
     assert leftovers(root) == []
 

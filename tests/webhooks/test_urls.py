@@ -9,7 +9,7 @@ import pytest
 import ssrfguard
 
 from app.db import Database
-from app.webhooks import urls
+from app.http import guard
 from app.webhooks.delivery import Dispatcher
 from config import Settings
 from tests.conftest import GOOD_BODY, auth
@@ -60,26 +60,26 @@ def no_such_name(host: str, *_: Any) -> list[Any]:
 
 @pytest.mark.parametrize("url", REFUSED)
 def test_the_guard_refuses_it(url: str, settings: Settings) -> None:
-    with pytest.raises(urls.RefusedURL):
-        urls.check(url, settings)
+    with pytest.raises(guard.RefusedURL):
+        guard.check(url, settings)
 
 
 def test_a_name_whose_address_is_private_is_refused(settings: Settings) -> None:
-    with pytest.raises(urls.RefusedURL, match="address"):
-        urls.check("https://hooks.example.com/x", settings, resolver=private_a_record)
+    with pytest.raises(guard.RefusedURL, match="address"):
+        guard.check("https://hooks.example.com/x", settings, resolver=private_a_record)
 
 
 def test_a_name_that_does_not_resolve_is_refused(settings: Settings) -> None:
     # Fail closed: what cannot be checked is not accepted.
-    with pytest.raises(urls.RefusedURL, match="does not resolve"):
-        urls.check("https://hooks.example.com/x", settings, resolver=no_such_name)
+    with pytest.raises(guard.RefusedURL, match="does not resolve"):
+        guard.check("https://hooks.example.com/x", settings, resolver=no_such_name)
 
 
 def test_a_public_name_is_accepted(settings: Settings) -> None:
     def public(host: str, port: int, *_: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
 
-    urls.check("https://hooks.example.com/x", settings, resolver=public)
+    guard.check("https://hooks.example.com/x", settings, resolver=public)
 
 
 @pytest.mark.parametrize("url", REFUSED)
@@ -114,7 +114,7 @@ def test_rebinding_after_the_check_is_caught_at_send(settings: Settings, db: Dat
     def flipping(host: str, port: int, *_: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
 
-    urls.check(
+    guard.check(
         "http://rebind.example.com/hook", settings, resolver=flipping
     )  # first answer: public
     outcome = Dispatcher(settings, db, resolver=flipping).send(
@@ -126,13 +126,13 @@ def test_rebinding_after_the_check_is_caught_at_send(settings: Settings, db: Dat
 
 @pytest.mark.env(ALLOW_PRIVATE_URLS="true")
 def test_allowing_private_targets_still_refuses_metadata(settings: Settings) -> None:
-    urls.check("http://127.0.0.1:8080/hook", settings)
-    urls.check("http://10.0.0.5/hook", settings)
+    guard.check("http://127.0.0.1:8080/hook", settings)
+    guard.check("http://10.0.0.5/hook", settings)
     for url in ("http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/"):
-        with pytest.raises(urls.RefusedURL):
-            urls.check(url, settings)
+        with pytest.raises(guard.RefusedURL):
+            guard.check(url, settings)
 
 
 def test_the_default_policy_is_ssrfguards_full_table(settings: Settings) -> None:
-    assert urls.policy(settings).allowed_networks == ()
-    assert urls.policy(settings).denied_networks is ssrfguard.DEFAULT_DENIED
+    assert guard.policy(settings).allowed_networks == ()
+    assert guard.policy(settings).denied_networks is ssrfguard.DEFAULT_DENIED

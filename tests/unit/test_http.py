@@ -1,0 +1,301 @@
+"""The outbound HTTP layer (``app.http``) over real sockets.
+
+One SSRF policy for every URL that came from outside (webhook callbacks and endpoints,
+reference audio, the upstreams' audio links), one ``Retry-After`` reader for upstreams and
+webhook receivers alike, and connections kept between calls. The servers are pytest-httpserver
+on loopback; a second one stands for a service inside Chorus's network, and its empty log is
+the proof that nothing reached it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Response
+
+from app import reference_audio
+from app.api.errors import ApiError
+from app.db import Database
+from app.http import guard
+from app.http.downloads import MAX_HOPS, Downloads
+from app.http.retry_after import MAX_SECONDS, parse_retry_after
+from app.providers.aimlapi import AimlapiAdapter
+from app.providers.base import AccountConfig, ProviderError
+from app.sim.audio import wav_bytes
+from app.storage import AudioError, LocalStorage
+from app.webhooks.delivery import Dispatcher
+from config import Settings
+from tests.conftest import auth
+from tests.unit.keepalive import keepalive_server, url_of
+
+METADATA_V4 = "http://169.254.169.254/latest/meta-data/"
+METADATA_V6 = "http://[fd00:ec2::254]/latest/meta-data/"
+WAV = wav_bytes(8000, 8000)
+TIMEOUT = (2.0, 5.0)
+ALLOW_PRIVATE = pytest.mark.env(ALLOW_PRIVATE_URLS="true")
+
+
+def started() -> HTTPServer:
+    # Threaded, so werkzeug speaks HTTP/1.1 and keeps connections open between requests.
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def upstream() -> Iterator[HTTPServer]:
+    server = started()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def inside() -> Iterator[HTTPServer]:
+    """A service on Chorus's own network that no outside URL may reach."""
+    server = started()
+    server.expect_request("/secret").respond_with_data("the keys")
+    yield server
+    server.stop()
+
+
+def url(server: HTTPServer, path: str = "") -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+def redirect(server: HTTPServer, path: str, location: str) -> None:
+    server.expect_request(path).respond_with_response(
+        Response(status=302, headers={"Location": location})
+    )
+
+
+def fetch(
+    settings: Settings, tmp_path: Path, link: str, trusted: str | None = None
+) -> tuple[str, Any]:
+    storage = LocalStorage(tmp_path / "audio")
+    return storage.fetch(
+        link,
+        "job",
+        max_bytes=1 << 20,
+        timeout=TIMEOUT,
+        downloads=Downloads(settings),
+        trusted=trusted,
+    )
+
+
+def fetch_error(settings: Settings, tmp_path: Path, link: str, trusted: str | None) -> AudioError:
+    with pytest.raises(AudioError) as info:
+        fetch(settings, tmp_path, link, trusted)
+    return info.value
+
+
+# ------------------------------------------------------------------ upstream audio links
+
+
+def test_a_link_on_the_upstreams_own_origin_is_fetched_through_its_redirects(
+    settings: Settings, tmp_path: Path, upstream: HTTPServer
+) -> None:
+    # The operator's catalog names this origin, loopback or not (the simulator's case).
+    redirect(upstream, "/files/a", "/files/b")
+    redirect(upstream, "/files/b", url(upstream, "/song.wav"))
+    upstream.expect_request("/song.wav").respond_with_data(WAV, content_type="audio/wav")
+    key, info = fetch(settings, tmp_path, url(upstream, "/files/a"), trusted=url(upstream, "/v2"))
+    assert key == "job.wav" and info.size == len(WAV)
+
+
+def test_a_link_elsewhere_to_a_private_address_is_refused(
+    settings: Settings, tmp_path: Path, inside: HTTPServer
+) -> None:
+    error = fetch_error(settings, tmp_path, url(inside, "/secret"), "https://api.example.com")
+    assert not error.retryable and "refused" in str(error)
+    assert inside.log == []
+
+
+@pytest.mark.parametrize("target", ["inside", "http://10.0.0.5/x", METADATA_V4, METADATA_V6])
+def test_a_redirect_from_the_upstream_to_a_private_address_is_refused(
+    settings: Settings, tmp_path: Path, upstream: HTTPServer, inside: HTTPServer, target: str
+) -> None:
+    redirect(upstream, "/song.wav", url(inside, "/secret") if target == "inside" else target)
+    error = fetch_error(settings, tmp_path, url(upstream, "/song.wav"), url(upstream))
+    assert not error.retryable and "refused" in str(error)
+    assert inside.log == []
+
+
+@ALLOW_PRIVATE
+@pytest.mark.parametrize("target", [METADATA_V4, METADATA_V6])
+def test_with_private_urls_allowed_a_redirect_to_metadata_is_still_refused(
+    settings: Settings, tmp_path: Path, upstream: HTTPServer, target: str
+) -> None:
+    redirect(upstream, "/song.wav", target)
+    error = fetch_error(settings, tmp_path, url(upstream, "/song.wav"), None)
+    assert not error.retryable and "refused" in str(error)
+    assert len(upstream.log) == 1
+
+
+def test_a_redirect_loop_ends(settings: Settings, tmp_path: Path, upstream: HTTPServer) -> None:
+    redirect(upstream, "/loop", "/loop")
+    error = fetch_error(settings, tmp_path, url(upstream, "/loop"), url(upstream))
+    assert error.retryable and "redirects" in str(error)
+    assert len(upstream.log) == MAX_HOPS + 1
+
+
+# ------------------------------------------------------------------ callbacks, endpoints, reference audio
+
+
+@ALLOW_PRIVATE
+def test_the_ipv6_metadata_address_is_refused_everywhere_even_with_private_urls_allowed(
+    settings: Settings, db: Database, tmp_path: Path, client: Any, api_key: str
+) -> None:
+    # Inside fc00::/7, which ALLOW_PRIVATE_URLS opens; cut out of it for every kind of URL.
+    with pytest.raises(guard.RefusedURL):
+        guard.check(METADATA_V6, settings)
+    endpoint = client.put("/v1/webhooks/endpoint", json={"url": METADATA_V6}, headers=auth(api_key))
+    assert endpoint.status_code == 400 and endpoint.json["error"]["param"] == "url"
+    outcome = Dispatcher(settings, db).send(METADATA_V6, {}, "{}")
+    assert outcome.status_code is None and (outcome.error or "").startswith("address refused")
+    with pytest.raises(ApiError, match="not allowed"):
+        reference_audio.check(METADATA_V6, settings)
+    error = fetch_error(settings, tmp_path, METADATA_V6, None)
+    assert not error.retryable and "refused" in str(error)
+
+
+@ALLOW_PRIVATE
+def test_a_callback_that_redirects_is_not_followed(
+    settings: Settings, db: Database, upstream: HTTPServer, inside: HTTPServer
+) -> None:
+    redirect(upstream, "/hook", url(inside, "/secret"))
+    outcome = Dispatcher(settings, db).send(url(upstream, "/hook"), {}, "{}")
+    assert outcome.status_code == 302 and "not followed" in (outcome.error or "")
+    assert inside.log == []
+
+
+@ALLOW_PRIVATE
+def test_a_reference_track_behind_a_redirect_is_refused_unfollowed(
+    settings: Settings, upstream: HTTPServer, inside: HTTPServer
+) -> None:
+    redirect(upstream, "/ref.wav", url(inside, "/secret"))
+    with pytest.raises(ApiError, match="HTTP 302"):
+        reference_audio.check(url(upstream, "/ref.wav"), settings)
+    assert inside.log == []
+
+
+def test_a_reference_track_on_a_private_address_is_refused(
+    settings: Settings, inside: HTTPServer
+) -> None:
+    with pytest.raises(ApiError, match="not allowed"):
+        reference_audio.check(url(inside, "/secret"), settings)
+    assert inside.log == []
+
+
+# ------------------------------------------------------------------ Retry-After
+
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        (" 12 ", 12.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("Mon, 07 Dec 2026 12:02:00 GMT", 120.0),
+        ("Mon, 07 Dec 2026 12:02:00 -0000", 120.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("99999999999", MAX_SECONDS),
+        ("1e400", MAX_SECONDS),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_SECONDS),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("nan", None),
+        ("Mon, 32 Foo 2026 12:00:00 GMT", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=NOW) == expected
+
+
+@ALLOW_PRIVATE
+@pytest.mark.parametrize(
+    ("header", "expected"), [("120", 120.0), ("99999999999", MAX_SECONDS), ("soon", None)]
+)
+def test_upstreams_and_webhook_receivers_are_read_alike(
+    settings: Settings, db: Database, upstream: HTTPServer, header: str, expected: float | None
+) -> None:
+    upstream.expect_request("/v2/generate/audio").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": header}
+    )
+    upstream.expect_request("/hook").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": header}
+    )
+    with pytest.raises(ProviderError) as info:
+        AimlapiAdapter(account(url(upstream))).poll("gen-1")
+    assert info.value.retry_after == expected
+    assert Dispatcher(settings, db).send(url(upstream, "/hook"), {}, "{}").retry_after == expected
+
+
+# ------------------------------------------------------------------ pooling
+
+
+ANSWERS = {
+    "/v2/generate/audio": ("application/json", b'{"status": "queued"}'),
+    "/song.wav": ("audio/wav", WAV),
+    "/hook": ("text/plain", b"ok"),
+}
+
+
+@pytest.fixture
+def keeper() -> Iterator[ThreadingHTTPServer]:
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        content_type, body = ANSWERS[path.partition("?")[0]]
+        return 200, {"Content-Type": content_type}, body
+
+    with keepalive_server(answer) as httpd:
+        yield httpd
+
+
+def account(base_url: str) -> AccountConfig:
+    return AccountConfig(id="acct", provider="aimlapi", base_url=base_url, api_key="sk-test")
+
+
+def test_upstream_calls_keep_their_connection(keeper: ThreadingHTTPServer) -> None:
+    adapter = AimlapiAdapter(account(url_of(keeper)))
+    for _ in range(3):
+        adapter.poll("gen-1")
+    assert keeper.connections == 1  # type: ignore[attr-defined]
+
+
+@ALLOW_PRIVATE
+@pytest.mark.parametrize("trusted", [True, False])
+def test_audio_downloads_keep_their_connection(
+    settings: Settings, tmp_path: Path, keeper: ThreadingHTTPServer, trusted: bool
+) -> None:
+    storage = LocalStorage(tmp_path)
+    downloads = Downloads(settings)
+    for n in range(3):
+        storage.fetch(
+            url_of(keeper) + "/song.wav",
+            f"job-{n}",
+            max_bytes=1 << 20,
+            timeout=TIMEOUT,
+            downloads=downloads,
+            trusted=url_of(keeper) if trusted else None,
+        )
+    assert keeper.connections == 1  # type: ignore[attr-defined]
+
+
+@ALLOW_PRIVATE
+def test_webhook_sends_keep_their_connection(
+    settings: Settings, db: Database, keeper: ThreadingHTTPServer
+) -> None:
+    dispatcher = Dispatcher(settings, db)
+    for _ in range(3):
+        assert dispatcher.send(url_of(keeper) + "/hook", {}, "{}").delivered
+    assert keeper.connections == 1  # type: ignore[attr-defined]
