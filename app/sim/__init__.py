@@ -77,7 +77,8 @@ from werkzeug.exceptions import HTTPException
 from app.sim import aimlapi, minimax, useapi
 from app.sim.audio import frame_count, wav_bytes
 from app.sim.common import AUDIO_PREFIX, REASONS, BadRequest, bearer, json_response, record
-from app.sim.state import Fault, FaultTarget, SimConfig, SimState
+from app.sim.data import Fault, FaultTarget, SimConfig
+from app.sim.state import SimState
 from config.settings import Settings
 
 __all__ = ["STATE_KEY", "SimState", "create_sim_app", "sim_state"]

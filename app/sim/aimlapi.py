@@ -27,7 +27,8 @@ from app.sim.common import (
     parse_markers,
     record,
 )
-from app.sim.state import Generation, Kind, Outcome, PollView, SimState, fingerprint
+from app.sim.data import Generation, Kind, Outcome, PollView, fingerprint
+from app.sim.state import SimState
 
 API_PATH = "/v2/generate/audio"
 

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from flask import Response, request
 
-from app.sim.state import Fault, Kind, SimConfig, SimState
+from app.sim.data import Fault, Kind, SimConfig
+from app.sim.state import SimState
 
 AUDIO_PREFIX = "/_sim/audio/"
 GARBAGE_BODY = "<html>oops</html>"

@@ -36,7 +36,8 @@ from app.sim.common import (
     parse_markers,
     record,
 )
-from app.sim.state import Generation, Outcome, SimState, fingerprint
+from app.sim.data import Generation, Outcome, fingerprint
+from app.sim.state import SimState
 
 MINIMAX_PATH = "/v1/music_generation"
 OUTPUT_FORMATS = frozenset({"url", "hex"})

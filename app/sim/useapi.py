@@ -32,7 +32,7 @@ from app.sim.common import (
     parse_markers,
     record,
 )
-from app.sim.state import (
+from app.sim.data import (
     USEAPI_COMPLETED,
     USEAPI_MODERATED,
     USEAPI_PENDING,
@@ -40,9 +40,9 @@ from app.sim.state import (
     USEAPI_UNKNOWN,
     Generation,
     Outcome,
-    SimState,
     fingerprint,
 )
+from app.sim.state import SimState
 
 CREATE_PATH = "/v1/minimax/music/create"
 STATUS_PREFIX = "/v1/minimax/music/"

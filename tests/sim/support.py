@@ -9,7 +9,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
-from app.sim.state import SimConfig, SimState
+from app.sim.data import SimConfig
+from app.sim.state import SimState
 from config.settings import Settings, load_settings
 
 

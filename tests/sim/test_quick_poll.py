@@ -8,7 +8,8 @@ import pytest
 from flask import Flask
 
 from app.sim import create_sim_app, sim_state
-from app.sim.state import SimConfig, SimState
+from app.sim.data import SimConfig
+from app.sim.state import SimState
 from tests.sim.support import FakeClock, make_settings
 
 API = "/v2/generate/audio"

@@ -23,8 +23,9 @@ from flask.testing import FlaskClient
 
 from app.sim import create_sim_app, sim_state
 from app.sim.audio import derive_duration, wav_bytes
+from app.sim.data import SimConfig
 from app.sim.server import gunicorn_options, start_background
-from app.sim.state import SimConfig, SimState
+from app.sim.state import SimState
 from config.settings import Settings, load_settings
 
 API = "/v2/generate/audio"
