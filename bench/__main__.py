@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare:
             results["compare"] = report.earlier_run(args.compare)
         settings = load_settings(stack.env)
-        from app.cli import scheduler_argv, worker_argv
+        from app.cli.processes import scheduler_argv, worker_argv
 
         results["commands"] = {
             "web": shlex.join(web_command(stack, settings.web_port)),

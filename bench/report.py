@@ -215,7 +215,7 @@ def markdown(results: dict[str, Any], phases: Sequence[Phase]) -> str:
     lines += [f"{k}={v}" for k, v in results["env"].items()]
     lines += ["```", ""]
     lines += [
-        "Command lines (`app.cli.web_argv`, `worker_argv`, `scheduler_argv`; `chorus sim`):",
+        "Command lines (`app.cli.processes.web_argv`, `worker_argv`, `scheduler_argv`; `chorus sim`):",
         "",
         "```",
     ]
