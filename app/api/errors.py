@@ -62,7 +62,7 @@ REFUSALS: dict[type[domain.Refused], tuple[int, str, dict[str, str]]] = {
     domain.JobNotFound: (404, "not_found", {}),
     domain.NotCancellable: (409, "job_not_cancellable", {}),
     domain.InsufficientQuota: (429, "insufficient_quota", {}),
-    # A slot frees when a job ends; a retry in 10 s is a fair guess of when.
+    # A place frees only when one of the org's jobs ends: the client is told when to look again.
     domain.TooManyActive: (429, "too_many_active_jobs", {"Retry-After": "10"}),
 }
 
