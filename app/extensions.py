@@ -12,7 +12,7 @@ from app.cache import TTLCache
 from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
 from app.jobs import effects
-from app.jobs.service import Offer
+from app.jobs.offers import Offer
 from app.jobs.transitions import Transitions
 from app.jobs.waiting import TerminalNotifier, WaitHub
 from app.storage import AudioStorage

@@ -12,11 +12,18 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.api import openapi
-from app.api.errors import V2_PREFIX, ApiError, error_response, from_validation
+from app.api.errors import (
+    V2_PREFIX,
+    ApiError,
+    error_response,
+    from_validation,
+    refusal_response,
+)
 from app.api.limits import init_rate_limit
+from app.api.schemas import OpenAIErrorSchema
 from app.db import Database
 from app.extensions import Chorus, close_session
-from app.jobs.schemas import OpenAIErrorSchema
+from app.jobs.errors import Refused
 from app.storage import make_storage
 from config import Settings, load_settings
 
@@ -86,12 +93,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_session)
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
+    from app.api.account import blp as account
     from app.api.health import blp as health
-    from app.jobs.views import blp, files
-    from app.money.views import blp as account
-    from app.v2.views import blp as v2
-    from app.webhooks.views import blp as webhooks
-    from app.webhooks.views import deliveries
+    from app.api.jobs.views import blp, files
+    from app.api.v2.views import blp as v2
+    from app.api.webhooks.views import blp as webhooks
+    from app.api.webhooks.views import deliveries
 
     # One budget per key across every route of these blueprints, not one per route.
     init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
@@ -104,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(deliveries)
     api.register_blueprint(health)
     app.register_error_handler(ApiError, error_response)
+    app.register_error_handler(Refused, refusal_response)
     app.register_error_handler(DBAPIError, _database_unavailable)
     app.after_request(_no_store)
     return app

@@ -10,8 +10,9 @@ from sqlalchemy import Engine, Row, Table, and_, bindparam, select
 from app.api.errors import ApiError
 from app.db import HotStatement
 from app.extensions import chorus
+from app.jobs.errors import JobNotFound
 from app.jobs.models import Job, JobRecord
-from app.jobs.service import get_job, job_not_found
+from app.jobs.queries import get_job
 from app.tenancy.keys import Caller, authenticate, hash_key
 from app.tenancy.models import ApiKey
 
@@ -65,13 +66,13 @@ def require_key() -> None:
 
 
 def read_job(job_id: str) -> JobRecord:
-    """The caller's job ``job_id`` for a read, or a 404: the row ``require_key`` fetched with
-    the key when it did, else the ORM object."""
+    """The caller's job ``job_id`` for a read, or ``JobNotFound``: the row ``require_key``
+    fetched with the key when it did, else the ORM object."""
     preloaded: tuple[str, Row[Any] | None] | None = g.get("preloaded_job")
     if preloaded is None or preloaded[0] != job_id:
         return get_job(chorus().session(), g.api_key, job_id)
     if preloaded[1] is None:
-        raise job_not_found(job_id)
+        raise JobNotFound(job_id)
     return preloaded[1]
 
 

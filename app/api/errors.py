@@ -5,7 +5,9 @@ clients (and the openai SDK's typed exceptions) understand it. ``/v2`` speaks AI
 ``{"message", "path", "requestId", "statusCode", "timestamp"}``, with AIMLAPI's status codes.
 
 Errors are raised once, as ``ApiError`` with a ``/v1`` status and a stable ``code``;
-``error_response`` renders them for the surface of the request at hand.
+``error_response`` renders them for the surface of the request at hand. The domain raises its
+own refusals (``app.jobs.errors.Refused``), which know nothing of HTTP: ``from_domain`` is the
+one place they get a status and a code.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, has_request_context, jsonify, request
+
+from app.jobs import errors as domain
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -46,6 +50,32 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+
+
+# Each domain refusal's status, code and extra headers; its message and param are its own.
+REFUSALS: dict[type[domain.Refused], tuple[int, str, dict[str, str]]] = {
+    domain.ModelNotFound: (400, "model_not_found", {}),
+    domain.MissingInput: (400, "missing_required_parameter", {}),
+    domain.LimitExceeded: (400, "invalid_value", {}),
+    domain.UnsupportedInput: (400, "unsupported_parameter", {}),
+    domain.BadReferenceAudio: (400, "invalid_reference_audio", {}),
+    domain.JobNotFound: (404, "not_found", {}),
+    domain.NotCancellable: (409, "job_not_cancellable", {}),
+    domain.InsufficientQuota: (429, "insufficient_quota", {}),
+    # A place frees only when one of the org's jobs ends: the client is told when to look again.
+    domain.TooManyActive: (429, "too_many_active_jobs", {"Retry-After": "10"}),
+}
+
+
+def from_domain(refusal: domain.Refused) -> ApiError:
+    """The HTTP answer to a refusal of the domain's."""
+    status, code, headers = REFUSALS[type(refusal)]
+    return ApiError(status, refusal.message, param=refusal.param, code=code, headers=dict(headers))
+
+
+def refusal_response(refusal: domain.Refused) -> Response:
+    """The app's handler for every ``Refused``, in the request's surface."""
+    return error_response(from_domain(refusal))
 
 
 def openai_body(

@@ -1,9 +1,13 @@
-"""What a tenant is told when a job fails.
+"""What a tenant is told when a job fails, and the refusals of a request about jobs.
 
 A failure's details (an exception's text, an upstream's error page) can name Chorus's
 upstream hosts, ports and internal addresses: they go to the log, with the job's id, and the
 job carries a fixed sentence per error code. An upstream's own account of a failed generation
 (its moderation or failure message) is the tenant's business and is kept as given.
+
+A refused request (``Refused`` and its kinds) is an exception of the domain: it knows nothing
+of HTTP. The API answers each kind with its own status and code, in one place
+(``app.api.errors.from_domain``).
 """
 
 from __future__ import annotations
@@ -35,3 +39,80 @@ def public_message(job_id: str, code: str, detail: str) -> str:
     """The message the tenant sees for ``code``; ``detail`` is logged, never shown."""
     log.warning("job %s: %s: %s", job_id, code, detail)
     return MESSAGES.get(code, FALLBACK)
+
+
+class Refused(Exception):
+    """A request the rules turn down. ``message`` is said to the client as it is; ``param``
+    names the field at fault, if one is."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ModelNotFound(Refused):
+    def __init__(self, model: str, catelogid: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or is not published in catalog '{catelogid}'.",
+            param="model",
+        )
+
+
+class MissingInput(Refused):
+    """A field the model needs was not given."""
+
+
+class LimitExceeded(Refused):
+    """A field is outside the model's bounds."""
+
+
+class UnsupportedInput(Refused):
+    """A field the model does not take was given."""
+
+
+class BadReferenceAudio(Refused):
+    """The reference track could not be fetched, or is not one the upstreams take."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Invalid reference audio: {reason}.", param="reference_audio_url")
+        self.reason = reason
+
+
+class InsufficientQuota(Refused):
+    """The org's balance cannot hold the job's price."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "You exceeded your current quota: the balance is too low for this model. Top up "
+            "and try again."
+        )
+
+
+class TooManyActive(Refused):
+    """The job would take the org over its cap of queued + running jobs."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(
+            f"Too many jobs in progress: at most {cap} may be queued or running "
+            "at once. Wait for some to finish."
+        )
+        self.cap = cap
+
+
+class JobNotFound(Refused):
+    # Another tenant's job is as unknown as a job that never existed.
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No music generation found with id '{job_id}'.", param="id")
+        self.job_id = job_id
+
+
+class NotCancellable(Refused):
+    """The job already ended."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"Music generation '{job_id}' has already ended ({status}) and cannot be cancelled.",
+            param="id",
+        )
+        self.job_id = job_id

@@ -19,7 +19,7 @@ from app.api.errors import ApiError
 from app.db import utcnow
 from app.idempotency import store
 from app.idempotency.models import IdempotencyKey
-from app.jobs import service
+from app.jobs import intake
 from app.jobs.models import Job
 from app.money.models import LedgerEntry
 from app.tenancy.models import ApiKey
@@ -149,7 +149,7 @@ def test_racing_first_requests_create_exactly_one_job(live: str, db: Any, api_ke
 def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
     client: Any, db: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = service.create_job
+    real = intake.create_job
     calls = {"n": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Job:
@@ -158,7 +158,7 @@ def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
             raise RuntimeError("the database went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "create_job", flaky)
+    monkeypatch.setattr(intake, "create_job", flaky)
     with pytest.raises(RuntimeError):
         post(client, api_key, "retry-me")
     assert key_rows(db) == []
@@ -171,7 +171,7 @@ def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
 def test_a_5xx_answer_is_not_stored(
     client: Any, db: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = service.create_job
+    real = intake.create_job
     calls = {"n": 0}
 
     def unavailable(*args: Any, **kwargs: Any) -> Job:
@@ -180,7 +180,7 @@ def test_a_5xx_answer_is_not_stored(
             raise ApiError(503, "The service is overloaded; retry.", code="unavailable")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "create_job", unavailable)
+    monkeypatch.setattr(intake, "create_job", unavailable)
     assert post(client, api_key, "k503").status_code == 503
     assert key_rows(db) == []
     assert post(client, api_key, "k503").status_code == 202

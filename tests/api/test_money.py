@@ -392,8 +392,8 @@ def test_the_fourth_active_job_is_429_and_holds_nothing(
 
 
 def test_the_cap_holds_across_currencies(db: Database, api_key: str) -> None:
-    from app.api.errors import ApiError
-    from app.jobs.service import create_job
+    from app.jobs.errors import TooManyActive
+    from app.jobs.intake import create_job
 
     set_model(db, "minimax/music-1.5", currency="USD")
     org = org_id(db, "acme")
@@ -422,8 +422,8 @@ def test_the_cap_holds_across_currencies(db: Database, api_key: str) -> None:
                     max_active_jobs=1,
                 )
             outcome.append("accepted")
-        except ApiError as exc:
-            outcome.append(exc.code)
+        except TooManyActive:
+            outcome.append("too many active")
 
     thread = threading.Thread(target=second)
     thread.start()
@@ -436,7 +436,7 @@ def test_the_cap_holds_across_currencies(db: Database, api_key: str) -> None:
     assert not thread.is_alive()
     with db.session() as session:
         active = session.scalar(sa.select(sa.func.count()).select_from(Job))
-    assert (outcome, active) == (["too_many_active_jobs"], 1)
+    assert (outcome, active) == (["too many active"], 1)
 
 
 # ------------------------------------------------------------------ GET /v1/models
@@ -851,9 +851,9 @@ def test_the_secret_never_reaches_logs_the_database_or_the_broker(
 
 def test_the_cap_skips_counting_only_far_below_it(db: Database, catalog: None) -> None:
     """A recent count far below the cap spares the COUNT; near it every submit is counted."""
-    from app.api.errors import ApiError
     from app.cache import TTLCache
-    from app.jobs.service import check_active_cap
+    from app.jobs.errors import TooManyActive
+    from app.jobs.intake import check_active_cap
 
     org = org_id(db, "acme")
     counts: list[str] = []
@@ -891,9 +891,8 @@ def test_the_cap_skips_counting_only_far_below_it(db: Database, catalog: None) -
                     )
                 )
             session.flush()
-            with pytest.raises(ApiError) as refused:
+            with pytest.raises(TooManyActive):
                 check_active_cap(session, org, 3, stale)
-            assert refused.value.code == "too_many_active_jobs"
             session.rollback()
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", count_statements)

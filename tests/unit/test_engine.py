@@ -21,8 +21,8 @@ from sqlalchemy import inspect as sa_inspect
 from app.db import Database, utcnow
 from app.jobs.engine import Engine
 from app.jobs.errors import MESSAGES
+from app.jobs.intake import create_job
 from app.jobs.models import FOLLOWUP_CANCEL, Job
-from app.jobs.service import create_job
 from app.jobs.status import JobStatus
 from app.providers.base import PollResult, PollState, ProviderError, Submission
 from app.tenancy.models import ApiKey

@@ -19,12 +19,12 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from app import reference_audio
-from app.api.errors import ApiError
 from app.db import Database
 from app.http import guard
 from app.http.downloads import MAX_HOPS, Downloads
 from app.http.retry_after import MAX_SECONDS, parse_retry_after
+from app.jobs import reference_audio
+from app.jobs.errors import BadReferenceAudio
 from app.providers.aimlapi import AimlapiAdapter
 from app.providers.base import AccountConfig, ProviderError
 from app.sim.audio import wav_bytes
@@ -158,7 +158,7 @@ def test_the_ipv6_metadata_address_is_refused_everywhere_even_with_private_urls_
     assert endpoint.status_code == 400 and endpoint.json["error"]["param"] == "url"
     outcome = Dispatcher(settings, db).send(METADATA_V6, {}, "{}")
     assert outcome.status_code is None and (outcome.error or "").startswith("address refused")
-    with pytest.raises(ApiError, match="not allowed"):
+    with pytest.raises(BadReferenceAudio, match="not allowed"):
         reference_audio.check(METADATA_V6, settings)
     error = fetch_error(settings, tmp_path, METADATA_V6, None)
     assert not error.retryable and "refused" in str(error)
@@ -179,7 +179,7 @@ def test_a_reference_track_behind_a_redirect_is_refused_unfollowed(
     settings: Settings, upstream: HTTPServer, inside: HTTPServer
 ) -> None:
     redirect(upstream, "/ref.wav", url(inside, "/secret"))
-    with pytest.raises(ApiError, match="HTTP 302"):
+    with pytest.raises(BadReferenceAudio, match="HTTP 302"):
         reference_audio.check(url(upstream, "/ref.wav"), settings)
     assert inside.log == []
 
@@ -187,7 +187,7 @@ def test_a_reference_track_behind_a_redirect_is_refused_unfollowed(
 def test_a_reference_track_on_a_private_address_is_refused(
     settings: Settings, inside: HTTPServer
 ) -> None:
-    with pytest.raises(ApiError, match="not allowed"):
+    with pytest.raises(BadReferenceAudio, match="not allowed"):
         reference_audio.check(url(inside, "/secret"), settings)
     assert inside.log == []
 

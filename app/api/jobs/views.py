@@ -9,27 +9,28 @@ from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from marshmallow import RAISE
 
-from app import reference_audio
 from app.api import openapi
 from app.api.auth import read_job, require_key
 from app.api.errors import ApiError
-from app.extensions import chorus
-from app.idempotency.hook import idempotent
-from app.jobs import examples, service
-from app.jobs.download import send_audio
-from app.jobs.models import Job, JobRecord
-from app.jobs.present import job_from_token, job_object
-from app.jobs.schemas import (
+from app.api.idempotency import idempotent
+from app.api.jobs import examples
+from app.api.jobs.download import send_audio
+from app.api.jobs.schemas import (
     CreateGenerationSchema,
     JobListSchema,
     JobSchema,
     ListGenerationsQuerySchema,
-    OpenAIErrorSchema,
 )
+from app.api.schemas import OpenAIErrorSchema
+from app.api.webhooks import urls as webhook_urls
+from app.extensions import chorus
+from app.jobs import intake, queries, reference_audio
+from app.jobs.cancel import cancel_job
+from app.jobs.models import Job, JobRecord
+from app.jobs.present import job_from_token, job_object
 from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
 from app.storage import StorageUnavailable
-from app.webhooks import urls as webhook_urls
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Generations(MethodView):
         Pass the page's ``last_id`` as ``after`` for the next one while ``has_more`` is true.
         """
         ext = chorus()
-        page = service.list_jobs(
+        page = queries.list_jobs(
             ext.session(),
             g.api_key,
             limit=args["limit"],
@@ -153,7 +154,7 @@ class Generations(MethodView):
         seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
         """
         ext = chorus()
-        job: JobRecord = service.create_job(
+        job: JobRecord = intake.create_job(
             ext.session,
             g.api_key,
             args,
@@ -238,7 +239,7 @@ class Cancel(MethodView):
         An upstream that may already be making the song is told where its protocol allows.
         """
         ext = chorus()
-        job = service.cancel_job(ext.transitions, ext.session(), g.api_key, job_id)
+        job = cancel_job(ext.transitions, ext.session(), g.api_key, job_id)
         ext.doorbell.ring()  # its webhook event, and a freed account slot
         return jsonify(job_object(job, ext.storage))
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from app.api.auth import require_key
 from app.api.openapi import ApiBlueprint, example
+from app.api.schemas import OpenAIErrorSchema
 from app.catalog.models import Category, Model, Route
 from app.extensions import chorus
-from app.jobs.schemas import OpenAIErrorSchema
 from app.money.models import Balance
 from app.money.usage import usage
 from app.tenancy.models import Org

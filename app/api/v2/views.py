@@ -12,23 +12,22 @@ from typing import Any
 from flask import Response, g, jsonify
 from flask.views import MethodView
 
-from app import reference_audio
 from app.api import openapi
 from app.api.auth import read_job, require_key
-from app.extensions import chorus
-from app.idempotency.hook import idempotent
-from app.jobs import service
-from app.jobs.models import JobRecord
-from app.jobs.present import audio_url
-from app.jobs.status import JobStatus
-from app.v2 import examples
-from app.v2.schemas import (
+from app.api.idempotency import idempotent
+from app.api.v2 import examples
+from app.api.v2.schemas import (
     AimlapiErrorSchema,
     GenerationQuerySchema,
     GenerationSchema,
     SubmitSchema,
     SubmittedSchema,
 )
+from app.extensions import chorus
+from app.jobs import intake, reference_audio
+from app.jobs.models import JobRecord
+from app.jobs.present import audio_url
+from app.jobs.status import JobStatus
 
 # Not bearer=/rate_limited=: those shared responses have OpenAI's shape, and /v2 answers
 # in AIMLAPI's (401 for a key, its own error body); each operation documents its own.
@@ -85,7 +84,7 @@ class Generations(MethodView):
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
         ext = chorus()
-        job = service.create_job(
+        job = intake.create_job(
             ext.session,
             g.api_key,
             {**args, "catelogid": ext.settings.default_music_category},

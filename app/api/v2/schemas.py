@@ -15,7 +15,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.jobs.schemas import SAMPLE_RATES, AudioSettingSchema, RequiredString, _no_nul
+from app.api.jobs.schemas import SAMPLE_RATES, AudioSettingSchema, RequiredString, _no_nul
 
 STATUSES = ("queued", "generating", "completed", "error")
 

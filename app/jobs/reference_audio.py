@@ -2,7 +2,7 @@
 
 The URL comes from a stranger, so it is fetched through the SSRF guard (``app.http.guard``),
 and a redirect is an answer, not followed. The body is capped, then its header is read with mutagen: the upstreams want WAV or
-MP3 longer than 15 seconds, and a 400 now beats a FAILED job a minute later.
+MP3 longer than 15 seconds, and a refusal now beats a FAILED job a minute later.
 """
 
 from __future__ import annotations
@@ -14,35 +14,34 @@ import mutagen
 import requests
 import ssrfguard
 
-from app.api.errors import ApiError
 from app.http import guard
+from app.jobs.errors import BadReferenceAudio
 from config import Settings
 
 MIN_SECONDS = 15.0
 MAX_SECONDS = 600.0
 ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
-PARAM = "reference_audio_url"
 
 
 def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
-    """Raise a 400 ApiError unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
+    """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
     http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:
         try:
             with http.get(url, stream=True, timeout=(5, 15), allow_redirects=False) as response:
                 if response.status_code != 200:
-                    raise _bad(f"fetching it answered HTTP {response.status_code}")
+                    raise BadReferenceAudio(f"fetching it answered HTTP {response.status_code}")
                 size = 0
                 for chunk in response.iter_content(64 * 1024):
                     size += len(chunk)
                     if size > limit:
-                        raise _bad(f"it is larger than {limit // 1_000_000} MB")
+                        raise BadReferenceAudio(f"it is larger than {limit // 1_000_000} MB")
                     tmp.write(chunk)
         except ssrfguard.SSRFGuardError as exc:
-            raise _bad(f"that address is not allowed ({type(exc).__name__})") from exc
+            raise BadReferenceAudio(f"that address is not allowed ({type(exc).__name__})") from exc
         except requests.RequestException as exc:
-            raise _bad(f"it could not be fetched ({type(exc).__name__})") from exc
+            raise BadReferenceAudio(f"it could not be fetched ({type(exc).__name__})") from exc
         tmp.flush()
         _inspect(Path(tmp.name))
 
@@ -53,15 +52,11 @@ def _inspect(path: Path) -> None:
     except mutagen.MutagenError:
         parsed = None
     if parsed is None or type(parsed).__name__ not in ACCEPTED:
-        raise _bad("it must be a WAV or MP3 file")
+        raise BadReferenceAudio("it must be a WAV or MP3 file")
     length = float(getattr(parsed.info, "length", 0.0))
     if length <= MIN_SECONDS:
-        raise _bad(f"it must be longer than {MIN_SECONDS:g} seconds (it is {length:.1f})")
+        raise BadReferenceAudio(
+            f"it must be longer than {MIN_SECONDS:g} seconds (it is {length:.1f})"
+        )
     if length > MAX_SECONDS:
-        raise _bad(f"it must be at most {MAX_SECONDS:g} seconds (it is {length:.1f})")
-
-
-def _bad(reason: str) -> ApiError:
-    return ApiError(
-        400, f"Invalid reference audio: {reason}.", param=PARAM, code="invalid_reference_audio"
-    )
+        raise BadReferenceAudio(f"it must be at most {MAX_SECONDS:g} seconds (it is {length:.1f})")

@@ -13,12 +13,13 @@ from sqlalchemy import select, update
 from app.api import openapi
 from app.api.auth import require_key
 from app.api.errors import ApiError
+from app.api.schemas import OpenAIErrorSchema
+from app.api.webhooks import examples, urls
 from app.db import utcnow
 from app.extensions import chorus
 from app.http import guard
-from app.jobs import service
-from app.jobs.schemas import OpenAIErrorSchema
-from app.webhooks import examples, outbox, signing, urls
+from app.jobs.queries import get_job
+from app.webhooks import outbox, signing
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 blp = openapi.ApiBlueprint(
@@ -297,7 +298,7 @@ class Deliveries(MethodView):
     def get(self, job_id: str) -> Response:
         """List the job's webhook deliveries, oldest first, each with its attempts."""
         session = chorus().session()
-        job = service.get_job(session, g.api_key, job_id)
+        job = get_job(session, g.api_key, job_id)
         rows = session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.job_id == job.id)
@@ -329,7 +330,7 @@ class Redeliver(MethodView):
         disabled) gets one more attempt; its retry schedule does not start over.
         """
         session = chorus().session()
-        job = service.get_job(session, g.api_key, job_id)
+        job = get_job(session, g.api_key, job_id)
         delivery = session.scalar(
             select(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id, WebhookDelivery.job_id == job.id)

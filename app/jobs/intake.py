@@ -10,86 +10,32 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import (
-    CTE,
-    Connection,
-    Engine,
-    Insert,
-    Row,
-    Table,
-    bindparam,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import CTE, Engine, Insert, Row, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.api.errors import ApiError
 from app.cache import TTLCache, far_below_cap
-from app.catalog.models import Category, Model, Route
 from app.db import HotStatement, utcnow
+from app.jobs.errors import (
+    InsufficientQuota,
+    LimitExceeded,
+    MissingInput,
+    ModelNotFound,
+    TooManyActive,
+    UnsupportedInput,
+)
 from app.jobs.models import Job, new_job_id
-from app.jobs.status import ACTIVE, JobStatus
-from app.jobs.transitions import Transitions
+from app.jobs.offers import Offer, find_model
+from app.jobs.queries import count_active
+from app.jobs.status import JobStatus
 from app.money import ledger
 from app.tenancy.keys import KeyHolder
 from app.tenancy.models import Org
 
 
-@dataclass(frozen=True)
-class Offer:
-    """A published model as sold in one category: what accepting a job needs to know."""
-
-    model_id: int
-    model_name: str
-    category_id: str
-    limits: dict[str, Any]
-    deadline_seconds: float | None
-    price: int = 0
-    currency: str = "USD"
-    min_balance: int = 0
-    owner_org_id: int | None = None
-
-    def price_for(self, org_id: int) -> int:
-        """The seed platform's rule: an org's own models are free to it."""
-        return 0 if self.owner_org_id == org_id else self.price
-
-
-def find_model(session: Session, name: str, catelogid: str) -> Offer | None:
-    """The published model ``name`` routed in the category whose id or name is ``catelogid``."""
-    row = session.execute(
-        select(Model, Category.id)
-        .join(Route, Route.model_id == Model.id)
-        .join(Category, Category.id == Route.category_id)
-        .where(
-            Model.name == name,
-            Model.status == "published",
-            or_(Category.id == catelogid, Category.name == catelogid),
-        )
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    model, category_id = row
-    return Offer(
-        model.id,
-        model.name,
-        category_id,
-        dict(model.limits or {}),
-        model.deadline_seconds,
-        price=model.price,
-        currency=model.currency,
-        min_balance=model.min_balance,
-        owner_org_id=model.owner_org_id,
-    )
-
-
 def check_limits(model: Offer, args: dict[str, Any]) -> None:
+    """The model's own bounds on the request's fields (its catalog ``limits``)."""
     limits = model.limits
     for name in ("prompt", "lyrics"):
         bounds = limits.get(name)
@@ -99,35 +45,27 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
         low, high = bounds.get("min", 0), bounds["max"]
         if length == 0 and low > 0:
             # Reachable where the field is optional for some models (/v2's lyrics).
-            raise ApiError(
-                400,
+            raise MissingInput(
                 f"Missing required parameter: {name} (model {model.model_name} needs it).",
                 param=name,
-                code="missing_required_parameter",
             )
         if not low <= length <= high:
-            raise ApiError(
-                400,
+            raise LimitExceeded(
                 f"'{name}' must be {low} to {high} characters for model "
                 f"{model.model_name} (got {length}).",
                 param=name,
-                code="invalid_value",
             )
     reference = limits.get("reference_audio", "none")
     if reference == "required" and not args.get("reference_audio_url"):
-        raise ApiError(
-            400,
+        raise MissingInput(
             f"Missing required parameter: reference_audio_url (model {model.model_name} "
             "needs a reference track).",
             param="reference_audio_url",
-            code="missing_required_parameter",
         )
     if reference == "none" and args.get("reference_audio_url"):
-        raise ApiError(
-            400,
+        raise UnsupportedInput(
             f"Model {model.model_name} does not take reference audio (reference_audio_url).",
             param="reference_audio_url",
-            code="unsupported_parameter",
         )
 
 
@@ -145,7 +83,8 @@ def charge(
     max_active_jobs: int | None,
     recent_active: TTLCache[int] | None = None,
 ) -> int:
-    """CONTRACT §1a rule 4 and the per-org cap: hold the job's price, or refuse with a 429.
+    """CONTRACT §1a rule 4 and the per-org cap: hold the job's price, or refuse
+    (``TooManyActive``, ``InsufficientQuota``).
 
     Called after the job's INSERT, as the last work of the submit's transaction: the row
     locks it takes (the org's balance, and near the cap the org itself) are then held only
@@ -163,34 +102,14 @@ def charge(
         min_balance=model.min_balance,
         job_id=job_id,
     ):
-        raise insufficient_quota()
+        raise InsufficientQuota()
     return price
-
-
-def insufficient_quota() -> ApiError:
-    return ApiError(
-        429,
-        "You exceeded your current quota: the balance is too low for this model. Top up "
-        "and try again.",
-        code="insufficient_quota",
-    )
-
-
-def count_active(session: Session | Connection, org_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.org_id == org_id, Job.status.in_(list(ACTIVE)))
-        )
-        or 0
-    )
 
 
 def check_active_cap(
     session: Session, org_id: int, cap: int, recent_active: TTLCache[int] | None
 ) -> None:
-    """Refuse a submit that takes the org over ``cap`` queued + running jobs (429).
+    """Refuse a submit that takes the org over ``cap`` queued + running jobs (``TooManyActive``).
 
     ``recent_active`` holds each org's count as this process last saw it (for about a
     second). Far below the cap (``far_below_cap``) the submit is not counted at all. Nearer
@@ -212,13 +131,7 @@ def check_active_cap(
         )
         active = count_active(session, org_id)
     if active > cap:
-        raise ApiError(
-            429,
-            f"Too many jobs in progress: at most {cap} may be queued or running "
-            "at once. Wait for some to finish.",
-            code="too_many_active_jobs",
-            headers={"Retry-After": "10"},
-        )
+        raise TooManyActive(cap)
 
 
 def _far_below(
@@ -318,7 +231,7 @@ def _store_at_once(
     )
     job = statement.first(quick, params)
     if job is None:
-        raise insufficient_quota()
+        raise InsufficientQuota()
     return job
 
 
@@ -351,13 +264,7 @@ def create_job(
     else:
         model = find_model(db(), *key_)
     if model is None:
-        raise ApiError(
-            400,
-            f"The model '{args['model']}' does not exist or is not published in "
-            f"catalog '{args['catelogid']}'.",
-            param="model",
-            code="model_not_found",
-        )
+        raise ModelNotFound(args["model"], args["catelogid"])
     check_limits(model, args)
     if args.get("callback_url") and check_callback is not None:
         # Refused now, not at the first delivery: a bad target is the client's to fix.
@@ -421,63 +328,3 @@ def create_job(
     # Last: the locks this takes are held only until the caller's commit.
     charge(db(), key, model, job_id, max_active_jobs=max_active_jobs, recent_active=recent_active)
     return job
-
-
-def get_job(session: Session, key: KeyHolder, job_id: str) -> Job:
-    # No id is longer, and Postgres refuses a NUL in a string: both are simply unknown.
-    job = session.get(Job, job_id) if len(job_id) <= 40 and "\x00" not in job_id else None
-    if job is None or job.org_id != key.org_id:
-        raise job_not_found(job_id)
-    return job
-
-
-def job_not_found(job_id: str) -> ApiError:
-    # Another tenant's job is as unknown as a job that never existed.
-    return ApiError(
-        404, f"No music generation found with id '{job_id}'.", param="id", code="not_found"
-    )
-
-
-@dataclass(frozen=True)
-class Page:
-    jobs: list[Job]
-    has_more: bool
-
-
-def list_jobs(
-    session: Session, key: KeyHolder, *, limit: int, after: str | None, status: str | None
-) -> Page:
-    """The org's jobs, newest first; ``after`` is the id of the last job of the previous page.
-
-    Ids are ``luid_`` + a ULID, so ordering by id is ordering by creation, and the cursor
-    stays valid however many jobs arrive meanwhile.
-    """
-    query = select(Job).where(Job.org_id == key.org_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if after is not None:
-        query = query.where(Job.id < after)
-    # One row more than asked says whether another page follows.
-    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    return Page(jobs[:limit], len(jobs) > limit)
-
-
-def cancel_job(transitions: Transitions, session: Session, key: KeyHolder, job_id: str) -> Job:
-    """CANCEL a QUEUED or RUNNING job of the key's org, releasing its hold, in a transaction
-    of its own (``Transitions.cancel``); 404 for an unknown or foreign id, 409 for a job that
-    already ended. ``session`` only reads the job a refused cancel found.
-
-    A cancel racing a worker's last write ends the job once: whichever commits first wins,
-    and the other matches no row.
-    """
-    cancelled = transitions.cancel(key.org_id, job_id)
-    if cancelled is None:
-        job = get_job(session, key, job_id)
-        raise ApiError(
-            409,
-            f"Music generation '{job_id}' has already ended ({job.status}) and cannot be "
-            "cancelled.",
-            param="id",
-            code="job_not_cancellable",
-        )
-    return cancelled

@@ -1,0 +1,1 @@
+"""``/v1/webhooks`` and a job's deliveries: the webhook blueprints and their examples."""
