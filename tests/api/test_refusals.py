@@ -133,3 +133,14 @@ def test_cancelling_an_ended_job_is_409_naming_the_id(client: Any, api_key: str)
         "message": f"Music generation '{job_id}' has already ended (CANCELLED) and cannot be "
         "cancelled.",
     }
+
+
+def test_every_kind_of_refusal_has_its_http_answer() -> None:
+    # A refusal the mapping does not know would reach the client as a 500.
+    from app.api.errors import REFUSALS
+    from app.jobs import errors
+
+    def kinds(base: type[errors.Refused]) -> set[type[errors.Refused]]:
+        return {k for sub in base.__subclasses__() for k in {sub, *kinds(sub)}}
+
+    assert kinds(errors.Refused) == set(REFUSALS)
