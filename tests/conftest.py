@@ -202,8 +202,8 @@ def client(app: Any) -> Any:
 
 @pytest.fixture
 def script() -> Any:
-    """A scriptable upstream (``tests.unit.fake_adapter``) for an in-process ``engine``."""
-    from tests.unit.fake_adapter import Script
+    """A scriptable upstream (``tests.unit.providers.fake_adapter``) for an in-process ``engine``."""
+    from tests.unit.providers.fake_adapter import Script
 
     return Script()
 

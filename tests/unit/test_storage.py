@@ -89,7 +89,7 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def downloads() -> Downloads:
-    # The test server is on loopback; what the guard refuses is tests/unit/test_http.py's.
+    # The test server is on loopback; what the guard refuses is tests/unit/http/test_guard.py's.
     return Downloads(load_settings({"ALLOW_PRIVATE_URLS": "true"}))
 
 

@@ -23,7 +23,7 @@ from app.providers.base import (
 )
 from app.providers.minimax import BASE_RESP_CODES, MinimaxAdapter
 from app.sim.audio import wav_bytes
-from tests.unit.adapter_contract import AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession
 
 BASE = "https://api.minimax.test"
 URL = BASE + minimax.PATH

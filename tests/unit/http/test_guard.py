@@ -32,7 +32,7 @@ from app.storage import AudioError, LocalStorage
 from app.webhooks.delivery import Dispatcher
 from config import Settings
 from tests.conftest import auth
-from tests.unit.keepalive import keepalive_server, url_of
+from tests.unit.http.keepalive import keepalive_server, url_of
 
 METADATA_V4 = "http://169.254.169.254/latest/meta-data/"
 METADATA_V6 = "http://[fd00:ec2::254]/latest/meta-data/"

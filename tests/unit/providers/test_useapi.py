@@ -15,7 +15,7 @@ from responses import matchers
 from app.providers import get_adapter, useapi
 from app.providers.base import AccountConfig, GenerationRequest, PollState, ProviderError
 from app.providers.useapi import UseapiAdapter
-from tests.unit.adapter_contract import GEN_ID, AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import GEN_ID, AdapterContract, RecordingSession
 
 BASE = "https://api.useapi.test"
 CREATE = BASE + useapi.CREATE_PATH

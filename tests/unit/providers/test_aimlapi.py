@@ -27,7 +27,7 @@ from app.providers.base import (
     ProviderError,
     Submission,
 )
-from tests.unit.adapter_contract import AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession
 
 BASE = "https://api.aimlapi.test"
 URL = BASE + aimlapi.PATH

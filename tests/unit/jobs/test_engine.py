@@ -1,7 +1,7 @@
 """The job engine against a real Postgres and a scripted upstream (no HTTP, no Celery).
 
 Time is moved with ``now=`` (``claim_due``, ``expire_overdue``) and direct column updates;
-nothing sleeps. The fake adapter (``tests.unit.fake_adapter``) records every call, so each
+nothing sleeps. The fake adapter (``tests.unit.providers.fake_adapter``) records every call, so each
 test can say exactly what reached the upstream.
 """
 
@@ -27,7 +27,7 @@ from app.jobs.status import JobStatus
 from app.providers.base import PollResult, PollState, ProviderError, Submission
 from app.tenancy.models import ApiKey
 from config import Settings
-from tests.unit.fake_adapter import Script
+from tests.unit.providers.fake_adapter import Script
 
 pytestmark = pytest.mark.usefixtures("catalog", "api_key")
 
