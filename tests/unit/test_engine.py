@@ -1,11 +1,11 @@
-"""Where the engine's test helpers were: they are in ``tests/unit/jobs/test_engine.py`` now.
+"""Where the engine's test helpers were: they are in ``tests/unit/jobs/support.py`` now.
 
 Kept only for ``tests/unit/jobs/test_transitions.py`` and ``tests/api/test_list_cancel.py``,
 which still import them from here; delete this file once their imports name the new module.
 It holds no tests.
 """
 
-from tests.unit.jobs.test_engine import (
+from tests.unit.jobs.support import (
     MS,
     PENDING,
     SUCCESS,
