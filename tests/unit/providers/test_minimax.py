@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import wave
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +17,11 @@ from app.providers.base import (
     AccountConfig,
     GenerationRequest,
     PollState,
-    ProviderError,
     Submission,
 )
 from app.providers.minimax import BASE_RESP_CODES, MinimaxAdapter
 from app.sim.audio import wav_bytes
-from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession, error_of
 
 BASE = "https://api.minimax.test"
 URL = BASE + minimax.PATH
@@ -98,19 +96,8 @@ def account(**overrides: Any) -> AccountConfig:
 
 
 @pytest.fixture
-def session() -> RecordingSession:
-    return RecordingSession()
-
-
-@pytest.fixture
 def adapter(session: RecordingSession) -> MinimaxAdapter:
     return MinimaxAdapter(account(), session=session)
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 def request(**overrides: Any) -> GenerationRequest:
@@ -120,12 +107,6 @@ def request(**overrides: Any) -> GenerationRequest:
         "lyrics": "[Verse]\nStreetlights flicker",
     }
     return GenerationRequest(**{**values, **overrides})
-
-
-def error_of(call: Any) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        call()
-    return info.value
 
 
 def submit_with(
