@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import redis
 import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from app import dbmigrate
 from app.catalog import loader
@@ -253,6 +255,20 @@ def lock_waiters(db: Database) -> int:
                 )
             ).scalar_one()
         )
+
+
+def commit_once_blocked(db: Database, holder: Session, contender: Callable[[], None]) -> None:
+    """Run ``contender`` in a thread until it waits on a row lock (``holder`` holds it), then
+    commit ``holder`` and let the contender finish: the race the database must settle."""
+    thread = threading.Thread(target=contender)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and thread.is_alive() and not lock_waiters(db):
+        time.sleep(0.05)
+    holder.commit()
+    holder.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 @contextmanager
