@@ -130,10 +130,9 @@ def test_happy_path_submit_poll_pending_then_success(
 
 
 def test_wrong_token_is_skipped_without_calling_the_adapter(
-    engine: Engine, script: Script, db: Database, settings: Settings
+    engine: Engine, script: Script, db: Database, leased_job: tuple[str, str]
 ) -> None:
-    job_id = new_job(db, settings)
-    token = claim(engine, job_id)
+    job_id, token = leased_job
     before = snapshot(db, job_id)
 
     assert engine.advance(job_id, "0" * 32) == "skipped"
@@ -145,10 +144,9 @@ def test_wrong_token_is_skipped_without_calling_the_adapter(
 
 
 def test_the_same_claim_advanced_twice_runs_once(
-    engine: Engine, script: Script, db: Database, settings: Settings
+    engine: Engine, script: Script, db: Database, leased_job: tuple[str, str]
 ) -> None:
-    job_id = new_job(db, settings)
-    token = claim(engine, job_id)
+    job_id, token = leased_job
 
     assert engine.advance(job_id, token) == "running"
     after_first = snapshot(db, job_id)
@@ -160,10 +158,9 @@ def test_the_same_claim_advanced_twice_runs_once(
 
 
 def test_the_same_claim_from_eight_threads_submits_once(
-    engine: Engine, script: Script, db: Database, settings: Settings
+    engine: Engine, script: Script, db: Database, leased_job: tuple[str, str]
 ) -> None:
-    job_id = new_job(db, settings)
-    token = claim(engine, job_id)
+    job_id, token = leased_job
     start = threading.Barrier(8)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -252,10 +249,9 @@ def test_expire_overdue_uses_the_given_now(
 
 
 def test_a_claim_on_an_expired_job_is_skipped(
-    engine: Engine, script: Script, db: Database, settings: Settings
+    engine: Engine, script: Script, db: Database, leased_job: tuple[str, str]
 ) -> None:
-    job_id = new_job(db, settings)
-    token = claim(engine, job_id)
+    job_id, token = leased_job
     assert engine.expire_overdue(now=row(db, job_id).deadline_at + MS) == 1
 
     assert engine.advance(job_id, token) == "skipped"

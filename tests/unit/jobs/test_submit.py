@@ -125,41 +125,43 @@ def test_submit_gives_up_after_submit_max_attempts(
     assert not claimed(engine, job_id, now=utcnow() + dt.timedelta(days=1))
 
 
-def test_submit_that_may_have_created_the_job_fails_at_once(
-    engine: Engine, script: Script, db: Database, settings: Settings
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(
+            ProviderError(
+                "upstream_timeout", "no answer within 30s", retryable=True, maybe_created=True
+            ),
+            "upstream_unknown",
+            id="may-have-created-the-job",
+        ),
+        pytest.param(
+            ProviderError("upstream_auth_failed", "bad key", retryable=False, status_code=401),
+            "upstream_auth_failed",
+            id="not-retryable",
+        ),
+    ],
+)
+def test_a_submit_error_that_retrying_cannot_help_fails_at_once(
+    engine: Engine,
+    script: Script,
+    db: Database,
+    settings: Settings,
+    error: ProviderError,
+    code: str,
 ) -> None:
     job_id = new_job(db, settings)
-    script.on_submit(
-        ProviderError(
-            "upstream_timeout", "no answer within 30s", retryable=True, maybe_created=True
-        )
-    )
+    script.on_submit(error)
 
     assert step(engine, db, job_id) == "failed"
 
     assert len(script.submits) == 1
     job = row(db, job_id)
-    assert_failed(job, "upstream_unknown")
+    assert_failed(job, code)
     # The tenant gets the code's sentence; the detail went to the log.
-    assert job.error_message == MESSAGES["upstream_unknown"]
+    assert job.error_message == MESSAGES[code]
     assert job.submit_attempts == 1
     assert not claimed(engine, job_id, now=utcnow() + dt.timedelta(days=1))
-
-
-def test_non_retryable_submit_error_fails_at_once(
-    engine: Engine, script: Script, db: Database, settings: Settings
-) -> None:
-    job_id = new_job(db, settings)
-    script.on_submit(
-        ProviderError("upstream_auth_failed", "bad key", retryable=False, status_code=401)
-    )
-
-    assert step(engine, db, job_id) == "failed"
-
-    assert len(script.submits) == 1
-    job = row(db, job_id)
-    assert_failed(job, "upstream_auth_failed")
-    assert job.error_message == MESSAGES["upstream_auth_failed"]
 
 
 # ------------------------------------------------------------------ late and out-of-order events
