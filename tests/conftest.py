@@ -32,6 +32,7 @@ from app.db import Database
 from app.jobs.models import Job
 from app.tenancy.keys import create_key
 from config import Settings, load_settings
+from tests.audio import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATABASE_URL = os.environ.get(
@@ -104,6 +105,15 @@ def redis_url() -> str:
     client.ping()
     client.close()
     return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def isolated_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CHORUS_VAR_DIR in a temporary folder for a module's tests: importing the WSGI app or the
+    Celery app reads settings, and any state they create stays out of the working tree."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHORUS_VAR_DIR", str(tmp_path_factory.mktemp("var")))
+        yield
 
 
 @pytest.fixture
@@ -242,6 +252,16 @@ def sim(settings: Settings, env: dict[str, str]) -> Iterator[str]:
     env["SIM_URL"] = url
     yield url
     shutdown()
+
+
+@pytest.fixture(scope="module")
+def audio_server() -> Iterator[Server]:
+    """A real HTTP server with canned audio routes (``tests.audio.Server``), one per module."""
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.server.shutdown()
+    srv.thread.join(timeout=5)
 
 
 def lock_waiters(db: Database) -> int:
