@@ -497,35 +497,52 @@ def submit(adapter: AimlapiAdapter) -> Any:
     return adapter.submit(GenerationRequest(upstream_model="m", prompt="p"))
 
 
-def test_connect_timeout_on_submit_did_not_create_anything(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
+@pytest.mark.parametrize(
+    ("op", "fault", "code", "maybe_created"),
+    [
+        pytest.param(
+            "submit",
+            requests.ConnectTimeout("connect timed out"),
+            "upstream_unavailable",
+            False,
+            id="connect-timeout-on-submit-created-nothing",
+        ),
+        pytest.param(
+            "submit",
+            requests.ReadTimeout("read timed out"),
+            "upstream_timeout",
+            True,
+            id="read-timeout-on-submit-may-have-created-the-job",
+        ),
+        pytest.param(
+            "poll",
+            requests.ReadTimeout("read timed out"),
+            "upstream_timeout",
+            False,
+            id="read-timeout-on-poll",
+        ),
+        pytest.param(
+            "poll",
+            requests.ConnectionError("('Connection aborted.', ConnectionResetError())"),
+            "upstream_unavailable",
+            False,
+            id="a-reset-on-poll-is-never-maybe-created",
+        ),
+    ],
+)
+def test_timeouts_and_resets_are_retryable(
+    rsps: responses.RequestsMock,
+    adapter: AimlapiAdapter,
+    op: str,
+    fault: Exception,
+    code: str,
+    maybe_created: bool,
 ) -> None:
-    rsps.add(responses.POST, URL, body=requests.ConnectTimeout("connect timed out"))
-    error = error_of(lambda: submit(adapter))
-    assert error.code == "upstream_unavailable"
-    assert error.retryable is True
-    assert error.maybe_created is False
-
-
-def test_read_timeout_on_submit_may_have_created_the_job(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(responses.POST, URL, body=requests.ReadTimeout("read timed out"))
-    error = error_of(lambda: submit(adapter))
-    assert error.code == "upstream_timeout"
-    assert error.retryable is True
-    assert error.maybe_created is True
-    assert "30s" in error.message  # the account's read timeout
-
-
-def test_read_timeout_on_poll_is_retryable(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(responses.GET, URL, body=requests.ReadTimeout("read timed out"))
-    error = error_of(lambda: adapter.poll("gen-1"))
-    assert error.code == "upstream_timeout"
-    assert error.retryable is True
-    assert error.maybe_created is False
+    rsps.add(responses.POST if op == "submit" else responses.GET, URL, body=fault)
+    error = error_of(lambda: submit(adapter) if op == "submit" else adapter.poll("gen-1"))
+    assert (error.code, error.retryable, error.maybe_created) == (code, True, maybe_created)
+    if code == "upstream_timeout":
+        assert "30s" in error.message  # the account's read timeout
 
 
 @pytest.mark.parametrize(
@@ -554,19 +571,6 @@ def test_connection_errors_on_submit(
     assert error.code == "upstream_unavailable"
     assert error.retryable is True
     assert error.maybe_created is maybe_created
-
-
-def test_a_reset_on_poll_is_never_maybe_created(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(
-        responses.GET,
-        URL,
-        body=requests.ConnectionError("('Connection aborted.', ConnectionResetError())"),
-    )
-    error = error_of(lambda: adapter.poll("gen-1"))
-    assert error.retryable is True
-    assert error.maybe_created is False
 
 
 def test_other_request_errors_are_retryable(
