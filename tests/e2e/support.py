@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from app.db import Database
+from app.jobs.engine import Engine
+from app.jobs.leasing import DueClaim
+from config import Settings
 from tests.conftest import GOOD_BODY, auth, wait_for
 
 URL = "/v1/music/generations"
@@ -51,3 +55,10 @@ def wait_terminal(
         }
         raise AssertionError(f"{exc}; still active: {stuck}") from None
     return result
+
+
+def claim_by_hand(settings: Settings, db: Database, ids: list[str]) -> list[DueClaim]:
+    """Lease the jobs ``ids`` (all that are due) as the scheduler would, without one running."""
+    claims = Engine(settings, db).claim_due(lookahead=1.0, limit=100)
+    assert sorted(c.job_id for c in claims) == ids
+    return claims

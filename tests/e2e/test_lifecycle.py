@@ -22,7 +22,7 @@ from tests.conftest import (
     sim_record,
     wait_for,
 )
-from tests.e2e.support import submit, wait_terminal
+from tests.e2e.support import claim_by_hand, submit, wait_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -152,13 +152,10 @@ def test_duplicated_and_lost_messages_neither_repeat_nor_lose_work(
     settings: Any,
     env: dict[str, str],
 ) -> None:
-    from app.jobs.engine import Engine
     from workers import make_celery
 
     ids = [submit(client, api_key, f"Track {i}") for i in range(8)]
-    engine = Engine(settings, db)
-    claims = engine.claim_due(lookahead=1.0, limit=100)
-    assert sorted(c.job_id for c in claims) == ids
+    claims = claim_by_hand(settings, db, ids)
     celery = make_celery(settings)
     duplicated, lost = claims[:4], claims[4:]
     for _ in range(5):  # every message for the first four jobs, five times over

@@ -22,7 +22,7 @@ from app.money import ledger
 from app.tenancy.keys import get_or_create_org
 from tests.conftest import CREDIT, GOOD_BODY, Processes, auth, funded_key, job_rows, wait_for
 from tests.e2e import support
-from tests.e2e.support import TERMINAL, URL
+from tests.e2e.support import TERMINAL, URL, claim_by_hand
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -172,15 +172,11 @@ def test_duplicated_messages_still_capture_each_job_once(
     settings: Any,
     redis_url: str,
 ) -> None:
-    from app.jobs.engine import Engine
     from workers import make_celery
 
     ids = [submit(client, api_key, f"Track {i}") for i in range(8)]
-    engine = Engine(settings, db)
-    claims = engine.claim_due(lookahead=1.0, limit=100)
-    assert sorted(c.job_id for c in claims) == ids
+    message = [[c.job_id, c.token] for c in claim_by_hand(settings, db, ids)]
     celery = make_celery(settings)
-    message = [[c.job_id, c.token] for c in claims]
     for _ in range(5):  # every job's message, five times over
         celery.send_task("chorus.submit_jobs", args=(message,))
     procs.worker(concurrency=2)
