@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.procs import PhaseError
+from bench.procs import PhaseError, Sampler
 from bench.stack import CATEGORY, LYRICS, MODEL
 
 
@@ -112,7 +112,7 @@ def submit_jobs(
     return result
 
 
-class Connections:
+class Connections(Sampler):
     """Peak Postgres connections, Chorus's database and the whole (shared) server, sampled
     every half second from a thread of its own for the whole submit-and-wait window."""
 
@@ -123,33 +123,24 @@ class Connections:
     )
 
     def __init__(self, database_url: str) -> None:
+        super().__init__("pg-connections", 0.5)
         self.engine = sa.create_engine(database_url, pool_size=1, max_overflow=0)
         self.bench_peak = self.server_peak = self.max_connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-connections", daemon=True)
-
-    def __enter__(self) -> Connections:
-        self._thread.start()
-        return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().__exit__()
         self.engine.dispose()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self.engine.connect() as conn:
-                    mine, total, limit = conn.execute(self.QUERY).one()
-            except sa.exc.OperationalError:
-                # The server refusing us too is the point of watching; try again shortly.
-                self._stop.wait(0.5)
-                continue
-            self.bench_peak = max(self.bench_peak, int(mine))
-            self.server_peak = max(self.server_peak, int(total))
-            self.max_connections = int(limit)
-            self._stop.wait(0.5)
+    def sample(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                mine, total, limit = conn.execute(self.QUERY).one()
+        except sa.exc.OperationalError:
+            # The server refusing us too is the point of watching; try again shortly.
+            return
+        self.bench_peak = max(self.bench_peak, int(mine))
+        self.server_peak = max(self.server_peak, int(total))
+        self.max_connections = int(limit)
 
     def as_dict(self) -> dict[str, int]:
         return {

@@ -112,6 +112,47 @@ def _generator_cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def metered_run(
+    target: load.Target,
+    duration: float,
+    connections: int,
+    workdir: Path,
+    use_wrk: bool,
+    server: int,
+    dbname: str,
+) -> tuple[load.LoadResult, dict[str, float]]:
+    """A load run on ``target``, and where the CPU went meanwhile: the process tree of
+    ``server``, its Postgres backends (of ``dbname``), Redis (the rate limiter keeps its
+    counters there: part of Chorus's cost), the load generator, and anything else on the
+    machine (other people's processes show up there)."""
+    meter = CpuMeter(
+        {
+            "server": lambda: tree_pids(server, proc_table()),
+            "postgres": lambda: postgres_backends(dbname),
+            "redis": lambda: pids_named("redis-server"),
+        }
+    )
+    before = _generator_cpu()
+    meter.start()
+    result = load.run(target, duration, connections, workdir, use_wrk)
+    used = meter.stop()
+    used["generator"] = _generator_cpu() - before
+    measured = ("server", "postgres", "redis", "generator", "interrupts", "steal")
+    used["other"] = used["machine_busy"] - sum(used[k] for k in measured)
+    return result, used
+
+
+def say_refusals(target: load.Target, result: load.LoadResult) -> None:
+    """Print, loudly, any refused answers or socket errors of a run, with one such answer."""
+    if result.non_2xx or result.socket_errors:
+        print(
+            f"\n  !!! {target.label}: {result.non_2xx} non-2xx answers and "
+            f"{result.socket_errors} socket errors out of {result.requests} requests !!!\n",
+            flush=True,
+        )
+        print(f"  one answer to the same request: {_sample(target)}", flush=True)
+
+
 def _per_request(used: dict[str, float], result: load.LoadResult) -> dict[str, float]:
     """CPU seconds per group, CPU ms per request, and how busy the machine's cores were."""
     n = max(result.requests, 1)
@@ -199,39 +240,11 @@ def run_http_phase(
     servers = {chorus_port: web.pid, bare_port: bare.pid}
 
     def drive(target: load.Target, duration: float) -> tuple[load.LoadResult, dict[str, float]]:
-        # Where the CPU went: the server under load, its Postgres backends, the generator, and
-        # anything else on the machine (other people's processes show up there).
-        server = servers[target.port]
-        meter = CpuMeter(
-            {
-                "server": lambda: tree_pids(server, proc_table()),
-                "postgres": lambda: postgres_backends(dbname),
-                # The rate limiter keeps its counters in Redis: part of Chorus's cost.
-                "redis": lambda: pids_named("redis-server"),
-            }
-        )
-        before = _generator_cpu()
-        meter.start()
-        result = load.run(target, duration, connections, workdir, use_wrk)
-        used = meter.stop()
-        used["generator"] = _generator_cpu() - before
-        used["other"] = (
-            used["machine_busy"]
-            - used["server"]
-            - used["postgres"]
-            - used["redis"]
-            - used["generator"]
-            - used["interrupts"]
-            - used["steal"]
+        result, used = metered_run(
+            target, duration, connections, workdir, use_wrk, servers[target.port], dbname
         )
         sup.check_alive(["web-http", "bare"])
-        if result.non_2xx or result.socket_errors:
-            print(
-                f"\n  !!! {target.label}: {result.non_2xx} non-2xx answers and "
-                f"{result.socket_errors} socket errors out of {result.requests} requests !!!\n",
-                flush=True,
-            )
-            print(f"  one answer to the same request: {_sample(target)}", flush=True)
+        say_refusals(target, result)
         return result, used
 
     out: dict[str, Any] = {

@@ -28,16 +28,8 @@ from sqlalchemy.engine import make_url
 from app.money import ledger
 from app.tenancy.keys import create_key, get_or_create_org
 from bench import load
-from bench.http_phase import WARMUP_SECONDS, _generator_cpu, _per_request, _sample
-from bench.procs import (
-    CpuMeter,
-    Supervisor,
-    free_port,
-    pids_named,
-    postgres_backends,
-    proc_table,
-    tree_pids,
-)
+from bench.http_phase import WARMUP_SECONDS, _per_request, metered_run, say_refusals
+from bench.procs import Supervisor, free_port
 from bench.stack import (
     CATEGORY,
     LYRICS,
@@ -224,29 +216,9 @@ def run_money_phase(
 
     def drive(case: Case, duration: float) -> tuple[load.LoadResult, dict[str, float]]:
         target = _target(case, port)
-        meter = CpuMeter(
-            {
-                "server": lambda: tree_pids(web.pid, proc_table()),
-                "postgres": lambda: postgres_backends(dbname),
-                "redis": lambda: pids_named("redis-server"),
-            }
-        )
-        before = _generator_cpu()
-        meter.start()
-        result = load.run(target, duration, connections, workdir, use_wrk)
-        used = meter.stop()
-        used["generator"] = _generator_cpu() - before
-        used["other"] = used["machine_busy"] - sum(
-            used[k] for k in ("server", "postgres", "redis", "generator", "interrupts", "steal")
-        )
+        result, used = metered_run(target, duration, connections, workdir, use_wrk, web.pid, dbname)
         sup.check_alive(["web-money"])
-        if result.non_2xx or result.socket_errors:
-            print(
-                f"\n  !!! {case.label}: {result.non_2xx} non-2xx answers and "
-                f"{result.socket_errors} socket errors out of {result.requests} requests !!!",
-                flush=True,
-            )
-            print(f"  one answer to the same request: {_sample(target)}", flush=True)
+        say_refusals(target, result)
         return result, used
 
     out: dict[str, Any] = {

@@ -17,10 +17,10 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 # The last line of a Python traceback: "package.module.SomeError: message".
@@ -176,21 +176,27 @@ def wait_http(port: int, path: str, child: Child, timeout: float = 60.0, expect:
 # ------------------------------------------------------------------ memory
 
 
-def proc_table() -> dict[int, int]:
-    """pid -> parent pid, from /proc."""
-    table: dict[int, int] = {}
+def proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, content of ``/proc/<pid>/<name>``) for every process whose file could be read
+    (one that ended meanwhile, or is not ours to read, is passed over)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
+            with open(f"/proc/{entry}/{name}", "rb") as f:
+                yield int(entry), f.read()
         except OSError:
             continue
+
+
+def proc_table() -> dict[int, int]:
+    """pid -> parent pid, from /proc."""
+    table: dict[int, int] = {}
+    for pid, raw in proc_files("stat"):
         # The command name is in parentheses and may itself hold spaces or ')'.
         fields = raw[raw.rfind(b")") + 2 :].split()
         if len(fields) > 1:
-            table[int(entry)] = int(fields[1])
+            table[pid] = int(fields[1])
     return table
 
 
@@ -223,19 +229,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class RssSampler:
-    """Samples, every ``interval`` seconds, the summed RSS of each named process and its tree."""
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds from a thread of its own, for as long as
+    the ``with`` block it opens lasts."""
 
-    def __init__(self, targets: dict[str, int], interval: float = 0.5) -> None:
-        self.targets = targets
+    def __init__(self, name: str, interval: float) -> None:
         self.interval = interval
-        self.peak_kib: dict[str, int] = dict.fromkeys(targets, 0)
-        self.peak_procs: dict[str, int] = dict.fromkeys(targets, 0)
-        self.samples = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -247,6 +250,20 @@ class RssSampler:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class RssSampler(Sampler):
+    """Samples, every ``interval`` seconds, the summed RSS of each named process and its tree."""
+
+    def __init__(self, targets: dict[str, int], interval: float = 0.5) -> None:
+        super().__init__("rss-sampler", interval)
+        self.targets = targets
+        self.peak_kib: dict[str, int] = dict.fromkeys(targets, 0)
+        self.peak_procs: dict[str, int] = dict.fromkeys(targets, 0)
+        self.samples = 0
 
     def sample(self) -> None:
         table = proc_table()
@@ -301,34 +318,15 @@ def machine_cpu() -> dict[str, float]:
 
 def postgres_backends(database: str) -> list[int]:
     """Postgres backend processes serving ``database`` (their title names the database)."""
-    pids = []
     needle = f" {database} ".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if cmd.startswith(b"postgres:") and needle in cmd:
-            pids.append(int(entry))
-    return pids
+    return [
+        pid for pid, cmd in proc_files("cmdline") if cmd.startswith(b"postgres:") and needle in cmd
+    ]
 
 
 def pids_named(name: str) -> list[int]:
     """Processes whose command name (``/proc/<pid>/comm``) is ``name``, e.g. redis-server."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() == name:
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
+    return [pid for pid, comm in proc_files("comm") if comm.strip() == name.encode()]
 
 
 def own_pid() -> list[int]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.http_phase import WARMUP_SECONDS, _create_jobs, _post_body, _sample
-from bench.procs import RssSampler, Supervisor, free_port
+from bench.http_phase import WARMUP_SECONDS, _create_jobs, _post_body, say_refusals
+from bench.procs import RssSampler, Sampler, Supervisor, free_port
 from bench.stack import CATEGORY, LYRICS, MODEL, Stack, reset_jobs, start_web
 from config import load_settings
 from config.settings import DEFAULT_WEB_THREADS, MAX_WAIT_SECONDS
@@ -94,28 +94,17 @@ class Waiter:
         return sent is not None and now - sent >= HELD_AFTER_S
 
 
-class HeldSampler:
+class HeldSampler(Sampler):
     """Counts, twice a second, the clients whose request the server is holding."""
 
     def __init__(self, waiters: list[Waiter]) -> None:
+        super().__init__("held-sampler", 0.5)
         self.waiters = waiters
         self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="held-sampler", daemon=True)
 
-    def __enter__(self) -> HeldSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            self.samples.append(sum(w.held(now) for w in self.waiters))
-            self._stop.wait(0.5)
+    def sample(self) -> None:
+        now = time.monotonic()
+        self.samples.append(sum(w.held(now) for w in self.waiters))
 
 
 def run_wait_phase(
@@ -155,13 +144,7 @@ def run_wait_phase(
     def drive(target: load.Target, duration: float) -> load.LoadResult:
         result = load.run(target, duration, connections, workdir, use_wrk)
         sup.check_alive(["web-wait"])
-        if result.non_2xx or result.socket_errors:
-            print(
-                f"\n  !!! {target.label}: {result.non_2xx} non-2xx answers and "
-                f"{result.socket_errors} socket errors out of {result.requests} requests !!!",
-                flush=True,
-            )
-            print(f"  one answer to the same request: {_sample(target)}", flush=True)
+        say_refusals(target, result)
         return result
 
     out: dict[str, Any] = {

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import redis
 import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from app import dbmigrate
 from app.catalog import loader
@@ -30,6 +32,7 @@ from app.db import Database
 from app.jobs.models import Job
 from app.tenancy.keys import create_key
 from config import Settings, load_settings
+from tests.audio import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATABASE_URL = os.environ.get(
@@ -102,6 +105,15 @@ def redis_url() -> str:
     client.ping()
     client.close()
     return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def isolated_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CHORUS_VAR_DIR in a temporary folder for a module's tests: importing the WSGI app or the
+    Celery app reads settings, and any state they create stays out of the working tree."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHORUS_VAR_DIR", str(tmp_path_factory.mktemp("var")))
+        yield
 
 
 @pytest.fixture
@@ -202,8 +214,8 @@ def client(app: Any) -> Any:
 
 @pytest.fixture
 def script() -> Any:
-    """A scriptable upstream (``tests.unit.fake_adapter``) for an in-process ``engine``."""
-    from tests.unit.fake_adapter import Script
+    """A scriptable upstream (``tests.unit.providers.fake_adapter``) for an in-process ``engine``."""
+    from tests.unit.providers.fake_adapter import Script
 
     return Script()
 
@@ -242,6 +254,16 @@ def sim(settings: Settings, env: dict[str, str]) -> Iterator[str]:
     shutdown()
 
 
+@pytest.fixture(scope="module")
+def audio_server() -> Iterator[Server]:
+    """A real HTTP server with canned audio routes (``tests.audio.Server``), one per module."""
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.server.shutdown()
+    srv.thread.join(timeout=5)
+
+
 def lock_waiters(db: Database) -> int:
     """Sessions of this database waiting on a row lock: how a test knows a race is on."""
     with db.engine.connect() as conn:
@@ -253,6 +275,20 @@ def lock_waiters(db: Database) -> int:
                 )
             ).scalar_one()
         )
+
+
+def commit_once_blocked(db: Database, holder: Session, contender: Callable[[], None]) -> None:
+    """Run ``contender`` in a thread until it waits on a row lock (``holder`` holds it), then
+    commit ``holder`` and let the contender finish: the race the database must settle."""
+    thread = threading.Thread(target=contender)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and thread.is_alive() and not lock_waiters(db):
+        time.sleep(0.05)
+    holder.commit()
+    holder.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 @contextmanager

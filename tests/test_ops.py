@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,7 @@ ENTRY_POINTS = {"celery", "gunicorn", "chorus"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _isolated_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    # Importing the WSGI app or the Celery app reads settings; keep any state they create
-    # out of the working tree.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHORUS_VAR_DIR", str(tmp_path_factory.mktemp("var")))
-        yield
+pytestmark = pytest.mark.usefixtures("isolated_var_dir")
 
 
 # --- splitting command lines ----------------------------------------------------------------

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,7 @@ INFRA_SERVICES = {"postgres", "redis", "minio", "minio-init"}
 TEST_ONLY = {"TEST_DATABASE_URL", "TEST_REDIS_URL"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _isolated_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHORUS_VAR_DIR", str(tmp_path_factory.mktemp("var")))
-        yield
+pytestmark = pytest.mark.usefixtures("isolated_var_dir")
 
 
 def compose() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Listing and cancelling ``/v1/music/generations`` (real Postgres, the API in-process).
 
 Cancels that race a worker run the real engine against the scripted upstream of
-``tests.unit.fake_adapter``: a scripted call can cancel the job through the API while the
+``tests.unit.providers.fake_adapter``: a scripted call can cancel the job through the API while the
 "upstream" works, which puts the cancel exactly between the worker's read and its write.
 """
 
@@ -24,8 +24,8 @@ from app.providers.base import PollResult, PollState, ProviderError, Submission
 from app.tenancy.keys import get_or_create_org
 from config import Settings
 from tests.conftest import CREDIT, GOOD_BODY, auth
-from tests.unit.fake_adapter import Script
-from tests.unit.test_engine import PENDING, SUCCESS
+from tests.unit.jobs.support import PENDING, SUCCESS
+from tests.unit.providers.fake_adapter import Script
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

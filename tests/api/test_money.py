@@ -45,8 +45,8 @@ from tests.conftest import (
     ROOT,
     Processes,
     auth,
+    commit_once_blocked,
     funded_key,
-    lock_waiters,
     statements_on,
     wait_for,
 )
@@ -425,15 +425,7 @@ def test_the_cap_holds_across_currencies(db: Database, api_key: str) -> None:
         except TooManyActive:
             outcome.append("too many active")
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and thread.is_alive() and not lock_waiters(db):
-        time.sleep(0.05)
-    first.commit()
-    first.close()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
+    commit_once_blocked(db, first, second)
     with db.session() as session:
         active = session.scalar(sa.select(sa.func.count()).select_from(Job))
     assert (outcome, active) == (["too many active"], 1)

@@ -20,7 +20,7 @@ from app.jobs.upstreams import SIM_KEY
 from app.money.models import LedgerEntry
 from config import Settings
 from tests.conftest import Processes, auth, job_rows, sim_record, wait_for
-from tests.e2e.test_lifecycle import URL, read, submit, wait_terminal
+from tests.e2e.support import URL, read, submit, wait_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -64,18 +64,25 @@ def row(db: Database, job_id: str) -> Any:
     return next(j for j in job_rows(db) if j.id == job_id)
 
 
-def test_cancel_running_job_stays_cancelled_and_the_busy_account_gets_no_second_song(
-    client: Any, db: Database, api_key: str, sim: str, procs: Processes, settings: Settings
-) -> None:
+def running_alone(client: Any, db: Database, key: str, procs: Processes, prompt: str) -> str:
+    """A useapi job, RUNNING on the only useapi account left, with a worker and the scheduler
+    started."""
     only_one_useapi_account(db)
     procs.worker()
     procs.scheduler()
-    doomed = submit(client, api_key, "Cancelled ballad [sim:latency=4]", model="music-1.5")
+    job_id = submit(client, key, prompt, model="music-1.5")
     wait_for(
-        lambda: read(client, api_key, doomed)["status"] == "RUNNING",
+        lambda: read(client, key, job_id)["status"] == "RUNNING",
         30,
         message="the job to reach useapi",
     )
+    return job_id
+
+
+def test_cancel_running_job_stays_cancelled_and_the_busy_account_gets_no_second_song(
+    client: Any, db: Database, api_key: str, sim: str, procs: Processes, settings: Settings
+) -> None:
+    doomed = running_alone(client, db, api_key, procs, "Cancelled ballad [sim:latency=4]")
     cancelled = client.post(f"{URL}/{doomed}/cancel", headers=auth(api_key))
     assert cancelled.status_code == 200, cancelled.get_json()
     assert cancelled.get_json()["status"] == "CANCELLED"
@@ -116,16 +123,8 @@ def test_cancel_running_job_stays_cancelled_and_the_busy_account_gets_no_second_
 def test_cancel_queued_job_never_reaches_the_upstream(
     client: Any, db: Database, api_key: str, sim: str, procs: Processes
 ) -> None:
-    only_one_useapi_account(db)
-    procs.worker()
-    procs.scheduler()
     # The first job holds the only slot; the second waits QUEUED behind it and is cancelled.
-    busy = submit(client, api_key, "Holding the slot [sim:latency=3]", model="music-1.5")
-    wait_for(
-        lambda: read(client, api_key, busy)["status"] == "RUNNING",
-        30,
-        message="the first job to reach useapi",
-    )
+    busy = running_alone(client, db, api_key, procs, "Holding the slot [sim:latency=3]")
     waiting = submit(client, api_key, "Never sent [sim:latency=0.5]", model="music-1.5")
     wait_for(
         lambda: row(db, waiting).waiting_since is not None,

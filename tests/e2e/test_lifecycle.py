@@ -16,54 +16,15 @@ import requests
 
 from app.jobs.models import Job
 from tests.conftest import (
-    GOOD_BODY,
     Processes,
-    auth,
     clear_redis,
     job_rows,
     sim_record,
     wait_for,
 )
+from tests.e2e.support import claim_by_hand, submit, wait_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
-
-URL = "/v1/music/generations"
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-def submit(client: Any, key: str, prompt: str = GOOD_BODY["prompt"], **extra: Any) -> str:
-    response = client.post(URL, json={**GOOD_BODY, "prompt": prompt, **extra}, headers=auth(key))
-    assert response.status_code == 202, response.get_json()
-    job_id: str = response.get_json()["id"]
-    return job_id
-
-
-def read(client: Any, key: str, job_id: str) -> dict[str, Any]:
-    response = client.get(f"{URL}/{job_id}", headers=auth(key))
-    assert response.status_code == 200
-    body: dict[str, Any] = response.get_json()
-    return body
-
-
-def wait_terminal(
-    client: Any, key: str, ids: list[str], timeout: float
-) -> dict[str, dict[str, Any]]:
-    last: dict[str, dict[str, Any]] = {}
-
-    def done() -> dict[str, dict[str, Any]] | None:
-        last.update({i: read(client, key, i) for i in ids})
-        return last if all(j["status"] in TERMINAL for j in last.values()) else None
-
-    try:
-        result: dict[str, dict[str, Any]] = wait_for(
-            done, timeout, interval=0.25, message="jobs to end"
-        )
-    except AssertionError as exc:
-        stuck = {
-            i: (j["status"], j["error"]) for i, j in last.items() if j["status"] not in TERMINAL
-        }
-        raise AssertionError(f"{exc}; still active: {stuck}") from None
-    return result
 
 
 def submits_per_job(sim: str, db: Any) -> dict[str, int]:
@@ -191,13 +152,10 @@ def test_duplicated_and_lost_messages_neither_repeat_nor_lose_work(
     settings: Any,
     env: dict[str, str],
 ) -> None:
-    from app.jobs.engine import Engine
     from workers import make_celery
 
     ids = [submit(client, api_key, f"Track {i}") for i in range(8)]
-    engine = Engine(settings, db)
-    claims = engine.claim_due(lookahead=1.0, limit=100)
-    assert sorted(c.job_id for c in claims) == ids
+    claims = claim_by_hand(settings, db, ids)
     celery = make_celery(settings)
     duplicated, lost = claims[:4], claims[4:]
     for _ in range(5):  # every message for the first four jobs, five times over

@@ -21,11 +21,11 @@ from app.db import Database
 from app.money import ledger
 from app.tenancy.keys import get_or_create_org
 from tests.conftest import CREDIT, GOOD_BODY, Processes, auth, funded_key, job_rows, wait_for
+from tests.e2e import support
+from tests.e2e.support import TERMINAL, URL, claim_by_hand
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
-URL = "/v1/music/generations"
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 PRICE = 100  # music-2.6, in fen
 PRICES = {"music-2.6": PRICE, "minimax/music-1.5": 50}
 STATE = {"QUEUED": "held", "RUNNING": "held", "SUCCEEDED": "captured", "FAILED": "released"}
@@ -44,9 +44,7 @@ def submit(
 
 
 def read(client: Any, key: str, job_id: str) -> dict[str, Any]:
-    response = client.get(f"{URL}/{job_id}", headers=auth(key))
-    assert response.status_code == 200
-    body: dict[str, Any] = response.get_json()
+    body = support.read(client, key, job_id)
     # At every moment the cost agrees with the status.
     expected = {"amount": PRICES[body["model"]], "currency": "CNY", "state": STATE[body["status"]]}
     assert body["cost"] == expected, body
@@ -56,20 +54,8 @@ def read(client: Any, key: str, job_id: str) -> dict[str, Any]:
 def wait_terminal(
     client: Any, key: str, ids: list[str], timeout: float
 ) -> dict[str, dict[str, Any]]:
-    last: dict[str, dict[str, Any]] = {}
-
-    def done() -> dict[str, dict[str, Any]] | None:
-        last.update({i: read(client, key, i) for i in ids})
-        return last if all(j["status"] in TERMINAL for j in last.values()) else None
-
-    try:
-        result: dict[str, dict[str, Any]] = wait_for(
-            done, timeout, interval=0.25, message="jobs to end"
-        )
-    except AssertionError as exc:
-        stuck = {i: j["status"] for i, j in last.items() if j["status"] not in TERMINAL}
-        raise AssertionError(f"{exc}; still active: {stuck}") from None
-    return result
+    """``support.wait_terminal`` with every look checking the cost against the status."""
+    return support.wait_terminal(client, key, ids, timeout, read=read)
 
 
 def org_id(db: Database, name: str) -> int:
@@ -186,15 +172,11 @@ def test_duplicated_messages_still_capture_each_job_once(
     settings: Any,
     redis_url: str,
 ) -> None:
-    from app.jobs.engine import Engine
     from workers import make_celery
 
     ids = [submit(client, api_key, f"Track {i}") for i in range(8)]
-    engine = Engine(settings, db)
-    claims = engine.claim_due(lookahead=1.0, limit=100)
-    assert sorted(c.job_id for c in claims) == ids
+    message = [[c.job_id, c.token] for c in claim_by_hand(settings, db, ids)]
     celery = make_celery(settings)
-    message = [[c.job_id, c.token] for c in claims]
     for _ in range(5):  # every job's message, five times over
         celery.send_task("chorus.submit_jobs", args=(message,))
     procs.worker(concurrency=2)

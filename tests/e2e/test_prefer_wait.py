@@ -62,6 +62,18 @@ def timed_post(app: Any, key: str, prefer: str, prompt: str = GOOD_BODY["prompt"
     return response
 
 
+def succeeded_lag(app: Any, key: str, db: Any, prefer: str) -> tuple[Any, float]:
+    """POST with ``Prefer: <prefer>``, which must answer the job SUCCEEDED: the response, and
+    how long after the job's end (its ``finished_at``) the answer came."""
+    response = timed_post(app, key, prefer)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["status"] == "SUCCEEDED"
+    with db.session() as session:
+        finished = session.scalar(sa.select(Job.finished_at))
+    assert finished is not None
+    return response, response.answered_at - finished.timestamp()
+
+
 def test_a_job_that_ends_within_the_wait_comes_back_terminal(
     stack: Processes, env: dict[str, str], api_key: str, apps: list[Any], db: Any
 ) -> None:
@@ -97,15 +109,10 @@ def test_the_notification_wakes_the_request(
     # The database re-check runs every 30 s: only the worker's message can answer sooner.
     app = make_app(env, WAIT_RECHECK_SECONDS="30")
     apps.append(app)
-    response = timed_post(app, api_key, "wait=25")
-    assert response.status_code == 201, response.get_json()
-    assert response.get_json()["status"] == "SUCCEEDED"
+    response, lag = succeeded_lag(app, api_key, db, "wait=25")
     assert response.elapsed_s < 20
-    with db.session() as session:
-        finished = session.scalar(sa.select(Job.finished_at))
-    assert finished is not None
     # Woken within moments of the terminal commit, not at a re-check.
-    assert response.answered_at - finished.timestamp() < 2.0
+    assert lag < 2.0
 
 
 def test_without_redis_the_database_recheck_answers(
@@ -114,15 +121,10 @@ def test_without_redis_the_database_recheck_answers(
     # The embedded default's shape: the API has no Redis, so no notification can reach it.
     app = make_app(env, REDIS_URL="", WAIT_RECHECK_SECONDS="1")
     apps.append(app)
-    response = timed_post(app, api_key, "wait=30")
-    assert response.status_code == 201, response.get_json()
-    assert response.get_json()["status"] == "SUCCEEDED"
+    response, lag = succeeded_lag(app, api_key, db, "wait=30")
     assert response.elapsed_s < 25
-    with db.session() as session:
-        finished = session.scalar(sa.select(Job.finished_at))
-    assert finished is not None
     # Found at a re-check: at most about one interval after the job ended.
-    assert response.answered_at - finished.timestamp() < 2.5
+    assert lag < 2.5
 
 
 def test_a_lost_notification_is_covered_by_the_recheck(
@@ -131,13 +133,8 @@ def test_a_lost_notification_is_covered_by_the_recheck(
     # The API listens on another prefix's channel: the worker's message never reaches it.
     app = make_app(env, REDIS_KEY_PREFIX="elsewhere:", WAIT_RECHECK_SECONDS="2")
     apps.append(app)
-    response = timed_post(app, api_key, "wait=30")
-    assert response.status_code == 201, response.get_json()
-    assert response.get_json()["status"] == "SUCCEEDED"
-    with db.session() as session:
-        finished = session.scalar(sa.select(Job.finished_at))
-    assert finished is not None
-    assert response.answered_at - finished.timestamp() < 3.5
+    _, lag = succeeded_lag(app, api_key, db, "wait=30")
+    assert lag < 3.5
 
 
 @pytest.mark.env(WAIT_MAX_WAITERS="1")

@@ -28,7 +28,7 @@ from app.jobs.upstreams import SIM_KEY
 from app.sim.audio import DEFAULT_SAMPLE_RATE
 from tests.api.test_reference_audio import files  # noqa: F401 - a fixture
 from tests.conftest import REDIS_PREFIX, Processes, job_rows, sim_record, wait_for
-from tests.e2e.test_lifecycle import TERMINAL, read, submit, wait_terminal
+from tests.e2e.support import TERMINAL, read, submit, wait_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -76,6 +76,18 @@ def generations_for(sim: str, text: str) -> list[dict[str, Any]]:
 
 def submit_requests(record: dict[str, Any], text: str) -> list[dict[str, Any]]:
     return [r for r in record["requests"] if r["kind"] == "submit" and text in (r["prompt"] or "")]
+
+
+def sent_and_made(record: dict[str, Any], prompts: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Per case, the submits the simulator received with the case's whole prompt, and the
+    generations it made for it."""
+    return {
+        case: (
+            sum(r["kind"] == "submit" and r["prompt"] == prompt for r in record["requests"]),
+            sum(g["prompt"] == prompt for g in record["generations"]),
+        )
+        for case, prompt in prompts.items()
+    }
 
 
 def account_stats(record: dict[str, Any], protocol: str, account: str) -> dict[str, Any]:
@@ -279,10 +291,8 @@ def test_minimax_faults_end_as_documented(
         "[sim:garbage]": ("FAILED", "upstream_unknown", 1, 1),
         "": ("SUCCEEDED", None, 1, 1),
     }
-    ids = {
-        marker: submit_to(client, api_key, "music-2.0", f"Minimax case {i} {marker}")
-        for i, marker in enumerate(cases)
-    }
+    prompts = {marker: f"Minimax case {i} {marker}" for i, marker in enumerate(cases)}
+    ids = {m: submit_to(client, api_key, "music-2.0", prompt) for m, prompt in prompts.items()}
     procs.worker()
     procs.sync_worker()
     procs.scheduler()
@@ -293,13 +303,7 @@ def test_minimax_faults_end_as_documented(
     assert_stored_audio(client, jobs[ids[""]])
 
     record = sim_record(sim)
-    counts = {}
-    for i, marker in enumerate(cases):
-        tag = f"Minimax case {i} {marker}"
-        made = [g for g in record["generations"] if g["prompt"] == tag]
-        sent = [r for r in record["requests"] if r["kind"] == "submit" and r["prompt"] == tag]
-        counts[marker] = (len(sent), len(made))
-    assert counts == {m: (n, g) for m, (_, _, n, g) in cases.items()}
+    assert sent_and_made(record, prompts) == {m: (n, g) for m, (_, _, n, g) in cases.items()}
     assert all(g["protocol"] == "minimax" for g in record["generations"])
     # Four transient failures (two 503s, a 504, a timeout) stay under the breaker's threshold.
     state = breaker(db, "sim-minimax")
@@ -324,22 +328,14 @@ def test_useapi_faults_end_as_documented(
         "[sim:submit-hang=4]": ("FAILED", "upstream_unknown", 1, 1),
         "": ("SUCCEEDED", None, 1, 1),
     }
-    ids = {
-        marker: submit_to(client, api_key, "music-1.5", f"Useapi case {i} {marker}")
-        for i, marker in enumerate(cases)
-    }
+    prompts = {marker: f"Useapi case {i} {marker}" for i, marker in enumerate(cases)}
+    ids = {m: submit_to(client, api_key, "music-1.5", prompt) for m, prompt in prompts.items()}
     procs.worker()
     procs.scheduler()
     jobs = wait_terminal(client, api_key, list(ids.values()), timeout=80)
     assert_outcomes(jobs, ids, {m: (s, c) for m, (s, c, _, _) in cases.items()})
     record = sim_record(sim)
-    counts = {}
-    for i, marker in enumerate(cases):
-        tag = f"Useapi case {i} {marker}"
-        made = [g for g in record["generations"] if g["prompt"] == tag]
-        sent = [r for r in record["requests"] if r["kind"] == "submit" and r["prompt"] == tag]
-        counts[marker] = (len(sent), len(made))
-    assert counts == {m: (n, g) for m, (_, _, n, g) in cases.items()}
+    assert sent_and_made(record, prompts) == {m: (n, g) for m, (_, _, n, g) in cases.items()}
     # Refused at submit: the job never ran.
     assert jobs[ids["[sim:moderated-prompt]"]]["started_at"] is None
     # Chorus never sent a song to a busy account.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,11 @@ from app.storage import (
     make_storage,
 )
 from config import load_settings
+from tests.audio import BIG_WAV, WAV, Server
 from tests.storage.conftest import S3StandIn, s3_settings
-from tests.unit.test_storage import BIG_WAV, WAV, Server
 
 MAX = 10 * 1024 * 1024
 TIMEOUT = (2.0, 5.0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    srv = Server()
-    srv.thread.start()
-    yield srv
-    srv.server.shutdown()
-    srv.thread.join(timeout=5)
 
 
 def stored(backend: AudioStorage) -> list[str]:
@@ -123,14 +113,14 @@ def test_delete_many(backend: AudioStorage) -> None:
     backend.delete_many([])
 
 
-def test_fetch_over_http(server: Server, backend: AudioStorage) -> None:
+def test_fetch_over_http(audio_server: Server, backend: AudioStorage) -> None:
     key, info = backend.fetch(
-        f"{server.url}/streamed.wav",
+        f"{audio_server.url}/streamed.wav",
         "fetched",
         max_bytes=MAX,
         timeout=TIMEOUT,
         downloads=Downloads(load_settings({})),
-        trusted=server.url,
+        trusted=audio_server.url,
     )
     assert (key, info.size) == ("fetched.wav", len(BIG_WAV))
     assert b"".join(backend.stream(key)) == BIG_WAV
@@ -142,16 +132,16 @@ def test_fetch_over_http(server: Server, backend: AudioStorage) -> None:
     [("/page.html", MAX, "not audio"), ("/streamed.wav", len(BIG_WAV) - 1, "larger than")],
 )
 def test_nothing_is_kept_unless_it_is_audio_within_the_cap(
-    server: Server, backend: AudioStorage, path: str, max_bytes: int, message: str
+    audio_server: Server, backend: AudioStorage, path: str, max_bytes: int, message: str
 ) -> None:
     with pytest.raises(AudioError, match=message) as info:
         backend.fetch(
-            server.url + path,
+            audio_server.url + path,
             "bad",
             max_bytes=max_bytes,
             timeout=TIMEOUT,
             downloads=Downloads(load_settings({})),
-            trusted=server.url,
+            trusted=audio_server.url,
         )
     assert info.value.retryable is False
     assert stored(backend) == []

@@ -14,8 +14,8 @@ from app.db import Database, utcnow
 from app.jobs.models import Job
 from app.jobs.present import audio_url
 from app.storage import AudioStorage, S3Storage
+from tests.audio import BIG_WAV, WAV
 from tests.conftest import GOOD_BODY, auth
-from tests.unit.test_storage import BIG_WAV, WAV
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

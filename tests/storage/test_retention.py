@@ -16,8 +16,8 @@ from app.money import ledger
 from app.money.models import LedgerEntry
 from app.money.usage import usage
 from app.storage import AudioStorage
+from tests.audio import WAV
 from tests.conftest import GOOD_BODY, auth
-from tests.unit.test_storage import WAV
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

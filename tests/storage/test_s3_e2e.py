@@ -18,7 +18,7 @@ from app.jobs.models import Job
 from app.money import ledger
 from app.money.models import LedgerEntry
 from tests.conftest import Processes, auth, wait_for
-from tests.e2e.test_lifecycle import read, submit
+from tests.e2e.support import read, submit
 from tests.storage.conftest import S3StandIn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]

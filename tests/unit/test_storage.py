@@ -2,94 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import socket
-import threading
-import wave
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from app.http.downloads import Downloads
 from app.storage import AudioError, AudioInfo, LocalStorage, inspect
 from config.settings import load_settings
+from tests.audio import BIG_WAV, WAV, Server, make_wav
 
 TIMEOUT = (2.0, 5.0)
 MAX = 10 * 1024 * 1024
 
 
-def make_wav(seconds: float = 1.5, rate: int = 22050, channels: int = 2) -> bytes:
-    frames = round(seconds * rate)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(
-            bytes(range(256)) * (frames * channels * 2 // 256)
-            + b"\0" * (frames * channels * 2 % 256)
-        )
-    return buffer.getvalue()
-
-
-WAV = make_wav()
-BIG_WAV = make_wav(seconds=4.0, rate=44100)
-
-
-class Server:
-    """A real HTTP server on 127.0.0.1 (werkzeug, in a thread) with a few canned routes."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        self.routes: dict[str, Callable[[], Response]] = {
-            "/song.wav": lambda: Response(WAV, mimetype="audio/wav"),
-            "/big.wav": lambda: Response(BIG_WAV, mimetype="audio/wav"),
-            "/streamed.wav": lambda: Response(self.chunks(BIG_WAV), mimetype="audio/wav"),
-            "/page.html": lambda: Response(
-                "<html><body>Not audio</body></html>" * 50, mimetype="text/html"
-            ),
-            "/redirect": lambda: Response(status=302, headers={"Location": "/song.wav"}),
-            "/503": lambda: Response("busy", status=503),
-            "/502": lambda: Response("bad gateway", status=502),
-            "/429": lambda: Response("slow down", status=429),
-            "/404": lambda: Response("gone", status=404),
-            "/403": lambda: Response("expired link", status=403),
-        }
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @staticmethod
-    def chunks(data: bytes) -> Iterable[bytes]:
-        # No Content-Length: the size limit must hold while streaming, not from the header.
-        for i in range(0, len(data), 8192):
-            yield data[i : i + 8192]
-
-    def app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        self.hits.append(request.path)
-        route = self.routes.get(request.path)
-        response = route() if route else Response("no such route", status=404)
-        return response(environ, start_response)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    srv = Server()
-    srv.thread.start()
-    yield srv
-    srv.server.shutdown()
-    srv.thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def downloads() -> Downloads:
-    # The test server is on loopback; what the guard refuses is tests/unit/test_http.py's.
+    # The test server is on loopback; what the guard refuses is tests/unit/http/test_guard.py's.
     return Downloads(load_settings({"ALLOW_PRIVATE_URLS": "true"}))
 
 
@@ -124,10 +55,10 @@ def fetch_error(storage: LocalStorage, downloads: Downloads, url: str, **kwargs:
 
 
 def test_fetch_a_wav(
-    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, downloads: Downloads
 ) -> None:
     key, info = storage.fetch(
-        f"{server.url}/song.wav", "01JOB", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+        f"{audio_server.url}/song.wav", "01JOB", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
     )
 
     assert key == "01JOB.wav"
@@ -144,32 +75,36 @@ def test_fetch_a_wav(
 
 
 def test_fetch_through_a_redirect(
-    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, downloads: Downloads
 ) -> None:
     key, info = storage.fetch(
-        f"{server.url}/redirect", "j2", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+        f"{audio_server.url}/redirect", "j2", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
     )
     assert key == "j2.wav" and info.size == len(WAV)
     assert leftovers(root) == ["j2.wav"]
 
 
 def test_a_body_of_exactly_max_bytes_is_accepted(
-    server: Server, storage: LocalStorage, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, downloads: Downloads
 ) -> None:
     _, info = storage.fetch(
-        f"{server.url}/song.wav", "j4", max_bytes=len(WAV), timeout=TIMEOUT, downloads=downloads
+        f"{audio_server.url}/song.wav",
+        "j4",
+        max_bytes=len(WAV),
+        timeout=TIMEOUT,
+        downloads=downloads,
     )
     assert info.size == len(WAV)
 
 
 def test_fetching_again_replaces_the_file(
-    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, downloads: Downloads
 ) -> None:
     storage.fetch(
-        f"{server.url}/song.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+        f"{audio_server.url}/song.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
     )
     storage.fetch(
-        f"{server.url}/big.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
+        f"{audio_server.url}/big.wav", "same", max_bytes=MAX, timeout=TIMEOUT, downloads=downloads
     )
     assert leftovers(root) == ["same.wav"]
     assert (root / "same.wav").read_bytes() == BIG_WAV
@@ -196,9 +131,9 @@ def test_inspect_reads_the_header(tmp_path: Path) -> None:
 
 
 def test_a_body_that_is_not_audio(
-    server: Server, storage: LocalStorage, root: Path, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, downloads, f"{server.url}/page.html")
+    error = fetch_error(storage, downloads, f"{audio_server.url}/page.html")
     assert error.retryable is False
     assert "not audio" in str(error)
     assert leftovers(root) == []
@@ -214,9 +149,9 @@ def test_stored_bytes_that_are_not_audio(storage: LocalStorage, root: Path, data
 
 @pytest.mark.parametrize("path", ["/big.wav", "/streamed.wav"])
 def test_a_body_over_max_bytes(
-    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, downloads, server.url + path, max_bytes=len(BIG_WAV) - 1)
+    error = fetch_error(storage, downloads, audio_server.url + path, max_bytes=len(BIG_WAV) - 1)
     assert error.retryable is False
     assert str(len(BIG_WAV) - 1) in str(error)
     assert leftovers(root) == []
@@ -233,9 +168,9 @@ def test_stored_bytes_over_max_bytes(storage: LocalStorage, root: Path) -> None:
 
 @pytest.mark.parametrize("path", ["/503", "/502", "/429"])
 def test_server_trouble_is_retryable(
-    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, downloads, server.url + path)
+    error = fetch_error(storage, downloads, audio_server.url + path)
     assert error.retryable is True
     assert path.strip("/") in str(error)
     assert leftovers(root) == []
@@ -243,9 +178,9 @@ def test_server_trouble_is_retryable(
 
 @pytest.mark.parametrize("path", ["/404", "/403"])
 def test_client_errors_are_not_retryable(
-    server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
+    audio_server: Server, storage: LocalStorage, root: Path, path: str, downloads: Downloads
 ) -> None:
-    error = fetch_error(storage, downloads, server.url + path)
+    error = fetch_error(storage, downloads, audio_server.url + path)
     assert error.retryable is False
     assert path.strip("/") in str(error)
     assert leftovers(root) == []

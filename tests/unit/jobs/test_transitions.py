@@ -35,8 +35,7 @@ from app.storage import AudioInfo
 from app.webhooks.models import WebhookDelivery
 from config import Settings
 from tests.conftest import CREDIT, auth
-from tests.unit.fake_adapter import Script
-from tests.unit.test_engine import (
+from tests.unit.jobs.support import (
     MS,
     SUCCESS,
     claim,
@@ -46,6 +45,7 @@ from tests.unit.test_engine import (
     set_row,
     step,
 )
+from tests.unit.providers.fake_adapter import Script
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

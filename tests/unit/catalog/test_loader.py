@@ -13,8 +13,8 @@ from app.catalog import loader
 from app.catalog.loader import CatalogError
 from app.catalog.models import Category, Model, Route, UpstreamAccount
 from app.db import Database
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "config" / "catalog.yaml"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import wave
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +17,11 @@ from app.providers.base import (
     AccountConfig,
     GenerationRequest,
     PollState,
-    ProviderError,
     Submission,
 )
 from app.providers.minimax import BASE_RESP_CODES, MinimaxAdapter
 from app.sim.audio import wav_bytes
-from tests.unit.adapter_contract import AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession, error_of
 
 BASE = "https://api.minimax.test"
 URL = BASE + minimax.PATH
@@ -98,19 +96,8 @@ def account(**overrides: Any) -> AccountConfig:
 
 
 @pytest.fixture
-def session() -> RecordingSession:
-    return RecordingSession()
-
-
-@pytest.fixture
 def adapter(session: RecordingSession) -> MinimaxAdapter:
     return MinimaxAdapter(account(), session=session)
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 def request(**overrides: Any) -> GenerationRequest:
@@ -120,12 +107,6 @@ def request(**overrides: Any) -> GenerationRequest:
         "lyrics": "[Verse]\nStreetlights flicker",
     }
     return GenerationRequest(**{**values, **overrides})
-
-
-def error_of(call: Any) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        call()
-    return info.value
 
 
 def submit_with(
@@ -456,52 +437,34 @@ def error_object(kind: str, message: str, http_code: int) -> dict[str, Any]:
     }
 
 
+def gateway(
+    status: int, kind: str, message: str, code: str, retryable: bool = False
+) -> tuple[int, dict[str, Any], str, bool]:
+    """A case of the gateway's error object: HTTP status, body, expected code and retryable."""
+    return status, error_object(kind, message, status), code, retryable
+
+
 @pytest.mark.parametrize(
     ("status", "body", "code", "retryable"),
     [
-        (
-            401,
-            error_object("authentication_error", "invalid api key", 401),
-            "upstream_auth_failed",
-            False,
-        ),
-        (403, error_object("permission_error", "forbidden", 403), "upstream_auth_failed", False),
-        (
-            402,
-            error_object("insufficient_balance_error", "balance low", 402),
-            "upstream_out_of_credits",
-            False,
-        ),
-        (
-            400,
-            error_object("insufficient_balance_error", "balance low", 400),
-            "upstream_out_of_credits",
-            False,
-        ),
+        gateway(401, "authentication_error", "invalid api key", "upstream_auth_failed"),
+        gateway(403, "permission_error", "forbidden", "upstream_auth_failed"),
+        gateway(402, "insufficient_balance_error", "balance low", "upstream_out_of_credits"),
+        gateway(400, "insufficient_balance_error", "balance low", "upstream_out_of_credits"),
         (402, {"message": "Payment Required"}, "upstream_out_of_credits", False),
-        (
+        gateway(
             422,
-            error_object("unprocessable_entity_error", "input contains sensitive content", 422),
+            "unprocessable_entity_error",
+            "input contains sensitive content",
             "content_moderated",
-            False,
         ),
-        (
-            422,
-            error_object("unprocessable_entity_error", "new_sensitive (1026)", 422),
-            "content_moderated",
-            False,
-        ),
-        (
-            422,
-            error_object("unprocessable_entity_error", "lyrics required", 422),
-            "invalid_request",
-            False,
-        ),
-        (400, error_object("invalid_request_error", "bad model", 400), "invalid_request", False),
-        (404, error_object("not_found_error", "no such route", 404), "invalid_request", False),
-        (429, error_object("rate_limit_error", "slow down", 429), "upstream_rate_limited", True),
-        (500, error_object("api_error", "internal", 500), "upstream_unavailable", True),
-        (529, error_object("overloaded_error", "overloaded", 529), "upstream_unavailable", True),
+        gateway(422, "unprocessable_entity_error", "new_sensitive (1026)", "content_moderated"),
+        gateway(422, "unprocessable_entity_error", "lyrics required", "invalid_request"),
+        gateway(400, "invalid_request_error", "bad model", "invalid_request"),
+        gateway(404, "not_found_error", "no such route", "invalid_request"),
+        gateway(429, "rate_limit_error", "slow down", "upstream_rate_limited", retryable=True),
+        gateway(500, "api_error", "internal", "upstream_unavailable", retryable=True),
+        gateway(529, "overloaded_error", "overloaded", "upstream_unavailable", retryable=True),
     ],
 )
 def test_gateway_error_objects(

@@ -25,7 +25,7 @@ from app.providers.minimax import MinimaxAdapter
 from app.providers.useapi import UseapiAdapter
 from app.sim.server import start_background
 from config.settings import load_settings
-from tests.unit.keepalive import KeepAlive, keepalive_server, url_of
+from tests.unit.http.keepalive import KeepAlive, keepalive_server, url_of
 
 KEY = "sk-fanout"
 

@@ -65,6 +65,13 @@ class RecordingSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+def error_of(call: Any) -> ProviderError:
+    """The ProviderError ``call()`` raises (it must raise one)."""
+    with pytest.raises(ProviderError) as info:
+        call()
+    return info.value
+
+
 class AdapterContract:
     adapter_cls: ClassVar[type[HTTPAdapter]]
     provider: ClassVar[str]
@@ -127,10 +134,6 @@ class AdapterContract:
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
         )
-
-    @pytest.fixture
-    def session(self) -> RecordingSession:
-        return RecordingSession()
 
     @pytest.fixture
     def adapter(self, session: RecordingSession) -> HTTPAdapter:

@@ -1,17 +1,13 @@
-"""The outbound HTTP layer (``app.http``) over real sockets.
+"""The one SSRF guard (app.http.guard) for every URL that came from outside, over real sockets.
 
-One SSRF policy for every URL that came from outside (webhook callbacks and endpoints,
-reference audio, the upstreams' audio links), one ``Retry-After`` reader for upstreams and
-webhook receivers alike, and connections kept between calls. The servers are pytest-httpserver
-on loopback; a second one stands for a service inside Chorus's network, and its empty log is
-the proof that nothing reached it.
+Webhook callbacks and endpoints, reference audio and the upstreams' audio links are all checked
+by it. The servers are pytest-httpserver on loopback; ``inside`` stands for a service inside
+Chorus's network, and its empty log is the proof that nothing reached it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +18,18 @@ from werkzeug import Response
 from app.db import Database
 from app.http import guard
 from app.http.downloads import MAX_HOPS, Downloads
-from app.http.retry_after import MAX_SECONDS, parse_retry_after
 from app.jobs import reference_audio
 from app.jobs.errors import BadReferenceAudio
-from app.providers.aimlapi import AimlapiAdapter
-from app.providers.base import AccountConfig, ProviderError
 from app.sim.audio import wav_bytes
 from app.storage import AudioError, LocalStorage
 from app.webhooks.delivery import Dispatcher
 from config import Settings
 from tests.conftest import auth
-from tests.unit.keepalive import keepalive_server, url_of
+from tests.unit.http.support import ALLOW_PRIVATE, TIMEOUT, started, url
 
 METADATA_V4 = "http://169.254.169.254/latest/meta-data/"
 METADATA_V6 = "http://[fd00:ec2::254]/latest/meta-data/"
 WAV = wav_bytes(8000, 8000)
-TIMEOUT = (2.0, 5.0)
-ALLOW_PRIVATE = pytest.mark.env(ALLOW_PRIVATE_URLS="true")
-
-
-def started() -> HTTPServer:
-    # Threaded, so werkzeug speaks HTTP/1.1 and keeps connections open between requests.
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    return server
-
-
-@pytest.fixture
-def upstream() -> Iterator[HTTPServer]:
-    server = started()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -62,10 +39,6 @@ def inside() -> Iterator[HTTPServer]:
     server.expect_request("/secret").respond_with_data("the keys")
     yield server
     server.stop()
-
-
-def url(server: HTTPServer, path: str = "") -> str:
-    return f"http://127.0.0.1:{server.port}{path}"
 
 
 def redirect(server: HTTPServer, path: str, location: str) -> None:
@@ -190,112 +163,3 @@ def test_a_reference_track_on_a_private_address_is_refused(
     with pytest.raises(BadReferenceAudio, match="not allowed"):
         reference_audio.check(url(inside, "/secret"), settings)
     assert inside.log == []
-
-
-# ------------------------------------------------------------------ Retry-After
-
-NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("7", 7.0),
-        (" 12 ", 12.0),
-        ("0", 0.0),
-        ("1.5", 1.5),
-        ("-3", 0.0),
-        ("Mon, 07 Dec 2026 12:02:00 GMT", 120.0),
-        ("Mon, 07 Dec 2026 12:02:00 -0000", 120.0),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
-        ("99999999999", MAX_SECONDS),
-        ("1e400", MAX_SECONDS),
-        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_SECONDS),
-        ("", None),
-        (None, None),
-        ("soon", None),
-        ("nan", None),
-        ("Mon, 32 Foo 2026 12:00:00 GMT", None),
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, now=NOW) == expected
-
-
-@ALLOW_PRIVATE
-@pytest.mark.parametrize(
-    ("header", "expected"), [("120", 120.0), ("99999999999", MAX_SECONDS), ("soon", None)]
-)
-def test_upstreams_and_webhook_receivers_are_read_alike(
-    settings: Settings, db: Database, upstream: HTTPServer, header: str, expected: float | None
-) -> None:
-    upstream.expect_request("/v2/generate/audio").respond_with_data(
-        "slow down", status=429, headers={"Retry-After": header}
-    )
-    upstream.expect_request("/hook").respond_with_data(
-        "slow down", status=429, headers={"Retry-After": header}
-    )
-    with pytest.raises(ProviderError) as info:
-        AimlapiAdapter(account(url(upstream))).poll("gen-1")
-    assert info.value.retry_after == expected
-    assert Dispatcher(settings, db).send(url(upstream, "/hook"), {}, "{}").retry_after == expected
-
-
-# ------------------------------------------------------------------ pooling
-
-
-ANSWERS = {
-    "/v2/generate/audio": ("application/json", b'{"status": "queued"}'),
-    "/song.wav": ("audio/wav", WAV),
-    "/hook": ("text/plain", b"ok"),
-}
-
-
-@pytest.fixture
-def keeper() -> Iterator[ThreadingHTTPServer]:
-    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
-        content_type, body = ANSWERS[path.partition("?")[0]]
-        return 200, {"Content-Type": content_type}, body
-
-    with keepalive_server(answer) as httpd:
-        yield httpd
-
-
-def account(base_url: str) -> AccountConfig:
-    return AccountConfig(id="acct", provider="aimlapi", base_url=base_url, api_key="sk-test")
-
-
-def test_upstream_calls_keep_their_connection(keeper: ThreadingHTTPServer) -> None:
-    adapter = AimlapiAdapter(account(url_of(keeper)))
-    for _ in range(3):
-        adapter.poll("gen-1")
-    assert keeper.connections == 1  # type: ignore[attr-defined]
-
-
-@ALLOW_PRIVATE
-@pytest.mark.parametrize("trusted", [True, False])
-def test_audio_downloads_keep_their_connection(
-    settings: Settings, tmp_path: Path, keeper: ThreadingHTTPServer, trusted: bool
-) -> None:
-    storage = LocalStorage(tmp_path)
-    downloads = Downloads(settings)
-    for n in range(3):
-        storage.fetch(
-            url_of(keeper) + "/song.wav",
-            f"job-{n}",
-            max_bytes=1 << 20,
-            timeout=TIMEOUT,
-            downloads=downloads,
-            trusted=url_of(keeper) if trusted else None,
-        )
-    assert keeper.connections == 1  # type: ignore[attr-defined]
-
-
-@ALLOW_PRIVATE
-def test_webhook_sends_keep_their_connection(
-    settings: Settings, db: Database, keeper: ThreadingHTTPServer
-) -> None:
-    dispatcher = Dispatcher(settings, db)
-    for _ in range(3):
-        assert dispatcher.send(url_of(keeper) + "/hook", {}, "{}").delivered
-    assert keeper.connections == 1  # type: ignore[attr-defined]

@@ -24,10 +24,9 @@ from app.providers.base import (
     Adapter,
     GenerationRequest,
     PollState,
-    ProviderError,
     Submission,
 )
-from tests.unit.adapter_contract import AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession, error_of
 
 BASE = "https://api.aimlapi.test"
 URL = BASE + aimlapi.PATH
@@ -75,19 +74,8 @@ def account(**overrides: Any) -> AccountConfig:
 
 
 @pytest.fixture
-def session() -> RecordingSession:
-    return RecordingSession()
-
-
-@pytest.fixture
 def adapter(session: RecordingSession) -> AimlapiAdapter:
     return AimlapiAdapter(account(), session=session)
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 def poll_with(
@@ -95,12 +83,6 @@ def poll_with(
 ) -> Any:
     rsps.add(responses.GET, URL, json=body, **kwargs)
     return adapter.poll("gen-1")
-
-
-def error_of(call: Any) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        call()
-    return info.value
 
 
 # ------------------------------------------------------------------ submit
@@ -316,29 +298,41 @@ def test_completed_with_audio_succeeds(
     assert result.error_code is None
 
 
+# An answer that ends the job, each with a detail absent or malformed ("missing": no key at all).
+UNREADABLE_AUDIO = [
+    "missing",
+    None,
+    {},
+    {"url": None},
+    {"url": ""},
+    {"url": "ftp://cdn/x.mp3"},
+    {"url": "/relative/x.mp3"},
+    AUDIO,
+    [AUDIO],
+]
+UNREADABLE_ERROR = ["missing", None, "boom", {}, {"message": None}]
+
+
 @pytest.mark.parametrize(
-    "audio_file",
-    [
-        "missing",
-        None,
-        {},
-        {"url": None},
-        {"url": ""},
-        {"url": "ftp://cdn/x.mp3"},
-        {"url": "/relative/x.mp3"},
-        AUDIO,
-        [AUDIO],
-    ],
+    ("status", "field", "value", "code"),
+    [("completed", "audio_file", v, "upstream_invalid_result") for v in UNREADABLE_AUDIO]
+    + [("error", "error", v, "upstream_failed") for v in UNREADABLE_ERROR],
 )
-def test_completed_without_an_audio_url_fails(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter, audio_file: Any
+def test_an_end_without_its_details_still_fails_with_a_message(
+    rsps: responses.RequestsMock,
+    adapter: AimlapiAdapter,
+    status: str,
+    field: str,
+    value: Any,
+    code: str,
 ) -> None:
-    body: dict[str, Any] = {"id": "gen-1", "status": "completed"}
-    if audio_file != "missing":
-        body["audio_file"] = audio_file
+    """Completed without a usable audio URL, or an error without its name and message."""
+    body: dict[str, Any] = {"id": "gen-1", "status": status}
+    if value != "missing":
+        body[field] = value
     result = poll_with(rsps, adapter, body)
     assert result.state is PollState.FAILED
-    assert result.error_code == "upstream_invalid_result"
+    assert result.error_code == code
     assert result.error_message
     assert result.audio_url is None
 
@@ -383,19 +377,6 @@ def test_error_named_for_moderation_is_content_moderated(
     assert result.error_code == "content_moderated"
     assert result.error_message is not None
     assert "The lyrics were flagged" in result.error_message
-
-
-@pytest.mark.parametrize("error", ["missing", None, "boom", {}, {"message": None}])
-def test_error_without_details_still_fails_with_a_message(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter, error: Any
-) -> None:
-    body: dict[str, Any] = {"id": "gen-1", "status": "error"}
-    if error != "missing":
-        body["error"] = error
-    result = poll_with(rsps, adapter, body)
-    assert result.state is PollState.FAILED
-    assert result.error_code == "upstream_failed"
-    assert result.error_message
 
 
 # ------------------------------------------------------------------ HTTP errors
@@ -516,35 +497,52 @@ def submit(adapter: AimlapiAdapter) -> Any:
     return adapter.submit(GenerationRequest(upstream_model="m", prompt="p"))
 
 
-def test_connect_timeout_on_submit_did_not_create_anything(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
+@pytest.mark.parametrize(
+    ("op", "fault", "code", "maybe_created"),
+    [
+        pytest.param(
+            "submit",
+            requests.ConnectTimeout("connect timed out"),
+            "upstream_unavailable",
+            False,
+            id="connect-timeout-on-submit-created-nothing",
+        ),
+        pytest.param(
+            "submit",
+            requests.ReadTimeout("read timed out"),
+            "upstream_timeout",
+            True,
+            id="read-timeout-on-submit-may-have-created-the-job",
+        ),
+        pytest.param(
+            "poll",
+            requests.ReadTimeout("read timed out"),
+            "upstream_timeout",
+            False,
+            id="read-timeout-on-poll",
+        ),
+        pytest.param(
+            "poll",
+            requests.ConnectionError("('Connection aborted.', ConnectionResetError())"),
+            "upstream_unavailable",
+            False,
+            id="a-reset-on-poll-is-never-maybe-created",
+        ),
+    ],
+)
+def test_timeouts_and_resets_are_retryable(
+    rsps: responses.RequestsMock,
+    adapter: AimlapiAdapter,
+    op: str,
+    fault: Exception,
+    code: str,
+    maybe_created: bool,
 ) -> None:
-    rsps.add(responses.POST, URL, body=requests.ConnectTimeout("connect timed out"))
-    error = error_of(lambda: submit(adapter))
-    assert error.code == "upstream_unavailable"
-    assert error.retryable is True
-    assert error.maybe_created is False
-
-
-def test_read_timeout_on_submit_may_have_created_the_job(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(responses.POST, URL, body=requests.ReadTimeout("read timed out"))
-    error = error_of(lambda: submit(adapter))
-    assert error.code == "upstream_timeout"
-    assert error.retryable is True
-    assert error.maybe_created is True
-    assert "30s" in error.message  # the account's read timeout
-
-
-def test_read_timeout_on_poll_is_retryable(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(responses.GET, URL, body=requests.ReadTimeout("read timed out"))
-    error = error_of(lambda: adapter.poll("gen-1"))
-    assert error.code == "upstream_timeout"
-    assert error.retryable is True
-    assert error.maybe_created is False
+    rsps.add(responses.POST if op == "submit" else responses.GET, URL, body=fault)
+    error = error_of(lambda: submit(adapter) if op == "submit" else adapter.poll("gen-1"))
+    assert (error.code, error.retryable, error.maybe_created) == (code, True, maybe_created)
+    if code == "upstream_timeout":
+        assert "30s" in error.message  # the account's read timeout
 
 
 @pytest.mark.parametrize(
@@ -573,19 +571,6 @@ def test_connection_errors_on_submit(
     assert error.code == "upstream_unavailable"
     assert error.retryable is True
     assert error.maybe_created is maybe_created
-
-
-def test_a_reset_on_poll_is_never_maybe_created(
-    rsps: responses.RequestsMock, adapter: AimlapiAdapter
-) -> None:
-    rsps.add(
-        responses.GET,
-        URL,
-        body=requests.ConnectionError("('Connection aborted.', ConnectionResetError())"),
-    )
-    error = error_of(lambda: adapter.poll("gen-1"))
-    assert error.retryable is True
-    assert error.maybe_created is False
 
 
 def test_other_request_errors_are_retryable(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -13,9 +12,14 @@ import responses
 from responses import matchers
 
 from app.providers import get_adapter, useapi
-from app.providers.base import AccountConfig, GenerationRequest, PollState, ProviderError
+from app.providers.base import AccountConfig, GenerationRequest, PollState
 from app.providers.useapi import UseapiAdapter
-from tests.unit.adapter_contract import GEN_ID, AdapterContract, RecordingSession
+from tests.unit.providers.adapter_contract import (
+    GEN_ID,
+    AdapterContract,
+    RecordingSession,
+    error_of,
+)
 
 BASE = "https://api.useapi.test"
 CREATE = BASE + useapi.CREATE_PATH
@@ -81,19 +85,8 @@ def account(**overrides: Any) -> AccountConfig:
 
 
 @pytest.fixture
-def session() -> RecordingSession:
-    return RecordingSession()
-
-
-@pytest.fixture
 def adapter(session: RecordingSession) -> UseapiAdapter:
     return UseapiAdapter(account(), session=session)
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 def request(**overrides: Any) -> GenerationRequest:
@@ -103,12 +96,6 @@ def request(**overrides: Any) -> GenerationRequest:
         "lyrics": "[Verse]\nStreetlights flicker",
     }
     return GenerationRequest(**{**values, **overrides})
-
-
-def error_of(call: Any) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        call()
-    return info.value
 
 
 def poll_with(

@@ -11,7 +11,7 @@ from app.providers import aimlapi, get_adapter
 from app.providers.aimlapi import AimlapiAdapter
 from app.providers.apilaplas import ApilaplasAdapter
 from app.providers.base import AccountConfig, GenerationRequest, PollState
-from tests.unit.test_aimlapi import TestAimlapiContract as _AimlapiContract
+from tests.unit.providers.test_aimlapi import TestAimlapiContract as _AimlapiContract
 
 BASE = "https://api.apilaplas.com"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from app.db import Database
 from app.money import ledger
 from app.money.models import LedgerEntry
 from app.tenancy.keys import get_or_create_org
-from tests.conftest import lock_waiters
+from tests.conftest import commit_once_blocked
 
 CNY = "CNY"
 
@@ -178,21 +177,19 @@ def test_a_second_hold_for_one_job_is_refused_by_the_database(db: Database) -> N
 # ------------------------------------------------------------------ settle
 
 
-def test_capture_spends_the_held_money(db: Database) -> None:
+@pytest.mark.parametrize(
+    ("capture", "available", "entry"),
+    [(True, 200, ("capture", 0, 100)), (False, 300, ("release", 100, 100))],
+    ids=["capture-spends-it", "release-gives-it-back"],
+)
+def test_settling_spends_or_gives_back_the_held_money(
+    db: Database, capture: bool, available: int, entry: tuple[str, int, int]
+) -> None:
     org = new_org(db, amount=300)
     hold(db, org, "luid_1", 100)
-    assert settle(db, "luid_1", capture=True)
-    assert totals(db, org) == ledger.Totals(200, 0)
-    assert entries(db, "luid_1") == [("hold", -100, 100), ("capture", 0, 100)]
-    assert_consistent(db, org)
-
-
-def test_release_gives_the_held_money_back(db: Database) -> None:
-    org = new_org(db, amount=300)
-    hold(db, org, "luid_1", 100)
-    assert settle(db, "luid_1", capture=False)
-    assert totals(db, org) == ledger.Totals(300, 0)
-    assert entries(db, "luid_1") == [("hold", -100, 100), ("release", 100, 100)]
+    assert settle(db, "luid_1", capture=capture)
+    assert totals(db, org) == ledger.Totals(available, 0)
+    assert entries(db, "luid_1") == [("hold", -100, 100), entry]
     assert_consistent(db, org)
 
 
@@ -405,15 +402,7 @@ def test_concurrent_capture_and_release_of_one_job_settle_it_once(db: Database) 
         except Exception as exc:  # noqa: BLE001 - a refusal by the database is fine too
             outcome.append(exc)
 
-    thread = threading.Thread(target=release)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and thread.is_alive() and not lock_waiters(db):
-        time.sleep(0.05)
-    session_a.commit()
-    session_a.close()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
+    commit_once_blocked(db, session_a, release)
 
     kinds = [kind for kind, _, _ in entries(db, "luid_1")]
     stored = totals(db, org)

@@ -1,0 +1,173 @@
+"""Leases on job rows (app.jobs.leasing): one sweep leases due jobs, a lease holds while its
+upstream call is in flight, and ``next_due`` says when the scheduler must look again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from app.db import Database, utcnow
+from app.jobs.engine import Engine
+from app.jobs.status import JobStatus
+from app.providers.base import Submission
+from config import Settings
+from tests.unit.jobs.support import (
+    MS,
+    claim,
+    claimed,
+    new_job,
+    row,
+    set_row,
+    step,
+)
+from tests.unit.providers.fake_adapter import Script
+
+pytestmark = pytest.mark.usefixtures("catalog", "api_key")
+
+
+# ------------------------------------------------------------------ leases
+
+
+def test_a_leased_job_is_not_claimed_again_until_the_lease_expires(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+    first = claim(engine, job_id)
+    lease_until = row(db, job_id).lease_until
+    assert lease_until is not None
+
+    assert not claimed(engine, job_id)
+    assert not claimed(engine, job_id, now=lease_until - MS)
+    # Claiming it again needs a lease that has run out, and hands out a different token.
+    second = claim(engine, job_id, now=lease_until + dt.timedelta(seconds=1))
+    assert second != first
+    assert row(db, job_id).lease_token == second
+
+    assert engine.advance(job_id, first) == "skipped"
+    assert script.calls == []
+    assert engine.advance(job_id, second) == "running"
+    assert len(script.submits) == 1
+
+
+def test_the_lease_holds_while_the_upstream_call_is_in_flight(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+    seen: list[bool] = []
+
+    def sweep_meanwhile(_request: Any) -> Submission:
+        # Sweeps while the worker waits on the upstream, up to just before the lease ends.
+        seen.append(claimed(engine, job_id))
+        soon = utcnow() + engine.lease - dt.timedelta(seconds=1)
+        seen.append(claimed(engine, job_id, now=soon))
+        return Submission("gen-slow")
+
+    script.on_submit(sweep_meanwhile)
+    assert step(engine, db, job_id) == "running"
+    assert seen == [False, False]
+    assert row(db, job_id).generation_id == "gen-slow"
+    assert len(script.submits) == 1
+
+
+# ------------------------------------------------------------------ a lease outlasts the timeouts of its call
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [
+        pytest.param("test-env", id="lease-8s-calls-5s"),
+        pytest.param(
+            "defaults",
+            id="lease-30s-calls-35s",
+            marks=[
+                pytest.mark.env(
+                    LEASE_SECONDS="30", UPSTREAM_CONNECT_TIMEOUT="5", UPSTREAM_READ_TIMEOUT="30"
+                ),
+            ],
+        ),
+    ],
+)
+def test_a_submit_within_its_timeouts_keeps_its_job(
+    engine: Engine, script: Script, db: Database, settings: Settings, timing: str
+) -> None:
+    job_id = new_job(db, settings)
+    budget = settings.upstream_connect_timeout + settings.upstream_read_timeout
+    outcomes: list[str] = []
+
+    def answer_just_within_timeouts(_request: Any) -> Submission:
+        # The sweeper runs a second before this call would have timed out.
+        later = utcnow() + dt.timedelta(seconds=budget - 1)
+        for c in engine.claim_due(lookahead=0, limit=100, now=later):
+            outcomes.append(engine.advance(c.job_id, c.token))
+        return Submission("gen-accepted")
+
+    script.on_submit(answer_just_within_timeouts)
+    outcomes.append(step(engine, db, job_id))
+
+    assert outcomes == ["running"]
+    job = row(db, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert job.generation_id == "gen-accepted"
+    assert len(script.submits) == 1
+
+
+# ------------------------------------------------------------------ one sweep, one statement
+
+
+def test_a_sweep_leases_its_jobs_with_one_statement(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    jobs = [new_job(db, settings) for _ in range(3)]
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    claims = engine.claim_due(lookahead=0, limit=100)
+    event.remove(db.engine, "before_cursor_execute", seen)
+
+    assert sorted(c.job_id for c in claims) == sorted(jobs)
+    assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE JOBS")]) == 1
+    # One token for the sweep; each claim still names its job, and only its holder proceeds.
+    assert len({c.token for c in claims}) == 1
+    assert all(row(db, j).lease_token == claims[0].token for j in jobs)
+    assert engine.claim_due(lookahead=0, limit=100) == []
+
+
+# ------------------------------------------------------------------ what the scheduler sleeps until
+
+
+def test_next_due_is_the_earliest_look_lease_end_or_deadline(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    assert engine.next_due() is None  # nothing waiting: sleep until the safety cap
+    now = utcnow()
+    later, soon = new_job(db, settings), new_job(db, settings)
+    set_row(db, later, next_action_at=now + dt.timedelta(seconds=50))
+    set_row(db, soon, next_action_at=now + dt.timedelta(seconds=20))
+    assert engine.next_due() == now + dt.timedelta(seconds=20)
+    # Leased: not due again before its lease ends (should its holder die), even though its
+    # next look has come.
+    set_row(
+        db, soon, next_action_at=now, lease_token="t", lease_until=now + dt.timedelta(seconds=40)
+    )
+    assert engine.next_due() == now + dt.timedelta(seconds=40)
+    # A deadline sooner than any look: the scheduler must wake to fail the job.
+    set_row(db, later, deadline_at=now + dt.timedelta(seconds=30))
+    assert engine.next_due() == now + dt.timedelta(seconds=30)
+    # Ended jobs wait for nothing.
+    set_row(
+        db,
+        soon,
+        status=JobStatus.SUCCEEDED,
+        next_action_at=None,
+        lease_token=None,
+        lease_until=None,
+    )
+    set_row(db, later, status=JobStatus.FAILED, next_action_at=None)
+    assert engine.next_due() is None
