@@ -7,7 +7,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from tests.sim.support import FakeClock, account_row, clocked_client, record
+from tests.unit.sim.support import FakeClock, account_row, clocked_client, record
 
 KEY = "sk-shared"
 AUTH = {"Authorization": f"Bearer {KEY}"}

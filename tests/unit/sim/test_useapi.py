@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
 from app.sim.useapi import account_key
-from tests.sim.support import (
+from tests.unit.sim.support import (
     FakeClock,
     account_row,
     answered_late,

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 
 from app.sim import sim_state
-from tests.sim.support import FakeClock, clocked_app
+from tests.unit.sim.support import FakeClock, clocked_app
 
 API = "/v2/generate/audio"
 AUTH = {"Authorization": "Bearer sk-test-123"}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from tests.sim.support import FakeClock, clocked_client, serving
+from tests.unit.sim.support import FakeClock, clocked_client, serving
 
 
 @pytest.fixture

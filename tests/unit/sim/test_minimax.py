@@ -14,7 +14,7 @@ import requests
 from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
-from tests.sim.support import (
+from tests.unit.sim.support import (
     FakeClock,
     account_row,
     answered_late,

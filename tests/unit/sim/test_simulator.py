@@ -25,7 +25,7 @@ from app.sim.audio import derive_duration, wav_bytes
 from app.sim.data import SimConfig
 from app.sim.server import gunicorn_options
 from app.sim.state import SimState
-from tests.sim.support import (
+from tests.unit.sim.support import (
     FakeClock,
     answered_late,
     generation,
@@ -38,7 +38,7 @@ API = "/v2/generate/audio"
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ERROR_KEYS = {"message", "path", "requestId", "statusCode", "timestamp"}
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
