@@ -13,12 +13,12 @@ from app import reference_audio
 from app.api import openapi
 from app.api.auth import read_job, require_key
 from app.api.errors import ApiError
+from app.api.present import job_from_token, job_object
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
 from app.jobs import examples, service
 from app.jobs.download import send_audio
 from app.jobs.models import Job, JobRecord
-from app.jobs.present import job_from_token, job_object
 from app.jobs.schemas import (
     CreateGenerationSchema,
     JobListSchema,
@@ -239,7 +239,6 @@ class Cancel(MethodView):
         """
         ext = chorus()
         job = service.cancel_job(ext.transitions, ext.session(), g.api_key, job_id)
-        ext.doorbell.ring()  # its webhook event, and a freed account slot
         return jsonify(job_object(job, ext.storage))
 
 

@@ -15,11 +15,11 @@ from flask.views import MethodView
 from app import reference_audio
 from app.api import openapi
 from app.api.auth import read_job, require_key
+from app.api.present import audio_url
 from app.extensions import chorus
 from app.idempotency.hook import idempotent
 from app.jobs import service
 from app.jobs.models import JobRecord
-from app.jobs.present import audio_url
 from app.jobs.status import JobStatus
 from app.v2 import examples
 from app.v2.schemas import (

@@ -187,10 +187,11 @@ def test_duplicated_messages_still_capture_each_job_once(
     redis_url: str,
 ) -> None:
     from app.jobs.engine import Engine
+    from app.wiring import writer
     from workers import make_celery
 
     ids = [submit(client, api_key, f"Track {i}") for i in range(8)]
-    engine = Engine(settings, db)
+    engine = Engine(settings, db, transitions=writer(db, settings))
     claims = engine.claim_due(lookahead=1.0, limit=100)
     assert sorted(c.job_id for c in claims) == ids
     celery = make_celery(settings)
