@@ -21,7 +21,7 @@ from config import Settings
 
 log = logging.getLogger(__name__)
 
-# The API's routes to a job and its audio (the views in app/jobs/views.py serve them), as
+# The API's routes to a job and its audio (its views serve them at these paths), as
 # string templates: a format per read costs far less than url_for (which cost a tenth of a GET).
 GENERATION_PATH = "/v1/music/generations/{job_id}"
 CONTENT_PATH = "/v1/music/generations/{job_id}/content"
