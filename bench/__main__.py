@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -65,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report path"
     )
     parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="JSON",
+        help="an earlier run's benchmarks.json: its figures are shown beside this run's",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: write the report (to --output) again from a run's benchmarks.json, "
+        "with --compare if given",
+    )
+    parser.add_argument(
         "--python-load",
         action="store_true",
         help="use the Python load generator even if wrk is installed",
@@ -117,8 +131,21 @@ def _single_run_lock() -> TextIO | None:
     return handle
 
 
+def render(args: argparse.Namespace) -> int:
+    """The report made again from the raw figures (every section reads only those)."""
+    results = json.loads(args.render.read_text())
+    if args.compare:
+        results["compare"] = report.earlier_run(args.compare)
+    output = args.output if args.output.is_absolute() else ROOT / args.output
+    md, raw = report.write(results, output, PHASES)
+    print(f"Wrote {md} and {raw}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args)
     lock = _single_run_lock()
     if lock is None:
         return 2
@@ -156,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             "env": dict(stack.env),
             "notes": [],
         }
+        if args.compare:
+            results["compare"] = report.earlier_run(args.compare)
         settings = load_settings(stack.env)
-        from app.cli import scheduler_argv, worker_argv
+        from app.cli.processes import scheduler_argv, worker_argv
 
         results["commands"] = {
             "web": shlex.join(web_command(stack, settings.web_port)),

@@ -210,12 +210,12 @@ def markdown(results: dict[str, Any], phases: Sequence[Phase]) -> str:
     lines += ["## Targets", "", "| Measure | Value | Target | Result |", "|---|---|---|---|"]
     for v in results["verdicts"]:
         lines.append(f"| {v['name']} | {v['value']} | {v['target']} | **{v['result']}** |")
-    lines += ["", "## Settings", ""]
+    lines += ["", *comparison(results), "## Settings", ""]
     lines += ["Environment of every Chorus process:", "", "```"]
     lines += [f"{k}={v}" for k, v in results["env"].items()]
     lines += ["```", ""]
     lines += [
-        "Command lines (`app.cli.web_argv`, `worker_argv`, `scheduler_argv`; `chorus sim`):",
+        "Command lines (`app.cli.processes.web_argv`, `worker_argv`, `scheduler_argv`; `chorus sim`):",
         "",
         "```",
     ]
@@ -258,6 +258,7 @@ def markdown(results: dict[str, Any], phases: Sequence[Phase]) -> str:
         'make bench BENCH_ARGS="--jobs 10000"    # the 10,000-job run',
         'make bench BENCH_ARGS="--large-jobs 10000"   # (c) at 2,000 and at 10,000 jobs',
         'make bench BENCH_ARGS="--skip-http --skip-jobs"   # only (d), (e) and (f)',
+        'make bench BENCH_ARGS="--compare old.json"   # beside an earlier run\'s figures',
         'make bench BENCH_ARGS="--help"          # every option',
         "```",
         "",
@@ -269,6 +270,32 @@ def markdown(results: dict[str, Any], phases: Sequence[Phase]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def earlier_run(path: Path) -> dict[str, Any]:
+    """What the report quotes of an earlier run (its ``benchmarks.json``) beside this one."""
+    earlier = json.loads(path.read_text())
+    return {key: earlier[key] for key in ("date", "commit", "command", "verdicts")}
+
+
+def comparison(results: dict[str, Any]) -> list[str]:
+    """The measures both runs made, the earlier run's value beside this run's."""
+    earlier = results.get("compare")
+    if not earlier:
+        return []
+    before = {v["name"]: v["value"] for v in earlier["verdicts"] if v["value"] != "—"}
+    rows = [v for v in results["verdicts"] if v["name"] in before and v["value"] != "—"]
+    lines = [
+        "## Before and after",
+        "",
+        f"Beside the run of commit `{earlier['commit']}` ({earlier['date']}, "
+        f"`{earlier['command']}`): every measure both runs made.",
+        "",
+        f"| Measure | `{earlier['commit']}` | this run | Target |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {v['name']} | {before[v['name']]} | {v['value']} | {v['target']} |" for v in rows]
+    return [*lines, ""]
 
 
 def print_summary(results: dict[str, Any], phases: Sequence[Phase]) -> None:

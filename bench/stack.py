@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from app import dbmigrate
 from app.catalog import loader
-from app.cli import scheduler_argv, web_argv, worker_argv
+from app.cli.processes import scheduler_argv, web_argv, worker_argv
 from app.db import Database
 from app.tenancy.keys import create_key
 from bench.procs import Child, PhaseError, Supervisor, free_port, wait_http

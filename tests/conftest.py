@@ -315,7 +315,7 @@ class Processes:
         return proc
 
     def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
-        from app.cli import worker_argv
+        from app.cli.processes import worker_argv
 
         argv = worker_argv(load_settings(self.env))
         argv[argv.index("--concurrency") + 1] = str(concurrency)
@@ -323,21 +323,21 @@ class Processes:
         return self.start(name, argv)
 
     def sync_worker(self, name: str = "sync") -> subprocess.Popen[bytes]:
-        from app.cli import worker_argv
+        from app.cli.processes import worker_argv
 
         argv = worker_argv(load_settings(self.env), sync=True)
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
     def webhooks_worker(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
-        from app.cli import worker_argv
+        from app.cli.processes import worker_argv
 
         argv = worker_argv(load_settings(self.env), webhooks=True)
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
         return self.start(name, argv)
 
     def scheduler(self, name: str = "scheduler") -> subprocess.Popen[bytes]:
-        from app.cli import scheduler_argv
+        from app.cli.processes import scheduler_argv
 
         return self.start(name, scheduler_argv(load_settings(self.env)))
 

@@ -156,7 +156,7 @@ def celery_queues(argv: list[str]) -> list[str]:
 
 
 def test_each_process_consumes_exactly_its_queues() -> None:
-    from app.cli import worker_argv
+    from app.cli.processes import worker_argv
 
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"})
     actual = {

@@ -76,8 +76,10 @@ from werkzeug.exceptions import HTTPException
 
 from app.sim import aimlapi, minimax, useapi
 from app.sim.audio import frame_count, wav_bytes
-from app.sim.common import AUDIO_PREFIX, REASONS, BadRequest, bearer, json_response, record
-from app.sim.state import Fault, FaultTarget, SimConfig, SimState
+from app.sim.calls import Call
+from app.sim.common import AUDIO_PREFIX, REASONS, BadRequest, bearer, json_response
+from app.sim.data import Fault, FaultTarget, SimConfig
+from app.sim.state import SimState
 from config.settings import Settings
 
 __all__ = ["STATE_KEY", "SimState", "create_sim_app", "sim_state"]
@@ -148,25 +150,15 @@ def sim_state(app: Flask) -> SimState:
 def _register_audio(app: Flask, state: SimState) -> None:
     @app.get(AUDIO_PREFIX + "<path:name>")
     def audio(name: str) -> Response:
-        at = state.clock()
-        auth = bearer()
         gen_id = name[: -len(".wav")] if name.endswith(".wav") else None
+        call = Call(state, "audio", request.path, state.clock(), bearer(), generation_id=gen_id)
         gen = state.get(gen_id) if gen_id else None
-        if gen is None or not gen.audio_available(at):
-            resp = aimlapi.error(404, "Audio not found")
-        else:
-            data = wav_bytes(frame_count(gen.audio_seconds, gen.sample_rate), gen.sample_rate)
-            resp = Response(data, 200, mimetype="audio/wav")
-            resp.headers["Content-Length"] = str(len(data))
-        return record(
-            state,
-            at=at,
-            kind="audio",
-            path=request.path,
-            generation_id=gen_id,
-            resp=resp,
-            auth=auth,
-        )
+        if gen is None or not gen.audio_available(call.at):
+            return call.done(aimlapi.error(404, "Audio not found"))
+        data = wav_bytes(frame_count(gen.audio_seconds, gen.sample_rate), gen.sample_rate)
+        resp = Response(data, 200, mimetype="audio/wav")
+        resp.headers["Content-Length"] = str(len(data))
+        return call.done(resp)
 
 
 # -- the control API --------------------------------------------------------------------------

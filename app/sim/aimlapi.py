@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,44 +11,39 @@ from urllib.parse import parse_qs
 
 from flask import Flask, Response, request
 
-from app.sim.audio import DEFAULT_SAMPLE_RATE, SAMPLE_RATES, derive_duration, frame_count
+from app.sim.audio import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
+from app.sim.calls import marked_failure, poll_call, submit_call
 from app.sim.common import (
+    FLAG_MARKERS,
+    SECONDS_MARKERS,
     BadRequest,
     Markers,
-    apply_fault,
     audio_link,
-    bearer,
     bearer_of,
-    draw_latency,
     garbage_response,
-    json_body,
     json_response,
+    make_generation,
     parse_markers,
-    record,
+    required_string,
 )
-from app.sim.state import Generation, Kind, Outcome, PollView, SimState, fingerprint
+from app.sim.data import Generation, Outcome, PollView
+from app.sim.state import SimState
 
 API_PATH = "/v2/generate/audio"
 
 BITRATES = frozenset({32000, 64000, 128000, 256000})
 FORMATS = frozenset({"mp3", "wav", "pcm"})
 
-MARKERS = frozenset(
-    {
-        "error",
-        "moderated",
-        "unknown-status",
-        "garbage",
-        "poll-5xx",
-        "submit-5xx",
-        "submit-401",
-        "submit-429",
-        "never",
-        "submit-hang",
-        "poll-hang",
-        "latency",
-    }
+# Every flag but MiniMax's link field and useapi's prompt check; every delay but useapi's strike.
+MARKERS = (FLAG_MARKERS - {"audio-url-field", "moderated-prompt"}) | (
+    SECONDS_MARKERS - {"post-moderated"}
 )
+# What a submit-failing marker answers with.
+MARKED_FAILURES = {
+    503: "Service unavailable",
+    401: "Unauthorized: invalid API key",
+    429: "Too Many Requests",
+}
 
 
 @dataclass(frozen=True)
@@ -61,41 +55,15 @@ class SubmitBody:
 
 
 def register(app: Flask, state: SimState) -> None:
-    def done(
-        at: float,
-        kind: Kind,
-        generation_id: str | None,
-        resp: Response,
-        auth: str | None,
-        prompt: str | None = None,
-    ) -> Response:
-        # The API path is a constant; sharing one string keeps the record small.
-        return record(
-            state,
-            at=at,
-            kind=kind,
-            path=API_PATH,
-            generation_id=generation_id,
-            resp=resp,
-            auth=auth,
-            prompt=prompt,
-        )
-
+    # The API path is a constant; sharing one string keeps the record small.
     @app.post(API_PATH)
     def submit() -> Response:
-        at = state.clock()
-        auth = bearer()
-        data, prompt = json_body()
-        fault = state.take_fault("submit")
-        if fault is not None:
-            # Infrastructure faults hit before the upstream looks at the request: nothing is made.
-            resp = apply_fault(fault, error)
-            if resp is not None:
-                return done(at, "submit", None, resp, auth, prompt)
-        if auth is None:
-            return done(
-                at, "submit", None, error(401, "Unauthorized: missing API key"), auth, prompt
-            )
+        call, data = submit_call(state, API_PATH)
+        faulted = call.submit_fault(error)
+        if faulted is not None:
+            return faulted
+        if call.auth is None:
+            return call.done(error(401, "Unauthorized: missing API key"))
         try:
             body = parse_submit(data)
             markers = parse_markers(body.prompt, MARKERS)
@@ -103,61 +71,42 @@ def register(app: Flask, state: SimState) -> None:
             msg = str(exc)
             if not msg.startswith("Body validation error!"):
                 msg = f"Body validation error! {msg}"
-            return done(at, "submit", None, error(400, msg), auth, prompt)
+            return call.done(error(400, msg))
+        code = marked_failure(markers)
+        if code is not None:
+            resp = error(code, MARKED_FAILURES[code])
+            if code == 429:
+                resp.headers["Retry-After"] = "2"
+            return call.done(resp)
 
-        if "submit-5xx" in markers.flags:
-            return done(at, "submit", None, error(503, "Service unavailable"), auth, prompt)
-        if "submit-401" in markers.flags:
-            resp = error(401, "Unauthorized: invalid API key")
-            return done(at, "submit", None, resp, auth, prompt)
-        if "submit-429" in markers.flags:
-            resp = error(429, "Too Many Requests")
-            resp.headers["Retry-After"] = "2"
-            return done(at, "submit", None, resp, auth, prompt)
-
-        gen = new_generation(state, body, markers, auth, created_at=at)
+        gen = new_generation(state, body, markers, call.auth, created_at=call.at)
         state.add_generation(gen)
         resp = json_response({"id": gen.id, "status": "queued"}, 201)
-        done(at, "submit", gen.id, resp, auth, prompt)
-        if markers.submit_hang > 0:
-            # The job already exists upstream; the slow answer provokes a client read timeout.
-            time.sleep(markers.submit_hang)
-        return resp
+        return call.done_late(resp, gen.id, markers.submit_hang)
 
     @app.get(API_PATH)
     def poll() -> Response:
-        at = state.clock()
-        auth = bearer()
-        gen_id = request.args.get("generation_id") or None
-        status_word: str | None = None
-        fault = state.take_fault("poll")
-        if fault is not None:
-            resp = apply_fault(fault, error)
-            if resp is not None:
-                if gen_id is not None:
-                    state.count_poll(gen_id)
-                return done(at, "poll", gen_id, resp, auth)
-            status_word = fault.status_word
-        if auth is None:
-            return done(at, "poll", gen_id, error(401, "Unauthorized: missing API key"), auth)
-        if gen_id is None:
-            msg = "Query validation error! generation_id: Required"
-            return done(at, "poll", None, error(400, msg), auth)
+        call = poll_call(state, API_PATH, request.args.get("generation_id") or None)
+        faulted, status_word = call.poll_fault(error)
+        if faulted is not None:
+            return faulted
+        if call.auth is None:
+            return call.done(error(401, "Unauthorized: missing API key"))
+        if call.generation_id is None:
+            return call.done(error(400, "Query validation error! generation_id: Required"))
 
-        known = state.get(gen_id)
-        if known is not None and known.poll_hang > 0:
-            time.sleep(known.poll_hang)
-        # The status is taken after any hang: that is when the answer leaves.
-        view = state.observe_poll(gen_id, state.clock(), reveals_status=status_word is None)
+        call.poll_hang()
+        view = state.observe_poll(
+            call.generation_id, state.clock(), reveals_status=status_word is None
+        )
         if view is None:
-            return done(at, "poll", gen_id, error(404, "Generation not found"), auth)
+            return call.done(error(404, "Generation not found"))
         if view.garbage:
-            return done(at, "poll", gen_id, garbage_response(), auth)
+            return call.done(garbage_response())
         if view.poll_5xx:
-            return done(at, "poll", gen_id, error(502, "Bad Gateway"), auth)
-
+            return call.done(error(502, "Bad Gateway"))
         body = status_body(view, status_word or view.status, request.host_url)
-        return done(at, "poll", gen_id, json_response(body, 200), auth)
+        return call.done(json_response(body, 200))
 
 
 def status_body(view: PollView, status: str, host_url: str) -> dict[str, Any]:
@@ -207,11 +156,8 @@ def quick_poll(state: SimState, environ: dict[str, Any]) -> bytes | None:
 
 
 def new_generation(
-    state: SimState, body: SubmitBody, markers: Markers, auth: str | None, created_at: float
+    state: SimState, body: SubmitBody, markers: Markers, auth: str, created_at: float
 ) -> Generation:
-    cfg = state.config
-    latency = draw_latency(cfg, markers)
-
     outcome: Outcome = "completed"
     error_name = error_message = None
     if "never" in markers.flags:
@@ -224,31 +170,21 @@ def new_generation(
         outcome = "error"
         error_name = "GenerationError"
         error_message = "The generation failed upstream (simulated)."
-
-    seconds = derive_duration(body.lyrics, cfg.audio_seconds)
-    frames = frame_count(seconds, body.sample_rate)
-    return Generation(
-        id=f"{uuid.uuid4()}:{body.model}",
+    return make_generation(
+        state,
+        markers,
+        generation_id=f"{uuid.uuid4()}:{body.model}",
+        protocol="aimlapi",
         model=body.model,
         prompt=body.prompt,
         lyrics=body.lyrics,
         auth=auth,
+        account=auth,
         created_at=created_at,
-        latency=latency,
-        ready_at=None if outcome == "never" else created_at + latency,
+        sample_rate=body.sample_rate,
         outcome=outcome,
         error_name=error_name,
         error_message=error_message,
-        # What the WAV will really hold, after rounding to whole frames.
-        audio_seconds=frames / body.sample_rate,
-        sample_rate=body.sample_rate,
-        fingerprint=fingerprint(body.model, body.prompt, body.lyrics, auth),
-        unknown_status="unknown-status" in markers.flags,
-        garbage="garbage" in markers.flags,
-        poll_5xx="poll-5xx" in markers.flags,
-        poll_hang=markers.poll_hang,
-        protocol="aimlapi",
-        account=auth,
     )
 
 
@@ -257,14 +193,8 @@ def parse_submit(data: Any) -> SubmitBody:
     if not isinstance(data, dict):
         raise BadRequest("Body validation error! Expected a JSON object")
     problems: list[str] = []
-    model = data.get("model")
-    prompt = data.get("prompt")
-    if not isinstance(model, str) or not model.strip():
-        problems.append("model: Required string")
-        model = ""
-    if not isinstance(prompt, str) or not prompt.strip():
-        problems.append("prompt: Required string")
-        prompt = ""
+    model = required_string(data, "model", "model: Required string", problems)
+    prompt = required_string(data, "prompt", "prompt: Required string", problems)
     for key in ("lyrics", "reference_audio_url"):
         if data.get(key) is not None and not isinstance(data[key], str):
             problems.append(f"{key}: Expected string")

@@ -1,4 +1,5 @@
-"""Pieces every simulated protocol shares: prompt markers, latency, faults, JSON, auth, URLs."""
+"""Pieces every simulated protocol shares: prompt markers, latency, faults, JSON, auth, URLs,
+and a new generation."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from urllib.parse import quote
 
 from flask import Response, request
 
-from app.sim.state import Fault, Kind, SimConfig, SimState
+from app.sim.audio import derive_duration, frame_count
+from app.sim.data import Fault, Generation, Outcome, Protocol, SimConfig, fingerprint
+from app.sim.state import SimState
 
 AUDIO_PREFIX = "/_sim/audio/"
 GARBAGE_BODY = "<html>oops</html>"
@@ -112,6 +115,15 @@ def parse_markers(prompt: str, allowed: Collection[str]) -> Markers:
     )
 
 
+def required_string(data: dict[str, Any], key: str, problem: str, problems: list[str]) -> str:
+    """``data[key]`` when it is a string that is not blank; else "", with ``problem`` noted."""
+    value = data.get(key)
+    if isinstance(value, str) and value.strip():
+        return value
+    problems.append(problem)
+    return ""
+
+
 def draw_latency(config: SimConfig, markers: Markers) -> float:
     """``[sim:latency=S]`` if given, else uniform in latency ± jitter, never below zero."""
     if markers.latency is not None:
@@ -174,26 +186,51 @@ def audio_link(host_url: str, generation_id: str) -> str:
     return f"{host_url.rstrip('/')}{AUDIO_PREFIX}{quote(generation_id, safe='')}.wav"
 
 
-def record(
+def make_generation(
     state: SimState,
+    markers: Markers,
     *,
-    at: float,
-    kind: Kind,
-    path: str,
-    generation_id: str | None,
-    resp: Response,
+    generation_id: str,
+    protocol: Protocol,
+    model: str,
+    prompt: str,
+    lyrics: str | None,
     auth: str | None,
-    prompt: str | None = None,
-) -> Response:
-    """Append one protocol request to the record and hand the response back."""
-    state.record_request(
-        at=at,
-        method=request.method,
-        path=path,
-        kind=kind,
-        generation_id=generation_id,
-        status_code=resp.status_code,
-        auth=auth,
+    account: str | None,
+    created_at: float,
+    sample_rate: int,
+    outcome: Outcome = "completed",
+    error_name: str | None = None,
+    error_message: str | None = None,
+    title: str | None = None,
+) -> Generation:
+    """A generation made now: its latency drawn, its length from the lyrics, and the poll
+    behaviour its prompt's markers ask for (a protocol allows only the markers it knows)."""
+    cfg = state.config
+    latency = draw_latency(cfg, markers)
+    frames = frame_count(derive_duration(lyrics, cfg.audio_seconds), sample_rate)
+    return Generation(
+        id=generation_id,
+        model=model,
         prompt=prompt,
+        lyrics=lyrics,
+        auth=auth,
+        created_at=created_at,
+        latency=latency,
+        ready_at=None if outcome == "never" else created_at + latency,
+        outcome=outcome,
+        error_name=error_name,
+        error_message=error_message,
+        # What the WAV will really hold, after rounding to whole frames.
+        audio_seconds=frames / sample_rate,
+        sample_rate=sample_rate,
+        fingerprint=fingerprint(model, prompt, lyrics, account, protocol),
+        unknown_status="unknown-status" in markers.flags,
+        garbage="garbage" in markers.flags,
+        poll_5xx="poll-5xx" in markers.flags,
+        poll_hang=markers.poll_hang,
+        protocol=protocol,
+        account=account,
+        title=title,
+        post_moderated=markers.post_moderated,
     )
-    return resp

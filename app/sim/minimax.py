@@ -14,29 +14,21 @@ from typing import Any
 from flask import Flask, Response
 
 from app.sim.aimlapi import BITRATES, FORMATS, is_int
-from app.sim.audio import (
-    DEFAULT_SAMPLE_RATE,
-    SAMPLE_RATES,
-    derive_duration,
-    frame_count,
-    wav_bytes,
-    wav_hex,
-)
+from app.sim.audio import DEFAULT_SAMPLE_RATE, SAMPLE_RATES, frame_count, wav_bytes, wav_hex
+from app.sim.calls import Call, marked_failure, submit_call
 from app.sim.common import (
     REASONS,
     BadRequest,
     Markers,
-    apply_fault,
     audio_url,
-    bearer,
-    draw_latency,
     garbage_response,
-    json_body,
     json_response,
+    make_generation,
     parse_markers,
-    record,
+    required_string,
 )
-from app.sim.state import Generation, Outcome, SimState, fingerprint
+from app.sim.data import Generation
+from app.sim.state import SimState
 
 MINIMAX_PATH = "/v1/music_generation"
 OUTPUT_FORMATS = frozenset({"url", "hex"})
@@ -117,53 +109,34 @@ class MusicBody:
 def register(app: Flask, state: SimState) -> None:
     @app.post(MINIMAX_PATH)
     def music_generation() -> Response:
-        at = state.clock()
-        auth = bearer()
+        call, data = submit_call(state, MINIMAX_PATH)
         # Every call counts against its key for as long as it is open, whatever it answers.
-        open_call = state.call_opened("minimax", auth) if auth is not None else None
+        open_call = state.call_opened("minimax", call.auth) if call.auth is not None else None
         try:
-            return _generate(state, at, auth)
+            return _generate(state, call, data)
         finally:
             if open_call is not None:
                 state.call_closed(open_call)
 
 
-def _generate(state: SimState, at: float, auth: str | None) -> Response:
-    data, prompt = json_body()
-
-    def done(resp: Response, generation_id: str | None = None) -> Response:
-        return record(
-            state,
-            at=at,
-            kind="submit",
-            path=MINIMAX_PATH,
-            generation_id=generation_id,
-            resp=resp,
-            auth=auth,
-            prompt=prompt,
-        )
-
-    fault = state.take_fault("submit")
-    if fault is not None:
-        resp = apply_fault(fault, gateway_error)
-        if resp is not None:
-            return done(resp)
-    if auth is None:
-        return done(base_resp_error(1004, AUTH_MISSING))
+def _generate(state: SimState, call: Call, data: Any) -> Response:
+    faulted = call.submit_fault(gateway_error)
+    if faulted is not None:
+        return faulted
+    if call.auth is None:
+        return call.done(base_resp_error(1004, AUTH_MISSING))
     try:
         body = parse_body(data)
         markers = parse_markers(body.prompt, MARKERS)
     except BadRequest as exc:
-        return done(base_resp_error(2013, f"invalid params, {exc}"))
+        return call.done(base_resp_error(2013, f"invalid params, {exc}"))
 
     # Gateway failures answer at once and make nothing.
-    if markers.http is not None:
-        return done(gateway_error(markers.http))
-    for flag, code in (("submit-5xx", 503), ("submit-401", 401), ("submit-429", 429)):
-        if flag in markers.flags:
-            return done(gateway_error(code))
+    failure = markers.http if markers.http is not None else marked_failure(markers)
+    if failure is not None:
+        return call.done(gateway_error(failure))
 
-    gen, code = _new_generation(state, body, markers, auth, created_at=at)
+    gen, code = _new_generation(state, body, markers, call.auth, created_at=call.at)
     state.add_generation(gen)
     # The call is held open while the song is made; no lock is held while sleeping.
     if gen.latency > 0:
@@ -177,10 +150,8 @@ def _generate(state: SimState, at: float, auth: str | None) -> Response:
     else:
         resp = json_response(_success_body(gen, body, markers), 200)
         success = True
-    done(resp, gen.id)
-    if markers.submit_hang > 0:
-        # The song exists (and is billed) but the answer is late: a client read timeout.
-        time.sleep(markers.submit_hang)
+    # A submit hang: the song exists (and is billed) but the answer is late.
+    call.done_late(resp, gen.id, markers.submit_hang)
     if success:
         state.mark_completed_seen(gen.id, state.clock())
     return resp
@@ -190,8 +161,6 @@ def _new_generation(
     state: SimState, body: MusicBody, markers: Markers, auth: str, created_at: float
 ) -> tuple[Generation, int]:
     """The generation, and the base_resp code its answer will carry (0 for success)."""
-    cfg = state.config
-    latency = draw_latency(cfg, markers)
     code = 0
     if markers.base_resp is not None:
         code = markers.base_resp
@@ -199,32 +168,21 @@ def _new_generation(
         code = 1026
     elif "error" in markers.flags:
         code = 1000
-    outcome: Outcome = "error" if code else "completed"
-    message = None
-    if code:
-        message = f"{BASE_RESP_MESSAGES.get(code, 'error')} (simulated)"
-
-    seconds = derive_duration(body.lyrics, cfg.audio_seconds)
-    frames = frame_count(seconds, body.sample_rate)
-    trace_id = uuid.uuid4().hex
-    gen = Generation(
-        id=trace_id,
+    gen = make_generation(
+        state,
+        markers,
+        generation_id=uuid.uuid4().hex,
+        protocol="minimax",
         model=body.model,
         prompt=body.prompt,
         lyrics=body.lyrics,
         auth=auth,
-        created_at=created_at,
-        latency=latency,
-        ready_at=created_at + latency,
-        outcome=outcome,
-        error_name=f"base_resp {code}" if code else None,
-        error_message=message,
-        audio_seconds=frames / body.sample_rate,
-        sample_rate=body.sample_rate,
-        fingerprint=fingerprint(body.model, body.prompt, body.lyrics, auth, "minimax"),
-        garbage="garbage" in markers.flags,
-        protocol="minimax",
         account=auth,
+        created_at=created_at,
+        sample_rate=body.sample_rate,
+        outcome="error" if code else "completed",
+        error_name=f"base_resp {code}" if code else None,
+        error_message=f"{BASE_RESP_MESSAGES.get(code, 'error')} (simulated)" if code else None,
     )
     return gen, code
 
@@ -262,14 +220,8 @@ def parse_body(data: Any) -> MusicBody:
     if not isinstance(data, dict):
         raise BadRequest("expected a JSON object")
     problems: list[str] = []
-    model = data.get("model")
-    prompt = data.get("prompt")
-    if not isinstance(model, str) or not model.strip():
-        problems.append("model is required")
-        model = ""
-    if not isinstance(prompt, str) or not prompt.strip():
-        problems.append("prompt is required")
-        prompt = ""
+    model = required_string(data, "model", "model is required", problems)
+    prompt = required_string(data, "prompt", "prompt is required", problems)
     lyrics = data.get("lyrics")
     if lyrics is not None and not isinstance(lyrics, str):
         problems.append("lyrics must be a string")

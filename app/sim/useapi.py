@@ -10,29 +10,26 @@ busy until the song is made.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response
 
-from app.sim.audio import DEFAULT_SAMPLE_RATE, derive_duration, frame_count
+from app.sim.audio import DEFAULT_SAMPLE_RATE
+from app.sim.calls import Call, marked_failure, poll_call, submit_call
 from app.sim.common import (
     REASONS,
     BadRequest,
     Markers,
-    apply_fault,
     audio_url,
     bearer,
-    draw_latency,
     garbage_response,
-    json_body,
     json_response,
+    make_generation,
     parse_markers,
-    record,
 )
-from app.sim.state import (
+from app.sim.data import (
     USEAPI_COMPLETED,
     USEAPI_MODERATED,
     USEAPI_PENDING,
@@ -40,9 +37,8 @@ from app.sim.state import (
     USEAPI_UNKNOWN,
     Generation,
     Outcome,
-    SimState,
-    fingerprint,
 )
+from app.sim.state import SimState
 
 CREATE_PATH = "/v1/minimax/music/create"
 STATUS_PREFIX = "/v1/minimax/music/"
@@ -59,6 +55,9 @@ STATUS_LABELS = {
     USEAPI_UNKNOWN: "mystery-state",
     USEAPI_MODERATED: "moderated",
 }
+
+# What a submit-failing marker answers with.
+MARKED_FAILURES = {503: "Service unavailable", 401: "Unauthorized", 429: BUSY_MESSAGE}
 
 MARKERS = frozenset(
     {
@@ -97,100 +96,55 @@ class CreateBody:
 def register(app: Flask, state: SimState) -> None:
     @app.post(CREATE_PATH)
     def create() -> Response:
-        at = state.clock()
-        auth = bearer()
-        data, prompt = json_body()
-
-        def done(resp: Response, generation_id: str | None = None) -> Response:
-            return record(
-                state,
-                at=at,
-                kind="submit",
-                path=CREATE_PATH,
-                generation_id=generation_id,
-                resp=resp,
-                auth=auth,
-                prompt=prompt,
-            )
-
-        fault = state.take_fault("submit")
-        if fault is not None:
-            resp = apply_fault(fault, error)
-            if resp is not None:
-                return done(resp)
-        if auth is None:
-            return done(error(401, "Unauthorized"))
+        call, data = submit_call(state, CREATE_PATH)
+        faulted = call.submit_fault(error)
+        if faulted is not None:
+            return faulted
+        if call.auth is None:
+            return call.done(error(401, "Unauthorized"))
         try:
             body = parse_create(data)
             markers = parse_markers(body.prompt, MARKERS)
         except BadRequest as exc:
-            return done(error(400, str(exc)))
-        if "submit-5xx" in markers.flags:
-            return done(error(503, "Service unavailable"))
-        if "submit-401" in markers.flags:
-            return done(error(401, "Unauthorized"))
-        if "submit-429" in markers.flags:
-            # A simulated busy answer: not counted in the account's rejected_busy.
-            return done(error(429, BUSY_MESSAGE))
+            return call.done(error(400, str(exc)))
+        code = marked_failure(markers)
+        if code is not None:
+            # A simulated busy answer (429) is not counted in the account's rejected_busy.
+            return call.done(error(code, MARKED_FAILURES[code]))
 
-        account = account_key(auth, body.account)
+        account = account_key(call.auth, body.account)
         if "moderated-prompt" in markers.flags:
             # useapi checks its own account slot before MiniMax looks at the prompt.
-            if not state.check_idle("useapi", account, at):
-                return done(error(429, BUSY_MESSAGE))
-            return done(json_response({"error": "Moderated prompt"}, 422))
+            if not state.check_idle("useapi", account, call.at):
+                return call.done(error(429, BUSY_MESSAGE))
+            return call.done(json_response({"error": "Moderated prompt"}, 422))
 
-        gen = _new_generation(state, body, markers, auth, account, created_at=at)
+        gen = _new_generation(state, body, markers, call.auth, account, created_at=call.at)
         if not state.add_generation(gen, one_at_a_time=True):
-            return done(error(429, BUSY_MESSAGE))
+            return call.done(error(429, BUSY_MESSAGE))
         resp = json_response({"musicId": gen.id, "status": 0, "statusLabel": "pending"}, 200)
-        done(resp, gen.id)
-        if markers.submit_hang > 0:
-            # The song is already being made; the slow answer provokes a client read timeout.
-            time.sleep(markers.submit_hang)
-        return resp
+        return call.done_late(resp, gen.id, markers.submit_hang)
 
     @app.get(STATUS_PREFIX + "<path:music_id>")
     def status(music_id: str) -> Response:
-        at = state.clock()
-        auth = bearer()
+        call = poll_call(state, STATUS_PATH, music_id)
+        faulted, status_word = call.poll_fault(error)
+        if faulted is not None:
+            return faulted
+        if call.auth is None:
+            return call.done(error(401, "Unauthorized"))
 
-        def done(resp: Response) -> Response:
-            return record(
-                state,
-                at=at,
-                kind="poll",
-                path=STATUS_PATH,
-                generation_id=music_id,
-                resp=resp,
-                auth=auth,
-            )
-
-        status_word: str | None = None
-        fault = state.take_fault("poll")
-        if fault is not None:
-            resp = apply_fault(fault, error)
-            if resp is not None:
-                state.count_poll(music_id)
-                return done(resp)
-            status_word = fault.status_word
-        if auth is None:
-            return done(error(401, "Unauthorized"))
-
-        known = state.get(music_id)
-        if known is not None and known.poll_hang > 0:
-            time.sleep(known.poll_hang)
-        # The status is taken after any hang: that is when the answer leaves.
+        call.poll_hang()
         seen = state.observe_useapi_poll(
             music_id, state.clock(), reveals_status=status_word is None
         )
         if seen is None:
-            return done(error(404, "Not found."))
+            return call.done(error(404, "Not found."))
         gen, code = seen
         if gen.garbage:
-            return done(garbage_response())
+            return call.done(garbage_response())
         if gen.poll_5xx:
-            return done(error(502, "Bad Gateway"))
+            return call.done(error(502, "Bad Gateway"))
         label = STATUS_LABELS[code]
         if status_word is not None:
             # A one-shot status_word fault: a number is reported as the status, a word as label.
@@ -207,31 +161,18 @@ def register(app: Flask, state: SimState) -> None:
             "duration": gen.audio_seconds,
             "createTime": _iso(gen.created_at),
         }
-        return done(json_response(body, 200))
+        return call.done(json_response(body, 200))
 
-    _register_scheduler(app, state)
-
-
-def _register_scheduler(app: Flask, state: SimState) -> None:
     @app.delete(SCHEDULER_PREFIX + "<path:music_id>")
     def untrack(music_id: str) -> Response:
-        at = state.clock()
-        auth = bearer()
-        if auth is None:
-            resp = error(401, "Unauthorized")
-        elif state.running_useapi(music_id, at) is None:
-            resp = error(404, f"Unable to locate running {music_id}")
-        else:
-            resp = Response(status=204)
-        return record(
-            state,
-            at=at,
-            kind="cancel",
-            path=SCHEDULER_PATH,
-            generation_id=music_id,
-            resp=resp,
-            auth=auth,
+        call = Call(
+            state, "cancel", SCHEDULER_PATH, state.clock(), bearer(), generation_id=music_id
         )
+        if call.auth is None:
+            return call.done(error(401, "Unauthorized"))
+        if state.running_useapi(music_id, call.at) is None:
+            return call.done(error(404, f"Unable to locate running {music_id}"))
+        return call.done(Response(status=204))
 
 
 def _new_generation(
@@ -242,8 +183,6 @@ def _new_generation(
     account: str,
     created_at: float,
 ) -> Generation:
-    cfg = state.config
-    latency = draw_latency(cfg, markers)
     outcome: Outcome = "completed"
     error_name = error_message = None
     if "never" in markers.flags:
@@ -253,33 +192,23 @@ def _new_generation(
         error_name = "ModerationError"
         error_message = "The song was moderated (simulated)."
     lyrics = None if body.instrumental else body.lyrics
-    seconds = derive_duration(lyrics, cfg.audio_seconds)
-    rate = DEFAULT_SAMPLE_RATE
-    frames = frame_count(seconds, rate)
     number = state.next_music_number()
-    return Generation(
-        id=f"user:1-minimax:{body.account or 'default'}-music:{number}",
+    return make_generation(
+        state,
+        markers,
+        generation_id=f"user:1-minimax:{body.account or 'default'}-music:{number}",
+        protocol="useapi",
         model=body.model,
         prompt=body.prompt,
         lyrics=lyrics,
         auth=token,
+        account=account,
         created_at=created_at,
-        latency=latency,
-        ready_at=None if outcome == "never" else created_at + latency,
+        sample_rate=DEFAULT_SAMPLE_RATE,
         outcome=outcome,
         error_name=error_name,
         error_message=error_message,
-        audio_seconds=frames / rate,
-        sample_rate=rate,
-        fingerprint=fingerprint(body.model, body.prompt, lyrics, account, "useapi"),
-        unknown_status="unknown-status" in markers.flags,
-        garbage="garbage" in markers.flags,
-        poll_5xx="poll-5xx" in markers.flags,
-        poll_hang=markers.poll_hang,
-        protocol="useapi",
-        account=account,
         title=body.title or "",
-        post_moderated=markers.post_moderated,
     )
 
 

@@ -7,7 +7,7 @@ import argparse
 import shlex
 from typing import Any
 
-from app.cli import worker_argv
+from app.cli.processes import worker_argv
 from bench.phases.base import Context, Phase, Results
 from bench.procs import free_port
 from bench.report import NO_TARGET, Verdict

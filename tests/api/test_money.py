@@ -116,7 +116,7 @@ def free_port() -> int:
 
 def start_web(procs: Processes) -> str:
     """gunicorn as `chorus web` runs it: two processes of sixteen threads on a free port."""
-    from app.cli import web_argv
+    from app.cli.processes import web_argv
 
     port = free_port()
     procs.env.update(PORT=str(port), WEB_HOST="127.0.0.1", WEB_CONCURRENCY="2", WEB_THREADS="16")

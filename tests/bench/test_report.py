@@ -3,6 +3,7 @@ heading in the Markdown, and its rows of the Targets table."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bench import report
@@ -60,3 +61,53 @@ def test_a_run_that_skips_every_phase_reports_each_under_its_heading_as_not_run(
         ("(a)", "—", "—"),
         ("(b)", "—", "—"),
     ]
+
+
+def test_render_writes_the_report_again_with_an_earlier_runs_figures_beside(tmp_path) -> None:
+    from bench.__main__ import main
+
+    argv = [f"--skip-{phase.name}" for phase in PHASES]
+    measured = {"name": "(g) deliveries/s beside a slow receiver", "target": "none (reported)"}
+    run = _results(argv) | {
+        "verdicts": [
+            {**measured, "value": "20.7", "result": "—"},
+            {"name": "(a) POST rps ratio", "value": "—", "target": "≥ 0.5", "result": "—"},
+            {"name": "(x) only in this run", "value": "3", "target": "3", "result": "PASS"},
+        ]
+    }
+    earlier = {
+        "date": "2026-12-04T17:50:24+00:00",
+        "commit": "40578de",
+        "command": "python -m bench ",
+        "verdicts": [
+            {**measured, "value": "23.8", "result": "—"},
+            {"name": "(a) POST rps ratio", "value": "0.59", "target": "≥ 0.5", "result": "PASS"},
+        ],
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    output = tmp_path / "report.md"
+
+    assert (
+        main(
+            [
+                "--render",
+                str(tmp_path / "run.json"),
+                "--compare",
+                str(tmp_path / "earlier.json"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+
+    markdown = output.read_text()
+    section = markdown[
+        markdown.index("\n## Before and after\n") : markdown.index("\n## Settings\n")
+    ]
+    rows = [line for line in section.splitlines() if line.startswith("| (")]
+    # Only what both runs measured: not (a), which this run skipped, nor (x), new in this run.
+    assert rows == ["| (g) deliveries/s beside a slow receiver | 23.8 | 20.7 | none (reported) |"]
+    assert "`40578de`" in section
+    assert json.loads(output.with_suffix(".json").read_text())["compare"]["commit"] == "40578de"

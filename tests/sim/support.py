@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import wave
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
-from app.sim.state import SimConfig, SimState
+from app.sim.data import SimConfig
+from app.sim.server import start_background
+from app.sim.state import SimState
 from config.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 
 def make_settings(**env: str) -> Settings:
@@ -33,11 +42,48 @@ class FakeClock:
         self.now += seconds
 
 
-def clocked_client(clock: FakeClock, **env: str) -> FlaskClient:
-    """A client whose simulator reads ``clock`` instead of the wall clock."""
+@contextmanager
+def serving(**env: str) -> Iterator[str]:
+    """A simulator on a real socket for as long as the block lasts; its base URL."""
+    base_url, shutdown = start_background(make_settings(**env))
+    try:
+        yield base_url
+    finally:
+        shutdown()
+
+
+def clocked_app(clock: FakeClock, **env: str) -> Flask:
+    """A simulator that reads ``clock`` instead of the wall clock."""
     settings = make_settings(**env)
     defaults = SimConfig(settings.sim_latency, settings.sim_jitter, settings.sim_audio_seconds)
-    return create_sim_app(settings, state=SimState(defaults, clock=clock)).test_client()
+    return create_sim_app(settings, state=SimState(defaults, clock=clock))
+
+
+def clocked_client(clock: FakeClock, **env: str) -> FlaskClient:
+    """A client whose simulator reads ``clock`` instead of the wall clock."""
+    return clocked_app(clock, **env).test_client()
+
+
+def answered_late(
+    client: FlaskClient, send: Callable[[FlaskClient], Any], look: Callable[[], T]
+) -> tuple[Any, float, T]:
+    """Send a request that hangs ([sim:submit-hang=S]) from a thread, and ``look`` at the
+    simulator 0.15 s in, while the answer has not left: the answer, the seconds it took,
+    and what ``look`` saw."""
+    result: dict[str, Any] = {}
+
+    def slow() -> None:
+        t0 = time.monotonic()
+        result["resp"] = send(client.application.test_client())
+        result["elapsed"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.15)
+    assert "resp" not in result  # the answer has not left yet
+    seen = look()
+    thread.join()
+    return result["resp"], result["elapsed"], seen
 
 
 def record(client: FlaskClient, **params: Any) -> dict[str, Any]:

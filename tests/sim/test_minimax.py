@@ -14,14 +14,15 @@ import requests
 from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
-from app.sim.server import start_background
 from tests.sim.support import (
     FakeClock,
     account_row,
+    answered_late,
     clocked_client,
     generation,
     make_settings,
     record,
+    serving,
     wav_info,
 )
 
@@ -255,23 +256,14 @@ def test_garbage_marker_answers_non_json_after_the_latency(client: FlaskClient) 
 
 
 def test_submit_hang_creates_the_song_then_answers_late(client: FlaskClient) -> None:
-    app = client.application
-    result: dict[str, Any] = {}
-
-    def slow() -> None:
-        t0 = time.monotonic()
-        result["resp"] = music(app.test_client(), "x [sim:latency=0] [sim:submit-hang=0.4]")
-        result["elapsed"] = time.monotonic() - t0
-
-    thread = threading.Thread(target=slow)
-    thread.start()
-    time.sleep(0.15)
-    assert "resp" not in result
-    (row,) = generations(client)  # the upstream already has the song
+    resp, elapsed, (row,) = answered_late(
+        client,
+        lambda c: music(c, "x [sim:latency=0] [sim:submit-hang=0.4]"),
+        lambda: generations(client),  # the upstream already has the song
+    )
     assert row["first_completed_seen_at"] is None
-    thread.join()
-    assert result["elapsed"] >= 0.4
-    assert result["resp"].get_json()["trace_id"] == row["id"]
+    assert elapsed >= 0.4
+    assert resp.get_json()["trace_id"] == row["id"]
     assert generation(client, row["id"])["first_completed_seen_at"] is not None
 
 
@@ -293,11 +285,9 @@ def test_other_methods_answer_in_the_gateway_shape(client: FlaskClient) -> None:
 
 @pytest.fixture
 def live() -> Iterator[str]:
-    base_url, shutdown = start_background(make_settings(SIM_AUDIO_SECONDS="0.5"))
-    try:
+    # Not the shared one: short songs keep the hex answers small, at the default latency.
+    with serving(SIM_AUDIO_SECONDS="0.5") as base_url:
         yield base_url
-    finally:
-        shutdown()
 
 
 def test_concurrent_open_calls_are_measured_per_key(live: str) -> None:

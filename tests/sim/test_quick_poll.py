@@ -7,24 +7,16 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.sim import create_sim_app, sim_state
-from app.sim.state import SimConfig, SimState
-from tests.sim.support import FakeClock, make_settings
+from app.sim import sim_state
+from tests.sim.support import FakeClock, clocked_app
 
 API = "/v2/generate/audio"
 AUTH = {"Authorization": "Bearer sk-test-123"}
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def app(clock: FakeClock) -> Flask:
-    settings = make_settings()
-    defaults = SimConfig(settings.sim_latency, settings.sim_jitter, settings.sim_audio_seconds)
-    app = create_sim_app(settings, state=SimState(defaults, clock=clock))
+    app = clocked_app(clock)
     app.config["flask_requests"] = 0
 
     @app.before_request

@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -23,22 +22,23 @@ from flask.testing import FlaskClient
 
 from app.sim import create_sim_app, sim_state
 from app.sim.audio import derive_duration, wav_bytes
-from app.sim.server import gunicorn_options, start_background
-from app.sim.state import SimConfig, SimState
-from config.settings import Settings, load_settings
+from app.sim.data import SimConfig
+from app.sim.server import gunicorn_options
+from app.sim.state import SimState
+from tests.sim.support import (
+    FakeClock,
+    answered_late,
+    generation,
+    make_settings,
+    record,
+    wav_info,
+)
 
 API = "/v2/generate/audio"
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ERROR_KEYS = {"message", "path", "requestId", "statusCode", "timestamp"}
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_settings(**env: str) -> Settings:
-    # Only the simulator's settings matter; nothing here touches the disk.
-    base = {"SIM_LATENCY": "0.2", "SIM_JITTER": "0"}
-    base.update(env)
-    return load_settings(base)
 
 
 @pytest.fixture
@@ -49,32 +49,6 @@ def app() -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-class FakeClock:
-    """Stands in for time.time so status progression is tested without racing the scheduler."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def tclient(clock: FakeClock) -> FlaskClient:
-    """A client whose simulator reads ``clock`` instead of the wall clock."""
-    settings = make_settings()
-    defaults = SimConfig(settings.sim_latency, settings.sim_jitter, settings.sim_audio_seconds)
-    return create_sim_app(settings, state=SimState(defaults, clock=clock)).test_client()
 
 
 def submit(client: FlaskClient, prompt: str = "calm piano", **extra: Any) -> Any:
@@ -93,19 +67,6 @@ def created(client: FlaskClient, prompt: str = "calm piano", **extra: Any) -> st
     return gen_id
 
 
-def record(client: FlaskClient, **params: Any) -> dict[str, Any]:
-    resp = client.get("/_sim/record", query_string=params)
-    assert resp.status_code == 200
-    data: dict[str, Any] = resp.get_json()
-    return data
-
-
-def generation(client: FlaskClient, gen_id: str) -> dict[str, Any]:
-    rows = [g for g in record(client, summary=1)["generations"] if g["id"] == gen_id]
-    assert len(rows) == 1
-    return rows[0]
-
-
 def assert_aimlapi_error(resp: Any, status: int) -> dict[str, Any]:
     assert resp.status_code == status
     body: dict[str, Any] = resp.get_json()
@@ -113,12 +74,6 @@ def assert_aimlapi_error(resp: Any, status: int) -> dict[str, Any]:
     assert body["statusCode"] == status
     assert body["path"] == resp.request.path
     return body
-
-
-def wav_info(data: bytes) -> tuple[int, int, int, int]:
-    """(channels, sample width, rate, frames) read back with the stdlib."""
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        return wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
 
 
 # -- protocol shapes ---------------------------------------------------------------------------
@@ -403,26 +358,17 @@ def test_submit_markers_fail_and_create_nothing(
     assert last["prompt"] == f"x {marker}"  # failed submits stay visible in the record
 
 
-def test_submit_hang_creates_before_answering(app: Flask) -> None:
-    client = app.test_client()
-    result: dict[str, Any] = {}
-
-    def slow_submit() -> None:
-        t0 = time.monotonic()
-        result["resp"] = submit(app.test_client(), "x [sim:submit-hang=0.4]")
-        result["elapsed"] = time.monotonic() - t0
-
-    thread = threading.Thread(target=slow_submit)
-    thread.start()
-    time.sleep(0.15)
-    # The POST has not answered yet, but the upstream already has the job.
-    assert "resp" not in result
-    rows = record(client, summary=1)["generations"]
+def test_submit_hang_creates_before_answering(client: FlaskClient) -> None:
+    resp, elapsed, rows = answered_late(
+        client,
+        lambda c: submit(c, "x [sim:submit-hang=0.4]"),
+        lambda: record(client, summary=1)["generations"],
+    )
+    # The POST had not answered yet, but the upstream already had the job.
     assert len(rows) == 1
-    thread.join()
-    assert result["resp"].status_code == 201
-    assert result["resp"].get_json()["id"] == rows[0]["id"]
-    assert result["elapsed"] >= 0.4
+    assert resp.status_code == 201
+    assert resp.get_json()["id"] == rows[0]["id"]
+    assert elapsed >= 0.4
 
 
 def test_poll_hang_marker_delays_every_get(client: FlaskClient) -> None:
@@ -631,15 +577,6 @@ def test_concurrent_clients_keep_the_store_consistent(app: Flask) -> None:
 
 
 # -- real servers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def live() -> Iterator[str]:
-    base_url, shutdown = start_background(make_settings(SIM_LATENCY="0.1"))
-    try:
-        yield base_url
-    finally:
-        shutdown()
 
 
 def test_real_socket_round_trip(live: str) -> None:

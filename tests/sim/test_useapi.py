@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -15,15 +14,15 @@ import requests
 from flask.testing import FlaskClient
 
 from app.sim import create_sim_app
-from app.sim.server import start_background
 from app.sim.useapi import account_key
 from tests.sim.support import (
     FakeClock,
     account_row,
-    clocked_client,
+    answered_late,
     generation,
     make_settings,
     record,
+    serving,
     wav_info,
 )
 
@@ -43,16 +42,6 @@ STATUS_KEYS = {
 @pytest.fixture
 def client() -> FlaskClient:
     return create_sim_app(make_settings()).test_client()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def tclient(clock: FakeClock) -> FlaskClient:
-    return clocked_client(clock)
 
 
 def create(
@@ -258,8 +247,7 @@ def test_second_create_on_a_busy_account_is_429(tclient: FlaskClient, clock: Fak
 
 
 def test_racing_creates_on_one_account_let_exactly_one_through() -> None:
-    base_url, shutdown = start_background(make_settings())
-    try:
+    with serving() as base_url:
         codes: list[int] = []
         lock = threading.Lock()
         barrier = threading.Barrier(12)
@@ -287,8 +275,6 @@ def test_racing_creates_on_one_account_let_exactly_one_through() -> None:
         b = account_row(rec, "useapi", f"{TOKEN}|b")
         assert (a["max_concurrent"], a["in_flight"], a["rejected_busy"]) == (1, 1, 7)
         assert (b["max_concurrent"], b["in_flight"], b["rejected_busy"]) == (1, 1, 3)
-    finally:
-        shutdown()
 
 
 # -- markers -----------------------------------------------------------------------------------
@@ -408,22 +394,13 @@ def test_submit_429_marker_is_a_simulated_busy_answer(client: FlaskClient) -> No
 
 
 def test_submit_hang_creates_before_answering(client: FlaskClient) -> None:
-    app = client.application
-    result: dict[str, Any] = {}
-
-    def slow() -> None:
-        t0 = time.monotonic()
-        result["resp"] = create(app.test_client(), "x [sim:submit-hang=0.4]")
-        result["elapsed"] = time.monotonic() - t0
-
-    thread = threading.Thread(target=slow)
-    thread.start()
-    time.sleep(0.15)
-    assert "resp" not in result
-    (row,) = record(client, summary=1)["generations"]
-    thread.join()
-    assert result["resp"].get_json()["musicId"] == row["id"]
-    assert result["elapsed"] >= 0.4
+    resp, elapsed, (row,) = answered_late(
+        client,
+        lambda c: create(c, "x [sim:submit-hang=0.4]"),
+        lambda: record(client, summary=1)["generations"],
+    )
+    assert resp.get_json()["musicId"] == row["id"]
+    assert elapsed >= 0.4
 
 
 def test_one_shot_faults_apply_in_useapi_shape(client: FlaskClient) -> None:
@@ -442,15 +419,6 @@ def test_one_shot_faults_apply_in_useapi_shape(client: FlaskClient) -> None:
 
 
 # -- real sockets ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def live() -> Iterator[str]:
-    base_url, shutdown = start_background(make_settings(SIM_LATENCY="0.1"))
-    try:
-        yield base_url
-    finally:
-        shutdown()
 
 
 def test_real_socket_round_trip(live: str) -> None:

@@ -17,7 +17,7 @@ from config.celery import (
 
 
 def test_queues_are_declared_and_split_between_the_three_workers() -> None:
-    from app.cli import worker_argv
+    from app.cli.processes import worker_argv
     from workers import make_celery
 
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"})

@@ -1,297 +1,24 @@
-"""The ``chorus`` command: operate Chorus and run its processes."""
+"""``chorus web|worker|scheduler|release|topology|sim|flower|dev``: Chorus's processes."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import os
-import shlex
 import shutil
 import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from app.webhooks.cli import webhooks
-from config import Settings, load_settings
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+from app.cli.catalog import catalog_load
+from app.cli.context import DEV_CREDIT, DEV_CURRENCY, database_settings, settings_of
+from app.cli.db import db_upgrade
+from config import Settings
 
 # What honcho's manager returns when it was stopped by SIGINT or SIGTERM: a requested stop.
 STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 # Seconds chorus dev gives its processes to stop before it kills them (Ctrl-C must be
 # done within 10 s, the embedded server's own stop included).
 STOP_GRACE = 8
-# The embedded default's org starts with ¥1,000 so the README's curl steps just work.
-DEV_CURRENCY = "CNY"
-DEV_CREDIT = 100_000
-
-
-@click.group()
-@click.pass_context
-def main(ctx: click.Context) -> None:
-    """Chorus, a music-generation job gateway."""
-    ctx.obj = load_settings()
-
-
-def settings_of(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
-
-
-_HELD = "chorus.embedded"
-
-
-def database_settings(ctx: click.Context) -> Settings:
-    """The settings, with a database URL: DATABASE_URL's, or else the embedded server's,
-    which this process then holds (starting it if none runs) until the command ends."""
-    settings = settings_of(ctx)
-    if settings.database_url is not None:
-        return settings
-    held: Settings | None = ctx.meta.get(_HELD)
-    if held is None:
-        from app import embedded
-
-        try:
-            server = embedded.open_server(settings)
-        except embedded.EmbeddedError as exc:
-            raise click.ClickException(str(exc)) from exc
-        ctx.find_root().call_on_close(server.close)
-        held = dataclasses.replace(settings, database_url=server.url)
-        # A fresh data folder has an empty database: bring it to the schema first (a no-op
-        # once migrated), so that any command works on it.
-        from app import dbmigrate
-
-        dbmigrate.upgrade(held)
-        ctx.meta[_HELD] = held
-    return held
-
-
-# ------------------------------------------------------------------ data
-
-
-@main.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@click.pass_context
-def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Apply migrations (to the embedded PostgreSQL when DATABASE_URL is unset)."""
-    from app import dbmigrate
-
-    dbmigrate.upgrade(database_settings(ctx), revision)
-
-
-@main.group()
-def keys() -> None:
-    """API keys."""
-
-
-@keys.command("create")
-@click.option("--org", "org_name", required=True, help="Org name; created if new.")
-@click.option("--label", default=None, help="Who or what the key is for.")
-@click.pass_context
-def keys_create(ctx: click.Context, org_name: str, label: str | None) -> None:
-    """Create a key and print it (only it: it is shown this once)."""
-    from sqlalchemy import func, select
-
-    from app.db import Database
-    from app.money.models import Balance
-    from app.tenancy.keys import create_key, get_or_create_org
-
-    with Database(database_settings(ctx)).transaction() as session:
-        secret = create_key(session, org_name, label)
-        org_id = get_or_create_org(session, org_name).id
-        credit = session.scalar(select(func.sum(Balance.available)).where(Balance.org_id == org_id))
-    click.echo(secret)
-    if not credit:
-        # On stderr, so that stdout stays the key alone (KEY=$(chorus keys create …)).
-        click.echo(
-            f"The org {org_name!r} has no credit yet: its jobs on priced models get "
-            f"429 insufficient_quota. Fund it with\n"
-            f"  chorus balance add --org {shlex.quote(org_name)} AMOUNT\n"
-            f"(AMOUNT in minor units: 100000 is ¥1,000)",
-            err=True,
-        )
-
-
-@keys.command("list")
-@click.option("--org", "org_name", required=True)
-@click.pass_context
-def keys_list(ctx: click.Context, org_name: str) -> None:
-    """The org's keys: id, display prefix, label, created, revoked (never the secret)."""
-    from sqlalchemy import select
-
-    from app.db import Database
-    from app.tenancy.models import ApiKey, Org
-
-    with Database(database_settings(ctx)).session() as session:
-        org = session.scalar(select(Org).where(Org.name == org_name))
-        if org is None:
-            raise click.ClickException(f"no org named {org_name!r}")
-        for key in session.scalars(
-            select(ApiKey).where(ApiKey.org_id == org.id).order_by(ApiKey.id)
-        ):
-            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-            click.echo(
-                f"{key.id}\t{key.display_prefix}…\t{key.label or '-'}\t"
-                f"{key.created_at.isoformat()}\trevoked={revoked}"
-            )
-
-
-@keys.command("revoke")
-@click.argument("key_id", type=int)
-@click.pass_context
-def keys_revoke(ctx: click.Context, key_id: int) -> None:
-    """Revoke a key by id (see `keys list`): it is refused from the next request on."""
-    from app.db import Database, utcnow
-    from app.tenancy.models import ApiKey
-
-    with Database(database_settings(ctx)).transaction() as session:
-        key = session.get(ApiKey, key_id)
-        if key is None:
-            raise click.ClickException(f"no key with id {key_id}")
-        if key.revoked_at is None:
-            key.revoked_at = utcnow()
-    click.echo(f"revoked key {key_id}", err=True)
-
-
-@main.group()
-def balance() -> None:
-    """Tenants' money, in integer minor units."""
-
-
-def _org_id(session: Session, org_name: str, *, create: bool) -> int:
-    from sqlalchemy import select
-
-    from app.tenancy.keys import get_or_create_org
-    from app.tenancy.models import Org
-
-    if create:
-        return get_or_create_org(session, org_name).id
-    org = session.scalar(select(Org).where(Org.name == org_name))
-    if org is None:
-        raise click.ClickException(f"no org named {org_name!r}")
-    return org.id
-
-
-# ignore_unknown_options lets "-500" through as the AMOUNT, not as an option.
-@balance.command("add", context_settings={"ignore_unknown_options": True})
-@click.option("--org", "org_name", required=True)
-@click.option("--currency", default=DEV_CURRENCY, show_default=True)
-@click.option("--note", default=None)
-@click.argument("amount", type=int)
-@click.pass_context
-def balance_add(
-    ctx: click.Context, org_name: str, currency: str, note: str | None, amount: int
-) -> None:
-    """Credit AMOUNT minor units (negative: an adjustment down); prints the new balance."""
-    from app.db import Database
-    from app.money import ledger
-
-    with Database(database_settings(ctx)).transaction() as session:
-        org_id = _org_id(session, org_name, create=True)
-        kind = ledger.TOPUP if amount >= 0 else ledger.ADJUSTMENT
-        # Under the balance row's lock: a submit's hold cannot slip in between check and write.
-        ledger.lock_balance(session, org_id, currency.upper())
-        if amount < 0 and ledger.balance(session, org_id, currency.upper()).available + amount < 0:
-            raise click.ClickException("that adjustment would take the balance below zero")
-        new = ledger.credit(session, org_id, currency.upper(), amount, note=note, kind=kind)
-    click.echo(new)
-
-
-@balance.command("show")
-@click.option("--org", "org_name", required=True)
-@click.option("--currency", default=DEV_CURRENCY, show_default=True)
-@click.pass_context
-def balance_show(ctx: click.Context, org_name: str, currency: str) -> None:
-    """Print only the org's available balance, in minor units."""
-    from app.db import Database
-    from app.money import ledger
-
-    with Database(database_settings(ctx)).session() as session:
-        org_id = _org_id(session, org_name, create=False)
-        click.echo(ledger.balance(session, org_id, currency.upper()).available)
-
-
-@main.command()
-@click.option("--org", "org_name", required=True)
-@click.option(
-    "--from",
-    "start",
-    type=click.DateTime(["%Y-%m-%d"]),
-    default=None,
-    help="First day (UTC), default 30 days ago.",
-)
-@click.option(
-    "--to",
-    "end",
-    type=click.DateTime(["%Y-%m-%d"]),
-    default=None,
-    help="Last day (UTC), default today.",
-)
-@click.pass_context
-def usage(
-    ctx: click.Context, org_name: str, start: dt.datetime | None, end: dt.datetime | None
-) -> None:
-    """Jobs, seconds of audio and amount charged, by model and day."""
-    from app.db import Database
-    from app.jobs.usage import usage as report
-
-    last = end.date() if end else dt.datetime.now(dt.UTC).date()
-    first = start.date() if start else last - dt.timedelta(days=30)
-    with Database(database_settings(ctx)).session() as session:
-        rows = report(session, _org_id(session, org_name, create=False), first, last)
-    click.echo("date\tmodel\tjobs\tsucceeded\taudio_seconds\tamount\tcurrency")
-    for row in rows:
-        click.echo(
-            "\t".join(
-                str(row[k])
-                for k in (
-                    "date",
-                    "model",
-                    "jobs",
-                    "succeeded",
-                    "audio_seconds",
-                    "amount",
-                    "currency",
-                )
-            )
-        )
-
-
-@main.group()
-def catalog() -> None:
-    """Categories, models, routes and upstream accounts."""
-
-
-@catalog.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.pass_context
-def catalog_load(ctx: click.Context, file: Path) -> None:
-    """Load (upsert) a catalog YAML file."""
-    from app.catalog import loader
-    from app.db import Database
-
-    try:
-        data = loader.read(file)
-        with Database(database_settings(ctx)).transaction() as session:
-            counts = loader.load(session, data)
-    except loader.CatalogError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(", ".join(f"{n} {what}" for what, n in counts.items()), err=True)
-
-
-main.add_command(webhooks)
-
-
-# ------------------------------------------------------------------ processes
 
 
 def _exec(ctx: click.Context, argv: list[str]) -> None:
@@ -384,14 +111,14 @@ def require_public_url(settings: Settings, process: str) -> None:
         )
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def web(ctx: click.Context) -> None:
     """The API under gunicorn (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
     _exec(ctx, web_argv(settings_of(ctx)))
 
 
-@main.command()
+@click.command()
 @click.option(
     "--sync",
     is_flag=True,
@@ -410,7 +137,7 @@ def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
     _exec(ctx, worker_argv(settings, sync=sync, webhooks=webhooks))
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def scheduler(ctx: click.Context) -> None:
     """Hands due jobs, webhook deliveries and maintenance to the workers. One leads at a
@@ -420,7 +147,7 @@ def scheduler(ctx: click.Context) -> None:
     run(database_settings(ctx))
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def release(ctx: click.Context) -> None:
     """One-shot, before the other processes start: migrate, then load CATALOG_FILE."""
@@ -428,7 +155,7 @@ def release(ctx: click.Context) -> None:
     ctx.invoke(catalog_load, file=settings_of(ctx).catalog_file)
 
 
-@main.group()
+@click.group()
 def topology() -> None:
     """Chorus's processes (config/topology.py)."""
 
@@ -464,7 +191,7 @@ def topology_connections(ctx: click.Context) -> None:
     click.echo(f"max_connections\t{max_connections(settings)}")
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def sim(ctx: click.Context) -> None:
     """The upstream simulator (SIM_HOST, SIM_PORT, SIM_LATENCY, SIM_JITTER)."""
@@ -473,7 +200,7 @@ def sim(ctx: click.Context) -> None:
     serve(settings_of(ctx))
 
 
-@main.command()
+@click.command()
 @click.option("--port", type=int, default=None, help="Default: FLOWER_PORT (5555).")
 @click.pass_context
 def flower(ctx: click.Context, port: int | None) -> None:
@@ -487,7 +214,7 @@ def flower(ctx: click.Context, port: int | None) -> None:
     serve(settings, port or settings.flower_port)
 
 
-@main.command()
+@click.command()
 @click.option("--org", "org_name", default="dev", show_default=True)
 @click.pass_context
 def dev(ctx: click.Context, org_name: str) -> None:
@@ -548,7 +275,3 @@ def dev(ctx: click.Context, org_name: str) -> None:
     if manager.returncode not in (None, 0, *STOP_CODES):
         # A process ended by itself (a crash, a port in use): honcho stopped the rest.
         ctx.exit(manager.returncode)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy import select, update
 
-from config import Settings
+from app.cli.context import database_settings, org_id
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.webhooks.models import WebhookEndpoint
 
 
-def _settings(ctx: click.Context) -> Settings:
-    """The settings with a database URL (the embedded server's when DATABASE_URL is unset)."""
-    from app.cli import database_settings
+def _endpoint(session: Session, org_name: str) -> WebhookEndpoint:
+    """The org's endpoint, or a readable error when it has none."""
+    from app.webhooks.models import WebhookEndpoint
 
-    return database_settings(ctx)
-
-
-def _org_id(session: object, org_name: str) -> int:
-    from app.tenancy.models import Org
-
-    org = session.scalar(select(Org).where(Org.name == org_name))  # type: ignore[attr-defined]
-    if org is None:
-        raise click.ClickException(f"no org named {org_name!r}")
-    return int(org.id)
+    found = session.scalar(
+        select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id(session, org_name))
+    )
+    if found is None:
+        raise click.ClickException(f"org {org_name!r} has no webhook endpoint")
+    return found
 
 
 @click.group()
@@ -53,7 +55,7 @@ def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url
     from app.webhooks import outbox, signing
     from app.webhooks.models import WebhookEndpoint
 
-    settings = _settings(ctx)
+    settings = database_settings(ctx)
     unknown = sorted(set(events) - set(outbox.EVENT_TYPES))
     if unknown:
         raise click.ClickException(
@@ -64,16 +66,16 @@ def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url
     except guard.RefusedURL as exc:
         raise click.ClickException(f"refused: {exc}") from exc
     with Database(settings).transaction() as session:
-        org_id = _org_id(session, org_name)
+        owner = org_id(session, org_name)
         found = session.scalar(
-            select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id).with_for_update()
+            select(WebhookEndpoint).where(WebhookEndpoint.org_id == owner).with_for_update()
         )
         if found is None:
-            found = WebhookEndpoint(org_id=org_id, url=url)
+            found = WebhookEndpoint(org_id=owner, url=url)
             session.add(found)
         found.url, found.events = url, list(events) or None
         found.disabled_at = found.disabled_reason = None
-        signing.current_secret(session, org_id)
+        signing.current_secret(session, owner)
     click.echo(url)
 
 
@@ -84,13 +86,9 @@ def endpoint_show(ctx: click.Context, org_name: str) -> None:
     """URL, events and state of the org's endpoint."""
     from app.db import Database
     from app.webhooks import outbox
-    from app.webhooks.models import WebhookEndpoint
 
-    with Database(_settings(ctx)).session() as session:
-        org_id = _org_id(session, org_name)
-        found = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id))
-        if found is None:
-            raise click.ClickException(f"org {org_name!r} has no webhook endpoint")
+    with Database(database_settings(ctx)).session() as session:
+        found = _endpoint(session, org_name)
         state = f"disabled ({found.disabled_reason})" if found.disabled_at else "enabled"
         click.echo(f"{found.url}\t{','.join(found.events or outbox.EVENT_TYPES)}\t{state}")
 
@@ -102,13 +100,10 @@ def endpoint_delete(ctx: click.Context, org_name: str) -> None:
     """Remove the org's endpoint; its deliveries still waiting are given up."""
     from app.db import Database
     from app.webhooks import outbox
-    from app.webhooks.models import WebhookDelivery, WebhookEndpoint
+    from app.webhooks.models import WebhookDelivery
 
-    with Database(_settings(ctx)).transaction() as session:
-        org_id = _org_id(session, org_name)
-        found = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id))
-        if found is None:
-            raise click.ClickException(f"org {org_name!r} has no webhook endpoint")
+    with Database(database_settings(ctx)).transaction() as session:
+        found = _endpoint(session, org_name)
         session.execute(
             update(WebhookDelivery)
             .where(
@@ -134,8 +129,8 @@ def secret_show(ctx: click.Context, org_name: str) -> None:
     from app.db import Database
     from app.webhooks import signing
 
-    with Database(_settings(ctx)).transaction() as session:
-        key = signing.current_secret(session, _org_id(session, org_name))
+    with Database(database_settings(ctx)).transaction() as session:
+        key = signing.current_secret(session, org_id(session, org_name))
     click.echo(key)
 
 
@@ -147,10 +142,10 @@ def secret_rotate(ctx: click.Context, org_name: str) -> None:
     from app.db import Database
     from app.webhooks import signing
 
-    settings = _settings(ctx)
+    settings = database_settings(ctx)
     with Database(settings).transaction() as session:
         key, until = signing.rotate(
-            session, _org_id(session, org_name), settings.webhook_secret_overlap
+            session, org_id(session, org_name), settings.webhook_secret_overlap
         )
     click.echo(key)
     click.echo(f"the previous secret signs too until {until.isoformat()}", err=True)
@@ -168,7 +163,7 @@ def deliveries(ctx: click.Context, job_id: str) -> None:
     from app.db import Database
     from app.webhooks.models import WebhookAttempt, WebhookDelivery
 
-    with Database(_settings(ctx)).session() as session:
+    with Database(database_settings(ctx)).session() as session:
         rows = session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.job_id == job_id)
@@ -204,12 +199,12 @@ def redeliver_command(ctx: click.Context, delivery_id: str) -> None:
     from app.webhooks.models import WebhookDelivery
     from app.webhooks.outbox import redeliver
 
-    with Database(_settings(ctx)).transaction() as session:
+    with Database(database_settings(ctx)).transaction() as session:
         found = session.scalar(
             select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
         )
         if found is None:
             raise click.ClickException(f"no delivery {delivery_id!r}")
         redeliver(found)
-    ring_now(database_url(_settings(ctx)))  # this process ends before a background ring
+    ring_now(database_url(database_settings(ctx)))  # this process ends before a background ring
     click.echo(delivery_id)
