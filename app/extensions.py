@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache
 from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
-from app.jobs import effects
 from app.jobs.offers import Offer
 from app.jobs.transitions import Transitions
-from app.jobs.waiting import TerminalNotifier, WaitHub
+from app.jobs.waiting import WaitHub
 from app.storage import AudioStorage
+from app.wiring import writer
 from config import Settings
 
 
@@ -35,9 +35,10 @@ class Chorus:
     @property
     def transitions(self) -> Transitions:
         """The writer of a job's status (a cancel), with every side effect: among them,
-        telling every process's waiting requests that the job ended."""
+        telling every process's waiting requests that the job ended, and the scheduler (after
+        the commit) that the job's event and its account slot wait for it."""
         if self._transitions is None:
-            self._transitions = effects.writer(self.db, TerminalNotifier(self.settings))
+            self._transitions = writer(self.db, self.settings, bell=self.doorbell)
         return self._transitions
 
     @property
@@ -50,7 +51,8 @@ class Chorus:
 
     @property
     def doorbell(self) -> Doorbell:
-        """Rung after committing work the scheduler must hear of (a new job, a cancel's event)."""
+        """Rung after committing work the scheduler must hear of (a new job; a status change
+        rings it through ``transitions``)."""
         return doorbell(database_url(self.settings))
 
     def session(self) -> Session:

@@ -224,8 +224,9 @@ def script() -> Any:
 def engine(settings: Settings, db: Database, script: Any) -> Any:
     """The job engine on the test's database, its upstream ``script``: no HTTP, no Celery."""
     from app.jobs.engine import Engine
+    from app.wiring import writer
 
-    return Engine(settings, db, adapter_factory=script.factory)
+    return Engine(settings, db, adapter_factory=script.factory, transitions=writer(db, settings))
 
 
 def auth(key: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ from celery.signals import worker_process_init
 
 from app.db import Database
 from app.jobs.engine import Engine
+from app.wiring import writer
 from config import Settings
 from config.celery import celery_config
 
@@ -25,8 +26,12 @@ class ChorusCelery(Celery):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            db = Database(self.settings)
             self._engine = Engine(
-                self.settings, Database(self.settings), handoff=self._hand_to_sync_worker
+                self.settings,
+                db,
+                transitions=writer(db, self.settings),
+                handoff=self._hand_to_sync_worker,
             )
         return self._engine
 

@@ -15,8 +15,8 @@ from app.api.openapi import ApiBlueprint, example
 from app.api.schemas import OpenAIErrorSchema
 from app.catalog.models import Category, Model, Route
 from app.extensions import chorus
+from app.jobs.usage import usage
 from app.money.models import Balance
-from app.money.usage import usage
 from app.tenancy.models import Org
 
 blp = ApiBlueprint(

@@ -75,7 +75,7 @@ def usage(
 ) -> None:
     """Jobs, seconds of audio and amount charged, by model and day."""
     from app.db import Database
-    from app.money.usage import usage as report
+    from app.jobs.usage import usage as report
 
     last = end.date() if end else dt.datetime.now(dt.UTC).date()
     first = start.date() if start else last - dt.timedelta(days=30)

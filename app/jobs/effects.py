@@ -1,9 +1,10 @@
-"""What every change of a job's status carries: hooks on the one writer (``app.jobs.transitions``).
+"""The lifecycle's own hooks on the one status writer (``app.jobs.transitions``).
 
 In the change's transaction: the money (a job that ends captures its hold on success and
-releases it otherwise) and the webhook outbox (the delivery row is the event: it exists
-exactly when the change does). After the commit: the requests waiting on a job that ended
-(``Prefer: wait``) are woken, and read the new row.
+releases it otherwise). After the commit: the requests waiting on a job that ended
+(``Prefer: wait``) are woken, and read the new row; and, for a writer outside the engine,
+the scheduler's doorbell rings. The webhook outbox's hook lives with the webhooks
+(``app.webhooks.outbox.write_outbox``); ``app.wiring.writer`` registers them all.
 """
 
 from __future__ import annotations
@@ -12,23 +13,18 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from app.db import Database
+from app.doorbell import Doorbell
+from app.jobs.events import EVENTS
 from app.jobs.status import JobStatus
-from app.jobs.transitions import AfterCommit, Change, Transitions
+from app.jobs.transitions import AfterCommit, Change
 from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
-from app.webhooks import outbox
 
 
 def settle_money(session: Session, changes: Sequence[Change]) -> None:
     for change in changes:
         if change.status.terminal:
             ledger.settle(session, change.job.id, capture=change.status == JobStatus.SUCCEEDED)
-
-
-def write_outbox(session: Session, changes: Sequence[Change]) -> None:
-    for change in changes:
-        outbox.enqueue_for(session, change.job, change.status, change.at)
 
 
 def wake_waiters(notifier: TerminalNotifier) -> AfterCommit:
@@ -38,10 +34,19 @@ def wake_waiters(notifier: TerminalNotifier) -> AfterCommit:
     return wake
 
 
-def writer(db: Database, notifier: TerminalNotifier) -> Transitions:
-    """The status writer with every side effect Chorus has."""
-    transitions = Transitions(db)
-    transitions.on_change(settle_money)
-    transitions.on_change(write_outbox)
-    transitions.after_commit(wake_waiters(notifier))
-    return transitions
+def ring_doorbell(bell: Doorbell) -> AfterCommit:
+    """Tell the scheduler of a committed change it must act on: once per commit, however many
+    jobs it changed.
+
+    The dispatcher has work after a change that ended a job (a freed account slot, and its
+    event) or that entered a state with an event (its outbox row, if the job has a target).
+    Whether a row was actually written is not known here without a query, which would cost
+    more than the ring it saves. The engine rings once per batch for everything its steps
+    wrote, so its writer has no such hook (``app.wiring``).
+    """
+
+    def ring(changes: Sequence[Change]) -> None:
+        if any(change.status.terminal or change.status in EVENTS for change in changes):
+            bell.ring()
+
+    return ring

@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.db import Database, database_url, utcnow
 from app.doorbell import doorbell
-from app.jobs import effects
 from app.jobs.accounts import Accounts
 from app.jobs.followup import FollowUp
 from app.jobs.leasing import Claim, DueClaim, Leases
@@ -35,7 +34,6 @@ from app.jobs.status import JobStatus
 from app.jobs.submit import Submitter
 from app.jobs.transitions import Transitions
 from app.jobs.upstreams import Upstreams
-from app.jobs.waiting import TerminalNotifier
 from app.providers import get_adapter
 from app.providers.base import AccountConfig, Adapter, PollResult, PollState, ProviderError
 from app.storage import AudioStorage, make_storage
@@ -51,10 +49,13 @@ class Engine:
         db: Database,
         storage: AudioStorage | None = None,
         adapter_factory: Callable[[AccountConfig], Adapter] = get_adapter,
-        transitions: Transitions | None = None,
+        *,
+        transitions: Transitions,
         handoff: Callable[[str, str], None] | None = None,
     ) -> None:
-        """``handoff`` sends a job (id, lease token) to the sync worker's queue, whose calls
+        """``transitions`` is the status writer with its side effects (``app.wiring.writer``:
+        the money, the webhook event, the woken waiters), given by whoever builds the engine.
+        ``handoff`` sends a job (id, lease token) to the sync worker's queue, whose calls
         may stay open for minutes; without it every submit is made here."""
         self.settings = settings
         self.db = db
@@ -64,7 +65,7 @@ class Engine:
         self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
         self.accounts = Accounts(db)
         # Every change of a job's status, with its money, webhook event and woken waiters.
-        self.transitions = transitions or effects.writer(db, TerminalNotifier(settings))
+        self.transitions = transitions
         self.upstreams = Upstreams(settings, db, adapter_factory, self.lease)
         self.policy = self.upstreams.policy
         self.leases = Leases(db, self.lease)
@@ -109,7 +110,8 @@ class Engine:
         done = self._advance_many(list(claims), blocking=blocking)
         if any(outcome is not Outcome.SKIPPED for outcome in done):
             # What the steps wrote (next looks, retries, ended jobs with their webhook events,
-            # freed account slots) may be due before the scheduler would otherwise look.
+            # freed account slots) may be due before the scheduler would otherwise look. One
+            # ring for the batch: the engine's writer does not ring per change.
             self.doorbell.ring()
         return done
 

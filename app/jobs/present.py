@@ -1,42 +1,60 @@
-"""The job object clients see (CONTRACT §1a), built by hand: it is on the hot GET path."""
+"""The job object clients see (CONTRACT §1a), built by hand: it is on the hot GET path.
+
+No Flask here: the API (``app.api.present``) and the webhooks (``app.webhooks.delivery``)
+render the same object, each from its own base URL (the request's origin; ``PUBLIC_URL``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from flask import current_app, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.jobs.models import JobRecord
 from app.jobs.status import JobStatus
 from app.storage import AudioStorage, AudioTooLarge, StorageUnavailable
+from config import Settings
 
 log = logging.getLogger(__name__)
+
+# The API's routes to a job and its audio (its views serve them at these paths), as
+# string templates: a format per read costs far less than url_for (which cost a tenth of a GET).
+GENERATION_PATH = "/v1/music/generations/{job_id}"
+CONTENT_PATH = "/v1/music/generations/{job_id}/content"
+AUDIO_PATH = "/v1/files/audio/{token}"
 
 
 def _unix(value: dt.datetime | None) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def audio_signer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="chorus-audio")
+@lru_cache(maxsize=4)
+def audio_signer(secret_key: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_key, salt="chorus-audio")
 
 
-def audio_url(job: JobRecord) -> str:
+def audio_url(job_id: str, secret_key: str, base_url: str) -> str:
     """A fresh, expiring link to Chorus's own copy; re-signed on every read of the job."""
-    token = audio_signer().dumps(job.id)
-    return url_for("files.audio", token=token, _external=True)
+    token = audio_signer(secret_key).dumps(job_id)
+    return base_url + AUDIO_PATH.format(token=quote(token, safe=""))
 
 
-def job_from_token(token: str, max_age: int) -> str | None:
+def job_from_token(secret_key: str, token: str, max_age: int) -> str | None:
+    """The job id an audio link was signed for; None if forged, or older than ``max_age``."""
     try:
-        job_id = audio_signer().loads(token, max_age=max_age)
+        job_id = audio_signer(secret_key).loads(token, max_age=max_age)
     except BadSignature:
         return None
     return job_id if isinstance(job_id, str) else None
+
+
+def job_url(base_url: str, template: str, job_id: str) -> str:
+    """``base_url`` and a route's path (``GENERATION_PATH``, ``CONTENT_PATH``) for the job."""
+    return base_url + template.format(job_id=quote(job_id, safe=""))
 
 
 def hex_audio(job: JobRecord, storage: AudioStorage, max_bytes: int) -> str | None:
@@ -53,31 +71,18 @@ def hex_audio(job: JobRecord, storage: AudioStorage, max_bytes: int) -> str | No
         return None
 
 
-# A stand-in id: each job URL is its route's path built once by url_for around this mark,
-# then filled in by a string replace (building it per read was a tenth of a GET's CPU).
-_MARK = "chorus-job-id-mark"
-_PATHS: dict[tuple[str, str], str] = {}
-
-
-def job_url(endpoint: str, job_id: str) -> str:
-    """``url_for(endpoint, job_id=job_id, _external=True)``, for a route taking only the id."""
-    key = (endpoint, request.script_root)
-    path = _PATHS.get(key)
-    if path is None:
-        path = _PATHS[key] = url_for(endpoint, job_id=_MARK)
-    # What url_for puts before the path; werkzeug's own host_url costs more to build.
-    origin = f"{request.scheme}://{request.host}"
-    return origin + path.replace(_MARK, quote(job_id, safe=""))
-
-
-def job_object(job: JobRecord, storage: AudioStorage | None = None) -> dict[str, Any]:
+def render(
+    job: JobRecord, settings: Settings, base_url: str, storage: AudioStorage | None = None
+) -> dict[str, Any]:
+    """The job object, its links under ``base_url`` (scheme://host and any path prefix, no
+    trailing slash). With ``storage``, a job that asked for hex output gets its audio inline
+    (``settings.audio_max_bytes`` caps the read); without, the link."""
     purged = job.purged_at is not None
     succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None and not purged
-    link = audio_url(job) if succeeded else None
+    link = audio_url(job.id, settings.secret_key, base_url) if succeeded else None
     audio = link
     if link and storage is not None and (job.request or {}).get("output_format") == "hex":
-        max_bytes: int = current_app.extensions["chorus"].settings.audio_max_bytes
-        audio = hex_audio(job, storage, max_bytes) or link
+        audio = hex_audio(job, storage, settings.audio_max_bytes) or link
     return {
         "id": job.id,
         "object": "music.generation",
@@ -117,8 +122,8 @@ def job_object(job: JobRecord, storage: AudioStorage | None = None) -> dict[str,
         # Set once retention removed the audio and the request's content (README, Retention).
         "purged_at": _unix(job.purged_at),
         "urls": {
-            "get": job_url("generations.Generation", job.id),
+            "get": job_url(base_url, GENERATION_PATH, job.id),
             "audio": link,
-            "content": job_url("generations.content", job.id) if succeeded else None,
+            "content": job_url(base_url, CONTENT_PATH, job.id) if succeeded else None,
         },
     }

@@ -9,7 +9,7 @@ matches no row, and each change happens at most once.
 What must go with a change registers as a hook: ``on_change`` hooks run in the transaction of
 the UPDATE with the rows it changed, so what they write (money, the webhook outbox) commits or
 rolls back with the status; ``after_commit`` hooks run once it committed (a woken waiter must
-read the new row). ``app.jobs.effects`` registers Chorus's; a new side effect is one more hook.
+read the new row). ``app.wiring`` registers Chorus's; a new side effect is one more hook.
 """
 
 from __future__ import annotations

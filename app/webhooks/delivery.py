@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import ssrfguard
@@ -30,12 +31,10 @@ from app.doorbell import doorbell
 from app.http import guard
 from app.http.retry_after import parse_retry_after
 from app.jobs.models import Job
+from app.jobs.present import render
 from app.webhooks import outbox, signing
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from config import Settings
-
-if TYPE_CHECKING:
-    from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,8 @@ class Dispatcher:
         self.resolver = resolver
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
-        self._flask: Flask | None = None
-        self._flask_lock = threading.Lock()
+        # Where the payload's links point; no request tells this process its own address.
+        self.base_url = public_base(settings.public_url)
         # The lease a thread takes for one attempt: the timeout, with room for the writes.
         self.lease = dt.timedelta(seconds=settings.webhook_timeout * 2 + 30)
 
@@ -183,26 +182,12 @@ class Dispatcher:
         The job object is rendered at each attempt, so its audio link is freshly signed even
         for a retry hours later; ``type`` says which change this event is about.
         """
-        from app.jobs.present import job_object
-
-        with self.flask.test_request_context("/", base_url=self.settings.public_url):
-            data = job_object(job)
         payload = {
             "type": delivery.event_type,
             "timestamp": delivery.event_at.isoformat().replace("+00:00", "Z"),
-            "data": data,
+            "data": render(job, self.settings, self.base_url),
         }
         return json.dumps(payload, separators=(",", ":"))
-
-    @property
-    def flask(self) -> Flask:
-        # The job object's links are built by the API's own routes.
-        with self._flask_lock:
-            if self._flask is None:
-                from app.web import create_app
-
-                self._flask = create_app(self.settings)
-            return self._flask
 
     def http(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -344,6 +329,16 @@ class Dispatcher:
                 synchronize_session=False
             )
         )
+
+
+def public_base(url: str) -> str:
+    """``PUBLIC_URL`` as the base of the payload's links, written as the API writes its own:
+    no trailing slash, and no port where it is the scheme's default."""
+    parts = urlsplit(url.rstrip("/"))
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme)
+    if default and parts.netloc.endswith(default):
+        parts = parts._replace(netloc=parts.netloc.removesuffix(default))
+    return urlunsplit(parts)
 
 
 def _reason(exc: Exception) -> str:

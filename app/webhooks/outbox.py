@@ -5,6 +5,9 @@ state, so a delivery exists if and only if the change was committed: a rolled-ba
 leaves no event behind, and a committed one always has its event. The retry schedule lives in
 the rows (``next_attempt_at``), not in Celery countdowns, so a retry 24 hours away is a row
 like any other and survives restarts of everything.
+
+The event names belong to the lifecycle (``app.jobs.events``); ``EVENT_TYPES`` is re-exported
+here for the endpoint settings, which list them.
 """
 
 from __future__ import annotations
@@ -20,18 +23,12 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.jobs.events import EVENT_TYPES as EVENT_TYPES
+from app.jobs.events import event_for
 from app.jobs.status import JobStatus
+from app.jobs.transitions import Change
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, new_delivery_id
 from config import Settings
-
-EVENT_PREFIX = "music.generation."
-EVENTS: dict[JobStatus, str] = {
-    JobStatus.RUNNING: EVENT_PREFIX + "running",
-    JobStatus.SUCCEEDED: EVENT_PREFIX + "succeeded",
-    JobStatus.FAILED: EVENT_PREFIX + "failed",
-    JobStatus.CANCELLED: EVENT_PREFIX + "cancelled",
-}
-EVENT_TYPES = tuple(EVENTS.values())
 
 PENDING, DELIVERED, DEAD, DISABLED = "pending", "delivered", "dead", "disabled"
 DELIVERY_STATUSES = (PENDING, DELIVERED, DEAD, DISABLED)
@@ -56,7 +53,7 @@ def enqueue_for(
     ``callback_url`` or, failing that, the org's default endpoint; each has its event filter.
     Returns how many rows it wrote (0 or 1).
     """
-    event = EVENTS.get(JobStatus(status))
+    event = event_for(status)
     if event is None:
         return 0
     now = now or utcnow()
@@ -100,6 +97,13 @@ def enqueue_for(
         )
     )
     return 1
+
+
+def write_outbox(session: Session, changes: Sequence[Change]) -> None:
+    """The status writer's hook (``Transitions.on_change``): each change's event, written in
+    the change's own transaction."""
+    for change in changes:
+        enqueue_for(session, change.job, change.status, change.at)
 
 
 def redeliver(delivery: WebhookDelivery) -> None:

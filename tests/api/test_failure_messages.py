@@ -12,6 +12,7 @@ import pytest
 from app.db import Database
 from app.jobs.engine import Engine
 from app.jobs.errors import MESSAGES
+from app.wiring import writer
 from config import load_settings
 from tests.conftest import GOOD_BODY, auth
 
@@ -39,7 +40,7 @@ def test_an_unreachable_upstream_is_reported_without_its_address(
     settings = load_settings(
         {**env, "SIM_URL": f"http://127.0.0.1:{port}", "SUBMIT_MAX_ATTEMPTS": "1"}
     )
-    engine = Engine(settings, db)
+    engine = Engine(settings, db, transitions=writer(db, settings))
     created = client.post(URL, json=GOOD_BODY, headers=auth(api_key))
     assert created.status_code == 202, created.get_json()
     job_id = created.get_json()["id"]

@@ -9,6 +9,7 @@ from typing import Any
 from app.db import Database
 from app.jobs.engine import Engine
 from app.jobs.leasing import DueClaim
+from app.wiring import writer
 from config import Settings
 from tests.conftest import GOOD_BODY, auth, wait_for
 
@@ -59,6 +60,8 @@ def wait_terminal(
 
 def claim_by_hand(settings: Settings, db: Database, ids: list[str]) -> list[DueClaim]:
     """Lease the jobs ``ids`` (all that are due) as the scheduler would, without one running."""
-    claims = Engine(settings, db).claim_due(lookahead=1.0, limit=100)
+    claims = Engine(settings, db, transitions=writer(db, settings)).claim_due(
+        lookahead=1.0, limit=100
+    )
     assert sorted(c.job_id for c in claims) == ids
     return claims

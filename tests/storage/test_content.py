@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 from itsdangerous import TimestampSigner
 
+from app.api.present import audio_url
 from app.db import Database, utcnow
 from app.jobs.models import Job
-from app.jobs.present import audio_url
 from app.storage import AudioStorage, S3Storage
 from tests.audio import BIG_WAV, WAV
 from tests.conftest import GOOD_BODY, auth

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from app.db import Database, utcnow
 from app.jobs.models import Job
 from app.jobs.retention import purge_expired
+from app.jobs.usage import usage
 from app.money import ledger
 from app.money.models import LedgerEntry
-from app.money.usage import usage
 from app.storage import AudioStorage
 from tests.audio import WAV
 from tests.conftest import GOOD_BODY, auth

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from app.webhooks.outbox import EVENT_TYPES as WEBHOOK_EVENTS
+from app.jobs.events import EVENT_TYPES as WEBHOOK_EVENTS
 
 SAMPLE_RATES = (16000, 24000, 32000, 44100)
 BITRATES = (32000, 64000, 128000, 256000)

@@ -21,13 +21,13 @@ from app.api.jobs.schemas import (
     JobSchema,
     ListGenerationsQuerySchema,
 )
+from app.api.present import job_from_token, job_object
 from app.api.schemas import OpenAIErrorSchema
 from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, queries, reference_audio
 from app.jobs.cancel import cancel_job
 from app.jobs.models import Job, JobRecord
-from app.jobs.present import job_from_token, job_object
 from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
 from app.storage import StorageUnavailable
@@ -240,7 +240,6 @@ class Cancel(MethodView):
         """
         ext = chorus()
         job = cancel_job(ext.transitions, ext.session(), g.api_key, job_id)
-        ext.doorbell.ring()  # its webhook event, and a freed account slot
         return jsonify(job_object(job, ext.storage))
 
 

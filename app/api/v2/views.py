@@ -15,6 +15,7 @@ from flask.views import MethodView
 from app.api import openapi
 from app.api.auth import read_job, require_key
 from app.api.idempotency import idempotent
+from app.api.present import audio_url
 from app.api.v2 import examples
 from app.api.v2.schemas import (
     AimlapiErrorSchema,
@@ -26,7 +27,6 @@ from app.api.v2.schemas import (
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
 from app.jobs.models import JobRecord
-from app.jobs.present import audio_url
 from app.jobs.status import JobStatus
 
 # Not bearer=/rate_limited=: those shared responses have OpenAI's shape, and /v2 answers

@@ -1,4 +1,4 @@
-"""The one writer of a job's status (app.jobs.transitions) and its side effects (app.jobs.effects).
+"""The one writer of a job's status (app.jobs.transitions) and its side effects (app.wiring).
 
 Every path that ends a job (success, one job or a batch written at once; failure at submit or
 at poll; the client's cancel; the deadline) runs each side effect exactly once: one settle
@@ -21,13 +21,14 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from app import wiring
 from app.db import Database, utcnow
-from app.jobs import effects, retention
+from app.jobs import retention
 from app.jobs.engine import Engine
 from app.jobs.models import Job
 from app.jobs.status import JobStatus
 from app.jobs.transitions import Finished, Transitions
-from app.jobs.waiting import TerminalNotifier, channel_name
+from app.jobs.waiting import channel_name
 from app.money import ledger
 from app.money.models import LedgerEntry
 from app.providers.base import PollResult, PollState, ProviderError
@@ -327,7 +328,7 @@ def test_purging_an_ended_job_changes_no_status_and_runs_no_side_effect(
 def test_a_failing_side_effect_rolls_the_status_back_with_the_others(
     settings: Settings, db: Database, script: Script, api_key: str
 ) -> None:
-    writer = effects.writer(db, TerminalNotifier(settings))
+    writer = wiring.writer(db, settings)
 
     def broken(_session: Any, _changes: Any) -> None:
         raise RuntimeError("a side effect failed")
@@ -383,7 +384,7 @@ def test_a_hook_sees_each_change_once_in_its_transaction_and_after_the_commit(
 def test_a_failing_hook_after_the_commit_leaves_the_change_standing(
     settings: Settings, db: Database, script: Script, api_key: str
 ) -> None:
-    writer = effects.writer(db, TerminalNotifier(settings))
+    writer = wiring.writer(db, settings)
     woken: list[str] = []
 
     def broken(_changes: Any) -> None:
