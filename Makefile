@@ -49,10 +49,11 @@ test: venv ## Check Postgres and Redis are up (starting them if possible), then 
 	bash scripts/services.sh check
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-lint: venv ## ruff check, ruff format --check and mypy
+lint: venv ## ruff check, ruff format --check, mypy and the import layers (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_ARGS)
 	@# wrk is the load generator; install it when missing and we may (root with apt). Without it

@@ -1,17 +1,44 @@
-"""The shape of the code: one writer of a job's status."""
+"""The shape of the code the issues fixed: import layers without cycles, modules a reader can
+take in at one sitting, and one writer of a job's status."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
+MAX_LINES = 500
 
 
 def _modules() -> Iterator[Path]:
     return (path for path in sorted(APP.rglob("*.py")) if "migrations" not in path.parts)
+
+
+def test_the_import_contracts_in_pyproject_are_kept() -> None:
+    # import-linter reads its contracts (layers, no cycles between packages) from pyproject.toml.
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+def test_no_module_in_app_is_longer_than_a_sitting() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in _modules()
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
 
 
 def _writes_status(call: ast.Call) -> bool:

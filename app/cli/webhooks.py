@@ -52,14 +52,15 @@ def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url
     """Set the endpoint to URL (checked as the API checks it); enables it again if disabled."""
     from app.db import Database
     from app.http import guard
-    from app.webhooks import outbox, signing
+    from app.jobs.events import EVENT_TYPES
+    from app.webhooks import signing
     from app.webhooks.models import WebhookEndpoint
 
     settings = database_settings(ctx)
-    unknown = sorted(set(events) - set(outbox.EVENT_TYPES))
+    unknown = sorted(set(events) - set(EVENT_TYPES))
     if unknown:
         raise click.ClickException(
-            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(outbox.EVENT_TYPES)}"
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}"
         )
     try:
         guard.check(url, settings)
@@ -85,12 +86,12 @@ def endpoint_set(ctx: click.Context, org_name: str, events: tuple[str, ...], url
 def endpoint_show(ctx: click.Context, org_name: str) -> None:
     """URL, events and state of the org's endpoint."""
     from app.db import Database
-    from app.webhooks import outbox
+    from app.jobs.events import EVENT_TYPES
 
     with Database(database_settings(ctx)).session() as session:
         found = _endpoint(session, org_name)
         state = f"disabled ({found.disabled_reason})" if found.disabled_at else "enabled"
-        click.echo(f"{found.url}\t{','.join(found.events or outbox.EVENT_TYPES)}\t{state}")
+        click.echo(f"{found.url}\t{','.join(found.events or EVENT_TYPES)}\t{state}")
 
 
 @endpoint.command("delete")

@@ -5,9 +5,7 @@ state, so a delivery exists if and only if the change was committed: a rolled-ba
 leaves no event behind, and a committed one always has its event. The retry schedule lives in
 the rows (``next_attempt_at``), not in Celery countdowns, so a retry 24 hours away is a row
 like any other and survives restarts of everything.
-
-The event names belong to the lifecycle (``app.jobs.events``); ``EVENT_TYPES`` is re-exported
-here for the endpoint settings, which list them.
+The event names belong to the lifecycle (``app.jobs.events``).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.jobs.events import EVENT_TYPES as EVENT_TYPES
 from app.jobs.events import event_for
 from app.jobs.status import JobStatus
 from app.jobs.transitions import Change

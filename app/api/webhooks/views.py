@@ -18,6 +18,7 @@ from app.api.webhooks import examples, urls
 from app.db import utcnow
 from app.extensions import chorus
 from app.http import guard
+from app.jobs import events
 from app.jobs.queries import get_job
 from app.webhooks import outbox, signing
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -66,7 +67,7 @@ class EndpointArgs(Schema):
         error_messages={"required": "Missing required parameter: url"},
     )
     events = fields.List(
-        fields.String(validate=validate.OneOf(outbox.EVENT_TYPES)),
+        fields.String(validate=validate.OneOf(events.EVENT_TYPES)),
         load_default=None,
         validate=validate.Length(min=1),
         metadata={"description": "Event types to send (default: all of them)."},
@@ -123,7 +124,7 @@ def endpoint_object(endpoint: WebhookEndpoint) -> dict[str, Any]:
     return {
         "object": "webhook.endpoint",
         "url": endpoint.url,
-        "events": endpoint.events or list(outbox.EVENT_TYPES),
+        "events": endpoint.events or list(events.EVENT_TYPES),
         "status": "disabled" if endpoint.disabled_at else "enabled",
         "disabled_reason": endpoint.disabled_reason,
         "created": _unix(endpoint.created_at),
