@@ -22,7 +22,7 @@ from app.db import Database, database_url
 from app.doorbell import CHANNEL, Doorbell, connect, doorbell
 from app.jobs.status import JobStatus
 from tests.conftest import auth
-from tests.unit.test_engine import SUCCESS, new_job, row, step
+from tests.unit.jobs.support import SUCCESS, new_job, row, step
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 from app.db import Database, utcnow
 from app.webhooks import signing
 from tests.conftest import GOOD_BODY, auth
-from tests.test_cli import chorus
+from tests.unit.cli.test_commands import chorus
 
 
 def test_secret_show_and_rotate(env: dict[str, str], db: Database, api_key: str) -> None:

@@ -20,7 +20,7 @@ from app.storage import (
 )
 from config import load_settings
 from tests.audio import BIG_WAV, WAV, Server
-from tests.storage.conftest import S3StandIn, s3_settings
+from tests.unit.storage.conftest import S3StandIn, s3_settings
 
 MAX = 10 * 1024 * 1024
 TIMEOUT = (2.0, 5.0)

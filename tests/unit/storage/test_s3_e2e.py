@@ -19,7 +19,7 @@ from app.money import ledger
 from app.money.models import LedgerEntry
 from tests.conftest import Processes, auth, wait_for
 from tests.e2e.support import read, submit
-from tests.storage.conftest import S3StandIn
+from tests.unit.storage.conftest import S3StandIn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 

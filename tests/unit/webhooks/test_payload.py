@@ -23,7 +23,7 @@ from app.webhooks.delivery import Dispatcher
 from app.webhooks.models import WebhookDelivery
 from config import load_settings
 from tests.conftest import auth
-from tests.unit.test_engine import SUCCESS, new_job, step
+from tests.unit.jobs.support import SUCCESS, new_job, step
 
 pytestmark = pytest.mark.usefixtures("catalog")
 

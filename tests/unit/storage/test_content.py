@@ -222,7 +222,7 @@ def test_hex_over_the_cap_falls_back_to_the_link(
 def test_an_unreachable_store_is_503_and_hex_falls_back_to_the_link(
     app: Any, client: Any, db: Database, api_key: str, s3: Any, env: dict[str, str]
 ) -> None:
-    from tests.storage.test_backends import dead_s3
+    from tests.unit.storage.test_backends import dead_s3
 
     if "STORAGE_URL" not in env:
         pytest.skip("an S3 outage")
