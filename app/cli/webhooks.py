@@ -6,7 +6,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.cli.context import database_settings, org_id
 
@@ -101,19 +101,10 @@ def endpoint_delete(ctx: click.Context, org_name: str) -> None:
     """Remove the org's endpoint; its deliveries still waiting are given up."""
     from app.db import Database
     from app.webhooks import outbox
-    from app.webhooks.models import WebhookDelivery
 
     with Database(database_settings(ctx)).transaction() as session:
         found = _endpoint(session, org_name)
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.endpoint_id == found.id,
-                WebhookDelivery.status == outbox.PENDING,
-            )
-            .values(status=outbox.DISABLED, next_attempt_at=None, last_error="endpoint removed")
-        )
-        session.delete(found)
+        outbox.remove_endpoint(session, found)
     click.echo("deleted", err=True)
 
 

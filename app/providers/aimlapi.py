@@ -88,14 +88,7 @@ class AimlapiAdapter(HTTPAdapter):
         if state is PollState.SUCCEEDED:
             audio = body.get("audio_file") or {}
             url = audio.get("url") if isinstance(audio, dict) else None
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                return PollResult(
-                    PollState.FAILED,
-                    raw,
-                    error_code="upstream_invalid_result",
-                    error_message="the upstream reported completion without audio",
-                )
-            return PollResult(PollState.SUCCEEDED, raw, audio_url=url)
+            return PollResult.completed(raw, url, "the upstream reported completion without audio")
         if state is PollState.FAILED:
             error = body.get("error")
             if not isinstance(error, dict):

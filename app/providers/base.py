@@ -58,6 +58,24 @@ class PollResult:
     error_code: str | None = None
     error_message: str | None = None
 
+    @classmethod
+    def unusable(cls, raw_status: str | None, message: str) -> PollResult:
+        """A song the upstream made (and billed) whose audio cannot be had: final, never a
+        reason to submit again."""
+        return cls(
+            PollState.FAILED,
+            raw_status,
+            error_code="upstream_invalid_result",
+            error_message=message,
+        )
+
+    @classmethod
+    def completed(cls, raw_status: str | None, url: object, missing: str) -> PollResult:
+        """Success with the upstream's audio link, or ``unusable`` if it gave none we can fetch."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return cls.unusable(raw_status, missing)
+        return cls(PollState.SUCCEEDED, raw_status, audio_url=url)
+
 
 @dataclass(frozen=True)
 class Submission:

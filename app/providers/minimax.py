@@ -151,17 +151,9 @@ class MinimaxAdapter(HTTPAdapter):
                 PollResult(PollState.SUCCEEDED, raw_status, audio_url=url, audio_info=audio_info),
             )
 
-        # The song was made (and billed) but its audio is unusable: a final result, reported
-        # as such, and never a reason to submit again.
         def unusable(message: str) -> Submission:
             return Submission(
-                generation_id,
-                PollResult(
-                    PollState.FAILED,
-                    raw_status,
-                    error_code="upstream_invalid_result",
-                    error_message=f"{message} (trace_id {trace_id})",
-                ),
+                generation_id, PollResult.unusable(raw_status, f"{message} (trace_id {trace_id})")
             )
 
         if not isinstance(audio, str) or not audio.strip():

@@ -103,15 +103,8 @@ class UseapiAdapter(HTTPAdapter):
         raw = str(status)
         state = STATUS_MAP.get(raw.strip(), PollState.PENDING)
         if state is PollState.SUCCEEDED:
-            url = body.get("audioURL")
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                return PollResult(
-                    PollState.FAILED,
-                    raw,
-                    error_code="upstream_invalid_result",
-                    error_message="useapi reported a completed song without an audioURL",
-                )
-            return PollResult(PollState.SUCCEEDED, raw, audio_url=url)
+            missing = "useapi reported a completed song without an audioURL"
+            return PollResult.completed(raw, body.get("audioURL"), missing)
         if state is PollState.FAILED:
             label = body.get("statusLabel")
             suffix = f", {label}" if isinstance(label, str) and label else ""

@@ -121,6 +121,17 @@ class Claim:
     token: str
 
 
+def remove_endpoint(session: Session, endpoint: WebhookEndpoint) -> None:
+    """Delete ``endpoint``; the deliveries still waiting for it are given up, not sent."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == PENDING)
+        .values(status=DISABLED, next_attempt_at=None, last_error="endpoint removed")
+        .execution_options(synchronize_session=False)
+    )
+    session.delete(endpoint)
+
+
 def new_token() -> str:
     return secrets.token_hex(16)
 

@@ -23,11 +23,11 @@ from app.api.jobs.schemas import (
 )
 from app.api.present import job_from_token, job_object
 from app.api.schemas import OpenAIErrorSchema
-from app.api.webhooks import urls as webhook_urls
+from app.api.submit import submit
 from app.extensions import chorus
-from app.jobs import intake, queries, reference_audio
+from app.jobs import queries
 from app.jobs.cancel import cancel_job
-from app.jobs.models import Job, JobRecord
+from app.jobs.models import Job
 from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
 from app.storage import StorageUnavailable
@@ -154,20 +154,7 @@ class Generations(MethodView):
         seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
         """
         ext = chorus()
-        job: JobRecord = intake.create_job(
-            ext.session,
-            g.api_key,
-            args,
-            deadline_seconds=ext.settings.job_deadline_seconds,
-            check_reference=lambda url: reference_audio.check(url, ext.settings),
-            check_callback=lambda url: webhook_urls.check_param(url, ext.settings, "callback_url"),
-            offers=ext.offers,
-            max_active_jobs=ext.settings.org_max_active_jobs,
-            recent_active=ext.recent_active,
-            quick=ext.db.reader,
-        )
-        ext.commit()
-        ext.doorbell.ring()  # after the commit, never inside the submit's transaction
+        job = submit(args)
         status, applied = 202, None
         wait = requested_wait(request.headers)
         if wait:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, jsonify
+from flask import Response, jsonify
 from flask.views import MethodView
 
 from app.api import openapi
 from app.api.auth import read_job, require_key
 from app.api.idempotency import idempotent
 from app.api.present import audio_url
+from app.api.submit import submit
 from app.api.v2 import examples
 from app.api.v2.schemas import (
     AimlapiErrorSchema,
@@ -25,7 +26,6 @@ from app.api.v2.schemas import (
     SubmittedSchema,
 )
 from app.extensions import chorus
-from app.jobs import intake, reference_audio
 from app.jobs.models import JobRecord
 from app.jobs.status import JobStatus
 
@@ -83,21 +83,8 @@ class Generations(MethodView):
     )
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
-        ext = chorus()
-        job = intake.create_job(
-            ext.session,
-            g.api_key,
-            {**args, "catelogid": ext.settings.default_music_category},
-            deadline_seconds=ext.settings.job_deadline_seconds,
-            surface="v2",
-            check_reference=lambda url: reference_audio.check(url, ext.settings),
-            offers=ext.offers,
-            max_active_jobs=ext.settings.org_max_active_jobs,
-            recent_active=ext.recent_active,
-            quick=ext.db.reader,
-        )
-        ext.commit()
-        ext.doorbell.ring()  # after the commit, never inside the submit's transaction
+        catalog = chorus().settings.default_music_category
+        job = submit({**args, "catelogid": catalog}, surface="v2")
         # 201, as AIMLAPI answers a created generation.
         response = jsonify(id=job.id, status="queued")
         response.status_code = 201

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, g, jsonify
 from flask.views import MethodView
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.api import openapi
 from app.api.auth import require_key
@@ -224,16 +224,7 @@ class Endpoint(MethodView):
         endpoint = _endpoint(g.api_key.org_id, for_update=True)
         if endpoint is None:
             raise _no_endpoint()
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.endpoint_id == endpoint.id,
-                WebhookDelivery.status == outbox.PENDING,
-            )
-            .values(status=outbox.DISABLED, next_attempt_at=None, last_error="endpoint removed")
-            .execution_options(synchronize_session=False)
-        )
-        session.delete(endpoint)
+        outbox.remove_endpoint(session, endpoint)
         session.commit()
         return Response(status=204)
 
