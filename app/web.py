@@ -26,6 +26,7 @@ from app.extensions import Chorus, close_session
 from app.jobs.errors import Refused
 from app.storage import make_storage
 from config import Settings, load_settings
+from config.settings import NO_SIGNING_KEY
 
 
 class ChorusApi(Api):
@@ -67,6 +68,8 @@ class ChorusApi(Api):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    if not settings.secret_key:
+        raise ValueError(NO_SIGNING_KEY)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,

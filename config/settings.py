@@ -24,6 +24,12 @@ DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 DEFAULT_WEB_THREADS = 32
 # `Prefer: wait=N` is capped here, as Replicate caps it.
 MAX_WAIT_SECONDS = 60
+NO_SIGNING_KEY = (
+    "SECRET_KEY is not set: Chorus signs its audio links with it, and a default would be "
+    "public. Set it to a long random string, e.g. the output of "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (only `make run` makes "
+    "one of its own, kept under ./var)."
+)
 WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
 
 
@@ -210,7 +216,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         storage_dir=storage_dir,
         s3=s3,
         catalog_file=Path(env.str("CATALOG_FILE", str(DEFAULT_CATALOG))),
-        secret_key=env.str("SECRET_KEY", "chorus-embedded-insecure-key"),
+        # No default: one in the source would let anyone sign audio links (`chorus dev` makes
+        # its own under var_dir; the web and webhooks processes refuse to start without one).
+        secret_key=env.str("SECRET_KEY", ""),
         max_content_length=env.int("MAX_CONTENT_LENGTH", 1_000_000, validate=Range(min=1024)),
         audio_link_ttl=env.int("AUDIO_LINK_TTL", 3600, validate=Range(min=60)),
         allow_private_urls=env.bool("ALLOW_PRIVATE_URLS", False),

@@ -273,7 +273,9 @@ def test_docker_compose_config_accepts_env_example(
     compose_project: tuple[list[str], Path],
 ) -> None:
     client, project = compose_project
-    shutil.copy(ROOT / ".env.example", project / ".env")
+    # .env.example has no SECRET_KEY of its own (a default would be public): set one.
+    text = (ROOT / ".env.example").read_text()
+    (project / ".env").write_text(re.sub(r"^SECRET_KEY=$", "SECRET_KEY=x9", text, flags=re.M))
     result = compose_config(client, project)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
@@ -301,8 +303,8 @@ def test_docker_compose_refuses_to_start_without_secret_key(
     compose_project: tuple[list[str], Path],
 ) -> None:
     client, project = compose_project
-    text = (ROOT / ".env.example").read_text()
-    (project / ".env").write_text(re.sub(r"^SECRET_KEY=.*$", "", text, flags=re.M))
+    # .env.example as it is, copied as the README says, before its secrets are set.
+    shutil.copy(ROOT / ".env.example", project / ".env")
     result = compose_config(client, project)
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
 
@@ -310,24 +312,58 @@ def test_docker_compose_refuses_to_start_without_secret_key(
 # --- PUBLIC_URL -----------------------------------------------------------------------------
 
 
-def test_the_webhooks_worker_refuses_to_start_without_public_url(tmp_path: Path) -> None:
+def refused(tmp_path: Path, unset: str, *args: str) -> str:
+    """What ``chorus ARGS`` prints when it refuses to start with ``unset`` missing."""
     env = {
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/none",
         "REDIS_URL": "redis://127.0.0.1:6379/15",
         "CHORUS_VAR_DIR": str(tmp_path),
+        "SECRET_KEY": "k3",
+        "PUBLIC_URL": "https://chorus.example.com",
     }
-    environ = {k: v for k, v in os.environ.items() if k != "PUBLIC_URL"}
+    environ = {k: v for k, v in {**os.environ, **env}.items() if k != unset}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker", "--webhooks"],
+        [sys.executable, "-m", "app.cli", *args],
         cwd=ROOT,
-        env={**environ, **env},
+        env=environ,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1
-    assert "set PUBLIC_URL" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    return result.stderr
+
+
+def test_the_webhooks_worker_refuses_to_start_without_public_url(tmp_path: Path) -> None:
+    assert "set PUBLIC_URL" in refused(tmp_path, "PUBLIC_URL", "worker", "--webhooks")
+
+
+@pytest.mark.parametrize("args", [("web",), ("worker", "--webhooks")])
+def test_the_processes_that_sign_links_refuse_to_start_without_secret_key(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    assert "SECRET_KEY is not set" in refused(tmp_path, "SECRET_KEY", *args)
+
+
+def test_the_app_itself_refuses_to_be_made_without_secret_key() -> None:
+    # gunicorn pointed at app.wsgi directly, past `chorus web`: still no default secret.
+    from app.web import create_app
+
+    with pytest.raises(ValueError, match="SECRET_KEY is not set"):
+        create_app(load_settings({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/none"}))
+
+
+def test_chorus_dev_makes_one_secret_key_and_keeps_it(tmp_path: Path) -> None:
+    from app.cli.processes import local_secret_key
+
+    first = local_secret_key(tmp_path)
+    assert len(first) >= 40
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert local_secret_key(tmp_path) == first
+    other = tmp_path / "other"
+    other.mkdir()
+    assert local_secret_key(other) != first
 
 
 def test_env_example_sets_public_url() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,6 +15,7 @@ from app.cli.catalog import catalog_load
 from app.cli.context import DEV_CREDIT, DEV_CURRENCY, database_settings, settings_of
 from app.cli.db import db_upgrade
 from config import Settings
+from config.settings import NO_SIGNING_KEY
 
 # What honcho's manager returns when it was stopped by SIGINT or SIGTERM: a requested stop.
 STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
@@ -94,6 +97,25 @@ def scheduler_argv(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "app.cli", "scheduler"]
 
 
+def local_secret_key(var_dir: Path) -> str:
+    """The secret `chorus dev` signs with when SECRET_KEY is unset: made once, kept (readable
+    by its owner only) in ``var_dir``, so audio links stay valid across restarts."""
+    path = var_dir / "secret_key"
+    try:
+        # Exclusive create: of two first runs at once, one writes and the other reads its key.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    except FileExistsError:
+        pass
+    return path.read_text().strip()
+
+
+def require_secret_key(settings: Settings) -> None:
+    """Refuse to start a process that signs audio links without a secret of the operator's."""
+    if not settings.secret_key:
+        raise click.ClickException(NO_SIGNING_KEY)
+
+
 def require_public_url(settings: Settings, process: str) -> None:
     """Refuse to start a process that writes links without knowing Chorus's public address.
 
@@ -115,7 +137,9 @@ def require_public_url(settings: Settings, process: str) -> None:
 @click.pass_context
 def web(ctx: click.Context) -> None:
     """The API under gunicorn (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
-    _exec(ctx, web_argv(settings_of(ctx)))
+    settings = settings_of(ctx)
+    require_secret_key(settings)
+    _exec(ctx, web_argv(settings))
 
 
 @click.command()
@@ -133,6 +157,7 @@ def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
         raise click.UsageError("--sync and --webhooks are different processes: pick one")
     settings = settings_of(ctx)
     if webhooks:
+        require_secret_key(settings)
         require_public_url(settings, "webhooks")
     _exec(ctx, worker_argv(settings, sync=sync, webhooks=webhooks))
 
@@ -260,6 +285,7 @@ def dev(ctx: click.Context, org_name: str) -> None:
         **os.environ,
         "DATABASE_URL": str(settings.database_url),
         "PUBLIC_URL": settings.public_url,
+        "SECRET_KEY": settings.secret_key or local_secret_key(settings.var_dir),
     }
     for process in PROCESSES:
         # release already ran above; Flower is for operating a cluster, and needs a password.
