@@ -56,6 +56,8 @@ def require_key() -> None:
         else:
             key = _authenticate_with_job(reader, presented, job_id)
     if key is None:
+        # Counted against the address's failures (app.api.limits), after the answer.
+        g.key_refused = True
         # The seed answers a missing or unknown key with 403 ("need login").
         raise ApiError(
             403,

@@ -15,6 +15,11 @@ window) is counted request by request, exactly.
 
 The key is a hash of the presented API key (never the key itself, which must not reach
 Redis or logs); requests without one are limited by address.
+
+A made-up key would otherwise come with a fresh budget of its own: every refused key also
+counts against its address's budget of failures (the same limit), and an address that has
+spent it is refused everything, valid keys included, until its window ends. Clients that
+share an address with one guessing keys share its wait.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import cast
 
-from flask import Flask, request
+from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import Storage, storage_from_string
@@ -43,6 +48,10 @@ LEASE_FRACTION = 100
 LEASE_MAX = 64
 # Leases of windows that ended are dropped once this many keys are held.
 LEASES_KEPT = 10_000
+
+
+def failures_key() -> str:
+    return "failed:" + (request.remote_addr or "unknown")
 
 
 def limit_key() -> str:
@@ -93,6 +102,9 @@ class RateLimit:
         """``before_request``: count this request against its key's budget, or refuse it."""
         if request.blueprint not in self.blueprints:
             return
+        barred = self.spent_until(failures_key())
+        if barred is not None:
+            raise _refused(barred, "Too many requests with an invalid API key from this address")
         try:
             allowed, until = self.take(limit_key())
         except StorageError as exc:
@@ -100,12 +112,24 @@ class RateLimit:
             log.warning("rate limit not checked: %s", exc.storage_error)
             return
         if not allowed:
-            raise ApiError(
-                429,
-                f"Rate limit reached: {self.item}. Slow down and retry later.",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(until - time.time())))},
-            )
+            raise _refused(until, f"Rate limit reached: {self.item}")
+
+    def count_failure(self, response: Response) -> Response:
+        """``after_request``: a refused API key takes one from its address's failures."""
+        if g.get("key_refused"):
+            try:
+                self.take(failures_key())
+            except StorageError as exc:
+                log.warning("failed authentication not counted: %s", exc.storage_error)
+        return response
+
+    def spent_until(self, key: str) -> float | None:
+        """When ``key``'s window ends, if this process saw its budget spent; else None."""
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None or not lease.spent or lease.left > 0:
+                return None
+            return lease.until if lease.until > time.time() else None
 
     def take(self, key: str) -> tuple[bool, float]:
         """One request from ``key``'s budget: whether it is admitted, and when the window ends."""
@@ -153,9 +177,19 @@ class RateLimit:
         return _Lease(granted, self.storage.get_expiry(counter) - 1, spent)
 
 
+def _refused(until: float, reason: str) -> ApiError:
+    return ApiError(
+        429,
+        f"{reason}. Slow down and retry later.",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(max(1, math.ceil(until - time.time())))},
+    )
+
+
 def init_rate_limit(app: Flask, settings: Settings, blueprints: set[str]) -> RateLimit:
     rate_limit = RateLimit(settings, blueprints)
     # An app-level hook runs before the blueprints' own (the key check): an over-budget
     # client is refused without a database round trip.
     app.before_request(rate_limit.check)
+    app.after_request(rate_limit.count_failure)
     return rate_limit

@@ -32,6 +32,28 @@ def test_over_the_limit_is_429_with_retry_after(app: Any, api_key: str, other_ke
     assert first.post(URL, json=GOOD_BODY, headers=auth(other_key)).status_code == 202
 
 
+@pytest.mark.env(RATE_LIMIT="5 per minute")
+def test_made_up_keys_spend_their_addresss_budget(app: Any, api_key: str) -> None:
+    # Each made-up key would have a fresh budget of its own; their failures are counted
+    # against the address they come from.
+    first, second = app.test_client(), app.test_client()
+    guesses = [
+        c.get(f"{URL}/luid_x", headers=auth(f"chs_guess{n}")).status_code
+        for n, c in enumerate((first, second, first, second, first))
+    ]
+    assert guesses == [403] * 5
+    for client, key in ((first, "chs_guess5"), (second, api_key)):
+        refused = client.post(URL, json=GOOD_BODY, headers=auth(key))
+        assert refused.status_code == 429, refused.get_json()
+        assert "invalid API key" in refused.get_json()["error"]["message"]
+        assert int(refused.headers["Retry-After"]) >= 1
+    # Another address is not held up by this one's failures.
+    elsewhere = first.post(
+        URL, json=GOOD_BODY, headers=auth(api_key), environ_base={"REMOTE_ADDR": "10.0.0.2"}
+    )
+    assert elsewhere.status_code == 202
+
+
 class CountingStorage:
     """The limiter's Redis storage, counting the calls that reach Redis."""
 
