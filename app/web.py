@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
 from flask import Flask, Response, request
 from flask.sessions import SessionInterface
 from flask_smorest import Api
 from marshmallow import fields
-from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, NotFound
 
 from app.api import openapi
 from app.api.errors import (
@@ -116,7 +117,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(Refused, refusal_response)
     app.register_error_handler(DBAPIError, _database_unavailable)
+    # The hot statements run on raw connections: the driver's own error, unwrapped.
+    app.register_error_handler(psycopg2.OperationalError, _database_unreachable)
     app.after_request(_no_store)
+    app.url_value_preprocessor(_no_nul_in_path)
     return app
 
 
@@ -133,14 +137,27 @@ class NoCookieSessions(SessionInterface):
 
 
 def _database_unavailable(error: DBAPIError) -> Response:
-    """A lost database connection is the service's fault, for a moment: 503, come back."""
-    if not error.connection_invalidated:
+    """A database that cannot be reached (refused, full, restarting) or a connection lost
+    mid-request is the service's fault, for a moment: 503, come back. Other database errors
+    are Chorus's own bugs and stay 500s."""
+    if not (error.connection_invalidated or isinstance(error, OperationalError)):
         raise error
+    return _database_unreachable(error)
+
+
+def _database_unreachable(error: Exception) -> Response:
     response = error_response(
         ApiError(503, "The database is unavailable for a moment; retry.", code="unavailable")
     )
     response.headers["Retry-After"] = "1"
     return response
+
+
+def _no_nul_in_path(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """No id Chorus makes holds a NUL, and Postgres cannot even be asked about one: a path
+    naming such a thing names nothing (404), before any view reads it."""
+    if values and any(isinstance(v, str) and "\x00" in v for v in values.values()):
+        raise NotFound()
 
 
 def _no_store(response: Response) -> Response:

@@ -9,11 +9,14 @@ example body taken from the code that sends it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from apispec import APISpec
+from flask import Request
 from flask_smorest import Blueprint
 from marshmallow import Schema
+from webargs.flaskparser import FlaskParser
 
 from app.api.errors import openai_body
 
@@ -131,6 +134,19 @@ def register_components(spec: APISpec, error_schema: type[Schema]) -> None:
         spec.components.response(name, response)
 
 
+class BodyParser(FlaskParser):
+    """webargs' parser, answering a body that no JSON parser can hold (nested thousands deep,
+    a number of over 4,300 digits) as the invalid JSON it is: a 400, not a crash."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise
+        except (RecursionError, ValueError) as exc:
+            raise json.JSONDecodeError(f"unreadable JSON: {type(exc).__name__}", "", 0) from exc
+
+
 class ApiBlueprint(Blueprint):
     """flask-smorest's Blueprint, documenting what every route of it shares.
 
@@ -140,6 +156,8 @@ class ApiBlueprint(Blueprint):
     client: ``ChorusApi`` turns it into a 400 naming the field), and one with a body 413.
     A view's own ``alt_response`` for a status wins over the shared one.
     """
+
+    ARGUMENTS_PARSER = BodyParser()
 
     def __init__(
         self, *args: Any, bearer: bool = False, rate_limited: bool = False, **kwargs: Any

@@ -56,8 +56,12 @@ def requested_wait(headers: Mapping[str, str] | Any) -> int | None:
                 return MAX_WAIT_SECONDS
             if not raw.isascii() or not raw.isdigit():
                 return None
-            seconds = min(int(raw), MAX_WAIT_SECONDS)
-            return seconds or None
+            # Python refuses to read integers of over 4,300 digits; anything over the cap is
+            # the cap, however long it is written.
+            digits = raw.lstrip("0")
+            if len(digits) > len(str(MAX_WAIT_SECONDS)):
+                return MAX_WAIT_SECONDS
+            return min(int(digits or "0"), MAX_WAIT_SECONDS) or None
     return None
 
 

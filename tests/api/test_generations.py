@@ -224,6 +224,9 @@ def test_per_model_length_limits(
         ("[1, 2]", "application/json"),
         ("model=music-2.6", "application/x-www-form-urlencoded"),
         ("", "text/plain"),
+        ("[" * 10_000 + "]" * 10_000, "application/json"),  # deeper than any parser goes
+        ('{"model": "music-2.6", "n": ' + "9" * 5_000 + "}", "application/json"),
+        ('{"model": "music-2.6\u0000"}', "application/json"),
     ],
 )
 def test_unparseable_bodies_are_400_not_500(
@@ -233,6 +236,19 @@ def test_unparseable_bodies_are_400_not_500(
     assert response.status_code == 400
     error_of(response)
     assert job_rows(db) == []
+
+
+# No waiter slots: the header is read, and the answer comes at once instead of in 60 s.
+@pytest.mark.env(WAIT_MAX_WAITERS="0")
+def test_a_wait_written_with_thousands_of_digits_is_the_longest_wait_not_a_500(
+    client: Any, db: Any, api_key: str
+) -> None:
+    # Headers are read before the job is stored: a failure there must not leave a job behind
+    # that the client's retry would double.
+    headers = {**auth(api_key), "Prefer": "wait=" + "9" * 5_000}
+    response = client.post(URL, json=GOOD_BODY, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    assert len(job_rows(db)) == 1
 
 
 def test_oversized_body_is_413(client: Any, api_key: str) -> None:
@@ -417,6 +433,9 @@ def test_a_jobs_urls_are_its_routes_under_any_host_and_root(
 
 def test_an_id_with_a_nul_character_is_unknown_not_a_500(client: Any, api_key: str) -> None:
     assert client.get("/v1/music/generations/a%00b", headers=auth(api_key)).status_code == 404
+    for path in ("a%00b/cancel", "a%00b/deliveries", "luid_x/deliveries/msg_%00/redeliver"):
+        answer = client.post if path.endswith(("cancel", "redeliver")) else client.get
+        assert answer(f"{URL}/{path}", headers=auth(api_key)).status_code == 404, path
     refused = client.get(
         "/v2/generate/audio", query_string={"generation_id": "\x00"}, headers=auth(api_key)
     )

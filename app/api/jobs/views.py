@@ -154,9 +154,11 @@ class Generations(MethodView):
         seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
         """
         ext = chorus()
+        # Every header is read before anything is written: a request that fails after its job
+        # was stored would make the client's retry a second job.
+        wait = requested_wait(request.headers)
         job = submit(args)
         status, applied = 202, None
-        wait = requested_wait(request.headers)
         if wait:
             hub = ext.waiters
             with hub.slot() as granted:

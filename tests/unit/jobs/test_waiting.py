@@ -27,6 +27,9 @@ from config import load_settings
         (["return=minimal; foo=bar", "wait=4"], 4),
         (["wait=3; lenient", "wait=50"], 3),  # only the first instance counts
         (["handling=strict"], None),
+        (["wait=" + "9" * 5000], 60),  # past Python's 4,300-digit limit on int()
+        (["wait=" + "0" * 5000 + "7"], 7),
+        (["wait=" + "0" * 5000], None),
     ],
 )
 def test_prefer_wait(values: list[str], expected: int | None) -> None:
