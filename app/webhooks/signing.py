@@ -22,6 +22,9 @@ from app.webhooks.models import WebhookSecret
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every secret, not one
 SECRET_BYTES = 24  # the spec's floor for a symmetric key
+# Secrets signing at once: the current one and the two before it. Each adds a signature to
+# every delivery, so rotating in a loop must not grow the header without end.
+MAX_LIVE_SECRETS = 3
 
 
 def new_secret() -> str:
@@ -39,6 +42,7 @@ def signing_secrets(session: Session, org_id: int, now: dt.datetime | None = Non
                 or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
             )
             .order_by(WebhookSecret.id.desc())
+            .limit(MAX_LIVE_SECRETS)
         )
     )
 
@@ -60,13 +64,33 @@ def current_secret(session: Session, org_id: int) -> str:
 
 
 def rotate(session: Session, org_id: int, overlap: float) -> tuple[str, dt.datetime]:
-    """A new current secret; the previous ones keep signing for ``overlap`` seconds."""
+    """A new current secret; the previous ones keep signing for ``overlap`` seconds, the
+    newest ``MAX_LIVE_SECRETS - 1`` of them: older ones stop signing now."""
     now = utcnow()
     until = now + dt.timedelta(seconds=overlap)
     session.execute(
         update(WebhookSecret)
         .where(WebhookSecret.org_id == org_id, WebhookSecret.expires_at.is_(None))
         .values(expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    kept = (
+        select(WebhookSecret.id)
+        .where(
+            WebhookSecret.org_id == org_id,
+            or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
+        )
+        .order_by(WebhookSecret.id.desc())
+        .limit(MAX_LIVE_SECRETS - 1)
+    )
+    session.execute(
+        update(WebhookSecret)
+        .where(
+            WebhookSecret.org_id == org_id,
+            WebhookSecret.expires_at > now,
+            WebhookSecret.id.not_in(kept.scalar_subquery()),
+        )
+        .values(expires_at=now)
         .execution_options(synchronize_session=False)
     )
     secret = new_secret()

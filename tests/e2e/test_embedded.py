@@ -172,6 +172,10 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav_and_keeps_its_data(
         kept = requests.get(f"{again.base}/v1/{path}", headers=headers, timeout=10)
         assert kept.status_code == 200, kept.text
         assert kept.json()["id"] == job["id"] and kept.json()["status"] == "SUCCEEDED"
+        # The secret it signs with was made by the first run and kept: old links still play.
+        link = str(job["audio"]).split("/v1/", 1)[1]  # this run listens on another port
+        assert requests.get(f"{again.base}/v1/{link}", timeout=10).status_code == 200
+    assert (var_dir / "secret_key").stat().st_mode & 0o777 == 0o600
     assert_stopped_cleanly(again, pgdata)
 
 

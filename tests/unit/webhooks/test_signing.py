@@ -50,3 +50,17 @@ def test_rotation_signs_with_both_secrets_until_the_old_one_expires(db: Database
     # A receiver holding either secret accepts the delivery.
     Webhook(old).verify(BODY, headers)
     Webhook(new).verify(BODY, headers)
+
+
+def test_rotating_in_a_loop_keeps_three_secrets_signing(db: Database) -> None:
+    with db.transaction() as session:
+        org_id = get_or_create_org(session, "acme").id
+        made = [signing.current_secret(session, org_id)]
+        made += [signing.rotate(session, org_id, overlap=86_400)[0] for _ in range(50)]
+        signing_now = signing.signing_secrets(session, org_id)
+    # The newest three, the current one first; the 48 before them stopped signing at once.
+    assert signing_now == made[:-4:-1]
+    headers = signing.headers(signing_now, "msg_3", utcnow(), BODY)
+    assert len(headers["webhook-signature"].split(" ")) == signing.MAX_LIVE_SECRETS == 3
+    with pytest.raises(WebhookVerificationError):
+        Webhook(made[-4]).verify(BODY, headers)
