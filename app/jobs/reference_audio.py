@@ -8,6 +8,7 @@ MP3 longer than 15 seconds, and a refusal now beats a FAILED job a minute later.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import mutagen
@@ -20,6 +21,9 @@ from config import Settings
 
 MIN_SECONDS = 15.0
 MAX_SECONDS = 600.0
+# The whole fetch, however the server paces it: a web thread waits on it, and a server that
+# sends a byte now and then would pass any per-read timeout for ever.
+FETCH_SECONDS = 20.0
 ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
 
 
@@ -29,11 +33,17 @@ def check(url: str, settings: Settings, session: requests.Session | None = None)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:
         try:
-            with http.get(url, stream=True, timeout=(5, 15), allow_redirects=False) as response:
+            deadline = time.monotonic() + FETCH_SECONDS
+            with http.get(url, stream=True, timeout=(5, 10), allow_redirects=False) as response:
                 if response.status_code != 200:
                     raise BadReferenceAudio(f"fetching it answered HTTP {response.status_code}")
                 size = 0
-                for chunk in response.iter_content(64 * 1024):
+                # read1: whatever has arrived, so the deadline is looked at as bytes trickle in.
+                while chunk := response.raw.read1(64 * 1024, decode_content=True):
+                    if time.monotonic() > deadline:
+                        raise BadReferenceAudio(
+                            f"it took longer than {FETCH_SECONDS:g} seconds to fetch"
+                        )
                     size += len(chunk)
                     if size > limit:
                         raise BadReferenceAudio(f"it is larger than {limit // 1_000_000} MB")

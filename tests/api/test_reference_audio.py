@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,8 @@ FILES = {
 def files() -> Iterator[str]:
     @Request.application
     def serve(request: Request) -> Response:
+        if request.path == "/drip.wav":
+            return Response(drip(wav(20)), mimetype="audio/wav")
         status, body = FILES.get(request.path, (404, b""))
         return Response(body, status=status, mimetype="audio/wav")
 
@@ -49,6 +52,14 @@ def files() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+def drip(body: bytes) -> Iterator[bytes]:
+    """A slow-loris file server: a byte every 0.2 s, never silent long enough for a read
+    timeout to fire."""
+    for at in range(len(body)):
+        yield body[at : at + 1]
+        time.sleep(0.2)
 
 
 def submit(client: Any, key: str, url: str) -> Any:
@@ -81,6 +92,19 @@ def test_bad_reference_audio_is_400_before_anything_is_stored(
     assert error["param"] == "reference_audio_url"
     assert error["code"] == "invalid_reference_audio"
     assert reason in error["message"]
+    assert job_rows(db) == []
+
+
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1")
+def test_a_reference_that_trickles_in_is_cut_off_at_the_fetch_deadline(
+    client: Any, db: Any, api_key: str, files: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.jobs import reference_audio
+
+    monkeypatch.setattr(reference_audio, "FETCH_SECONDS", 1.0)
+    response = submit(client, api_key, f"{files}/drip.wav")
+    assert response.status_code == 400, response.get_json()
+    assert "took longer than 1 seconds" in response.get_json()["error"]["message"]
     assert job_rows(db) == []
 
 
