@@ -13,7 +13,7 @@ import datetime as dt
 import secrets as random
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -25,6 +25,11 @@ SECRET_BYTES = 24  # the spec's floor for a symmetric key
 # Secrets signing at once: the current one and the two before it. Each adds a signature to
 # every delivery, so rotating in a loop must not grow the header without end.
 MAX_LIVE_SECRETS = 3
+# Secrets an org may make through the API in an hour: room to replace a leaked one (and to
+# fix a mistake), never a loop. Each rotation is a row, and retired rows are pruned an hour
+# after they stop signing, so an org holds at most about this many plus the live ones.
+ROTATIONS_PER_HOUR = 5
+ROTATION_WINDOW = dt.timedelta(hours=1)
 
 
 def new_secret() -> str:
@@ -63,6 +68,23 @@ def current_secret(session: Session, org_id: int) -> str:
     return secret
 
 
+def next_rotation_at(
+    session: Session, org_id: int, now: dt.datetime | None = None
+) -> dt.datetime | None:
+    """When the org may next rotate through the API, or None when it may now. Two rotations
+    racing may both pass: the bound is against loops, and each is still a single row."""
+    now = now or utcnow()
+    recent = session.scalars(
+        select(WebhookSecret.created_at)
+        .where(WebhookSecret.org_id == org_id, WebhookSecret.created_at > now - ROTATION_WINDOW)
+        .order_by(WebhookSecret.created_at.desc())
+        .limit(ROTATIONS_PER_HOUR)
+    ).all()
+    if len(recent) < ROTATIONS_PER_HOUR:
+        return None
+    return recent[-1] + ROTATION_WINDOW
+
+
 def rotate(session: Session, org_id: int, overlap: float) -> tuple[str, dt.datetime]:
     """A new current secret; the previous ones keep signing for ``overlap`` seconds, the
     newest ``MAX_LIVE_SECRETS - 1`` of them: older ones stop signing now."""
@@ -91,6 +113,14 @@ def rotate(session: Session, org_id: int, overlap: float) -> tuple[str, dt.datet
             WebhookSecret.id.not_in(kept.scalar_subquery()),
         )
         .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(WebhookSecret)
+        .where(
+            WebhookSecret.org_id == org_id,
+            WebhookSecret.expires_at < now - ROTATION_WINDOW,
+        )
         .execution_options(synchronize_session=False)
     )
     secret = new_secret()

@@ -110,6 +110,13 @@ SECRET_ROTATED = {
     "key": "whsec_4nF0t7cXz2yQpL1m8VbR6sKd3WjH9eGa",
     "previous_valid_until": 1795356280,
 }
+TOO_MANY_ROTATIONS = example(
+    "Rotated too often",
+    429,
+    "At most 5 webhook secrets can be made in an hour. Retry in 1740 seconds; the current "
+    "secret keeps signing meanwhile.",
+    code="too_many_rotations",
+)["value"]
 
 # ------------------------------------------------------------------ a job's deliveries
 

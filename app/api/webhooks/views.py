@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from flask import Response, g, jsonify
@@ -260,6 +261,12 @@ class SecretRotation(MethodView):
         description="The new secret; the previous one signs too until `previous_valid_until`.",
         example=examples.SECRET_ROTATED,
     )
+    @blp.alt_response(
+        429,
+        schema=OpenAIErrorSchema,
+        description="Too many rotations in the last hour; `Retry-After` says when to retry.",
+        example=examples.TOO_MANY_ROTATIONS,
+    )
     def post(self) -> Response:
         """Rotate the org's signing secret: a new one signs from now on.
 
@@ -268,6 +275,16 @@ class SecretRotation(MethodView):
         """
         ext = chorus()
         session = ext.session()
+        allowed_at = signing.next_rotation_at(session, g.api_key.org_id)
+        if allowed_at is not None:
+            wait = max(1, math.ceil((allowed_at - utcnow()).total_seconds()))
+            raise ApiError(
+                429,
+                f"At most {signing.ROTATIONS_PER_HOUR} webhook secrets can be made in an hour. "
+                f"Retry in {wait} seconds; the current secret keeps signing meanwhile.",
+                code="too_many_rotations",
+                headers={"Retry-After": str(wait)},
+            )
         key, until = signing.rotate(session, g.api_key.org_id, ext.settings.webhook_secret_overlap)
         session.commit()
         return jsonify(object="webhook.secret", key=key, previous_valid_until=_unix(until))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from sqlalchemy import select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.db import Database, utcnow
 from app.tenancy.keys import get_or_create_org
 from app.webhooks import signing
+from app.webhooks.models import WebhookSecret
 
 BODY = '{"type":"music.generation.succeeded","data":{"id":"luid_x"}}'
 
@@ -64,3 +66,30 @@ def test_rotating_in_a_loop_keeps_three_secrets_signing(db: Database) -> None:
     assert len(headers["webhook-signature"].split(" ")) == signing.MAX_LIVE_SECRETS == 3
     with pytest.raises(WebhookVerificationError):
         Webhook(made[-4]).verify(BODY, headers)
+
+
+def test_rotations_are_bounded_per_hour_and_retired_rows_pruned(db: Database) -> None:
+    now = utcnow()
+    with db.transaction() as session:
+        org_id = get_or_create_org(session, "acme").id
+        made = [signing.current_secret(session, org_id)]
+        while len(made) < signing.ROTATIONS_PER_HOUR:
+            assert signing.next_rotation_at(session, org_id) is None
+            made.append(signing.rotate(session, org_id, overlap=60)[0])
+        # Five made within the hour: the next may come once the oldest of them is an hour old.
+        allowed_at = signing.next_rotation_at(session, org_id)
+        assert allowed_at is not None
+        assert now + dt.timedelta(minutes=59) < allowed_at <= utcnow() + signing.ROTATION_WINDOW
+        later = allowed_at + dt.timedelta(seconds=1)
+        assert signing.next_rotation_at(session, org_id, now=later) is None
+        # Secrets retired over an hour ago are deleted by the next rotation.
+        session.execute(
+            update(WebhookSecret)
+            .where(WebhookSecret.org_id == org_id, WebhookSecret.expires_at.is_not(None))
+            .values(expires_at=now - dt.timedelta(hours=2))
+        )
+        new = signing.rotate(session, org_id, overlap=60)[0]
+        left = session.scalars(
+            select(WebhookSecret.secret).where(WebhookSecret.org_id == org_id)
+        ).all()
+    assert sorted(left) == sorted([made[-1], new])
