@@ -12,6 +12,7 @@ from app.cli.catalog import catalog
 from app.cli.db import db
 from app.cli.keys import keys
 from app.cli.money import balance, usage
+from app.cli.ops import accounts, jobs, status
 from app.cli.processes import dev, flower, release, scheduler, sim, topology, web, worker
 from app.cli.webhooks import webhooks
 from config import load_settings
@@ -25,6 +26,9 @@ from config import load_settings
         usage,
         catalog,
         webhooks,
+        status,
+        jobs,
+        accounts,
         web,
         worker,
         scheduler,

@@ -7,6 +7,7 @@ setup commands (a key, some credit) goes through HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -299,3 +300,15 @@ def _cmdlines(pgid: int) -> Iterator[tuple[int, str]]:
         except (OSError, ProcessLookupError):
             continue
         yield int(entry.name), raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def test_chorus_status_sees_the_running_shape(shape: dict[str, Any]) -> None:
+    def everyone_up() -> dict[str, Any] | None:
+        data: dict[str, Any] = json.loads(shape["honcho"].run("chorus status --json"))
+        # worker, worker_sync and webhooks each answer the broker's ping.
+        workers = data["broker"]["workers"] or []
+        return data if data["scheduler_leading"] and len(workers) >= 3 else None
+
+    data = wait_for(everyone_up, 60, message="every worker and a scheduler leader")
+    assert "error" not in data["broker"]
+    assert {a["id"] for a in data["accounts"]} >= {"sim-minimax", "sim-aimlapi"}
