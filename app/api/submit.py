@@ -24,13 +24,20 @@ def submit(
     ``/v2`` (AIMLAPI's shape) has none."""
     ext = chorus()
     settings = ext.settings
+
+    def check_reference(url: str) -> None:
+        # The fetch may take seconds: end the checks' read-only transaction first, so that
+        # no database connection sits idle in it meanwhile.
+        ext.commit()
+        reference_audio.check(url, settings)
+
     draft = intake.prepare(
         ext.session,
         g.api_key,
         args,
         deadline_seconds=settings.job_deadline_seconds,
         surface=surface,
-        check_reference=lambda url: reference_audio.check(url, settings),
+        check_reference=check_reference,
         check_callback=lambda url: webhook_urls.check_param(url, settings, "callback_url"),
         offers=ext.offers,
     )

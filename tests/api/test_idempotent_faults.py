@@ -20,6 +20,7 @@ from app.jobs import intake
 from app.money import ledger
 from app.money.models import LedgerEntry
 from app.tenancy.models import ApiKey
+from tests.api import test_v2 as v2
 from tests.api.test_idempotency import URL, key_rows, post
 from tests.conftest import CREDIT, GOOD_BODY, Processes, auth, job_rows, lock_waiters, wait_for
 from tests.serving import serve
@@ -182,3 +183,18 @@ def test_a_duplicate_waits_for_the_first_transaction_then_follows_its_outcome(
         assert answers["first"].status_code == 500
         assert "Idempotent-Replayed" not in second_answer.headers
     assert_one_job_held_once(db, second_answer.json()["id"])
+
+
+@pytest.mark.parametrize("step", ["after the hold", "just after the commit"])
+def test_the_v2_submit_is_as_safe(
+    step: str, client: Any, db: Database, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inject(monkeypatch, *STEPS[step])
+    with pytest.raises(Crash):
+        v2.submit(client, api_key, **{"Idempotency-Key": "v2-fault"})
+    monkeypatch.undo()
+    retry = v2.submit(client, api_key, **{"Idempotency-Key": "v2-fault"})
+    assert retry.status_code == 201, retry.get_json()
+    committed = step == "just after the commit"
+    assert (retry.headers.get("Idempotent-Replayed") == "true") == committed
+    assert_one_job_held_once(db, retry.get_json()["id"])

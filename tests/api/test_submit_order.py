@@ -3,16 +3,21 @@ reference audio is fetched; a refusal there leaves no job, no hold and no key.""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
 from app.api.jobs import views
 from app.catalog.models import Model
 from tests.api.test_idempotency import URL, key_rows, post
 from tests.audio import Server
 from tests.conftest import GOOD_BODY, auth, funded_key, job_rows
+from tests.serving import serve
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
@@ -58,6 +63,57 @@ def test_the_balance_check_counts_the_minimum_balance(
     above = funded_key(db, "thick", amount=1_001)
     assert post(client, above, "thick-1", with_reference(f"{audio_server.url}/song.wav"))
     assert audio_server.hits == ["/song.wav"]
+
+
+def idle_in_transaction(db: Any) -> int:
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state LIKE 'idle in transaction%'"
+                )
+            ).scalar_one()
+        )
+
+
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1")
+def test_a_reference_fetch_holds_no_database_connection(app: Any, db: Any, api_key: str) -> None:
+    asked, answer = threading.Event(), threading.Event()
+
+    @Request.application
+    def slow(_request: Request) -> Response:
+        asked.set()
+        answer.wait(30)
+        return Response(b"not a sound" * 100, mimetype="audio/wav")
+
+    reference = make_server("127.0.0.1", 0, slow, threaded=True)
+    threading.Thread(target=reference.serve_forever, daemon=True).start()
+    answers: list[requests.Response] = []
+    body = with_reference(f"http://127.0.0.1:{reference.server_port}/slow.wav")
+    try:
+        with serve(app) as url:
+            sender = threading.Thread(
+                target=lambda: answers.append(
+                    requests.post(
+                        f"{url}{URL}",
+                        json=body,
+                        headers={**auth(api_key), "Idempotency-Key": "slow-ref"},
+                        timeout=60,
+                    )
+                )
+            )
+            sender.start()
+            assert asked.wait(30)
+            during_fetch = idle_in_transaction(db)
+            answer.set()
+            sender.join(timeout=60)
+    finally:
+        answer.set()
+        reference.shutdown()
+    assert during_fetch == 0
+    assert answers[0].status_code == 400, answers[0].text
+    assert answers[0].json()["error"]["param"] == "reference_audio_url"
 
 
 # Python reads no integer of over 4,300 digits: the header must be read (as the cap) before
