@@ -16,7 +16,7 @@ from app.api.jobs import views
 from app.catalog.models import Model
 from tests.api.test_idempotency import URL, key_rows, post
 from tests.audio import Server
-from tests.conftest import GOOD_BODY, auth, funded_key, job_rows
+from tests.conftest import ACTIVITY, GOOD_BODY, auth, backends, funded_key, job_rows
 from tests.serving import serve
 
 pytestmark = pytest.mark.usefixtures("catalog")
@@ -65,18 +65,6 @@ def test_the_balance_check_counts_the_minimum_balance(
     assert audio_server.hits == ["/song.wav"]
 
 
-def idle_in_transaction(db: Any) -> int:
-    with db.engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state LIKE 'idle in transaction%'"
-                )
-            ).scalar_one()
-        )
-
-
 @pytest.mark.env(ALLOW_PRIVATE_URLS="1")
 def test_a_reference_fetch_holds_no_database_connection(app: Any, db: Any, api_key: str) -> None:
     asked, answer = threading.Event(), threading.Event()
@@ -105,7 +93,7 @@ def test_a_reference_fetch_holds_no_database_connection(app: Any, db: Any, api_k
             )
             sender.start()
             assert asked.wait(30)
-            during_fetch = idle_in_transaction(db)
+            during_fetch = backends(db, ACTIVITY.c.state.like("idle in transaction%"))
             answer.set()
             sender.join(timeout=60)
     finally:
