@@ -265,17 +265,25 @@ def audio_server() -> Iterator[Server]:
     srv.thread.join(timeout=5)
 
 
+# The server's view of its sessions, for tests that watch what they are doing.
+ACTIVITY = sa.table(
+    "pg_stat_activity", sa.column("datname"), sa.column("state"), sa.column("wait_event_type")
+)
+
+
+def backends(db: Database, *conditions: sa.ColumnElement[bool]) -> int:
+    """How many sessions of this database meet ``conditions`` (on ``ACTIVITY``)."""
+    with db.engine.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(ACTIVITY)
+        return int(
+            conn.scalar(query.where(ACTIVITY.c.datname == sa.func.current_database(), *conditions))
+            or 0
+        )
+
+
 def lock_waiters(db: Database) -> int:
     """Sessions of this database waiting on a row lock: how a test knows a race is on."""
-    with db.engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        )
+    return backends(db, ACTIVITY.c.wait_event_type == "Lock")
 
 
 def commit_once_blocked(db: Database, holder: Session, contender: Callable[[], None]) -> None:

@@ -1,35 +1,57 @@
-"""A submit as both surfaces make it: the job inserted with this process's caches, committed,
-then the scheduler's doorbell rung."""
+"""A submit as both surfaces make it: every check that writes nothing, then the job, its hold
+and (with an ``Idempotency-Key``) the key and its answer in one transaction, then the
+scheduler's doorbell."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import g
+from flask import Response, g
 
+from app.api import idempotency
 from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
 from app.jobs.models import JobRecord
 
 
-def submit(args: dict[str, Any], *, surface: str = "v1") -> JobRecord:
-    """``/v1`` takes a ``callback_url``; ``/v2`` (AIMLAPI's shape) has none."""
+def submit(
+    args: dict[str, Any], answer: Callable[[JobRecord], Response], *, surface: str = "v1"
+) -> tuple[JobRecord, Response]:
+    """The stored job and ``answer(job)``, rendered before the commit so that it is stored
+    with the job under the request's idempotency key. ``/v1`` takes a ``callback_url``;
+    ``/v2`` (AIMLAPI's shape) has none."""
     ext = chorus()
     settings = ext.settings
-    job: JobRecord = intake.create_job(
+
+    def check_reference(url: str) -> None:
+        # The fetch may take seconds: end the checks' read-only transaction first, so that
+        # no database connection sits idle in it meanwhile.
+        ext.commit()
+        reference_audio.check(url, settings)
+
+    draft = intake.prepare(
         ext.session,
         g.api_key,
         args,
         deadline_seconds=settings.job_deadline_seconds,
         surface=surface,
-        check_reference=lambda url: reference_audio.check(url, settings),
+        check_reference=check_reference,
         check_callback=lambda url: webhook_urls.check_param(url, settings, "callback_url"),
         offers=ext.offers,
+    )
+    keyed = idempotency.claim()
+    job: JobRecord = intake.store(
+        ext.session,
+        g.api_key,
+        draft,
         max_active_jobs=settings.org_max_active_jobs,
         recent_active=ext.recent_active,
-        quick=ext.db.reader,
+        # The one-statement autocommit form would commit the job without the key.
+        quick=None if keyed else ext.db.reader,
     )
-    ext.commit()
+    response = answer(job)
+    idempotency.commit(response)
     ext.doorbell.ring()  # after the commit, never inside the submit's transaction
-    return job
+    return job, response

@@ -1,7 +1,18 @@
-"""The statements behind ``Idempotency-Key``: claim, finish, release, purge.
+"""The statements behind ``Idempotency-Key``: look up, claim, record, purge.
 
-Each runs in a short transaction of its own, committed before the route's handler starts or
-after it ends, so a concurrent request with the same key sees the claim at once.
+A key is claimed and answered inside the transaction that makes the request's effect (the
+job and its hold), so the three commit together or not at all:
+
+- ``lookup`` (read-only, before any work) answers a retry of a finished request at once;
+- ``claim`` INSERTs the key in the caller's transaction. Of two requests with one key, the
+  second's INSERT waits on the unique (org, key) index until the first's transaction ends:
+  committed, it finds the first's answer (replay); rolled back, it takes the key itself;
+- ``record`` writes the answer into the claimed row, still in that transaction (and may
+  later, in a transaction of its own, replace it with the answer finally sent).
+
+A row is therefore committed with its answer. One committed ``in_progress`` all the same
+(its answer never recorded) keeps the key busy until ``locked_until``, then may be taken
+over.
 """
 
 from __future__ import annotations
@@ -11,18 +22,22 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as upsert
+from sqlalchemy.orm import Session
 
 from app.db import Database, utcnow
 from app.idempotency.models import DONE, IN_PROGRESS, IdempotencyKey
 
 PURGE_BATCH = 5000
+# A claim that keeps losing races to takeovers and purges gives up (Busy) after this many.
+CLAIM_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """This request holds the key: run the handler, then ``finish`` or ``release``."""
+    """This request holds the key in its open transaction: ``record`` its answer before the
+    commit."""
 
     row_id: int
     token: str
@@ -37,7 +52,7 @@ class Replay:
 
 @dataclass(frozen=True)
 class Busy:
-    """Another request with this key is still being handled."""
+    """Another request holds this key and has not answered yet."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,55 @@ class Mismatch:
 
 Outcome = Claimed | Replay | Busy | Mismatch
 
+_COLUMNS = (
+    IdempotencyKey.id,
+    IdempotencyKey.fingerprint,
+    IdempotencyKey.state,
+    IdempotencyKey.status_code,
+    IdempotencyKey.response_body,
+    IdempotencyKey.response_headers,
+    IdempotencyKey.locked_until,
+    IdempotencyKey.expires_at,
+)
+
+
+def _row(executor: Session | Connection, org_id: int, key: str) -> Any:
+    where = (IdempotencyKey.org_id == org_id, IdempotencyKey.key == key)
+    return executor.execute(select(*_COLUMNS).where(*where)).first()
+
+
+def _stale(row: Any, now: dt.datetime) -> bool:
+    """An expired key is a new key; an unanswered claim past its lock was abandoned."""
+    return bool(row.expires_at <= now or (row.state == IN_PROGRESS and row.locked_until <= now))
+
+
+def _decide(row: Any, fingerprint: str) -> Replay | Busy | Mismatch:
+    if row.fingerprint != fingerprint:
+        return Mismatch()
+    if row.state == IN_PROGRESS:
+        return Busy()
+    return Replay(
+        int(row.status_code or 0), bytes(row.response_body or b""), row.response_headers or {}
+    )
+
+
+def lookup(
+    executor: Session | Connection,
+    org_id: int,
+    key: str,
+    fingerprint: str,
+    now: dt.datetime | None = None,
+) -> Replay | Busy | Mismatch | None:
+    """What the key already says, read only; None when the request should run."""
+    now = now or utcnow()
+    row = _row(executor, org_id, key)
+    if row is None or _stale(row, now):
+        return None
+    return _decide(row, fingerprint)
+
 
 def claim(
-    db: Database,
+    session: Session,
     org_id: int,
     key: str,
     fingerprint: str,
@@ -58,7 +119,11 @@ def claim(
     lock: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> Outcome:
-    """Take the key for this request, or say why not (replay, busy, another request)."""
+    """Take the key in ``session``'s transaction, or say why not (replay, busy, mismatch).
+
+    Nothing is committed here: the claim becomes visible with the caller's commit, together
+    with its effect and its ``record``ed answer, and vanishes with a rollback.
+    """
     now = now or utcnow()
     token = secrets.token_hex(16)
     fresh: dict[str, Any] = dict(
@@ -72,86 +137,56 @@ def claim(
         locked_until=now + lock,
         expires_at=now + ttl,
     )
-    try:
-        with db.transaction() as session:
-            row_id = session.scalar(
-                insert(IdempotencyKey)
-                .values(org_id=org_id, key=key, **fresh)
-                .returning(IdempotencyKey.id)
-            )
-        return Claimed(int(row_id or 0), token)
-    except IntegrityError:
-        pass  # the key exists: what it holds decides
-    with db.transaction() as session:
-        row = session.scalars(
-            select(IdempotencyKey).where(IdempotencyKey.org_id == org_id, IdempotencyKey.key == key)
-        ).one_or_none()
-        if row is None:
-            # Purged between our INSERT and this read: a retry will claim it.
-            return Busy()
-        stale = row.expires_at <= now or (row.state == IN_PROGRESS and row.locked_until <= now)
-        if stale:
-            # An expired key is a new key; an abandoned claim (its request died) is taken over.
-            # The guard repeats the test, so of two requests taking over, one wins.
-            taken = session.execute(
-                update(IdempotencyKey)
-                .where(
-                    IdempotencyKey.id == row.id,
-                    or_(
-                        IdempotencyKey.expires_at <= now,
-                        and_(
-                            IdempotencyKey.state == IN_PROGRESS,
-                            IdempotencyKey.locked_until <= now,
-                        ),
-                    ),
-                )
-                .values(**fresh)
-                .execution_options(synchronize_session=False)
-            )
-            if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return Claimed(row.id, token)
-            return Busy()
-        if row.fingerprint != fingerprint:
-            return Mismatch()
-        if row.state == IN_PROGRESS:
-            return Busy()
-        return Replay(
-            int(row.status_code or 0), bytes(row.response_body or b""), row.response_headers or {}
+    for _ in range(CLAIM_ATTEMPTS):
+        # Waits for a concurrent claim of the key to commit or roll back.
+        row_id = session.scalar(
+            upsert(IdempotencyKey)
+            .values(org_id=org_id, key=key, **fresh)
+            .on_conflict_do_nothing(index_elements=["org_id", "key"])
+            .returning(IdempotencyKey.id)
         )
-
-
-def finish(
-    db: Database, claimed: Claimed, status_code: int, body: bytes, headers: dict[str, str]
-) -> bool:
-    """Store the answer. False if the claim was taken over meanwhile (nothing is written)."""
-    with db.transaction() as session:
-        result = session.execute(
+        if row_id is not None:
+            return Claimed(int(row_id), token)
+        row = _row(session, org_id, key)
+        if row is None:
+            continue  # purged since the INSERT looked: try again
+        if not _stale(row, now):
+            return _decide(row, fingerprint)
+        # The guard repeats the test, so of two requests taking over, one wins; the other
+        # reads the winner's row on its next turn.
+        taken = session.scalar(
             update(IdempotencyKey)
             .where(
-                IdempotencyKey.id == claimed.row_id,
-                IdempotencyKey.claim_token == claimed.token,
-                IdempotencyKey.state == IN_PROGRESS,
+                IdempotencyKey.id == row.id,
+                or_(
+                    IdempotencyKey.expires_at <= now,
+                    and_(
+                        IdempotencyKey.state == IN_PROGRESS,
+                        IdempotencyKey.locked_until <= now,
+                    ),
+                ),
             )
-            .values(
-                state=DONE, status_code=status_code, response_body=body, response_headers=headers
-            )
+            .values(**fresh)
+            .returning(IdempotencyKey.id)
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if taken is not None:
+            return Claimed(int(taken), token)
+    return Busy()
 
 
-def release(db: Database, claimed: Claimed) -> None:
-    """Forget the claim, so that a retry with the key runs the request afresh."""
-    with db.transaction() as session:
-        session.execute(
-            delete(IdempotencyKey)
-            .where(
-                IdempotencyKey.id == claimed.row_id,
-                IdempotencyKey.claim_token == claimed.token,
-                IdempotencyKey.state == IN_PROGRESS,
-            )
-            .execution_options(synchronize_session=False)
-        )
+def record(
+    session: Session, claimed: Claimed, status_code: int, body: bytes, headers: dict[str, str]
+) -> bool:
+    """Store the answer in the claimed row. False if the claim is no longer this request's
+    (nothing is written)."""
+    result = session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == claimed.row_id, IdempotencyKey.claim_token == claimed.token)
+        .values(state=DONE, status_code=status_code, response_body=body, response_headers=headers)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def purge_expired(db: Database, now: dt.datetime | None = None, batch: int = PURGE_BATCH) -> int:

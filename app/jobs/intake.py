@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import CTE, Engine, Insert, Row, Table, bindparam, insert, select, update
@@ -235,7 +236,32 @@ def _store_at_once(
     return job
 
 
-def create_job(
+@dataclass(frozen=True)
+class Draft:
+    """A submit that passed every check: the job's values, ready to be stored."""
+
+    model: Offer
+    values: dict[str, Any]
+
+
+def check_funds(session: Session, key: KeyHolder, model: Offer) -> None:
+    """Refuse (``InsufficientQuota``), reading only, an org whose balance cannot pay the model.
+
+    The hold that follows decides for good (a concurrent submit may spend the money first);
+    this only keeps work a refusal would waste, a reference fetch above all, from being done
+    for an org that has no money.
+    """
+    if model.owner_org_id == key.org_id:
+        return
+    price, minimum = model.price_for(key.org_id), model.min_balance
+    if not price and not minimum:
+        return
+    available = ledger.balance(session, key.org_id, model.currency).available
+    if available < price or (minimum and available <= minimum):
+        raise InsufficientQuota()
+
+
+def prepare(
     session: Session | Callable[[], Session],
     key: KeyHolder,
     args: dict[str, Any],
@@ -245,19 +271,13 @@ def create_job(
     check_reference: Callable[[str], None] | None = None,
     check_callback: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
-    max_active_jobs: int | None = None,
-    recent_active: TTLCache[int] | None = None,
-    quick: Engine | None = None,
-) -> Row[Any]:
-    """Check the request against the catalog and insert the job, QUEUED and due now.
+) -> Draft:
+    """Check the request against the catalog, the org's balance and its reference audio;
+    writes nothing, so a refusal (or a crash) here leaves no trace.
 
-    ``offers`` caches catalog answers in the calling process for a few seconds. ``quick``,
-    an engine whose connections autocommit, lets the commonest submit be stored in one
-    statement on it, committed at once (``_store_at_once``); otherwise the job is inserted
-    and its price held in ``session`` (or in the one that callable gives, the same each
-    call, as ``Chorus.session`` does), for the caller to commit.
+    ``offers`` caches catalog answers in the calling process for a few seconds.
     """
-    db: Callable[[], Session] = session if callable(session) else lambda: session
+    db = _session_of(session)
     key_ = (args["model"], args["catelogid"])
     if offers is not None:
         model = offers.get(key_, lambda: find_model(db(), *key_))
@@ -270,6 +290,8 @@ def create_job(
         # Refused now, not at the first delivery: a bad target is the client's to fix.
         check_callback(args["callback_url"])
     if args.get("reference_audio_url") and check_reference is not None:
+        # The balance first: an org that cannot pay never makes Chorus fetch a URL.
+        check_funds(db(), key, model)
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
         check_reference(args["reference_audio_url"])
     job_id = new_job_id()
@@ -310,6 +332,27 @@ def create_job(
         poll_count=0,
         invalid_responses=0,
     )
+    return Draft(model, values)
+
+
+def store(
+    session: Session | Callable[[], Session],
+    key: KeyHolder,
+    draft: Draft,
+    *,
+    max_active_jobs: int | None = None,
+    recent_active: TTLCache[int] | None = None,
+    quick: Engine | None = None,
+) -> Row[Any]:
+    """Insert the prepared job, QUEUED and due now, and hold its price.
+
+    ``quick``, an engine whose connections autocommit, lets the commonest submit be stored in
+    one statement on it, committed at once (``_store_at_once``); otherwise the job is
+    inserted and its price held in ``session`` (or in the one that callable gives, the same
+    each call, as ``Chorus.session`` does), for the caller to commit.
+    """
+    db = _session_of(session)
+    model, values = draft.model, draft.values
     if quick is not None:
         stored = _store_at_once(
             quick,
@@ -326,5 +369,25 @@ def create_job(
     # nothing is built or compiled per request.
     job = db().execute(JOB_INSERT, values).one()
     # Last: the locks this takes are held only until the caller's commit.
-    charge(db(), key, model, job_id, max_active_jobs=max_active_jobs, recent_active=recent_active)
+    charge(
+        db(), key, model, values["id"], max_active_jobs=max_active_jobs, recent_active=recent_active
+    )
     return job
+
+
+def create_job(
+    session: Session,
+    key: KeyHolder,
+    args: dict[str, Any],
+    *,
+    deadline_seconds: float,
+    max_active_jobs: int | None = None,
+) -> Row[Any]:
+    """``prepare`` then ``store`` in ``session``, with no reference or callback check: a
+    submit for a caller with nothing to do between (the API's own goes through both)."""
+    draft = prepare(session, key, args, deadline_seconds=deadline_seconds)
+    return store(session, key, draft, max_active_jobs=max_active_jobs)
+
+
+def _session_of(session: Session | Callable[[], Session]) -> Callable[[], Session]:
+    return session if callable(session) else lambda: session

@@ -2,6 +2,7 @@
 
 Concurrency is exercised against a real threaded server: the first request is held open
 (with ``Prefer: wait``, no worker running, so its job stays QUEUED) while the second arrives.
+Faults at each step of a keyed submit are in ``test_idempotent_faults``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import requests
 import sqlalchemy as sa
 
 from app.api.errors import ApiError
+from app.api.idempotency import fingerprint
 from app.db import utcnow
 from app.idempotency import store
 from app.idempotency.models import IdempotencyKey
@@ -89,7 +91,9 @@ def test_without_a_key_every_post_is_a_new_job(client: Any, db: Any, api_key: st
     assert key_rows(db) == []
 
 
-def test_same_key_while_the_first_request_runs_is_409(live: str, db: Any, api_key: str) -> None:
+def test_a_duplicate_during_the_first_requests_wait_replays_its_accepted_answer(
+    live: str, db: Any, api_key: str
+) -> None:
     answers: dict[str, requests.Response] = {}
     headers = {**auth(api_key), "Idempotency-Key": "slow-1"}
 
@@ -101,21 +105,59 @@ def test_same_key_while_the_first_request_runs_is_409(live: str, db: Any, api_ke
 
     thread = threading.Thread(target=first)
     thread.start()
-    wait_for(lambda: key_rows(db), 10, message="the first request's claim")
+    # The key is committed with the job and its answer, before the wait begins.
+    wait_for(lambda: key_rows(db), 10, message="the first request's key")
     concurrent = requests.post(f"{live}{URL}", json=GOOD_BODY, headers=headers, timeout=30)
     thread.join(timeout=30)
-    assert concurrent.status_code == 409, concurrent.text
-    assert concurrent.json()["error"]["code"] == "idempotency_key_in_use"
-    assert "first" in answers
+    assert concurrent.status_code == 202, concurrent.text
+    assert concurrent.headers["Idempotent-Replayed"] == "true"
+    assert "Preference-Applied" not in concurrent.headers
     assert answers["first"].status_code == 202
     assert answers["first"].headers["Preference-Applied"] == "wait=3"
-    # Once the first has answered, the retry gets its answer, headers that matter included.
+    assert concurrent.json()["id"] == answers["first"].json()["id"]
+    # Once the first has answered, a retry gets that answer, headers that matter included.
     retry = requests.post(f"{live}{URL}", json=GOOD_BODY, headers=headers, timeout=30)
     assert retry.status_code == 202
     assert retry.content == answers["first"].content
     assert retry.headers["Preference-Applied"] == "wait=3"
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert len(job_rows(db)) == 1
+
+
+def claimed_earlier(
+    db: Any, key: str, *, locked_for: dt.timedelta, fingerprint: str = "0" * 64
+) -> None:
+    """A key claimed and left unanswered (by a request that died, or by the release before
+    keys were committed with their answers), locked for ``locked_for`` from now."""
+    now = utcnow()
+    with db.transaction() as session:
+        org_id = session.scalar(sa.select(ApiKey.org_id))
+        session.add(
+            IdempotencyKey(
+                org_id=org_id,
+                key=key,
+                fingerprint=fingerprint,
+                state="in_progress",
+                claim_token="0" * 32,
+                created_at=now - dt.timedelta(minutes=1),
+                locked_until=now + locked_for,
+                expires_at=now + dt.timedelta(hours=24),
+            )
+        )
+
+
+def test_a_key_claimed_and_not_yet_answered_is_409(
+    app: Any, client: Any, db: Any, api_key: str
+) -> None:
+    with app.test_request_context(URL, method="POST", json=GOOD_BODY):
+        same_request = fingerprint()
+    claimed_earlier(db, "held", locked_for=dt.timedelta(minutes=2), fingerprint=same_request)
+    busy = post(client, api_key, "held")
+    assert busy.status_code == 409, busy.get_json()
+    assert busy.get_json()["error"]["code"] == "idempotency_key_in_use"
+    assert job_rows(db) == []
+    (row,) = key_rows(db)
+    assert row.state == "in_progress"  # a refusal about the key is not stored as its answer
 
 
 def test_racing_first_requests_create_exactly_one_job(live: str, db: Any, api_key: str) -> None:
@@ -138,18 +180,17 @@ def test_racing_first_requests_create_exactly_one_job(live: str, db: Any, api_ke
     for t in threads:
         t.join(timeout=60)
     assert len(results) == n
-    assert {r.status_code for r in results} <= {202, 409}
-    accepted = [r for r in results if r.status_code == 202]
-    assert accepted
-    assert len({r.json()["id"] for r in accepted}) == 1
-    assert sum("Idempotent-Replayed" not in r.headers for r in accepted) == 1
+    # The later ones waited on the first's key, then replayed its answer.
+    assert {r.status_code for r in results} == {202}
+    assert len({r.json()["id"] for r in results}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in results) == 1
     assert len(job_rows(db)) == 1
 
 
 def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
     client: Any, db: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = intake.create_job
+    real = intake.store
     calls = {"n": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Job:
@@ -158,7 +199,7 @@ def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
             raise RuntimeError("the database went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(intake, "create_job", flaky)
+    monkeypatch.setattr(intake, "store", flaky)
     with pytest.raises(RuntimeError):
         post(client, api_key, "retry-me")
     assert key_rows(db) == []
@@ -171,7 +212,7 @@ def test_an_exception_in_the_handler_does_not_leave_the_key_stuck(
 def test_a_5xx_answer_is_not_stored(
     client: Any, db: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = intake.create_job
+    real = intake.store
     calls = {"n": 0}
 
     def unavailable(*args: Any, **kwargs: Any) -> Job:
@@ -180,7 +221,7 @@ def test_a_5xx_answer_is_not_stored(
             raise ApiError(503, "The service is overloaded; retry.", code="unavailable")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(intake, "create_job", unavailable)
+    monkeypatch.setattr(intake, "store", unavailable)
     assert post(client, api_key, "k503").status_code == 503
     assert key_rows(db) == []
     assert post(client, api_key, "k503").status_code == 202
@@ -254,23 +295,15 @@ def test_the_longest_key_and_the_structured_field_form(client: Any, db: Any, api
 
 
 def test_a_claim_whose_request_died_is_taken_over(client: Any, db: Any, api_key: str) -> None:
-    with db.session() as session:
-        org_id = session.scalar(sa.select(ApiKey.org_id))
-    # A request that claimed the key and then died: its lock ran out a while ago.
-    store.claim(
-        db,
-        org_id,
-        "orphan",
-        "0" * 64,
-        ttl=dt.timedelta(hours=24),
-        lock=dt.timedelta(seconds=1),
-        now=utcnow() - dt.timedelta(seconds=30),
-    )
+    # Its lock ran out a while ago.
+    claimed_earlier(db, "orphan", locked_for=-dt.timedelta(seconds=30))
     response = post(client, api_key, "orphan")
     assert response.status_code == 202
     assert "Idempotent-Replayed" not in response.headers
     (row,) = key_rows(db)
     assert row.state == "done"
+    assert post(client, api_key, "orphan").headers["Idempotent-Replayed"] == "true"
+    assert len(job_rows(db)) == 1
 
 
 def test_expired_keys_count_as_new_and_are_purged(client: Any, db: Any, api_key: str) -> None:

@@ -27,7 +27,7 @@ from app.api.submit import submit
 from app.extensions import chorus
 from app.jobs import queries
 from app.jobs.cancel import cancel_job
-from app.jobs.models import Job
+from app.jobs.models import Job, JobRecord
 from app.jobs.status import ACTIVE, JobStatus
 from app.jobs.waiting import requested_wait
 from app.storage import StorageUnavailable
@@ -157,27 +157,31 @@ class Generations(MethodView):
         # Every header is read before anything is written: a request that fails after its job
         # was stored would make the client's retry a second job.
         wait = requested_wait(request.headers)
-        job = submit(args)
-        status, applied = 202, None
-        if wait:
-            hub = ext.waiters
-            with hub.slot() as granted:
-                # Over the process's cap the request answers at once, as without the header.
-                if granted:
-                    hub.wait(job.id, wait)
-                    applied = wait
-            if applied:
-                # The submit gave its connection back (at its commit): waiting holds none.
-                job = ext.session().get(Job, job.id, populate_existing=True) or job
-                if JobStatus(job.status).terminal:
-                    status = 201
-        body = job_object(job, ext.storage)
-        response = jsonify(body)
-        response.status_code = status
-        response.headers["Location"] = body["urls"]["get"]
-        if applied:
-            response.headers["Preference-Applied"] = f"wait={applied}"
-        return response
+        job, response = submit(args, lambda stored: _accepted(stored, 202))
+        if not wait:
+            return response
+        hub = ext.waiters
+        applied = None
+        with hub.slot() as granted:
+            # Over the process's cap the request answers at once, as without the header.
+            if granted:
+                hub.wait(job.id, wait)
+                applied = wait
+        if not applied:
+            return response
+        # The submit gave its connection back (at its commit): waiting holds none.
+        job = ext.session().get(Job, job.id, populate_existing=True) or job
+        return _accepted(job, 201 if JobStatus(job.status).terminal else 202, applied)
+
+
+def _accepted(job: JobRecord, status: int, applied: int | None = None) -> Response:
+    body = job_object(job, chorus().storage)
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Location"] = body["urls"]["get"]
+    if applied:
+        response.headers["Preference-Applied"] = f"wait={applied}"
+    return response
 
 
 @blp.route("/<job_id>", parameters=[JOB_ID])

@@ -84,10 +84,7 @@ class Generations(MethodView):
     def post(self, args: dict[str, Any]) -> Response:
         """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
         catalog = chorus().settings.default_music_category
-        job = submit({**args, "catelogid": catalog}, surface="v2")
-        # 201, as AIMLAPI answers a created generation.
-        response = jsonify(id=job.id, status="queued")
-        response.status_code = 201
+        _job, response = submit({**args, "catelogid": catalog}, _created, surface="v2")
         return response
 
     @blp.doc(security=SECURITY)
@@ -107,6 +104,13 @@ class Generations(MethodView):
     def get(self, args: dict[str, Any]) -> Response:
         """Read a generation. Another tenant's id answers 404, like one that never existed."""
         return jsonify(generation_object(read_job(args["generation_id"])))
+
+
+def _created(job: JobRecord) -> Response:
+    # 201, as AIMLAPI answers a created generation.
+    response = jsonify(id=job.id, status="queued")
+    response.status_code = 201
+    return response
 
 
 def generation_object(job: JobRecord) -> dict[str, Any]:
