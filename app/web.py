@@ -114,6 +114,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(webhooks)
     api.register_blueprint(deliveries)
     api.register_blueprint(health)
+    from app.console import blp as console
+
+    app.register_blueprint(console)
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(Refused, refusal_response)
     app.register_error_handler(DBAPIError, _database_unavailable)
