@@ -39,7 +39,7 @@ def operators_only() -> Response | None:
             {"WWW-Authenticate": REALM, "Content-Type": "text/plain; charset=utf-8"},
         )
     g.operator = user
-    if request.method not in ("GET", "HEAD") and not _token_valid(user):
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not _token_valid(user):
         raise Forbidden("This form is stale or did not come from the console; reload the page.")
     return None
 
