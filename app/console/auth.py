@@ -33,6 +33,10 @@ def operators_only() -> Response | None:
         raise NotFound()
     user = login(request.headers.get("Authorization"), credentials)
     if user is None:
+        if request.headers.get("Authorization"):
+            # A wrong login spends its address's budget of failures (app.api.limits), as a
+            # refused API key does: guessing passwords gets 429 once that is spent.
+            g.key_refused = True
         return Response(
             "An operator's login is needed here.\n",
             401,

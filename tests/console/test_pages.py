@@ -93,6 +93,26 @@ def test_a_missing_or_wrong_login_is_challenged(ops: Any, headers: dict[str, str
         assert "Chorus ops" not in answer.get_data(as_text=True)
 
 
+@pytest.mark.env(RATE_LIMIT="7 per minute")
+def test_guessing_passwords_spends_the_addresss_budget_of_failures(ops: Any) -> None:
+    guesser = {"REMOTE_ADDR": "10.9.0.1"}
+    guesses = [
+        ops.get("/ops/", headers=basic(LOGIN[0], f"guess{n}"), environ_base=guesser).status_code
+        for n in range(7)
+    ]
+    assert guesses == [401] * 7
+    # Spent: the right password from that address waits too, until the window ends.
+    refused = ops.get("/ops/", headers=OPERATOR, environ_base=guesser)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    # The failures' budget refused it (the address's own budget of requests is spent too).
+    assert "invalid API key" in refused.get_json()["error"]["message"]
+    # A browser's first request, before it has asked for a login, is no guess.
+    elsewhere = {"REMOTE_ADDR": "10.9.0.2"}
+    for _ in range(6):
+        assert ops.get("/ops/", environ_base=elsewhere).status_code == 401
+    assert ops.get("/ops/", headers=OPERATOR, environ_base=elsewhere).status_code == 200
+
+
 def test_a_tenants_api_key_opens_nothing(ops: Any, api_key: str) -> None:
     assert ops.get("/v1/balance", headers=auth(api_key)).status_code == 200  # a working key
     for headers in (auth(api_key), basic("acme", api_key), basic(api_key, "")):
