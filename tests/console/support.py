@@ -19,7 +19,7 @@ from app.jobs.engine import Engine
 from app.providers.base import ProviderError
 from app.webhooks.delivery import Dispatcher
 from config import Settings
-from tests.conftest import GOOD_BODY, auth
+from tests.conftest import GOOD_BODY, auth, funded_key
 from tests.unit.jobs.support import SUCCESS, step
 from tests.unit.providers.fake_adapter import Script
 
@@ -60,7 +60,8 @@ def make_workload(
     receiver: HTTPServer,
     broken_account: str,
 ) -> Workload:
-    """One job of each ending and one still queued, a delivered webhook, an open breaker."""
+    """One job of each ending and one still queued, a delivered webhook, an open breaker,
+    and a second tenant."""
     receiver.expect_request("/hook", method="POST").respond_with_data("ok")
     succeeded = submit(
         client,
@@ -85,6 +86,7 @@ def make_workload(
     assert answer.status_code == 200, answer.get_json()
 
     queued = submit(client, key)
+    funded_key(db, "globex", 5_000)  # a tenant with money and no jobs yet
     for _ in range(BREAKER_THRESHOLD):
         Accounts(db).record_failure(broken_account)
     return Workload(succeeded, failed, cancelled, queued, broken_account)

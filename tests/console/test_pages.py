@@ -277,6 +277,8 @@ def test_the_tenants_page_shows_balances_and_usage(ops: Any, workload: Workload)
     # 1,000,000 credited; 100 captured by the success; 100 held by the queued job.
     assert cells[0] == "acme"
     assert cells[2:] == ["999,800 CNY", "100 CNY", "4", "1", "100 CNY"]
+    globex = re.search(r'<tr id="tenant-globex" class="first">(.*?)</tr>', html, re.S)
+    assert globex and "5,000 CNY" in globex.group(1)
 
 
 def test_the_jobs_list_filters(ops: Any, workload: Workload, catalog: dict[str, Any]) -> None:
