@@ -22,6 +22,11 @@ PYTEST_ARGS ?=
 PYTEST_XDIST ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
+# Install the Debian package $(1), which provides the command of the same name, when that
+# command is missing and we may (root, with apt); fails when it is still missing.
+apt_install = command -v $(1) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	&& { apt-get install -y $(1) >/dev/null 2>&1 || { apt-get update && apt-get install -y $(1); }; }; }
+
 .DEFAULT_GOAL := help
 .PHONY: help venv run test lint bench clean
 
@@ -47,6 +52,8 @@ run: $(RUN_STAMP) ## Run the embedded default (API on :8000, workers, scheduler,
 
 test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest in two workers
 	bash scripts/services.sh check
+	@# The ops console's browser test drives the OS's Chromium (never a downloaded one).
+	@$(call apt_install,chromium) || echo "chromium is not installed: the ops console's browser test will be skipped"
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy and the import layers (lint-imports)
@@ -56,11 +63,9 @@ lint: venv ## ruff check, ruff format --check, mypy and the import layers (lint-
 	$(BIN)/lint-imports
 
 bench: venv ## Run the benchmarks (docs/benchmarks.md): python -m bench $(BENCH_ARGS)
-	@# wrk is the load generator; install it when missing and we may (root with apt). Without it
-	@# the harness falls back to a slower Python generator and says so in the report.
-	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-		&& { apt-get install -y wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; }; }; } \
-		|| echo "wrk is not installed: the Python load generator will be used"
+	@# wrk is the load generator. Without it the harness falls back to a slower Python
+	@# generator and says so in the report.
+	@$(call apt_install,wrk) || echo "wrk is not installed: the Python load generator will be used"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove var/ (the embedded PostgreSQL's data, audio, embedded broker) and build/test caches; keeps .venv

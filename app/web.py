@@ -103,9 +103,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.v2.views import blp as v2
     from app.api.webhooks.views import blp as webhooks
     from app.api.webhooks.views import deliveries
+    from app.console import blp as console
 
-    # One budget per key across every route of these blueprints, not one per route.
-    init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
+    # One budget per key across every route of these blueprints, not one per route; the
+    # console's wrong logins spend their address's failures, as refused API keys do.
+    init_rate_limit(
+        app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries, console)}
+    )
 
     api.register_blueprint(blp)
     api.register_blueprint(files)
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(webhooks)
     api.register_blueprint(deliveries)
     api.register_blueprint(health)
+    app.register_blueprint(console)
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(Refused, refusal_response)
     app.register_error_handler(DBAPIError, _database_unavailable)

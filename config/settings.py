@@ -138,6 +138,8 @@ class Settings:
     sync_concurrency: int
     flower_basic_auth: str | None
     flower_port: int
+    # The ops console's logins (user:password, comma-separated); unset, /ops/ is a 404.
+    ops_basic_auth: str | None
     log_level: str
 
     # Credentials are named by environment variable in the catalog; they are read here, once.
@@ -285,6 +287,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         sync_concurrency=env.int("SYNC_CONCURRENCY", 100, validate=Range(min=1, max=2000)),
         flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,
         flower_port=env.int("FLOWER_PORT", 5555, validate=Range(min=1, max=65535)),
+        ops_basic_auth=env.str("OPS_BASIC_AUTH", None) or None,
         log_level=env.str("LOG_LEVEL", "INFO"),
         environ=dict(source),
     )

@@ -23,6 +23,7 @@ import pytest
 import redis
 import requests
 import sqlalchemy as sa
+from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -279,6 +280,17 @@ def backends(db: Database, *conditions: sa.ColumnElement[bool]) -> int:
             conn.scalar(query.where(ACTIVITY.c.datname == sa.func.current_database(), *conditions))
             or 0
         )
+
+
+@pytest.fixture
+def receiver() -> Iterator[HTTPServer]:
+    """A real HTTP server on a free local port, for webhook deliveries to reach."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
 
 
 def lock_waiters(db: Database) -> int:

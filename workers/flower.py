@@ -9,31 +9,16 @@ never from the command line, where any local user could read them (``ps``).
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from app.basic_auth import authorized, logins
 from config import Settings
 
 log = logging.getLogger(__name__)
 
 REALM = 'Basic realm="flower"'
-
-
-def authorized(header: str | None, credentials: Sequence[str]) -> bool:
-    """True if an ``Authorization`` header carries one of ``credentials`` (``user:password``)."""
-    scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "basic" or not token:
-        return False
-    try:
-        given = base64.b64decode(token.strip(), validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return False
-    # Compare with every entry, so the time taken says nothing about which one matched.
-    matches = [hmac.compare_digest(given.encode(), c.encode()) for c in credentials]
-    return any(matches)
 
 
 def guarded(handler_class: Any, credentials: Sequence[str]) -> type:
@@ -91,7 +76,7 @@ def serve(settings: Settings, port: int) -> None:
         raise ValueError("FLOWER_BASIC_AUTH is not set")
     # Flower's own FLOWER_* variables apply as they do under `celery flower`.
     command.apply_env_options()
-    credentials = [c for c in settings.flower_basic_auth.split(",") if c]
+    credentials = logins(settings.flower_basic_auth)
     options.basic_auth = credentials
     options.port = port
     # Bounded memory: Flower keeps tasks and offline workers in its process.

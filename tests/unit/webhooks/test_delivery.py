@@ -10,7 +10,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -41,16 +40,6 @@ def chorus(sim: str, catalog: Any, procs: Processes) -> Processes:
     # as it happens, not on a backlog of events sent together.
     wait_for(lambda: " ready." in procs.log("webhooks"), 120, 0.25, "the webhooks worker")
     return procs
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
 
 
 def hook_url(server: HTTPServer, path: str = "/hook") -> str:
