@@ -21,6 +21,7 @@ from app.api.errors import (
     refusal_response,
 )
 from app.api.limits import init_rate_limit
+from app.api.metrics import init_metrics
 from app.api.schemas import OpenAIErrorSchema
 from app.db import Database
 from app.extensions import Chorus, close_session
@@ -104,6 +105,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.webhooks.views import blp as webhooks
     from app.api.webhooks.views import deliveries
 
+    # First, so a request's time includes the checks that may refuse it.
+    init_metrics(app, settings)
     # One budget per key across every route of these blueprints, not one per route.
     init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
 

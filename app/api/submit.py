@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import g
 
+from app import metrics
 from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
@@ -32,4 +33,8 @@ def submit(args: dict[str, Any], *, surface: str = "v1") -> JobRecord:
     )
     ext.commit()
     ext.doorbell.ring()  # after the commit, never inside the submit's transaction
+    # Counted once committed: the price is held in that very transaction (the ledger's hold
+    # on the hottest path is a statement of its own, so it is counted here, not in the ledger).
+    metrics.JOBS_ACCEPTED.labels(job.model_name, surface).inc()
+    metrics.count_money("hold", [(job.currency, job.price)])
     return job
