@@ -65,12 +65,19 @@ def start(settings: Settings) -> _Server | None:
     if not settings.metrics_token:
         log.warning("METRICS_PORT is set but METRICS_TOKEN is not: metrics are not served")
         return None
-    server = make_server(
-        settings.metrics_host,
-        settings.metrics_port,
-        app(settings, Path(folder)),
-        server_class=_Server,
-        handler_class=_Quiet,
-    )
+    try:
+        server = make_server(
+            settings.metrics_host,
+            settings.metrics_port,
+            app(settings, Path(folder)),
+            server_class=_Server,
+            handler_class=_Quiet,
+        )
+    except OSError:
+        # The worker's work matters more than its metrics: it runs on without them.
+        log.exception(
+            "metrics: cannot listen on %s:%s", settings.metrics_host, settings.metrics_port
+        )
+        return None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

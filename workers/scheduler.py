@@ -266,9 +266,12 @@ class Scheduler:
 
 def run(settings: Settings) -> None:
     from workers import make_celery
+    from workers import metrics as worker_metrics
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="[%(asctime)s: %(levelname)s/scheduler] %(message)s",
     )
+    # Its own /metrics where METRICS_PORT is set (a host of its own); see workers.metrics.
+    worker_metrics.start(settings)
     Scheduler(make_celery(settings)).run()
