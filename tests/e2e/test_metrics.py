@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GOOD_BODY, REDIS_PREFIX, TEST_REDIS_URL, clear_redis, empty_database
+from tests.conftest import GOOD_BODY, TEST_REDIS_URL, clear_redis, empty_database
 from tests.conftest import wait_for as wait_until
 from tests.e2e.test_embedded import free_port
-from tests.e2e.test_procfile import RELEASE, TERMINAL, Honcho, Receiver, receiver  # noqa: F401
+from tests.e2e.test_procfile import TERMINAL, Honcho, Receiver, receiver, shape_env  # noqa: F401
 from tests.scrape import Samples, samples, value
 
 pytestmark = pytest.mark.e2e
@@ -42,20 +42,7 @@ def shape(
         honcho = Honcho(
             tmp_path,
             {
-                "DATABASE_URL": url,
-                "REDIS_URL": TEST_REDIS_URL,
-                "REDIS_KEY_PREFIX": REDIS_PREFIX,
-                "SECRET_KEY": "metrics-test-secret",
-                "PUBLIC_URL": base,
-                "PORT": str(web_port),
-                "SIM_PORT": str(sim_port),
-                "SIM_URL": f"http://127.0.0.1:{sim_port}",
-                "SIM_LATENCY": "0.6",
-                "SIM_JITTER": "0.1",
-                "SIM_AUDIO_SECONDS": "2",
-                "ALLOW_PRIVATE_URLS": "true",
-                "CHORUS_VAR_DIR": str(tmp_path / "var"),
-                "WEB_CONCURRENCY": "2",
+                **shape_env(url, web_port, sim_port, tmp_path / "var"),
                 "WORKER_CONCURRENCY": "2",
                 "WAIT_MAX_WAITERS": str(WAIT_MAX_WAITERS),
                 "METRICS_TOKEN": TOKEN,
