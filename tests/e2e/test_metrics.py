@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GOOD_BODY, TEST_REDIS_URL, clear_redis, empty_database
-from tests.conftest import wait_for as wait_until
+from tests.conftest import GOOD_BODY, TEST_REDIS_URL, clear_redis, empty_database, wait_for
 from tests.e2e.test_embedded import free_port
 from tests.e2e.test_procfile import TERMINAL, Honcho, Receiver, receiver, shape_env  # noqa: F401
 from tests.scrape import Samples, samples, value
@@ -44,6 +43,8 @@ def shape(
             {
                 **shape_env(url, web_port, sim_port, tmp_path / "var"),
                 "WORKER_CONCURRENCY": "2",
+                # The cancel's follow-up waits out the lease of the poll it interrupted.
+                "LEASE_SECONDS": "5",
                 "WAIT_MAX_WAITERS": str(WAIT_MAX_WAITERS),
                 "METRICS_TOKEN": TOKEN,
             },
@@ -52,7 +53,7 @@ def shape(
         assert released.returncode == 0, released.stdout.decode()[-4000:]
         honcho.start(["-c", "worker=2", *PROCESSES])
         try:
-            wait_until(lambda: _answers(f"{base}/healthz"), 60, message="the API")
+            wait_for(lambda: _answers(f"{base}/healthz"), 60, message="the API")
             key = honcho.run("chorus keys create --org metrics")
             honcho.run("chorus balance add --org metrics 10000")
             yield {"base": base, "key": key, "honcho": honcho, "var": tmp_path / "var"}
@@ -119,16 +120,16 @@ def test_one_scrape_adds_up_every_process(shape: dict[str, Any], receiver: Recei
     refused = api.submit("Refused song [sim:submit-401]")
     slow = api.submit("Slow ballad [sim:latency=60]")
     for job_id in [*ok, refused]:
-        wait_until(lambda job_id=job_id: api.ended(job_id), 60, message=f"{job_id} to end")
+        wait_for(lambda job_id=job_id: api.ended(job_id), 60, message=f"{job_id} to end")
     # Cancelled once upstream has it, so that it was sent exactly once.
-    wait_until(lambda: api.job(slow)["status"] == "RUNNING", 30, message="the slow job upstream")
+    wait_for(lambda: api.job(slow)["status"] == "RUNNING", 30, message="the slow job upstream")
     cancel = requests.post(
         f"{api.base}/v1/music/generations/{slow}/cancel",
         headers={"Authorization": f"Bearer {api.key}"},
         timeout=10,
     )
     assert cancel.status_code == 200, cancel.text
-    wait_until(lambda: receiver.received, 30, message="the webhook")
+    wait_for(lambda: receiver.received, 30, message="the webhook")
     assert [api.job(j)["status"] for j in ok] == ["SUCCEEDED", "SUCCEEDED"]
     assert api.job(refused)["error"]["code"] == "upstream_auth_failed"
 
@@ -143,7 +144,7 @@ def test_one_scrape_adds_up_every_process(shape: dict[str, Any], receiver: Recei
         )
         return found if ready else None
 
-    found = wait_until(settled, 30, message="the workers' last counts")
+    found = wait_for(settled, 30, message="the workers' last counts")
 
     def jobs(status: str, error_code: str = "") -> float:
         return value(

@@ -37,6 +37,12 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    # No database: the server reads only its folder.
+    return {"CHORUS_VAR_DIR": str(tmp_path / "var")}
+
+
+@pytest.fixture
 def served(env: dict[str, str], folder: Path) -> Iterator[str]:
     port = free_port()
     settings = load_settings({**env, "METRICS_PORT": str(port), "METRICS_TOKEN": TOKEN})
