@@ -18,10 +18,9 @@ from sqlalchemy.engine import make_url
 
 from app import metrics
 from bench import load
-from bench.http_phase import _create_jobs, _per_request, _post_body, metered_run, say_refusals
+from bench.http_phase import _create_jobs, _post_body, median_figures, metered_run, say_refusals
 from bench.procs import Supervisor, free_port
 from bench.stack import Stack, start_web
-from bench.stats import median_item
 
 SIDES = ("on", "off")
 WARMUP_SECONDS = 3.0
@@ -88,16 +87,7 @@ def run_metrics_phase(
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
                 runs[side].append(drive(pair[side], seconds))
                 time.sleep(1.0)
-        medians = {side: median_item(rs, key=lambda r: r[0].rps) for side, rs in runs.items()}
-        out[kind] = {
-            side: {
-                **result.as_dict(),
-                "cpu": _per_request(used, result),
-                "rps_rounds": [r.rps for r, _ in runs[side]],
-                "faults_all_rounds": sum(r.non_2xx + r.socket_errors for r, _ in runs[side]),
-            }
-            for side, (result, used) in medians.items()
-        }
+        out[kind] = {side: median_figures(rs) for side, rs in runs.items()}
         off = out[kind]["off"]["rps"]
         out[kind]["ratio"] = out[kind]["on"]["rps"] / off if off else None
         print(
