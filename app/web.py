@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage=make_storage(settings),
     )
     app.teardown_appcontext(close_session)
+    # Before the rate limit's hooks, so a request's time includes the checks that may refuse it.
+    init_metrics(app, settings)
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.api.account import blp as account
@@ -105,8 +107,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.webhooks.views import blp as webhooks
     from app.api.webhooks.views import deliveries
 
-    # First, so a request's time includes the checks that may refuse it.
-    init_metrics(app, settings)
     # One budget per key across every route of these blueprints, not one per route.
     init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
 
