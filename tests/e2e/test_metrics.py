@@ -7,12 +7,15 @@ money over both workers, the webhook over the webhooks worker."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from app import metrics
 from tests.conftest import GOOD_BODY, TEST_REDIS_URL, clear_redis, empty_database, wait_for
 from tests.e2e.test_embedded import free_port
 from tests.e2e.test_procfile import TERMINAL, Honcho, Receiver, receiver, shape_env  # noqa: F401
@@ -233,4 +236,30 @@ def test_one_scrape_adds_up_every_process(shape: dict[str, Any], receiver: Recei
     folders = [p.name for p in (shape["var"] / "metrics").iterdir()]
     assert sum("-worker-" in name for name in folders) == 2, folders
     assert sum("-web-" in name for name in folders) == 1, folders
-    assert sum("-webhooks-" in name for name in folders) == 1, folders
+    for process in ("webhooks", "worker_sync", "scheduler"):
+        assert sum(f"-{process}-" in name for name in folders) == 1, folders
+
+
+WORKER_METRICS_PORT = free_port()
+
+
+@pytest.mark.env(METRICS_PORT=str(WORKER_METRICS_PORT), METRICS_TOKEN=TOKEN)
+def test_a_worker_on_a_host_of_its_own_serves_its_metrics(procs: Any, env: dict[str, str]) -> None:
+    # `chorus worker`, as compose runs it: the command binds the folder, then becomes Celery.
+    worker = procs.start("worker", [sys.executable, "-m", "app.cli", "worker"])
+    url = f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"
+
+    def scraped() -> requests.Response | None:
+        try:
+            return requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=2)
+        except requests.RequestException:
+            return None
+
+    answer = wait_for(scraped, 60, interval=0.5, message="the worker's metrics server")
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/plain; version=")
+    samples(answer.text)  # parses
+    assert requests.get(url, timeout=5).status_code == 401
+    # The folder is the command's pid's, which the exec kept for Celery's main process.
+    folders = [p.name for p in (Path(env["CHORUS_VAR_DIR"]) / "metrics").iterdir()]
+    assert folders == [metrics.folder_name("worker", worker.pid)]
