@@ -22,10 +22,11 @@ PYTEST_ARGS ?=
 PYTEST_XDIST ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
-# Install the Debian package $(1), which provides the command of the same name, when that
-# command is missing and we may (root, with apt); fails when it is still missing.
+# Install the Debian package $(2) (by default $(1)), which provides the command $(1), when
+# that command is missing and we may (root, with apt); fails when it is still missing.
+APT_GET = DEBIAN_FRONTEND=noninteractive apt-get install -y
 apt_install = command -v $(1) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	&& { apt-get install -y $(1) >/dev/null 2>&1 || { apt-get update && apt-get install -y $(1); }; }; }
+	&& { $(APT_GET) $(or $(2),$(1)) >/dev/null 2>&1 || { apt-get update && $(APT_GET) $(or $(2),$(1)); }; }; }
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test lint bench clean
@@ -54,6 +55,8 @@ test: venv ## Check Postgres and Redis are up (starting them if possible), then 
 	bash scripts/services.sh check
 	@# The ops console's browser test drives the OS's Chromium (never a downloaded one).
 	@$(call apt_install,chromium) || echo "chromium is not installed: the ops console's browser test will be skipped"
+	@# promtool checks the shipped alert rules and dashboard queries (deploy/).
+	@$(call apt_install,promtool,prometheus) || echo "promtool is not installed: the deploy/ checks will be skipped"
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy and the import layers (lint-imports)

@@ -21,6 +21,7 @@ from app.api.errors import (
     refusal_response,
 )
 from app.api.limits import init_rate_limit
+from app.api.metrics import init_metrics
 from app.api.schemas import OpenAIErrorSchema
 from app.db import Database
 from app.extensions import Chorus, close_session
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage=make_storage(settings),
     )
     app.teardown_appcontext(close_session)
+    # Before the rate limit's hooks, so a request's time includes the checks that may refuse it.
+    init_metrics(app, settings)
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.api.account import blp as account

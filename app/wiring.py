@@ -18,11 +18,14 @@ from config import Settings
 
 def writer(db: Database, settings: Settings, *, bell: Doorbell | None = None) -> Transitions:
     """The status writer with every side effect: the money and the webhook event in the
-    change's transaction; after its commit, the waiting requests woken and, given a ``bell``,
+    change's transaction; after its commit, the change counted (with METRICS_ENABLED), the
+    waiting requests woken and, given a ``bell``,
     the scheduler told (the API's writer; the engine rings once per batch itself)."""
     transitions = Transitions(db)
     transitions.on_change(effects.settle_money)
     transitions.on_change(outbox.write_outbox)
+    if settings.metrics_enabled:
+        transitions.after_commit(effects.count_changes)
     transitions.after_commit(effects.wake_waiters(TerminalNotifier(settings)))
     if bell is not None:
         transitions.after_commit(effects.ring_doorbell(bell))

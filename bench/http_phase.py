@@ -169,6 +169,18 @@ def _per_request(used: dict[str, float], result: load.LoadResult) -> dict[str, f
     return out
 
 
+def median_figures(runs: list[tuple[load.LoadResult, dict[str, float]]]) -> dict[str, Any]:
+    """A server's figures from its rounds: its median round (by req/s) with that round's CPU,
+    and every round's req/s and faults."""
+    result, used = median_item(runs, key=lambda r: r[0].rps)
+    return {
+        **result.as_dict(),
+        "cpu": _per_request(used, result),
+        "rps_rounds": [r.rps for r, _ in runs],
+        "faults_all_rounds": sum(r.non_2xx + r.socket_errors for r, _ in runs),
+    }
+
+
 def run_http_phase(
     sup: Supervisor,
     stack: Stack,
@@ -268,17 +280,10 @@ def run_http_phase(
                 for side, target in zip(SIDES, targets, strict=True):
                     runs[side].append(drive(target, seconds))
                     time.sleep(1.0)
-            medians = {side: median_item(rs, key=lambda r: r[0].rps) for side, rs in runs.items()}
-            results = {side: result for side, (result, _) in medians.items()}
-            out[kind] = {
-                side: {
-                    **result.as_dict(),
-                    "cpu": _per_request(used, result),
-                    "rps_rounds": [r.rps for r, _ in runs[side]],
-                    "faults_all_rounds": sum(r.non_2xx + r.socket_errors for r, _ in runs[side]),
-                }
-                for side, (result, used) in medians.items()
+            results = {
+                side: median_item(rs, key=lambda r: r[0].rps)[0] for side, rs in runs.items()
             }
+            out[kind] = {side: median_figures(rs) for side, rs in runs.items()}
             chorus_rps = results["chorus"].rps
             # The target's ratio is against the bare app doing the same durable work.
             out[kind]["rps_ratio"] = (

@@ -142,6 +142,15 @@ class Settings:
     ops_basic_auth: str | None
     log_level: str
 
+    # Metrics (app/metrics.py)
+    metrics_enabled: bool
+    # The bearer token /metrics asks for; None: /metrics answers 404.
+    metrics_token: str | None = field(repr=False)
+    metrics_dir: Path
+    # A worker's own /metrics server (hosts that share no METRICS_DIR with the web process).
+    metrics_port: int | None
+    metrics_host: str
+
     # Credentials are named by environment variable in the catalog; they are read here, once.
     environ: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -289,6 +298,11 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         flower_port=env.int("FLOWER_PORT", 5555, validate=Range(min=1, max=65535)),
         ops_basic_auth=env.str("OPS_BASIC_AUTH", None) or None,
         log_level=env.str("LOG_LEVEL", "INFO"),
+        metrics_enabled=env.bool("METRICS_ENABLED", True),
+        metrics_token=env.str("METRICS_TOKEN", None) or None,
+        metrics_dir=Path(env.str("METRICS_DIR", str(var_dir / "metrics"))).resolve(),
+        metrics_port=env.int("METRICS_PORT", None, validate=Range(min=1, max=65535)),
+        metrics_host=env.str("METRICS_HOST", "127.0.0.1"),
         environ=dict(source),
     )
 

@@ -37,6 +37,8 @@ from config.topology import (
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA_SERVICES = {"postgres", "redis", "minio", "minio-init"}
+# The optional `monitoring` profile (tests/test_monitoring.py checks it).
+MONITORING_SERVICES = {"prometheus", "grafana"}
 # Read by the test suite, not by Chorus.
 TEST_ONLY = {"TEST_DATABASE_URL", "TEST_REDIS_URL"}
 
@@ -73,7 +75,7 @@ def test_compose_runs_a_service_per_process_with_its_command() -> None:
     services = compose()["services"]
     chorus_services = {name for name, svc in services.items() if svc.get("image") == "chorus:local"}
     assert chorus_services == {p.service for p in PROCESSES}, "compose and topology differ"
-    assert set(services) == chorus_services | INFRA_SERVICES
+    assert set(services) == chorus_services | INFRA_SERVICES | MONITORING_SERVICES
     for process in PROCESSES:
         svc = services[process.service]
         assert svc["command"] == process.argv, process.name
@@ -256,11 +258,13 @@ def compose_project(tmp_path: Path) -> tuple[list[str], Path]:
     return client, tmp_path
 
 
-def compose_config(client: list[str], project: Path) -> subprocess.CompletedProcess[str]:
+def compose_config(
+    client: list[str], project: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
     # Only the project's .env and no variable of ours: as an operator's shell would be.
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
     return subprocess.run(
-        [*client, "--project-directory", str(project), "config", "--format", "json"],
+        [*client, "--project-directory", str(project), *options, "config", "--format", "json"],
         cwd=project,
         env=env,
         capture_output=True,

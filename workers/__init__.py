@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from app.db import Database
 from app.jobs.engine import Engine
+from app.metrics import ENV
 from app.wiring import writer
 from config import Settings
 from config.celery import celery_config
@@ -60,5 +62,19 @@ def make_celery(settings: Settings) -> ChorusCelery:
         # died of that SIGTERM would leave the main process waiting for it; instead the main
         # process alone shuts down, letting each pool process finish its task and exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    @worker_init.connect(weak=False)
+    def _serve_metrics(**_: Any) -> None:
+        from workers import metrics
+
+        metrics.start(settings)
+
+    @worker_process_shutdown.connect(weak=False)
+    def _forget_live_gauges(**_: Any) -> None:
+        # A pool process that ends takes its live gauges with it (prometheus_client).
+        if os.environ.get(ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
     return app

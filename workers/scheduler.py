@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import database_url, utcnow
 from app.doorbell import CHANNEL, connect
+from app.ops.status import LEADER_LOCK
 from app.webhooks.delivery import Dispatcher
 from config import Settings
 from workers import ChorusCelery
@@ -43,8 +44,7 @@ from workers.tasks import dispatch
 
 log = logging.getLogger("chorus.scheduler")
 
-# The advisory lock's key: any constant, unlikely to clash with another application's.
-LOCK_KEY = 0x43686F727573  # "Chorus"
+LOCK_KEY = LEADER_LOCK
 # A standby asks for the lock this often.
 STANDBY_RETRY_SECONDS = 2.0
 # Rounds are at least this far apart, however often the doorbell rings (a burst of submits).
@@ -266,9 +266,12 @@ class Scheduler:
 
 def run(settings: Settings) -> None:
     from workers import make_celery
+    from workers import metrics as worker_metrics
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="[%(asctime)s: %(levelname)s/scheduler] %(message)s",
     )
+    # Its own /metrics where METRICS_PORT is set (a host of its own); see workers.metrics.
+    worker_metrics.start(settings)
     Scheduler(make_celery(settings)).run()

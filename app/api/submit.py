@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Response, g
 
+from app import metrics
 from app.api import idempotency
 from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
@@ -54,4 +55,8 @@ def submit(
     response = answer(job)
     idempotency.commit(response)
     ext.doorbell.ring()  # after the commit, never inside the submit's transaction
+    # Counted once committed: the price is held in that very transaction (the ledger's hold
+    # on the hottest path is a statement of its own, so it is counted here, not in the ledger).
+    metrics.JOBS_ACCEPTED.labels(job.model_name, surface).inc()
+    metrics.count_money("hold", [(job.currency, job.price)])
     return job, response

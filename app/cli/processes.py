@@ -24,9 +24,10 @@ STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 STOP_GRACE = 8
 
 
-def _exec(ctx: click.Context, argv: list[str]) -> None:
+def _exec(ctx: click.Context, argv: list[str], process: str) -> None:
     # Replace this process so signals (Ctrl-C, SIGTERM from a supervisor) reach the server.
     env = dict(os.environ)
+    _bind_metrics(settings_of(ctx), process, env)
     if settings_of(ctx).database_url is None:
         # Run alone with DATABASE_URL unset: join the embedded server `chorus dev` runs.
         from app import embedded
@@ -43,6 +44,17 @@ def _exec(ctx: click.Context, argv: list[str]) -> None:
         env["DATABASE_URL"] = url
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)  # noqa: S606 - fixed argv of our own entry points
+
+
+def _bind_metrics(settings: Settings, process: str, env: dict[str, str] | None = None) -> None:
+    """Give the process (the same pid once exec'd) its folder of samples under METRICS_DIR."""
+    if settings.metrics_enabled:
+        from app import metrics
+
+        if env is None:
+            metrics.bind_here(settings.metrics_dir, process)
+        else:
+            metrics.bind(settings.metrics_dir, process, env)
 
 
 def web_argv(settings: Settings) -> list[str]:
@@ -139,7 +151,7 @@ def web(ctx: click.Context) -> None:
     """The API under gunicorn (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
     settings = settings_of(ctx)
     require_secret_key(settings)
-    _exec(ctx, web_argv(settings))
+    _exec(ctx, web_argv(settings), "web")
 
 
 @click.command()
@@ -159,7 +171,8 @@ def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
     if webhooks:
         require_secret_key(settings)
         require_public_url(settings, "webhooks")
-    _exec(ctx, worker_argv(settings, sync=sync, webhooks=webhooks))
+    name = "worker_sync" if sync else "webhooks" if webhooks else "worker"
+    _exec(ctx, worker_argv(settings, sync=sync, webhooks=webhooks), name)
 
 
 @click.command()
@@ -167,6 +180,7 @@ def worker(ctx: click.Context, sync: bool, webhooks: bool) -> None:
 def scheduler(ctx: click.Context) -> None:
     """Hands due jobs, webhook deliveries and maintenance to the workers. One leads at a
     time (the others stand by and take over when it stops)."""
+    _bind_metrics(settings_of(ctx), "scheduler")
     from workers.scheduler import run
 
     run(database_settings(ctx))
@@ -175,7 +189,11 @@ def scheduler(ctx: click.Context) -> None:
 @click.command()
 @click.pass_context
 def release(ctx: click.Context) -> None:
-    """One-shot, before the other processes start: migrate, then load CATALOG_FILE."""
+    """One-shot, before the other processes start: migrate, load CATALOG_FILE, and empty
+    METRICS_DIR (a deployment's counters start from zero)."""
+    from app import metrics
+
+    metrics.reset(settings_of(ctx).metrics_dir)
     ctx.invoke(db_upgrade)
     ctx.invoke(catalog_load, file=settings_of(ctx).catalog_file)
 
@@ -248,13 +266,14 @@ def dev(ctx: click.Context, org_name: str) -> None:
     import honcho.manager
     from honcho.manager import Manager
 
-    from app import dbmigrate
+    from app import dbmigrate, metrics
     from app.catalog import loader
     from app.db import Database
     from app.money import ledger
     from app.tenancy.keys import create_key, get_or_create_org
 
     settings_of(ctx).var_dir.mkdir(parents=True, exist_ok=True)
+    metrics.reset(settings_of(ctx).metrics_dir)
     # With DATABASE_URL unset, the embedded PostgreSQL: started here, held until Chorus stops.
     settings = database_settings(ctx)
     dbmigrate.upgrade(settings)

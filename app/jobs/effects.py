@@ -1,9 +1,9 @@
 """The lifecycle's own hooks on the one status writer (``app.jobs.transitions``).
 
 In the change's transaction: the money (a job that ends captures its hold on success and
-releases it otherwise). After the commit: the requests waiting on a job that ended
-(``Prefer: wait``) are woken, and read the new row; and, for a writer outside the engine,
-the scheduler's doorbell rings. The webhook outbox's hook lives with the webhooks
+releases it otherwise). After the commit: the change counted (Prometheus, only once it
+stands); the requests waiting on a job that ended (``Prefer: wait``) are woken, and read the
+new row; and, for a writer outside the engine, the scheduler's doorbell rings. The webhook outbox's hook lives with the webhooks
 (``app.webhooks.outbox.write_outbox``); ``app.wiring.writer`` registers them all.
 """
 
@@ -13,18 +13,34 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.doorbell import Doorbell
 from app.jobs.events import EVENTS
 from app.jobs.status import JobStatus
 from app.jobs.transitions import AfterCommit, Change
 from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
+from app.money.ledger import CAPTURE, RELEASE
 
 
 def settle_money(session: Session, changes: Sequence[Change]) -> None:
     for change in changes:
         if change.status.terminal:
             ledger.settle(session, change.job.id, capture=change.status == JobStatus.SUCCEEDED)
+
+
+def count_changes(changes: Sequence[Change]) -> None:
+    """Count committed changes by model, status and error, and the money they moved: a
+    job's hold is captured or released exactly when it ends (``settle_money``)."""
+    ended: dict[str, list[tuple[str | None, int]]] = {CAPTURE: [], RELEASE: []}
+    for change in changes:
+        job = change.job
+        metrics.JOB_CHANGES.labels(job.model_name, change.status, change.error_code or "").inc()
+        if change.status.terminal:
+            kind = CAPTURE if change.status == JobStatus.SUCCEEDED else RELEASE
+            ended[kind].append((job.currency, job.price))
+    for kind, entries in ended.items():
+        metrics.count_money(kind, entries)
 
 
 def wake_waiters(notifier: TerminalNotifier) -> AfterCommit:

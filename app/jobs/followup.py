@@ -19,7 +19,7 @@ from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.outcome import Outcome
 from app.jobs.schedule import backoff
 from app.jobs.status import JobStatus
-from app.jobs.upstreams import Upstreams
+from app.jobs.upstreams import Upstreams, measured
 from app.providers.base import PollState, ProviderError
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,14 @@ class FollowUp:
         adapter = self.upstreams.adapter(account)
         if job.upstream_followup == FOLLOWUP_CANCEL:
             try:
-                adapter.cancel(job.generation_id)
+                with measured(account.id, "cancel"):
+                    adapter.cancel(job.generation_id)
             except ProviderError as exc:
                 # The cancel stands either way: the upstream just finishes a song nobody reads.
                 log.warning("job %s: could not tell the upstream of the cancel: %s", job.id, exc)
         try:
-            result = adapter.poll(job.generation_id)
+            with measured(account.id, "poll"):
+                result = adapter.poll(job.generation_id)
         except ProviderError as exc:
             if not exc.retryable:
                 self._end(job)

@@ -20,7 +20,7 @@ from app.jobs.results import Results
 from app.jobs.schedule import backoff
 from app.jobs.status import JobStatus
 from app.jobs.transitions import Finished, Transitions
-from app.jobs.upstreams import Upstreams
+from app.jobs.upstreams import Upstreams, count_batch, measured
 from app.providers.base import PollResult, PollState, ProviderError
 from app.storage import AudioError
 from config import Settings
@@ -66,7 +66,10 @@ class Poller:
         try:
             if isinstance(polled, ProviderError):
                 raise polled
-            result = polled or self.upstreams.adapter(account).poll(job.generation_id)
+            result = polled
+            if result is None:
+                with measured(account.id, "poll"):
+                    result = self.upstreams.adapter(account).poll(job.generation_id)
         except ProviderError as exc:
             # The breaker guards new submits only: a healthy poll must not close a breaker
             # that failing submits opened, nor a flaky poll open one.
@@ -152,12 +155,14 @@ class Poller:
             try:
                 account = self.upstreams.job_account(group[0])
                 adapter = self.upstreams.adapter(account) if account is not None else None
-                if adapter is None or not adapter.polls_together:
+                if account is None or adapter is None or not adapter.polls_together:
                     continue
                 # As many calls in flight at once as the process has I/O threads.
                 for start in range(0, len(group), width):
                     chunk = group[start : start + width]
-                    results = adapter.poll_many([job.generation_id or "" for job in chunk])
+                    with measured(account.id, "poll_batch"):
+                        results = adapter.poll_many([job.generation_id or "" for job in chunk])
+                    count_batch(account.id, results)
                     answers.update(zip((job.id for job in chunk), results, strict=True))
             except Exception:
                 # A bug here must not stall the batch: its jobs are polled one at a time.

@@ -25,7 +25,7 @@ from app.jobs.poll import Poller
 from app.jobs.schedule import backoff
 from app.jobs.status import JobStatus
 from app.jobs.transitions import Transitions
-from app.jobs.upstreams import Upstreams
+from app.jobs.upstreams import Upstreams, measured
 from app.providers.base import ProviderError
 from config import Settings
 
@@ -124,7 +124,8 @@ class Submitter:
             raise
         job.provider, job.account_id = account.provider, account.id
         try:
-            submission = adapter.submit(request)
+            with measured(account.id, "submit"):
+                submission = adapter.submit(request)
         except ProviderError as exc:
             self._count_fault(account.id, exc)
             outcome = self._submit_failed(job, exc)

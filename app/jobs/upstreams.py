@@ -8,20 +8,49 @@ so one pooled HTTP session) serves each account.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from sqlalchemy import select
 
+from app import metrics
 from app.cache import TTLCache
 from app.catalog.models import Model, UpstreamAccount
 from app.db import Database
 from app.jobs.models import Job
 from app.jobs.schedule import PollPolicy
-from app.providers.base import AccountConfig, Adapter, GenerationRequest
+from app.providers.base import AccountConfig, Adapter, GenerationRequest, PollResult, ProviderError
 from config import Settings
 
 SIM_PLACEHOLDER = "{sim_url}"
 SIM_KEY = "chorus-sim"
+OK = "ok"
+
+
+@contextmanager
+def measured(account_id: str, operation: str) -> Iterator[None]:
+    """Time one call the engine makes to an upstream account, and count its outcome: ``ok``
+    or the ProviderError's code (the adapter's reading of the answer included, not only HTTP)."""
+    started = time.perf_counter()
+    code = OK
+    try:
+        yield
+    except ProviderError as exc:
+        code = exc.code
+        raise
+    finally:
+        metrics.UPSTREAM_LATENCY.labels(account_id, operation).observe(
+            time.perf_counter() - started
+        )
+        metrics.UPSTREAM_CALLS.labels(account_id, operation, code).inc()
+
+
+def count_batch(account_id: str, results: Sequence[PollResult | ProviderError]) -> None:
+    """Count each answer of a batched status call (``measured`` timed the batch)."""
+    for result in results:
+        code = result.code if isinstance(result, ProviderError) else OK
+        metrics.UPSTREAM_CALLS.labels(account_id, "poll", code).inc()
 
 
 class Upstreams:

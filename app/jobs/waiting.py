@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from app import metrics
 from app.db import Database
 from app.jobs.models import Job
 from app.jobs.status import TERMINAL
@@ -121,12 +122,17 @@ class WaitHub:
             granted = self._count < self.max_waiters
             if granted:
                 self._count += 1
+        if granted:
+            metrics.WAITERS.inc()
+        else:
+            metrics.WAITS_REFUSED.inc()
         try:
             yield granted
         finally:
             if granted:
                 with self._lock:
                     self._count -= 1
+                metrics.WAITERS.dec()
 
     def wait(self, job_id: str, seconds: float) -> bool:
         """Block until the job is seen terminal (True) or ``seconds`` pass (False)."""

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     func,
     insert,
     select,
@@ -282,3 +283,35 @@ def balance(session: Session, org_id: int, currency: str) -> Totals:
         )
     ).first()
     return Totals(int(row[0]), int(row[1])) if row else Totals(0, 0)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What is held in one currency, as the ledger's open holds (holds minus their captures
+    and releases) and as the balances' ``held`` column say: equal unless money drifted."""
+
+    ledger: int
+    balances: int
+
+
+def held_totals(session: Session) -> dict[str, Held]:
+    """``Held`` per currency, in two aggregate queries."""
+    signed = case((LedgerEntry.kind == HOLD, LedgerEntry.job_amount), else_=-LedgerEntry.job_amount)
+    ledger: dict[str, int] = dict(
+        session.execute(
+            select(LedgerEntry.currency, func.coalesce(func.sum(signed), 0))
+            .where(LedgerEntry.kind.in_([HOLD, CAPTURE, RELEASE]))
+            .group_by(LedgerEntry.currency)
+        ).all()
+    )
+    balances = dict(
+        session.execute(
+            select(Balance.currency, func.coalesce(func.sum(Balance.held), 0)).group_by(
+                Balance.currency
+            )
+        ).all()
+    )
+    return {
+        currency: Held(ledger=int(ledger.get(currency, 0)), balances=int(balances.get(currency, 0)))
+        for currency in sorted(set(ledger) | set(balances))
+    }

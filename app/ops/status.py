@@ -19,6 +19,9 @@ from app.ops.accounts import list_accounts
 from app.webhooks.models import WebhookDelivery
 
 RECENT = dt.timedelta(hours=1)
+# The scheduler's advisory lock: whoever holds it leads. Any constant, unlikely to clash with
+# another application's.
+LEADER_LOCK = 0x43686F727573  # "Chorus"
 
 
 def snapshot(session: Session, leader_lock: int, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import requests
 import ssrfguard
 from sqlalchemy import insert, select, update
 
+from app import metrics
 from app.db import Database, database_url, utcnow
 from app.doorbell import doorbell
 from app.http import guard
@@ -158,7 +159,12 @@ class Dispatcher:
             return "skipped"
         body = self.body(delivery, job)
         outcome = self.send(url, signing.headers(secrets, delivery.id, utcnow(), body), body)
-        return self._record(delivery, fresh, url, outcome)
+        settled = self._record(delivery, fresh, url, outcome)
+        metrics.WEBHOOK_LATENCY.labels("delivered" if outcome.delivered else "failed").observe(
+            outcome.latency_ms / 1000
+        )
+        metrics.WEBHOOK_ATTEMPTS.labels(settled).inc()
+        return settled
 
     def _gone_before(self, session: Any, delivery: WebhookDelivery) -> bool:
         """Whether this job's callback URL already answered 410 Gone to an earlier event."""

@@ -137,6 +137,29 @@ class Honcho:
                 self.proc.wait(timeout=10)
 
 
+def shape_env(database_url: str, web_port: int, sim_port: int, var_dir: Path) -> dict[str, str]:
+    """What every process of a test's Procfile shape reads: the test's database and Redis, two
+    web processes, and a quick simulator on its own port."""
+    base = f"http://127.0.0.1:{web_port}"
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_KEY_PREFIX": REDIS_PREFIX,
+        "SECRET_KEY": "procfile-test-secret",
+        "PUBLIC_URL": base,
+        # honcho numbers ports from here, web first: see the Procfile's order.
+        "PORT": str(web_port),
+        "SIM_PORT": str(sim_port),
+        "SIM_URL": f"http://127.0.0.1:{sim_port}",
+        "SIM_LATENCY": "0.6",
+        "SIM_JITTER": "0.1",
+        "SIM_AUDIO_SECONDS": "2",
+        "ALLOW_PRIVATE_URLS": "true",
+        "CHORUS_VAR_DIR": str(var_dir),
+        "WEB_CONCURRENCY": "2",
+    }
+
+
 @pytest.fixture(scope="module")
 def shape(
     tmp_path_factory: pytest.TempPathFactory, release_database: str, receiver: Receiver
@@ -149,23 +172,9 @@ def shape(
     honcho = Honcho(
         tmp_path,
         {
-            "DATABASE_URL": release_database,
-            "REDIS_URL": TEST_REDIS_URL,
-            "REDIS_KEY_PREFIX": REDIS_PREFIX,
-            "SECRET_KEY": "procfile-test-secret",
-            "PUBLIC_URL": base,
-            # honcho numbers ports from here, web first: see the Procfile's order.
-            "PORT": str(web_port),
+            **shape_env(release_database, web_port, sim_port, tmp_path / "var"),
             "FLOWER_PORT": str(flower_port),
             "FLOWER_BASIC_AUTH": FLOWER_AUTH,
-            "SIM_PORT": str(sim_port),
-            "SIM_URL": f"http://127.0.0.1:{sim_port}",
-            "SIM_LATENCY": "0.6",
-            "SIM_JITTER": "0.1",
-            "SIM_AUDIO_SECONDS": "2",
-            "ALLOW_PRIVATE_URLS": "true",
-            "CHORUS_VAR_DIR": str(tmp_path / "var"),
-            "WEB_CONCURRENCY": "2",
         },
     )
     released = honcho.release()
