@@ -177,7 +177,7 @@ def test_async_protocol_reaches_succeeded_with_stored_audio(
         client, api_key, model, f"Bright synth pop for {provider}", **reference_for(model, files)
     )
     job = wait_terminal(client, api_key, [job_id], timeout=40)[job_id]
-    assert job["upstream"] == {"provider": provider, "account": account}
+    assert job["upstream"] == {"provider": provider, "account": account, "attempts": 1}
     assert_stored_audio(client, job)
 
     with db.session() as session:
@@ -240,7 +240,11 @@ def test_minimax_runs_on_the_sync_worker_in_url_and_hex(
     jobs = wait_terminal(client, api_key, list(ids.values()), timeout=40)
     for name, job_id in ids.items():
         job = jobs[job_id]
-        assert job["upstream"] == {"provider": "minimax", "account": "sim-minimax"}, name
+        assert job["upstream"] == {
+            "provider": "minimax",
+            "account": "sim-minimax",
+            "attempts": 1,
+        }, name
         data = assert_stored_audio(client, job, sample_rate=32000)
         if name == "hex":
             # MiniMax's hex output: the job object carries the audio itself, hex-encoded.
@@ -644,7 +648,11 @@ def test_minimax_breaker_opens_falls_back_and_closes_after_a_probe(
     # Nothing was made upstream by those calls, so each job falls back and succeeds.
     jobs = wait_terminal(client, api_key, failing, timeout=40)
     for job in jobs.values():
-        assert job["upstream"] == {"provider": "aimlapi", "account": "sim-aimlapi"}, job
+        assert job["upstream"] == {
+            "provider": "aimlapi",
+            "account": "sim-aimlapi",
+            "attempts": 1,
+        }, job
         assert_stored_audio(client, job)
 
     # While the breaker is open, new jobs go straight to the fallback account.
@@ -671,7 +679,7 @@ def test_minimax_breaker_opens_falls_back_and_closes_after_a_probe(
     requests.post(f"{sim}/_sim/faults", json={"submit": [{"status": 503}]}, timeout=5)
     failed_probe = submit_to(client, api_key, "music-2.0", "Breaker failed probe song")
     job = wait_terminal(client, api_key, [failed_probe], timeout=40)[failed_probe]
-    assert job["upstream"] == {"provider": "aimlapi", "account": "sim-aimlapi"}, job
+    assert job["upstream"] == {"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1}, job
     assert_stored_audio(client, job)
     sent = submit_requests(sim_record(sim), "Breaker failed probe")
     assert [(r["path"], r["status_code"]) for r in sent] == [
@@ -687,7 +695,7 @@ def test_minimax_breaker_opens_falls_back_and_closes_after_a_probe(
     end_cool_down(db)
     probe = submit_to(client, api_key, "music-2.0", "Breaker probe song")
     job = wait_terminal(client, api_key, [probe], timeout=40)[probe]
-    assert job["upstream"] == {"provider": "minimax", "account": "sim-minimax"}
+    assert job["upstream"] == {"provider": "minimax", "account": "sim-minimax", "attempts": 1}
     assert_stored_audio(client, job)
     state = breaker(db, "sim-minimax")
     assert state is not None
