@@ -6,7 +6,7 @@ what did not.
 * ``hang_up_server``: reads one whole request, then closes without an answer.
 * ``full_server``: its accept queue is full, so a connect never completes (a connect timeout).
 * ``closing_server``: closes every connection at once, before a TLS handshake can happen.
-* ``Relay``: forwards TCP to a target; ``cut()`` closes every connection and refuses new ones
+* ``Relay``: forwards TCP to a target, from the start or once its gate opens; ``cut()`` closes every connection and refuses new ones
   (a restart of the server behind it), ``restore()`` listens again on the same port, and
   ``pause()`` holds every byte where it is (a server that stopped answering). Hooks run when a
   client connects and when its first bytes arrive, before they are forwarded.
@@ -107,20 +107,25 @@ def hang_up_server() -> Iterator[str]:
         _stop(sock, thread)
 
 
+def _fill(sock: socket.socket) -> list[socket.socket]:
+    """Fill a listening socket's accept queue with connections nobody accepts."""
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(sock.getsockname())
+        fillers.append(filler)
+    return fillers
+
+
 @contextmanager
 def full_server() -> Iterator[str]:
     """A listening socket whose accept queue is full: a further connect is never completed
     (the kernel drops its SYN), so the client's connect times out."""
     sock = _listener(backlog=0)
-    fillers: list[socket.socket] = []
+    fillers = _fill(sock)
     try:
-        # Fill the queue: these complete (the queue holds them) and are never accepted.
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(sock.getsockname())
-            fillers.append(filler)
         yield _url(sock)
     finally:
         for filler in fillers:
@@ -154,7 +159,10 @@ class Relay:
         *,
         on_connect: Callable[[], bool] | None = None,
         on_request: Callable[[bytes], bool] | None = None,
+        gated: bool = False,
     ) -> None:
+        """``gated``: until ``open_gate()``, connects to the relay are never completed (its
+        accept queue is kept full, so the kernel drops their SYNs; they are retried)."""
         self.target = target
         self.on_connect = on_connect
         self.on_request = on_request
@@ -164,7 +172,21 @@ class Relay:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._flowing = threading.Event()
-        self.restore()
+        self._fillers: list[socket.socket] = []
+        if gated:
+            self._sock = _listener(self.port, backlog=0)
+            self._fillers = _fill(self._sock)
+            self._flowing.set()
+        else:
+            self.restore()
+
+    def open_gate(self) -> None:
+        """Accept connections from now on (the ones kept waiting get in on their next SYN)."""
+        for filler in self._fillers:
+            filler.close()
+        self._fillers = []
+        if self._sock is not None and self._thread is None:
+            self._thread = _serve(self._sock, self._handle)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -183,9 +205,11 @@ class Relay:
 
     def cut(self) -> None:
         """Refuse new connections and close every open one, as a restarting server does."""
+        for filler in self._fillers:
+            filler.close()
         if self._sock is not None:
             _stop(self._sock, self._thread)
-            self._sock = None
+            self._sock, self._thread = None, None
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
