@@ -2,6 +2,7 @@
 can be cut and restored: for the tests of what reached an upstream (or the database) and
 what did not.
 
+* ``refusing_server``: nothing listens; every connect is refused.
 * ``silent_server``: the kernel accepts connections; nobody ever reads or answers.
 * ``hang_up_server``: reads one whole request, then closes without an answer.
 * ``full_server``: its accept queue is full, so a connect never completes (a connect timeout).
@@ -61,6 +62,12 @@ def _serve(sock: socket.socket, handle: Callable[[socket.socket], None]) -> thre
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
+
+
+@contextmanager
+def refusing_server() -> Iterator[str]:
+    """A port nothing listens on: every connect is refused."""
+    yield f"http://127.0.0.1:{free_port()}"
 
 
 @contextmanager

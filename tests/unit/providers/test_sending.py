@@ -19,6 +19,7 @@ from tests.sockets import (
     free_port,
     full_server,
     hang_up_server,
+    refusing_server,
     silent_server,
 )
 from tests.unit.http.support import started, url
@@ -50,10 +51,6 @@ class Marks:
         self.runs += 1
 
 
-def refused() -> AbstractContextManager[str]:
-    return nullcontext(f"http://127.0.0.1:{free_port()}")
-
-
 def unresolvable() -> AbstractContextManager[str]:
     # .invalid never resolves (RFC 6761).
     return nullcontext("http://chorus-upstream.invalid")
@@ -61,7 +58,7 @@ def unresolvable() -> AbstractContextManager[str]:
 
 @pytest.mark.parametrize(
     "server",
-    [refused, unresolvable, full_server, closing_server],
+    [refusing_server, unresolvable, full_server, closing_server],
     ids=["refused", "no-address", "connect-timeout", "tls-handshake"],
 )
 def test_a_failure_before_the_request_left_never_runs_the_callback(
