@@ -20,6 +20,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+
+def address(url: str) -> tuple[str, int]:
+    """The (host, port) a URL names."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -26,14 +25,9 @@ from app.jobs.models import Job
 from app.money.models import LedgerEntry
 from tests.conftest import Processes, funded_key, job_rows, sim_record, wait_for
 from tests.e2e.support import submit, wait_terminal
-from tests.sockets import Relay
+from tests.sockets import Relay, address
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
-
-
-def address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 def relay_to_sim(procs: Processes, sim: str, **options: Any) -> Relay:

@@ -15,6 +15,7 @@ from app.providers.aimlapi import AimlapiAdapter
 from app.providers.base import AccountConfig, GenerationRequest, ProviderError
 from tests.sockets import (
     Relay,
+    address,
     closing_server,
     free_port,
     full_server,
@@ -89,8 +90,7 @@ def test_a_failure_after_the_request_left_ran_the_callback_once(
 def test_a_raising_callback_stops_the_request_before_any_byte_leaves() -> None:
     seen: list[bytes] = []
     with hang_up_server() as base:
-        port = int(base.rsplit(":", 1)[1])
-        relay = Relay(("127.0.0.1", port), on_request=lambda data: bool(seen.append(data)) or True)
+        relay = Relay(address(base), on_request=lambda data: bool(seen.append(data)) or True)
         try:
             adapter = adapter_on(f"http://127.0.0.1:{relay.port}")
 
