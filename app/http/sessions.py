@@ -3,19 +3,102 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import requests.adapters
+from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 USER_AGENT = "Chorus/0.1 (+music-generation gateway)"
 # Many worker threads share one adapter per account; without a larger pool they would open and
 # discard a connection per call.
 POOL_SIZE = 128
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+_sending = threading.local()
+
+
+@contextmanager
+def before_sending(callback: Callable[[], None]) -> Iterator[None]:
+    """Run ``callback`` on this thread once, when the next request made by a pooled session
+    has its connection open (DNS, TCP and TLS done) and is about to send its first byte.
+
+    What fails before that point (no address, refused, a connect timeout, a TLS handshake)
+    therefore never ran it: nothing reached the server. Whatever ``callback`` raises stops the
+    request before it is sent, and comes out of the call as it was raised.
+    """
+    _sending.callback = callback
+    try:
+        yield
+    finally:
+        _sending.callback = None
+
+
+class _SendsAfterCallback:
+    """Connects first, then runs the thread's ``before_sending`` callback, then sends."""
+
+    if TYPE_CHECKING:  # what the connection class it is mixed into provides
+        is_closed: bool
+
+        def connect(self) -> None: ...
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        callback = getattr(_sending, "callback", None)
+        if callback is not None:
+            if self.is_closed:
+                self.connect()
+            _sending.callback = None
+            callback()
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Connection(_SendsAfterCallback, HTTPConnection):
+    pass
+
+
+class _TLSConnection(_SendsAfterCallback, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
+def _hook(manager: PoolManager) -> PoolManager:
+    manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+    return manager
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections honour ``before_sending``."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _hook(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
+        manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        # A SOCKS manager has connection classes of its own: left as they are (see
+        # ``reports_sending``).
+        return manager if proxy.lower().startswith("socks") else _hook(manager)
+
+
+def reports_sending(session: requests.Session, url: str) -> bool:
+    """Whether calls to ``url`` on ``session`` run the ``before_sending`` callback."""
+    proxy = requests.utils.select_proxy(url, session.proxies) or ""
+    return isinstance(session.get_adapter(url), _Adapter) and not proxy.lower().startswith("socks")
 
 
 def pooled_session(base_url: str) -> requests.Session:
@@ -27,7 +110,7 @@ def pooled_session(base_url: str) -> requests.Session:
     sends its own credentials).
     """
     session = requests.Session()
-    pooled = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    pooled = _Adapter(pool_connections=4, pool_maxsize=POOL_SIZE)
     session.mount("http://", pooled)
     session.mount("https://", pooled)
     found = session.merge_environment_settings(base_url, {}, None, None, None)

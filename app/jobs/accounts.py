@@ -6,8 +6,11 @@ worker therefore comes back by itself when its job ends, fails at its deadline, 
 interrupted. Reserving a slot locks the account row first (an UPDATE), so concurrent workers
 cannot both take the last one.
 
-The circuit breaker lives in ``account_states``, shared by every worker: it opens after a
-run of transient failures, then lets one probe through at a time; a success closes it.
+The circuit breaker lives in ``account_states``, shared by every worker: it opens after
+transient failures of ``BREAKER_THRESHOLD`` different jobs with no success between (one job
+that keeps failing counts once, so it cannot open the breaker alone), then lets one probe
+through every ``PROBE_INTERVAL``; a probe's success closes it. A job kept from an open account
+therefore waits at most one probe interval before it is tried again.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from app.jobs.models import Job
 from app.jobs.status import JobStatus
 
 BREAKER_THRESHOLD = 5
-BREAKER_COOLDOWN = dt.timedelta(seconds=30)
-PROBE_WINDOW = dt.timedelta(seconds=60)
+# Open this long after the failure that opened it (or a failed probe); then one job at a time
+# may probe for at most as long. Both bound how long a healthy job is held back.
+PROBE_INTERVAL = dt.timedelta(seconds=15)
+BREAKER_COOLDOWN = PROBE_INTERVAL
+PROBE_WINDOW = PROBE_INTERVAL
 PARK_WHEN_BUSY = dt.timedelta(seconds=15)
 
 
@@ -156,7 +162,8 @@ class Accounts:
                         waits.append(Wait("busy", now + PARK_WHEN_BUSY))
                         continue
                 if state and state.open_until and not self._take_probe(session, account.id, now):
-                    waits.append(Wait("breaker_open", now + BREAKER_COOLDOWN))
+                    # Another job probes: look again when its probe window ends at the latest.
+                    waits.append(Wait("breaker_open", state.probe_until or now + PROBE_WINDOW))
                     continue
                 lease = lease_for.get(account.id, default_lease)
                 result = session.execute(
@@ -168,6 +175,7 @@ class Accounts:
                     )
                     .values(
                         submitting_since=now,
+                        submit_sent_at=None,
                         submit_attempts=Job.submit_attempts + 1,
                         provider=account.provider,
                         account_id=account.id,
@@ -220,8 +228,13 @@ class Accounts:
         with self._lock:
             self._healthy_until[account_id] = time.monotonic() + 2.0
 
-    def record_failure(self, account_id: str) -> bool:
-        """Count a transient failure; returns True when this one opened the breaker."""
+    def record_failure(self, account_id: str, *, repeat: bool = False) -> bool:
+        """Count a transient failure; returns True when this one opened the breaker.
+
+        ``repeat``: the failing job already failed on this account last time. It is not
+        counted again, and as a probe it does not keep the breaker open: its probe slot is
+        freed for another job at once.
+        """
         with self._lock:
             self._healthy_until.pop(account_id, None)
         now = utcnow()
@@ -230,9 +243,12 @@ class Accounts:
             state = session.execute(
                 select(AccountState).where(AccountState.account_id == account_id).with_for_update()
             ).scalar_one()
+            if repeat:
+                state.probe_until = None
+                return False
             state.failures += 1
             if state.failures >= BREAKER_THRESHOLD or state.probe_until is not None:
-                # A run of failures, or a failed probe: (re)open for a cool-down.
+                # Failures of enough jobs, or a failed probe: (re)open until the next probe.
                 state.open_until, state.probe_until = now + BREAKER_COOLDOWN, None
                 return True
         return False

@@ -168,6 +168,7 @@ JOB_FIELDS = (
     "deadline_at",
     "next_action_at",
     "submit_attempts",
+    "upstream_attempts",
     "poll_count",
     "invalid_responses",
 )
@@ -329,6 +330,7 @@ def prepare(
         next_action_at=now,
         # Set here rather than left to column defaults: the Core INSERT below skips the ORM.
         submit_attempts=0,
+        upstream_attempts=0,
         poll_count=0,
         invalid_responses=0,
     )

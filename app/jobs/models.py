@@ -66,7 +66,13 @@ class Job(Base):
     # Set while a submit call is in flight: a crash leaves it set, telling the next claimer
     # that the upstream may already have the job (never submit twice).
     submitting_since: Mapped[dt.datetime | None]
+    # Set just before the submit's first byte goes out (the connection is open by then). A
+    # crash leaving ``submitting_since`` without it never reached the upstream: safe to resend.
+    submit_sent_at: Mapped[dt.datetime | None]
     submit_attempts: Mapped[int] = mapped_column(default=0)
+    # Submits an upstream may have made (and billed) a song for: 1 once it took the job; more
+    # only when Chorus sent the job again after an answer that may have been billed.
+    upstream_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     # Set while the job waits QUEUED for a free slot on any of its accounts.
     waiting_since: Mapped[dt.datetime | None]
     poll_count: Mapped[int] = mapped_column(default=0)

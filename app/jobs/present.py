@@ -118,7 +118,12 @@ def render(
             if JobStatus(job.status).terminal
             else "held",
         },
-        "upstream": {"provider": job.provider, "account": job.account_id},
+        # attempts: how many times an upstream may have made (and billed) a song for this job.
+        "upstream": {
+            "provider": job.provider,
+            "account": job.account_id,
+            "attempts": job.upstream_attempts,
+        },
         # Set once retention removed the audio and the request's content (README, Retention).
         "purged_at": _unix(job.purged_at),
         "urls": {

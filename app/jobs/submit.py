@@ -1,8 +1,11 @@
 """Submitting a job: route it to an upstream account, send it, and record the answer.
 
-A job is marked as being submitted (``submitting_since``) before the call and RUNNING after
-it; a job found still marked was interrupted mid-call, and fails rather than being sent a
-second time (the upstream may already have it, and would make and bill a second song).
+A job is marked as being submitted (``submitting_since``, with its account slot) when it is
+routed, marked again (``submit_sent_at``) once the connection to the upstream is open and the
+request is about to leave, and is RUNNING after the answer. A job found marked but not sent
+was interrupted before anything reached the upstream, and is simply submitted; one found sent
+fails ``upstream_unknown`` rather than being sent a second time (the upstream may already have
+it, and would make and bill a second song).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.errors import public_message
-from app.jobs.leasing import Leases
+from app.jobs.leasing import Leases, new_token
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.poll import Poller
@@ -31,7 +35,15 @@ from config import Settings
 
 log = logging.getLogger(__name__)
 
-WRITE_ATTEMPTS = 4
+# How long the answer of an upstream that took the job is retried into the database: longer
+# than a restart of it. Between tries the wait doubles up to RECORD_MAX_WAIT, so the write
+# lands within seconds of the database coming back.
+RECORD_FOR = 90.0
+RECORD_MAX_WAIT = 2.0
+
+
+class _Withdrawn(Exception):
+    """The job stopped being ours (a cancel) after it was routed and before anything left."""
 
 
 class Submitter:
@@ -62,16 +74,25 @@ class Submitter:
         (the sync worker). Otherwise such a submit is handed off to that worker.
         """
         if job.submitting_since is not None:
-            # A previous attempt died between sending the job upstream and recording the
-            # answer. The upstream may have it, and a second submit could make (and bill) a
-            # second song.
-            self.transitions.fail(
-                job,
-                "upstream_unknown",
-                "a submit was interrupted; the upstream may or may not have the job, "
-                "and it was not submitted twice",
-            )
-            return Outcome.FAILED
+            if job.submit_sent_at is not None:
+                # A previous attempt died after its request started to leave and before the
+                # answer was recorded. The upstream may have it, and a second submit could
+                # make (and bill) a second song. None of Chorus's upstreams can be asked
+                # whether it has it (no idempotency key, no lookup by anything Chorus sent).
+                self.transitions.fail(
+                    job,
+                    "upstream_unknown",
+                    "a submit was interrupted; the upstream may or may not have the job, "
+                    "and it was not submitted twice",
+                    upstream_attempts=Job.upstream_attempts + 1,
+                )
+                return Outcome.FAILED
+            # It died before anything left: the upstream never saw it. Free the slot and
+            # submit it as if for the first time.
+            log.info("job %s: a submit was interrupted before sending; submitting it", job.id)
+            if not self.leases.write(job, {JobStatus.QUEUED}, submitting_since=None):
+                return Outcome.LOST
+            job.submitting_since = None
         if not blocking and self.handoff is not None:
             first = self.accounts.first_route(job)
             if (
@@ -122,26 +143,49 @@ class Submitter:
         except Exception:
             self.leases.write(job, {JobStatus.QUEUED}, submitting_since=None)
             raise
+        # Whether this job failed on this account last time: a breaker counts jobs, not calls.
+        failed_here_before = job.account_id == account.id and job.error_code not in (
+            None,
+            "upstream_rate_limited",
+        )
         job.provider, job.account_id = account.provider, account.id
+        sent: list[bool] = []
+
+        def mark_sent() -> None:
+            # Written once the connection is open, before the first byte leaves: a crash
+            # from here on may have reached the upstream.
+            if not self.leases.write(job, {JobStatus.QUEUED}, submit_sent_at=utcnow()):
+                raise _Withdrawn
+            sent.append(True)
+
         try:
             with measured(account.id, "submit"):
-                submission = adapter.submit(request)
+                submission = adapter.send(request, mark_sent)
+        except _Withdrawn:
+            # Nothing left: a cancel took the job meanwhile, and there is nothing to follow.
+            return self.leases.hand_back(job, upstream_done=True)
         except ProviderError as exc:
-            self._count_fault(account.id, exc)
-            outcome = self._submit_failed(job, exc)
+            self._count_fault(account.id, exc, repeat=failed_here_before)
+            outcome = self._submit_failed(job, exc, sent=bool(sent))
             if outcome is not Outcome.RETRY:
                 # Cancelled during the call: whatever reached the upstream is not followed.
                 self.leases.hand_back(job, upstream_done=True)
             return outcome
+        except Exception:
+            if not sent:
+                # Nothing left (the mark itself failed, say): the slot is given back.
+                self.leases.write(job, {JobStatus.QUEUED}, submitting_since=None)
+            raise
         now = utcnow()
         # The upstream has the job now: recording that must not be lost to a passing database
-        # fault, or the job would look like an interrupted submit.
-        if not self._move_hard(
+        # fault (a restart), or the job would look like an interrupted submit.
+        if not self._record(
             job,
-            JobStatus.RUNNING,
             generation_id=submission.generation_id,
             started_at=now,
             submitting_since=None,
+            submit_sent_at=None,
+            upstream_attempts=Job.upstream_attempts + 1,
             error_code=None,
             error_message=None,
             # A synchronous upstream answered with the result: keep the lease for apply.
@@ -165,43 +209,103 @@ class Submitter:
             return self.poller.apply(job, submission.result)
         return Outcome.RUNNING
 
-    def _submit_failed(self, job: Job, exc: ProviderError) -> Outcome:
-        if exc.maybe_created:
+    def _submit_failed(self, job: Job, exc: ProviderError, *, sent: bool) -> Outcome:
+        # What failed before the request left reached nothing, whatever the error says.
+        maybe_created = sent and exc.maybe_created
+        billed = sent and (exc.maybe_created or exc.maybe_billed)
+        counted: dict[str, Any] = {}
+        if billed:
+            counted["upstream_attempts"] = Job.upstream_attempts + 1
+        if maybe_created:
             self.transitions.fail(
-                job, "upstream_unknown", public_message(job.id, "upstream_unknown", exc.message)
+                job,
+                "upstream_unknown",
+                public_message(job.id, "upstream_unknown", exc.message),
+                **counted,
             )
             return Outcome.FAILED
         if exc.retryable and job.submit_attempts < self.settings.submit_max_attempts:
             delay = backoff(job.submit_attempts, retry_after=exc.retry_after)
             log.info("job %s: submit failed (%s), retrying in %.1fs", job.id, exc.code, delay)
-            # Nothing reached the upstream: the next attempt may take another route.
+            if billed:
+                log.warning(
+                    "job %s: submitting again after %s, which the upstream may have billed",
+                    job.id,
+                    exc.code,
+                )
+            # The upstream did not take the job: the next attempt may take another route.
             written = self.leases.write(
                 job,
                 {JobStatus.QUEUED},
                 submitting_since=None,
+                submit_sent_at=None,
                 error_code=exc.code,
                 error_message=public_message(job.id, exc.code, exc.message),
                 release=True,
                 next_action_at=utcnow() + dt.timedelta(seconds=delay),
+                **counted,
             )
             return Outcome.RETRY if written else Outcome.LOST
-        self.transitions.fail(job, exc.code, public_message(job.id, exc.code, exc.message))
+        self.transitions.fail(
+            job, exc.code, public_message(job.id, exc.code, exc.message), **counted
+        )
         return Outcome.FAILED
 
-    def _count_fault(self, account_id: str, exc: ProviderError) -> None:
+    def _count_fault(self, account_id: str, exc: ProviderError, *, repeat: bool) -> None:
         # Only the upstream being broken counts: business errors and rate limits do not.
         transient = exc.retryable and exc.code != "upstream_rate_limited"
-        if transient and self.accounts.record_failure(account_id):
+        if transient and self.accounts.record_failure(account_id, repeat=repeat):
             log.warning("circuit breaker opened for upstream account %s", account_id)
 
-    def _move_hard(self, job: Job, target: JobStatus, **values: Any) -> bool:
-        """A move, retried through transient database faults (a restart, a deadlock)."""
-        for attempt in range(WRITE_ATTEMPTS):
+    def _record(self, job: Job, **values: Any) -> bool:
+        """Move a job the upstream took to RUNNING, retried through database faults for
+        ``RECORD_FOR`` seconds; False if a cancel took the job meanwhile.
+
+        The write is guarded by the lease. If the lease lapsed while the database was away and
+        the scheduler leased the job again, but nobody acted on it yet, the lease is taken
+        back (``_retake``) and the write made; what the upstream answered is never dropped
+        for a lease that only lapsed.
+        """
+        deadline = time.monotonic() + RECORD_FOR
+        wait = 0.2
+        while True:
             try:
-                return self.transitions.move(job, target, **values)
+                if self.transitions.move(job, JobStatus.RUNNING, **values):
+                    return True
+                if not self._retake(job):
+                    return False
             except SQLAlchemyError:
-                if attempt == WRITE_ATTEMPTS - 1:
+                if time.monotonic() >= deadline:
+                    log.error(
+                        "job %s: upstream %s took it as %r, and that could not be recorded",
+                        job.id,
+                        job.account_id,
+                        values.get("generation_id"),
+                    )
                     raise
-                log.warning("job %s: write failed, retrying", job.id, exc_info=True)
-                time.sleep(0.2 * 2**attempt)
-        return False
+                log.warning("job %s: recording the submit failed, retrying", job.id, exc_info=True)
+                time.sleep(wait)
+                wait = min(wait * 2, RECORD_MAX_WAIT)
+
+    def _retake(self, job: Job) -> bool:
+        """Lease the job again if it is still this very submit, sent and unanswered: nobody
+        acted on it since (a cancel, or a claimer finding it interrupted, would have changed it)."""
+        token = new_token()
+        with self.leases.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == JobStatus.QUEUED,
+                    Job.submit_attempts == job.submit_attempts,
+                    Job.submitting_since.is_not(None),
+                    Job.submit_sent_at.is_not(None),
+                )
+                .values(lease_token=token, lease_until=utcnow() + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            taken = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if taken:
+            log.warning("job %s: its lease lapsed while recording the submit; taken back", job.id)
+            job.lease_token = token
+        return taken

@@ -178,6 +178,7 @@ class Transitions:
             error_code=code,
             error_message=message[:2000],
             submitting_since=None,
+            submit_sent_at=None,
             **{**_ended(utcnow()), **values},
         )
 

@@ -39,6 +39,11 @@ def measured(account_id: str, operation: str) -> Iterator[None]:
     except ProviderError as exc:
         code = exc.code
         raise
+    except Exception:
+        # Not the upstream's answer: the call was cut short on Chorus's side (a cancel
+        # before anything was sent, a fault of the worker's own).
+        code = "interrupted"
+        raise
     finally:
         metrics.UPSTREAM_LATENCY.labels(account_id, operation).observe(
             time.perf_counter() - started

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -14,7 +14,14 @@ from requests.utils import select_proxy
 
 from app.http.fanout import FanOut, Get, TransportError
 from app.http.retry_after import parse_retry_after
-from app.http.sessions import POOL_SIZE, USER_AGENT, Answer, pooled_session
+from app.http.sessions import (
+    POOL_SIZE,
+    USER_AGENT,
+    Answer,
+    before_sending,
+    pooled_session,
+    reports_sending,
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,9 @@ class ProviderError(Exception):
     ``retryable``: trying again later may work (5xx, 429, connection trouble).
     ``maybe_created``: the request reached the upstream and it may have created the job
     (a read timeout after sending a POST); the engine must never blindly submit again.
+    ``maybe_billed``: the upstream answered that it did not make the song, but may have
+    charged for the work it did (a MiniMax error after a held call); a retry then sends it
+    again and says so in the job (``upstream_attempts``).
     """
 
     def __init__(
@@ -102,12 +112,14 @@ class ProviderError(Exception):
         maybe_created: bool = False,
         retry_after: float | None = None,
         status_code: int | None = None,
+        maybe_billed: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = retryable
         self.maybe_created = maybe_created
+        self.maybe_billed = maybe_billed
         self.retry_after = retry_after
         self.status_code = status_code
 
@@ -128,6 +140,24 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, request: GenerationRequest) -> Submission: ...
+
+    @property
+    def reports_sending(self) -> bool:
+        """Whether ``send`` runs its callback only once the request is about to leave (after
+        the connection is made), rather than before the submit starts."""
+        return False
+
+    def send(self, request: GenerationRequest, on_send: Callable[[], None]) -> Submission:
+        """``submit``, with ``on_send`` run once before anything of it can reach the upstream.
+
+        A failure before ``on_send`` ran reached nothing. Whatever ``on_send`` raises stops the
+        submit unsent and comes out of this call.
+        """
+        if not self.reports_sending:
+            on_send()
+            return self.submit(request)
+        with before_sending(on_send):
+            return self.submit(request)
 
     @abc.abstractmethod
     def poll(self, generation_id: str) -> PollResult: ...
@@ -191,6 +221,10 @@ class HTTPAdapter(Adapter):
     @property
     def polls_together(self) -> bool:
         return self.fanout() is not None
+
+    @property
+    def reports_sending(self) -> bool:
+        return reports_sending(self.session, self.account.base_url)
 
     def fanout(self) -> FanOut | None:
         """The client that sends a batch's status calls at once, made on first use; None when

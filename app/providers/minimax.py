@@ -8,7 +8,7 @@ account's ``read_timeout`` is what bounds it. There is nothing to poll.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from app.http.retry_after import parse_retry_after
 from app.http.sessions import Answer
@@ -28,32 +28,49 @@ PATH = "/v1/music_generation"
 # whatever its data.status says: there is nothing to poll.
 STATUS_MAP: dict[str, PollState] = {"2": PollState.SUCCEEDED}
 
-# base_resp.status_code → (Chorus code, retryable). Errors can arrive with HTTP 200.
-# https://platform.minimax.io/docs/api-reference/errorcode ; 1028/1030/2061 from the official
-# CLI (github.com/MiniMax-AI/cli, src/errors/api.ts). Any other non-zero code is
-# ("upstream_failed", False).
-BASE_RESP_CODES: dict[int, tuple[str, bool]] = {
-    1000: ("upstream_unavailable", True),  # unknown error
-    1001: ("upstream_unavailable", True),  # request timeout
-    1024: ("upstream_unavailable", True),  # internal error
-    1033: ("upstream_unavailable", True),  # system error
-    1002: ("upstream_rate_limited", True),  # rate limit
-    1039: ("upstream_rate_limited", True),  # token limit
-    1041: ("upstream_rate_limited", True),  # connection (concurrency) limit
-    2045: ("upstream_rate_limited", True),  # rate growth limit
-    1004: ("upstream_auth_failed", False),  # not authorised / token not match group
-    2049: ("upstream_auth_failed", False),  # invalid API key
-    1008: ("upstream_out_of_credits", False),  # insufficient balance
-    1028: ("upstream_out_of_credits", False),  # quota exhausted
-    1030: ("upstream_out_of_credits", False),  # quota exhausted
-    2056: ("upstream_out_of_credits", False),  # usage limit (Token Plan 5-hour window)
-    1026: ("content_moderated", False),  # input flagged as sensitive
-    1027: ("content_moderated", False),  # output flagged as sensitive
-    1042: ("invalid_request", False),  # invisible character ratio limit
-    2013: ("invalid_request", False),  # invalid params
-    2061: ("invalid_request", False),  # model not on this plan
+
+class Policy(NamedTuple):
+    """What Chorus does with a ``base_resp.status_code``."""
+
+    code: str  # the Chorus error code
+    retry: bool  # another submit may succeed
+    # The code may come after MiniMax did the work (a held call that then failed), and it may
+    # have charged for it: a retry pays again, so it is counted in the job (upstream_attempts).
+    billed: bool
+
+
+# base_resp.status_code → Policy. Errors can arrive with HTTP 200, after a call held open for
+# minutes. Sources (../shared/research/providers.md §1.6): the platform table
+# https://platform.minimax.io/docs/api-reference/errorcode (its "suggested handling" decides
+# ``retry``), the music schema's BaseResp (1002, 1004, 1008, 1026, 2013, 2049), and the official
+# CLI (github.com/MiniMax-AI/cli, src/errors/api.ts) for 1028, 1030 and 2061.
+# ``billed``: no source says which failures MiniMax charges for. A refusal of the request
+# itself (rate, key, balance, quota, input, parameters) comes before any work and is taken as
+# free; "unknown", "timeout", "internal" and "system" errors, and an output flagged after it was
+# made, may follow the work and are taken as possibly billed. Any code not listed is
+# ("upstream_failed", no retry, possibly billed).
+BASE_RESP_CODES: dict[int, Policy] = {
+    1000: Policy("upstream_unavailable", True, True),  # unknown error: retry later
+    1001: Policy("upstream_unavailable", True, True),  # request timeout: retry later
+    1024: Policy("upstream_unavailable", True, True),  # internal error: retry later
+    1033: Policy("upstream_unavailable", True, True),  # system error / mysql failed
+    1002: Policy("upstream_rate_limited", True, False),  # rate limit: back off
+    1039: Policy("upstream_rate_limited", True, False),  # token limit
+    1041: Policy("upstream_rate_limited", True, False),  # connection (concurrency) limit
+    2045: Policy("upstream_rate_limited", True, False),  # rate growth limit
+    1004: Policy("upstream_auth_failed", False, False),  # not authorised / token not match group
+    2049: Policy("upstream_auth_failed", False, False),  # invalid API key
+    1008: Policy("upstream_out_of_credits", False, False),  # insufficient balance
+    1028: Policy("upstream_out_of_credits", False, False),  # quota exhausted (CLI)
+    1030: Policy("upstream_out_of_credits", False, False),  # quota exhausted (CLI)
+    2056: Policy("upstream_out_of_credits", False, False),  # usage limit (Token Plan window)
+    1026: Policy("content_moderated", False, False),  # input flagged as sensitive
+    1027: Policy("content_moderated", False, True),  # output flagged: the song was made
+    1042: Policy("invalid_request", False, False),  # invisible character ratio limit
+    2013: Policy("invalid_request", False, False),  # invalid params
+    2061: Policy("invalid_request", False, False),  # model not on this plan (CLI)
 }
-UNKNOWN_BASE_RESP: tuple[str, bool] = ("upstream_failed", False)
+UNKNOWN_BASE_RESP = Policy("upstream_failed", False, True)
 
 # extra_info keys → audio_info keys. music_duration is in milliseconds, music_size in bytes.
 AUDIO_INFO_KEYS = {
@@ -113,14 +130,15 @@ class MinimaxAdapter(HTTPAdapter):
         code = _as_int(raw)
         if code == 0:
             return
-        chorus_code, retryable = (
+        policy = (
             BASE_RESP_CODES.get(code, UNKNOWN_BASE_RESP) if code is not None else UNKNOWN_BASE_RESP
         )
         message = base_resp.get("status_msg") or "no message"
         raise ProviderError(
-            chorus_code,
+            policy.code,
             f"MiniMax base_resp {raw}: {message}",
-            retryable=retryable,
+            retryable=policy.retry,
+            maybe_billed=policy.billed,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             status_code=response.status_code,
         )
@@ -193,7 +211,9 @@ class MinimaxAdapter(HTTPAdapter):
             base_resp = body["base_resp"]
             code = _as_int(base_resp.get("status_code"))
             if code is not None and code in BASE_RESP_CODES:
-                error.code, error.retryable = BASE_RESP_CODES[code]
+                policy = BASE_RESP_CODES[code]
+                error.code, error.retryable = policy.code, policy.retry
+                error.maybe_billed = policy.billed
                 message = base_resp.get("status_msg") or "no message"
                 error.message = f"HTTP {status}, MiniMax base_resp {code}: {message}"
         return error

@@ -28,7 +28,8 @@ in ``latency ± jitter`` (``POST /_sim/config``), or fixed per request by ``[sim
 * Errors come as HTTP 200 with a non-zero ``base_resp`` (no ``data``): 1004 without a key, 2013
   for a bad body. Gateway errors are HTTP 4xx/5xx ``{"type": "error", "error": {"type",
   "message", "http_code"}}``.
-* Markers: ``[sim:base-resp=CODE]`` (that code after the latency), ``[sim:error]`` (1000) and
+* Markers: ``[sim:base-resp=CODE]`` (that code after the latency), ``[sim:base-resp-once=CODE]``
+  (likewise, but only for the first submit of the same request: a resubmit succeeds), ``[sim:error]`` (1000) and
   ``[sim:moderated]`` (1026) after the latency, ``[sim:http=CODE]`` / ``[sim:submit-5xx]`` (503) /
   ``[sim:submit-401]`` / ``[sim:submit-429]`` (gateway error at once, nothing created),
   ``[sim:garbage]`` (200 non-JSON after the latency), ``[sim:submit-hang=S]`` (the answer leaves

@@ -54,7 +54,7 @@ FLAG_MARKERS = frozenset(
     }
 )
 SECONDS_MARKERS = frozenset({"submit-hang", "poll-hang", "latency", "post-moderated"})
-CODE_MARKERS = frozenset({"base-resp", "http"})
+CODE_MARKERS = frozenset({"base-resp", "base-resp-once", "http"})
 
 ErrorFactory = Callable[[int, str], Response]
 
@@ -71,6 +71,8 @@ class Markers:
     latency: float | None = None
     post_moderated: float | None = None
     base_resp: int | None = None
+    # The code the first submit of this request answers; a later one (a resubmit) succeeds.
+    base_resp_once: int | None = None
     http: int | None = None
 
 
@@ -99,7 +101,7 @@ def parse_markers(prompt: str, allowed: Collection[str]) -> Markers:
             numbers[name] = number
         elif name in CODE_MARKERS and value is not None:
             code = int(value) if value.isdigit() else -1
-            if (name == "http" and not 400 <= code <= 599) or (name == "base-resp" and code <= 0):
+            if (name == "http" and not 400 <= code <= 599) or (name != "http" and code <= 0):
                 raise BadRequest(f"bad simulator marker {match.group(0)}")
             codes[name] = code
         else:
@@ -111,6 +113,7 @@ def parse_markers(prompt: str, allowed: Collection[str]) -> Markers:
         latency=numbers.get("latency"),
         post_moderated=numbers.get("post-moderated"),
         base_resp=codes.get("base-resp"),
+        base_resp_once=codes.get("base-resp-once"),
         http=codes.get("http"),
     )
 

@@ -27,7 +27,7 @@ from app.sim.common import (
     parse_markers,
     required_string,
 )
-from app.sim.data import Generation
+from app.sim.data import Generation, fingerprint
 from app.sim.state import SimState
 
 MINIMAX_PATH = "/v1/music_generation"
@@ -46,6 +46,7 @@ MARKERS = frozenset(
         "submit-hang",
         "latency",
         "base-resp",
+        "base-resp-once",
         "http",
     }
 )
@@ -162,8 +163,13 @@ def _new_generation(
 ) -> tuple[Generation, int]:
     """The generation, and the base_resp code its answer will carry (0 for success)."""
     code = 0
+    first = markers.base_resp_once is not None and not state.times_made(
+        fingerprint(body.model, body.prompt, body.lyrics, auth, "minimax")
+    )
     if markers.base_resp is not None:
         code = markers.base_resp
+    elif first and markers.base_resp_once is not None:
+        code = markers.base_resp_once
     elif "moderated" in markers.flags:
         code = 1026
     elif "error" in markers.flags:

@@ -189,6 +189,11 @@ class SimState:
                     self._fingerprints.pop(oldest.fingerprint, None)
             return True
 
+    def times_made(self, fingerprint: str) -> int:
+        """How many generations the same request (``fingerprint``) has made so far."""
+        with self._lock:
+            return self._fingerprints.get(fingerprint, 0)
+
     def get(self, generation_id: str) -> Generation | None:
         with self._lock:
             return self._generations.get(generation_id)

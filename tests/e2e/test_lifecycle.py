@@ -52,7 +52,7 @@ def test_job_reaches_succeeded_with_stored_playable_audio(
     job = wait_terminal(client, api_key, [job_id], timeout=30)[job_id]
     assert job["status"] == "SUCCEEDED", job
     assert job["error"] is None
-    assert job["upstream"] == {"provider": "aimlapi", "account": "sim-aimlapi"}
+    assert job["upstream"] == {"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1}
     info = job["audio_info"]
     assert info["format"] == "wav" and info["sample_rate"] == 24000
     assert info["duration_ms"] == 2000 and info["size"] > 1000

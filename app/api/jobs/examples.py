@@ -57,7 +57,7 @@ def _job(status: str, **changes: Any) -> dict[str, Any]:
         "error": None,
         "metadata": {"customer_ref": "order-1234"},
         "cost": {"amount": 100, "currency": "CNY", "state": "held"},
-        "upstream": {"provider": None, "account": None},
+        "upstream": {"provider": None, "account": None, "attempts": 0},
         "purged_at": None,
         "urls": {
             "get": f"{_BASE}/v1/music/generations/{_ID}",
@@ -79,7 +79,7 @@ JOBS: dict[str, Any] = {
         "value": _job(
             "RUNNING",
             started_at=1795269875,
-            upstream={"provider": "aimlapi", "account": "sim-aimlapi"},
+            upstream={"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1},
         ),
     },
     "succeeded": {
@@ -98,7 +98,7 @@ JOBS: dict[str, Any] = {
                 "size": 640044,
             },
             cost={"amount": 100, "currency": "CNY", "state": "captured"},
-            upstream={"provider": "aimlapi", "account": "sim-aimlapi"},
+            upstream={"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1},
             urls={
                 "get": f"{_BASE}/v1/music/generations/{_ID}",
                 "audio": _AUDIO,
@@ -114,7 +114,7 @@ JOBS: dict[str, Any] = {
             finished_at=1795269890,
             error={"code": "content_moderated", "message": "The upstream refused the content."},
             cost={"amount": 100, "currency": "CNY", "state": "released"},
-            upstream={"provider": "aimlapi", "account": "sim-aimlapi"},
+            upstream={"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1},
         ),
     },
 }

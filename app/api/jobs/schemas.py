@@ -164,6 +164,16 @@ class CostSchema(Schema):
 class UpstreamSchema(Schema):
     provider = fields.String(required=True, allow_none=True, metadata={"example": "aimlapi"})
     account = fields.String(required=True, allow_none=True, metadata={"example": "sim-aimlapi"})
+    attempts = fields.Integer(
+        required=True,
+        metadata={
+            "example": 1,
+            "description": "How many times an upstream may have made, and billed, a song for "
+            "this job: 0 until one takes it, then 1. More only when an upstream answered with "
+            "an error that may follow billed work (a MiniMax 1000 after a held call, say) and "
+            "Chorus sent the job again.",
+        },
+    )
 
 
 class JobUrlsSchema(Schema):

@@ -35,12 +35,16 @@ pytestmark = pytest.mark.usefixtures("catalog", "api_key")
 # ------------------------------------------------------------------ an interrupted submit
 
 
-def test_an_interrupted_submit_fails_upstream_unknown_and_is_never_resent(
+def test_a_submit_interrupted_after_sending_fails_upstream_unknown_and_is_never_resent(
     engine: Engine, script: Script, db: Database, settings: Settings
 ) -> None:
-    # A worker died between sending the job upstream and recording the answer.
+    # A worker died after the request started to leave, before the answer was recorded.
     job_id = new_job(
-        db, settings, submitting_since=utcnow() - dt.timedelta(minutes=1), submit_attempts=1
+        db,
+        settings,
+        submitting_since=utcnow() - dt.timedelta(minutes=1),
+        submit_sent_at=utcnow() - dt.timedelta(minutes=1),
+        submit_attempts=1,
     )
 
     assert step(engine, db, job_id) == "failed"
@@ -51,6 +55,28 @@ def test_an_interrupted_submit_fails_upstream_unknown_and_is_never_resent(
     assert_failed(job, "upstream_unknown")
     assert job.submit_attempts == 1
     assert job.generation_id is None
+    assert job.submit_sent_at is None
+    # The upstream may have made (and billed) the song: the job says so.
+    assert job.upstream_attempts == 1
+
+
+def test_a_submit_interrupted_before_sending_is_simply_submitted(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    # A worker died after taking the account's slot, before anything left for the upstream.
+    job_id = new_job(
+        db, settings, submitting_since=utcnow() - dt.timedelta(minutes=1), submit_attempts=1
+    )
+
+    assert step(engine, db, job_id) == "running"
+
+    assert len(script.submits) == 1
+    job = row(db, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert job.generation_id == "gen-1"
+    assert (job.submitting_since, job.submit_sent_at) == (None, None)
+    assert job.submit_attempts == 2
+    assert job.upstream_attempts == 1
 
 
 # ------------------------------------------------------------------ submit errors
@@ -204,3 +230,94 @@ def test_sync_submission_with_its_result_succeeds(
     assert job.audio_key is not None
     assert (settings.storage_dir / job.audio_key).is_file()
     assert_released(job)
+
+
+# ------------------------------------------------------------------ what an upstream may have billed
+
+
+def test_a_retry_after_an_answer_that_may_have_been_billed_is_counted_in_the_job(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+    # A MiniMax 1000 after a held call: retryable, and the work may have been charged.
+    script.on_submit(
+        ProviderError(
+            "upstream_unavailable", "MiniMax base_resp 1000", retryable=True, maybe_billed=True
+        ),
+        unavailable(),  # a refusal that cost nothing
+        Submission("gen-3"),
+    )
+
+    assert [step(engine, db, job_id) for _ in range(3)] == ["retry", "retry", "running"]
+
+    job = row(db, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert len(script.submits) == 3
+    # Two of the three submits may have been paid for: the 1000 and the one that took it.
+    assert job.upstream_attempts == 2
+
+
+def test_a_final_answer_that_may_have_been_billed_is_counted_in_the_job(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+    script.on_submit(
+        ProviderError("content_moderated", "base_resp 1027", retryable=False, maybe_billed=True)
+    )
+
+    assert step(engine, db, job_id) == "failed"
+
+    job = row(db, job_id)
+    assert_failed(job, "content_moderated")
+    assert job.upstream_attempts == 1
+
+
+# ------------------------------------------------------------------ recording what the upstream took
+
+
+def test_a_lease_that_lapsed_during_the_call_is_taken_back_to_record_the_answer(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+
+    def claimed_again_meanwhile(_request: Any) -> Submission:
+        # The database was away for longer than the lease; the scheduler leased it again,
+        # and nobody acted on it yet.
+        set_row(db, job_id, lease_token="the-scheduler's", lease_until=utcnow())
+        return Submission("gen-kept")
+
+    script.on_submit(claimed_again_meanwhile)
+
+    assert step(engine, db, job_id) == "running"
+
+    job = row(db, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert job.generation_id == "gen-kept"
+    assert job.upstream_attempts == 1
+    assert_released(job)
+
+
+def test_a_submit_found_interrupted_meanwhile_is_not_overwritten(
+    engine: Engine, script: Script, db: Database, settings: Settings
+) -> None:
+    job_id = new_job(db, settings)
+    ended: dict[str, Any] = {}
+
+    def failed_meanwhile(_request: Any) -> Submission:
+        # Another worker, leasing the job again, found it interrupted and failed it.
+        set_row(
+            db,
+            job_id,
+            status=JobStatus.FAILED,
+            error_code="upstream_unknown",
+            lease_token=None,
+            finished_at=utcnow(),
+            next_action_at=None,
+        )
+        ended.update(snapshot(db, job_id))
+        return Submission("gen-late")
+
+    script.on_submit(failed_meanwhile)
+
+    assert step(engine, db, job_id) == "lost"
+    assert snapshot(db, job_id) == ended

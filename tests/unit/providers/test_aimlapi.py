@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +24,7 @@ from app.providers.base import (
     PollState,
     Submission,
 )
+from tests.sockets import free_port, hang_up_server, silent_server
 from tests.unit.providers.adapter_contract import AdapterContract, RecordingSession, error_of
 
 BASE = "https://api.aimlapi.test"
@@ -585,13 +584,6 @@ def test_other_request_errors_are_retryable(
 # The same faults over real sockets, so the messages urllib3 really produces are classified.
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_real_connection_refused_on_submit() -> None:
     adapter = AimlapiAdapter(account(base_url=f"http://127.0.0.1:{free_port()}"))
     error = error_of(lambda: submit(adapter))
@@ -600,13 +592,10 @@ def test_real_connection_refused_on_submit() -> None:
     assert error.maybe_created is False
 
 
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """Accepts connections (the kernel's backlog does) and never answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+@pytest.fixture(name="silent_server")
+def _silent_server() -> Iterator[str]:
+    with silent_server() as url:
+        yield url
 
 
 @pytest.mark.parametrize(("op", "maybe_created"), [("submit", True), ("poll", False)])
@@ -620,39 +609,10 @@ def test_real_read_timeout(silent_server: str, op: str, maybe_created: bool) -> 
     assert error.maybe_created is maybe_created
 
 
-@pytest.fixture
-def hang_up_server() -> Iterator[str]:
-    """Reads one whole request, then closes the connection without an answer."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    sock.settimeout(10)
-
-    def serve() -> None:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            while len(body) < length:
-                body += conn.recv(65536)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    thread.join(timeout=5)
+@pytest.fixture(name="hang_up_server")
+def _hang_up_server() -> Iterator[str]:
+    with hang_up_server() as url:
+        yield url
 
 
 @pytest.mark.parametrize(("op", "maybe_created"), [("submit", True), ("poll", False)])

@@ -345,13 +345,16 @@ def test_garbage_200_may_have_made_the_song(
 
 # ------------------------------------------------------------------ base_resp on HTTP 200
 
-EXPECTED_CODES: dict[int, tuple[str, bool]] = {
-    **dict.fromkeys((1000, 1001, 1024, 1033), ("upstream_unavailable", True)),
-    **dict.fromkeys((1002, 1039, 1041, 2045), ("upstream_rate_limited", True)),
-    **dict.fromkeys((1004, 2049), ("upstream_auth_failed", False)),
-    **dict.fromkeys((1008, 1028, 1030, 2056), ("upstream_out_of_credits", False)),
-    **dict.fromkeys((1026, 1027), ("content_moderated", False)),
-    **dict.fromkeys((1042, 2013, 2061), ("invalid_request", False)),
+# (Chorus code, retry, billed): a refusal of the request is free; an error that may follow
+# the work MiniMax did (unknown, timeout, internal, system; an output flagged) may be billed.
+EXPECTED_CODES: dict[int, tuple[str, bool, bool]] = {
+    **dict.fromkeys((1000, 1001, 1024, 1033), ("upstream_unavailable", True, True)),
+    **dict.fromkeys((1002, 1039, 1041, 2045), ("upstream_rate_limited", True, False)),
+    **dict.fromkeys((1004, 2049), ("upstream_auth_failed", False, False)),
+    **dict.fromkeys((1008, 1028, 1030, 2056), ("upstream_out_of_credits", False, False)),
+    1026: ("content_moderated", False, False),
+    1027: ("content_moderated", False, True),
+    **dict.fromkeys((1042, 2013, 2061), ("invalid_request", False, False)),
 }
 
 
@@ -364,12 +367,12 @@ def test_every_base_resp_code_on_http_200(
     rsps: responses.RequestsMock,
     adapter: MinimaxAdapter,
     code: int,
-    expected: tuple[str, bool],
+    expected: tuple[str, bool, bool],
 ) -> None:
     # An error answer may still carry a data block: base_resp is checked first.
     body = answer_body(code=code, msg=f"message for {code}")
     error = error_of(lambda: submit_with(rsps, adapter, json=body))
-    assert (error.code, error.retryable) == expected
+    assert (error.code, error.retryable, error.maybe_billed) == expected
     assert error.maybe_created is False
     assert error.status_code == 200
     assert str(code) in error.message and f"message for {code}" in error.message
@@ -383,6 +386,8 @@ def test_unknown_non_zero_codes_fail_without_retry(
     error = error_of(lambda: submit_with(rsps, adapter, json=body))
     assert error.code == "upstream_failed"
     assert error.retryable is False
+    # Nothing says what an unknown code cost: it is counted as possibly billed.
+    assert error.maybe_billed is True
     assert "something new" in error.message
 
 
