@@ -21,6 +21,7 @@ from app.api.errors import (
     refusal_response,
 )
 from app.api.limits import init_rate_limit
+from app.api.request_id import init_request_id
 from app.api.schemas import OpenAIErrorSchema
 from app.db import Database
 from app.extensions import Chorus, close_session
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.webhooks.views import blp as webhooks
     from app.api.webhooks.views import deliveries
 
+    init_request_id(app)
     # One budget per key across every route of these blueprints, not one per route.
     init_rate_limit(app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries)})
 

@@ -24,6 +24,7 @@ def writer(db: Database, settings: Settings, *, bell: Doorbell | None = None) ->
     transitions.on_change(effects.settle_money)
     transitions.on_change(outbox.write_outbox)
     transitions.after_commit(effects.wake_waiters(TerminalNotifier(settings)))
+    transitions.after_commit(effects.log_changes)
     if bell is not None:
         transitions.after_commit(effects.ring_doorbell(bell))
     return transitions

@@ -139,6 +139,8 @@ class Settings:
     flower_basic_auth: str | None
     flower_port: int
     log_level: str
+    # json (one JSON object a line) or plain (for people: `chorus dev`); config/logs.py.
+    log_format: str
 
     # Credentials are named by environment variable in the catalog; they are read here, once.
     environ: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -286,6 +288,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         flower_basic_auth=env.str("FLOWER_BASIC_AUTH", None) or None,
         flower_port=env.int("FLOWER_PORT", 5555, validate=Range(min=1, max=65535)),
         log_level=env.str("LOG_LEVEL", "INFO"),
+        log_format=env.str("LOG_FORMAT", "json", validate=OneOf(["json", "plain"])),
         environ=dict(source),
     )
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from config import Settings
+from config.logs import configure
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def serve(settings: Settings, port: int) -> None:
     options.max_tasks = 10_000
     options.purge_offline_workers = 300
     command.extract_settings()
-    command.setup_logging()
+    # Chorus's format for tornado's lines too, instead of Flower's own setup.
+    configure(settings, "flower")
 
     app = Flower(capp=celery, options=options, **tornado_settings)
     rules = guarded_handlers(handlers, credentials)

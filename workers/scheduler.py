@@ -37,6 +37,7 @@ from app.db import database_url, utcnow
 from app.doorbell import CHANNEL, connect
 from app.webhooks.delivery import Dispatcher
 from config import Settings
+from config.logs import configure
 from workers import ChorusCelery
 from workers import webhooks as webhook_tasks
 from workers.tasks import dispatch
@@ -267,8 +268,5 @@ class Scheduler:
 def run(settings: Settings) -> None:
     from workers import make_celery
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s: %(levelname)s/scheduler] %(message)s",
-    )
+    configure(settings, "scheduler")
     Scheduler(make_celery(settings)).run()

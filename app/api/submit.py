@@ -3,6 +3,7 @@ then the scheduler's doorbell rung."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import g
@@ -11,6 +12,8 @@ from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
 from app.jobs.models import JobRecord
+
+log = logging.getLogger("chorus.jobs")
 
 
 def submit(args: dict[str, Any], *, surface: str = "v1") -> JobRecord:
@@ -32,4 +35,10 @@ def submit(args: dict[str, Any], *, surface: str = "v1") -> JobRecord:
     )
     ext.commit()
     ext.doorbell.ring()  # after the commit, never inside the submit's transaction
+    log.info(
+        "job %s submitted (%s)",
+        job.id,
+        job.model_name,
+        extra={"job_id": job.id, "model": job.model_name, "surface": surface, "status": "QUEUED"},
+    )
     return job

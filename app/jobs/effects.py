@@ -9,16 +9,30 @@ the scheduler's doorbell rings. The webhook outbox's hook lives with the webhook
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
 from app.doorbell import Doorbell
 from app.jobs.events import EVENTS
+from app.jobs.logfields import job_fields
 from app.jobs.status import JobStatus
 from app.jobs.transitions import AfterCommit, Change
 from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
+
+log = logging.getLogger("chorus.jobs")
+
+
+def log_changes(changes: Sequence[Change]) -> None:
+    """One line per committed change of status, with the job's ids (and, for a failure, its
+    error code): a job's id finds its whole story in the logs."""
+    for change in changes:
+        fields = {**job_fields(change.job), "status": str(change.status)}
+        if change.error_code is not None:
+            fields["error_code"] = change.error_code
+        log.info("job %s %s", change.job.id, change.status, extra=fields)
 
 
 def settle_money(session: Session, changes: Sequence[Change]) -> None:

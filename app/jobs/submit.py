@@ -27,7 +27,7 @@ from app.jobs.status import JobStatus
 from app.jobs.transitions import Transitions
 from app.jobs.upstreams import Upstreams
 from app.providers.base import ProviderError
-from config import Settings
+from config import Settings, logs
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class Submitter:
             self.leases.write(job, {JobStatus.QUEUED}, submitting_since=None)
             raise
         job.provider, job.account_id = account.provider, account.id
+        logs.add(account=account.id)
         try:
             submission = adapter.submit(request)
         except ProviderError as exc:
@@ -133,6 +134,7 @@ class Submitter:
                 self.leases.hand_back(job, upstream_done=True)
             return outcome
         now = utcnow()
+        logs.add(generation_id=submission.generation_id)
         # The upstream has the job now: recording that must not be lost to a passing database
         # fault, or the job would look like an interrupted submit.
         if not self._move_hard(
@@ -190,8 +192,8 @@ class Submitter:
     def _count_fault(self, account_id: str, exc: ProviderError) -> None:
         # Only the upstream being broken counts: business errors and rate limits do not.
         transient = exc.retryable and exc.code != "upstream_rate_limited"
-        if transient and self.accounts.record_failure(account_id):
-            log.warning("circuit breaker opened for upstream account %s", account_id)
+        if transient:
+            self.accounts.record_failure(account_id)
 
     def _move_hard(self, job: Job, target: JobStatus, **values: Any) -> bool:
         """A move, retried through transient database faults (a restart, a deadlock)."""

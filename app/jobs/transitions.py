@@ -42,11 +42,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Change:
-    """One job that entered ``status`` at ``at``; ``job`` is the row as its writer knew it."""
+    """One job that entered ``status`` at ``at``; ``job`` is the row as its writer knew it,
+    ``error_code`` the one written with a failure."""
 
     job: Job
     status: JobStatus
     at: dt.datetime
+    error_code: str | None = None
 
 
 OnChange = Callable[[Session, Sequence[Change]], None]
@@ -164,7 +166,7 @@ class Transitions:
 
         def write(session: Session) -> list[Change]:
             changed = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
-            return [Change(job, target, now)] if changed else []
+            return [Change(job, target, now, values.get("error_code"))] if changed else []
 
         return bool(self._commit(write))
 
@@ -223,7 +225,7 @@ class Transitions:
 
         def write(session: Session) -> list[Change]:
             expired = session.scalars(statement).all()
-            return [Change(job, JobStatus.FAILED, now) for job in expired]
+            return [Change(job, JobStatus.FAILED, now, job.error_code) for job in expired]
 
         return [change.job for change in self._commit(write)]
 

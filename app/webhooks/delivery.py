@@ -276,13 +276,30 @@ class Dispatcher:
                 return "lost"
             if outcome.gone:
                 self._disable(session, delivery, now)
-        if status == outbox.DEAD:
+        fields = {
+            "job_id": delivery.job_id,
+            "org_id": delivery.org_id,
+            "delivery_id": delivery.id,
+            "attempt": attempts,
+            "http_status": outcome.status_code,
+        }
+        if status != outbox.DEAD:
+            log.info(
+                "webhook %s (%s) %s, attempt %d",
+                delivery.id,
+                delivery.event_type,
+                "delivered" if status == outbox.DELIVERED else status,
+                attempts,
+                extra=fields,
+            )
+        else:
             log.warning(
                 "webhook %s (%s) is dead after %d attempts: %s",
                 delivery.id,
                 delivery.event_type,
                 attempts,
                 outcome.error,
+                extra=fields,
             )
         return status
 
