@@ -21,15 +21,17 @@ from app.jobs.status import JobStatus
 from app.jobs.transitions import AfterCommit, Change
 from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
+from config import logs
 
 log = logging.getLogger("chorus.jobs")
 
 
 def log_changes(changes: Sequence[Change]) -> None:
     """One line per committed change of status, with the job's ids (and, for a failure, its
-    error code): a job's id finds its whole story in the logs."""
+    error code): a job's id finds its whole story in the logs. What the step learnt and bound
+    before writing (the generation id of a submit) is known here too."""
     for change in changes:
-        fields = {**job_fields(change.job), "status": str(change.status)}
+        fields = {**logs.current(), **job_fields(change.job), "status": str(change.status)}
         if change.error_code is not None:
             fields["error_code"] = change.error_code
         log.info("job %s %s", change.job.id, change.status, extra=fields)

@@ -9,8 +9,6 @@ whole story across them: submitted (web, with the caller's request id), RUNNING 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +18,8 @@ from app.cli.processes import web_argv
 from config import load_settings
 from tests.conftest import GOOD_BODY, Processes, auth, wait_for
 from tests.e2e.test_embedded import free_port
-from tests.e2e.test_procfile import Receiver
+from tests.e2e.test_procfile import Receiver, _answers
+from tests.e2e.test_procfile import receiver as receiver  # the module's webhook consumer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 
@@ -44,15 +43,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return parsed
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def start_web(procs: Processes) -> str:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -60,13 +50,6 @@ def start_web(procs: Processes) -> str:
     procs.start("web", web_argv(load_settings(procs.env)))
     wait_for(lambda: _answers(f"{base}/healthz"), 60, message="the API under gunicorn")
     return base
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.mark.env(ALLOW_PRIVATE_URLS="true", WEB_CONCURRENCY="1", WEB_THREADS="4")
