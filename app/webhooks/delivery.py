@@ -283,23 +283,17 @@ class Dispatcher:
             "attempt": attempts,
             "http_status": outcome.status_code,
         }
-        if status != outbox.DEAD:
-            log.info(
-                "webhook %s (%s) %s, attempt %d",
-                delivery.id,
-                delivery.event_type,
-                "delivered" if status == outbox.DELIVERED else status,
-                attempts,
-                extra=fields,
+        what = f"webhook {delivery.id} ({delivery.event_type})"
+        if status == outbox.DELIVERED:
+            log.info("%s delivered, attempt %d", what, attempts, extra=fields)
+        elif status == outbox.DEAD:
+            log.warning(
+                "%s is dead after %d attempts: %s", what, attempts, outcome.error, extra=fields
             )
         else:
-            log.warning(
-                "webhook %s (%s) is dead after %d attempts: %s",
-                delivery.id,
-                delivery.event_type,
-                attempts,
-                outcome.error,
-                extra=fields,
+            # A retry is due later, or the receiver said 410 Gone (disabled).
+            log.info(
+                "%s attempt %d failed (%s): %s", what, attempts, status, outcome.error, extra=fields
             )
         return status
 
