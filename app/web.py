@@ -22,6 +22,7 @@ from app.api.errors import (
 )
 from app.api.limits import init_rate_limit
 from app.api.metrics import init_metrics
+from app.api.request_id import init_request_id
 from app.api.schemas import OpenAIErrorSchema
 from app.db import Database
 from app.extensions import Chorus, close_session
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.webhooks.views import deliveries
     from app.console import blp as console
 
+    init_request_id(app)
     # One budget per key across every route of these blueprints, not one per route; the
     # console's wrong logins spend their address's failures, as refused API keys do.
     init_rate_limit(

@@ -27,6 +27,7 @@ def writer(db: Database, settings: Settings, *, bell: Doorbell | None = None) ->
     if settings.metrics_enabled:
         transitions.after_commit(effects.count_changes)
     transitions.after_commit(effects.wake_waiters(TerminalNotifier(settings)))
+    transitions.after_commit(effects.log_changes)
     if bell is not None:
         transitions.after_commit(effects.ring_doorbell(bell))
     return transitions

@@ -141,6 +141,8 @@ class Settings:
     # The ops console's logins (user:password, comma-separated); unset, /ops/ is a 404.
     ops_basic_auth: str | None
     log_level: str
+    # json (one JSON object a line) or plain (for people: `chorus dev`); config/logs.py.
+    log_format: str
 
     # Metrics (app/metrics.py)
     metrics_enabled: bool
@@ -298,6 +300,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         flower_port=env.int("FLOWER_PORT", 5555, validate=Range(min=1, max=65535)),
         ops_basic_auth=env.str("OPS_BASIC_AUTH", None) or None,
         log_level=env.str("LOG_LEVEL", "INFO"),
+        log_format=env.str("LOG_FORMAT", "json", validate=OneOf(["json", "plain"])),
         metrics_enabled=env.bool("METRICS_ENABLED", True),
         metrics_token=env.str("METRICS_TOKEN", None) or None,
         metrics_dir=Path(env.str("METRICS_DIR", str(var_dir / "metrics"))).resolve(),

@@ -15,6 +15,7 @@ from app.metrics import ENV
 from app.wiring import writer
 from config import Settings
 from config.celery import celery_config
+from workers import logs
 
 
 class ChorusCelery(Celery):
@@ -54,6 +55,7 @@ def make_celery(settings: Settings) -> ChorusCelery:
     app.config_from_object(celery_config(settings))
     app.conf.include = ["workers.tasks", "workers.webhooks"]
     app.set_default()
+    logs.connect(app)
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: Any) -> None:

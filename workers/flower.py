@@ -15,6 +15,7 @@ from typing import Any
 
 from app.basic_auth import authorized, logins
 from config import Settings
+from config.logs import configure
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def serve(settings: Settings, port: int) -> None:
     options.max_tasks = 10_000
     options.purge_offline_workers = 300
     command.extract_settings()
-    command.setup_logging()
+    # Chorus's format for tornado's lines too, instead of Flower's own setup.
+    configure(settings, "flower")
 
     app = Flower(capp=celery, options=options, **tornado_settings)
     rules = guarded_handlers(handlers, credentials)

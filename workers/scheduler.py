@@ -38,6 +38,7 @@ from app.doorbell import CHANNEL, connect
 from app.ops.status import LEADER_LOCK
 from app.webhooks.delivery import Dispatcher
 from config import Settings
+from config.logs import configure
 from workers import ChorusCelery
 from workers import webhooks as webhook_tasks
 from workers.tasks import dispatch
@@ -268,10 +269,7 @@ def run(settings: Settings) -> None:
     from workers import make_celery
     from workers import metrics as worker_metrics
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s: %(levelname)s/scheduler] %(message)s",
-    )
+    configure(settings, "scheduler")
     # Its own /metrics where METRICS_PORT is set (a host of its own); see workers.metrics.
     worker_metrics.start(settings)
     Scheduler(make_celery(settings)).run()

@@ -15,6 +15,7 @@ from app.jobs.models import Job, JobRecord
 from app.jobs.queries import get_job
 from app.tenancy.keys import Caller, authenticate, hash_key
 from app.tenancy.models import ApiKey
+from config import logs
 
 _JOBS = cast(Table, Job.__table__)
 
@@ -65,6 +66,7 @@ def require_key() -> None:
             code="invalid_api_key",
         )
     g.api_key = key
+    logs.add(org_id=key.org_id)
 
 
 def read_job(job_id: str) -> JobRecord:

@@ -12,12 +12,12 @@ one place they get a status and a code.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, has_request_context, jsonify, request
 
+from app.api.request_id import request_id
 from app.jobs import errors as domain
 
 ERROR_TYPES = {
@@ -120,7 +120,7 @@ def aimlapi_body(status: int, message: str) -> dict[str, Any]:
     return {
         "message": message,
         "path": request.path,
-        "requestId": str(uuid.uuid4()),
+        "requestId": request_id(),
         "statusCode": status,
         "timestamp": now,
     }

@@ -4,6 +4,7 @@ scheduler's doorbell."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
 from app.jobs.models import JobRecord
+
+log = logging.getLogger("chorus.jobs")
 
 
 def submit(
@@ -59,4 +62,10 @@ def submit(
     # on the hottest path is a statement of its own, so it is counted here, not in the ledger).
     metrics.JOBS_ACCEPTED.labels(job.model_name, surface).inc()
     metrics.count_money("hold", [(job.currency, job.price)])
+    log.info(
+        "job %s submitted (%s)",
+        job.id,
+        job.model_name,
+        extra={"job_id": job.id, "model": job.model_name, "surface": surface, "status": "QUEUED"},
+    )
     return job, response

@@ -72,13 +72,19 @@ def web_argv(settings: Settings) -> list[str]:
         f"{settings.web_host}:{settings.web_port}",
         "--access-logfile",
         "-",
+        # Its error and access lines in LOG_FORMAT, with the rest of Chorus's (config/logs.py).
+        "--logger-class",
+        "config.weblogs.GunicornLogger",
         "app.wsgi:app",
     ]
 
 
-def _celery(*args: str) -> list[str]:
+def _celery(settings: Settings, *args: str) -> list[str]:
     """A Celery command line for Chorus's app."""
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+    # No banner with JSON logs: it is printed, not logged, so it would be the one line that
+    # is not JSON; the worker logs what it says as a line of its own (workers.logs).
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *quiet, *args]
 
 
 def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = False) -> list[str]:
@@ -88,6 +94,7 @@ def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = Fals
     if sync:
         # Threads, not processes: each held-open upstream call is a thread waiting on a socket.
         return _celery(
+            settings,
             "worker", "-E", "-Q", ",".join(BY_NAME["worker_sync"].queues), "--pool", "threads",
             "--concurrency", str(settings.sync_concurrency),
             "--hostname", "sync@%h", "--loglevel", settings.log_level,
@@ -95,11 +102,13 @@ def worker_argv(settings: Settings, *, sync: bool = False, webhooks: bool = Fals
     if webhooks:
         # The tasks hand deliveries to each process's thread pool (WEBHOOK_CONCURRENCY).
         return _celery(
+            settings,
             "worker", "-E", "-Q", ",".join(BY_NAME["webhooks"].queues),
             "--concurrency", str(settings.worker_concurrency),
             "--hostname", "webhooks@%h", "--loglevel", settings.log_level,
         )  # fmt: skip
     return _celery(
+        settings,
         "worker", "-E", "-Q", ",".join(BY_NAME["worker"].queues),
         "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
     )  # fmt: skip
@@ -192,7 +201,9 @@ def release(ctx: click.Context) -> None:
     """One-shot, before the other processes start: migrate, load CATALOG_FILE, and empty
     METRICS_DIR (a deployment's counters start from zero)."""
     from app import metrics
+    from config.logs import configure
 
+    configure(settings_of(ctx), "release")
     metrics.reset(settings_of(ctx).metrics_dir)
     ctx.invoke(db_upgrade)
     ctx.invoke(catalog_load, file=settings_of(ctx).catalog_file)
@@ -305,6 +316,8 @@ def dev(ctx: click.Context, org_name: str) -> None:
         "DATABASE_URL": str(settings.database_url),
         "PUBLIC_URL": settings.public_url,
         "SECRET_KEY": settings.secret_key or local_secret_key(settings.var_dir),
+        # Read by people at a terminal, unless said otherwise.
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "plain"),
     }
     for process in PROCESSES:
         # release already ran above; Flower is for operating a cluster, and needs a password.

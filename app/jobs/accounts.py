@@ -16,6 +16,7 @@ therefore waits at most one probe interval before it is tried again.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass
 from threading import Lock
@@ -30,6 +31,8 @@ from app.catalog.models import AccountState, Route, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.models import Job
 from app.jobs.status import JobStatus
+
+log = logging.getLogger(__name__)
 
 BREAKER_THRESHOLD = 5
 # Open this long after the failure that opened it (or a failed probe); then one job at a time
@@ -214,17 +217,32 @@ class Accounts:
             .values(probe_until=now + PROBE_WINDOW, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        taken = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if taken:
+            log.info(
+                "circuit breaker half-open for upstream account %s: one probe goes through",
+                account_id,
+                extra={"account": account_id, "breaker": "half_open"},
+            )
+        return taken
 
     # ------------------------------------------------------------------ breaker
 
     def record_success(self, account_id: str) -> None:
         if self._healthy_until.get(account_id, 0.0) > time.monotonic():
             return
+        closed = False
         with self.db.transaction() as session:
             state = session.get(AccountState, account_id)
             if state is not None and (state.failures or state.open_until or state.probe_until):
+                closed = state.open_until is not None
                 state.failures, state.open_until, state.probe_until = 0, None, None
+        if closed:
+            log.info(
+                "circuit breaker closed for upstream account %s",
+                account_id,
+                extra={"account": account_id, "breaker": "closed"},
+            )
         with self._lock:
             self._healthy_until[account_id] = time.monotonic() + 2.0
 
@@ -250,8 +268,16 @@ class Accounts:
             if state.failures >= BREAKER_THRESHOLD or state.probe_until is not None:
                 # Failures of enough jobs, or a failed probe: (re)open until the next probe.
                 state.open_until, state.probe_until = now + BREAKER_COOLDOWN, None
-                return True
-        return False
+                failures = state.failures
+            else:
+                return False
+        log.warning(
+            "circuit breaker opened for upstream account %s after %d failure(s)",
+            account_id,
+            failures,
+            extra={"account": account_id, "breaker": "open", "failures": failures},
+        )
+        return True
 
     def _ensure_state(self, session: Session, account_id: str) -> None:
         values = {"account_id": account_id, "failures": 0, "updated_at": utcnow()}

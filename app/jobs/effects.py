@@ -9,6 +9,7 @@ new row; and, for a writer outside the engine, the scheduler's doorbell rings. T
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -16,11 +17,26 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.doorbell import Doorbell
 from app.jobs.events import EVENTS
+from app.jobs.logfields import job_fields
 from app.jobs.status import JobStatus
 from app.jobs.transitions import AfterCommit, Change
 from app.jobs.waiting import TerminalNotifier
 from app.money import ledger
 from app.money.ledger import CAPTURE, RELEASE
+from config import logs
+
+log = logging.getLogger("chorus.jobs")
+
+
+def log_changes(changes: Sequence[Change]) -> None:
+    """One line per committed change of status, with the job's ids (and, for a failure, its
+    error code): a job's id finds its whole story in the logs. What the step learnt and bound
+    before writing (the generation id of a submit) is known here too."""
+    for change in changes:
+        fields = {**logs.current(), **job_fields(change.job), "status": str(change.status)}
+        if change.error_code is not None:
+            fields["error_code"] = change.error_code
+        log.info("job %s %s", change.job.id, change.status, extra=fields)
 
 
 def settle_money(session: Session, changes: Sequence[Change]) -> None:

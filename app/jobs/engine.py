@@ -26,6 +26,7 @@ from app.doorbell import doorbell
 from app.jobs.accounts import Accounts
 from app.jobs.followup import FollowUp
 from app.jobs.leasing import Claim, DueClaim, Leases
+from app.jobs.logfields import about
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.poll import Deferred, Poller
@@ -195,11 +196,12 @@ class Engine:
         """One step for a taken job; ``polled`` is its status answer when the batch already
         asked the upstream."""
         try:
-            if job.status == JobStatus.QUEUED:
-                return self.submitter.step(job, blocking=blocking)
-            if job.status == JobStatus.CANCELLED:
-                return self.follow_up.step(job)
-            return self.poller.step(job, batch=batch, polled=polled)
+            with about(job):
+                if job.status == JobStatus.QUEUED:
+                    return self.submitter.step(job, blocking=blocking)
+                if job.status == JobStatus.CANCELLED:
+                    return self.follow_up.step(job)
+                return self.poller.step(job, batch=batch, polled=polled)
         except Exception:
             # The boundary: an unexpected fault (a bug, the database) must not strand the job.
             # Give the lease back and look again soon; the deadline bounds how long this lasts.

@@ -12,6 +12,7 @@ import secrets
 
 from app.http.downloads import Downloads
 from app.jobs.leasing import Leases
+from app.jobs.logfields import about
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.transitions import Finished, Transitions
@@ -92,7 +93,8 @@ class Results:
 
     def _succeed_or_retry(self, done: Finished) -> Outcome:
         try:
-            return self.succeed(done)
+            with about(done.job):
+                return self.succeed(done)
         except Exception:
             # As the engine's step boundary: the job must not be stranded; the next poll finds
             # it done again and stores a fresh copy, so this one is dropped.

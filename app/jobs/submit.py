@@ -31,7 +31,7 @@ from app.jobs.status import JobStatus
 from app.jobs.transitions import Transitions
 from app.jobs.upstreams import Upstreams, measured
 from app.providers.base import ProviderError
-from config import Settings
+from config import Settings, logs
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ class Submitter:
                 raise _Withdrawn
             sent.append(True)
 
+        logs.add(account=account.id)
         try:
             with measured(account.id, "submit"):
                 submission = adapter.send(request, mark_sent)
@@ -177,6 +178,7 @@ class Submitter:
                 self.leases.write(job, {JobStatus.QUEUED}, submitting_since=None)
             raise
         now = utcnow()
+        logs.add(generation_id=submission.generation_id)
         # The upstream has the job now: recording that must not be lost to a passing database
         # fault (a restart), or the job would look like an interrupted submit.
         if not self._record(
@@ -254,8 +256,8 @@ class Submitter:
     def _count_fault(self, account_id: str, exc: ProviderError, *, repeat: bool) -> None:
         # Only the upstream being broken counts: business errors and rate limits do not.
         transient = exc.retryable and exc.code != "upstream_rate_limited"
-        if transient and self.accounts.record_failure(account_id, repeat=repeat):
-            log.warning("circuit breaker opened for upstream account %s", account_id)
+        if transient:
+            self.accounts.record_failure(account_id, repeat=repeat)
 
     def _record(self, job: Job, **values: Any) -> bool:
         """Move a job the upstream took to RUNNING, retried through database faults for

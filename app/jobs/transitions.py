@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Change:
-    """One job that entered ``status`` at ``at``; ``job`` is the row as its writer knew it."""
+    """One job that entered ``status`` at ``at``; ``job`` is the row as its writer knew it,
+    ``error_code`` the one written with a failure."""
 
     job: Job
     status: JobStatus

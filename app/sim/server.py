@@ -12,6 +12,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app.sim import create_sim_app
+from config.logs import configure
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "graceful_timeout": 5,
         "accesslog": None,
         "errorlog": "-",
+        "logger_class": "config.weblogs.SimGunicornLogger",
         "loglevel": settings.log_level.lower(),
         "proc_name": "chorus-sim",
         "preload_app": True,
@@ -69,6 +71,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 def serve(settings: Settings) -> None:
     """Serve the simulator until interrupted (blocking); the ``chorus sim`` command."""
+    configure(settings, "sim")
     app = create_sim_app(settings)
     log.info("simulator listening on %s:%s", settings.sim_host, settings.sim_port)
     _SimGunicorn(app, gunicorn_options(settings)).run()

@@ -282,13 +282,24 @@ class Dispatcher:
                 return "lost"
             if outcome.gone:
                 self._disable(session, delivery, now)
-        if status == outbox.DEAD:
+        fields = {
+            "job_id": delivery.job_id,
+            "org_id": delivery.org_id,
+            "delivery_id": delivery.id,
+            "attempt": attempts,
+            "http_status": outcome.status_code,
+        }
+        what = f"webhook {delivery.id} ({delivery.event_type})"
+        if status == outbox.DELIVERED:
+            log.info("%s delivered, attempt %d", what, attempts, extra=fields)
+        elif status == outbox.DEAD:
             log.warning(
-                "webhook %s (%s) is dead after %d attempts: %s",
-                delivery.id,
-                delivery.event_type,
-                attempts,
-                outcome.error,
+                "%s is dead after %d attempts: %s", what, attempts, outcome.error, extra=fields
+            )
+        else:
+            # A retry is due later, or the receiver said 410 Gone (disabled).
+            log.info(
+                "%s attempt %d failed (%s): %s", what, attempts, status, outcome.error, extra=fields
             )
         return status
 

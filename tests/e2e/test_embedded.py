@@ -164,6 +164,12 @@ def test_make_run_path_reaches_succeeded_with_a_valid_wav_and_keeps_its_data(
         # web, the workers, scheduler, simulator (and their own children)
         assert len(dev.children) >= 5, dev.children
         assert list((var_dir / "audio").glob("*.wav"))
+        # Its logs are for people (LOG_FORMAT=plain): the job's story in plain lines.
+        wait_for(lambda: f"job {job['id']} SUCCEEDED" in dev.output(), 10, message="the log")
+        story = [line for line in dev.output().splitlines() if f"job_id={job['id']}" in line]
+        assert any(" INFO [web] chorus.jobs: job " in line for line in story), story
+        assert any(" INFO [worker] chorus.jobs: job " in line for line in story), story
+        assert not any(line.split("| ", 1)[-1].startswith("{") for line in story), story
     assert_stopped_cleanly(dev, pgdata)
 
     # A second start finds what the first one stored.

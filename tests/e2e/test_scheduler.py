@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from app.db import Database
 from tests.conftest import GOOD_BODY, Processes, auth, job_rows, sim_record, wait_for
+from tests.e2e.test_logs import json_lines
 from tests.e2e.test_money_faults import assert_settled_once, wait_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
@@ -111,6 +112,9 @@ def test_the_maintenance_tasks_are_sent_and_an_idle_system_stays_quiet(
     # Nothing is due, so nothing is sent and nothing is logged; a tick would have logged
     # dozens of lines by now.
     assert sum(added.values()) <= 2, {name: procs.log(name)[-2000:] for name in names}
+    # And what was logged, by each of them, is JSON lines (the default LOG_FORMAT).
+    for name in names:
+        assert json_lines(procs.log(name)), name
 
 
 def test_a_leader_cut_off_from_the_database_stops_leading_then_leads_again(

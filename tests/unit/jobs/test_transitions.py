@@ -400,3 +400,38 @@ def test_a_failing_hook_after_the_commit_leaves_the_change_standing(
     assert row(db, job_id).status == JobStatus.FAILED
     assert ledger_kinds(db, job_id) == ["hold", "release"]
     assert woken == [job_id]  # the hooks after the failing one still ran
+
+
+# Each webhook event names the status its change entered.
+STATUS_OF_EVENT = {
+    "running": "RUNNING",
+    "succeeded": "SUCCEEDED",
+    "failed": "FAILED",
+    "cancelled": "CANCELLED",
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_each_change_is_logged_once_with_its_ids_on_every_path(
+    world: World, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    caplog.set_level("INFO", logger="chorus.jobs")
+    jobs = run(world, path)
+
+    expected = {job_id: [STATUS_OF_EVENT[e] for e in PATHS[path][2]] for job_id in jobs}
+    if path == "expired":
+        queued, running = jobs
+        expected = {queued: ["FAILED"], running: ["RUNNING", "FAILED"]}
+    lines = [r for r in caplog.records if r.name == "chorus.jobs" and r.levelname == "INFO"]
+    for job_id in jobs:
+        mine = [r for r in lines if getattr(r, "job_id", None) == job_id]
+        assert [r.status for r in mine] == expected[job_id]  # type: ignore[attr-defined]
+        org_id = row(world.db, job_id).org_id
+        assert all(r.org_id == org_id for r in mine)  # type: ignore[attr-defined]
+        for record in mine:
+            assert record.getMessage() == f"job {job_id} {record.status}"  # type: ignore[attr-defined]
+            if record.status == "RUNNING":  # type: ignore[attr-defined]
+                # The upstream account and its generation id, known once it is running.
+                assert record.account and record.generation_id  # type: ignore[attr-defined]
+            if record.status == "FAILED":  # type: ignore[attr-defined]
+                assert record.error_code == row(world.db, job_id).error_code  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
 from tests.conftest import GOOD_BODY, Processes, auth, wait_for
+from tests.e2e.test_logs import json_lines
 
 pytestmark = [
     pytest.mark.e2e,
@@ -173,6 +174,19 @@ def test_500_forever_is_dead_after_the_schedule(
     assert len(receiver.log) == 9
     assert {r.headers["webhook-id"] for r, _ in receiver.log} == {found[0]["id"]}
     assert found[0]["next_attempt_at"] is None
+
+    # The webhooks worker's log tells the same story: each failed attempt, then the death.
+    def told() -> list[dict[str, Any]]:
+        lines = [r for r in json_lines(chorus.log("webhooks")) if r.get("job_id") == job_id]
+        return lines if len(lines) == 9 else []
+
+    lines = wait_for(told, 10, 0.2, "nine log lines")
+    assert [(r["level"], r["attempt"], r["http_status"]) for r in lines] == [
+        *(("INFO", n, 500) for n in range(1, 9)),
+        ("WARNING", 9, 500),
+    ]
+    assert {r["delivery_id"] for r in lines} == {found[0]["id"]}
+    assert "is dead after 9 attempts" in lines[-1]["message"]
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(
