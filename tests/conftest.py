@@ -151,6 +151,22 @@ def env(
     return {**chorus_env(database_url, redis_url, tmp_path / "var"), **overrides}
 
 
+@contextmanager
+def own_chorus(name: str, redis_url: str, tmp: Path) -> Iterator[tuple[dict[str, str], Database]]:
+    """A Chorus environment on a database of its own (no test's TRUNCATE reaches it), migrated
+    and with the default catalog: for a module's one long-lived server. Dropped after."""
+    with empty_database(f"{os.getpid()}_{name}") as url:
+        env = chorus_env(url, redis_url, tmp / "var")
+        settings = load_settings(env)
+        dbmigrate.upgrade(settings)
+        database = Database(settings)
+        try:
+            load_catalog(database, settings)
+            yield env, database
+        finally:
+            database.engine.dispose()
+
+
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -22,18 +21,14 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from app import dbmigrate
-from app.db import Database
 from config import load_settings
 from tests.api.hostile_cases import CASES, ROUTES, Case
 from tests.conftest import (
     GOOD_BODY,
     Processes,
     auth,
-    chorus_env,
-    empty_database,
     funded_key,
-    load_catalog,
+    own_chorus,
 )
 from tests.serving import start_web
 
@@ -55,14 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     """One gunicorn for the whole corpus, on a database of its own (no other test's TRUNCATE
     can reach it): a funded org with a QUEUED job, and an org with no money."""
     tmp = tmp_path_factory.mktemp("hostile")
-    with empty_database(f"{os.getpid()}_hostile") as url:
-        env = chorus_env(url, redis_url, tmp / "var")
-        settings = load_settings(env)
-        dbmigrate.upgrade(settings)
-        db = Database(settings)
-        load_catalog(db, settings)
+    with own_chorus("hostile", redis_url, tmp) as (env, db):
         key, broke = funded_key(db, "hostile"), funded_key(db, "broke", amount=0)
-        db.engine.dispose()
         procs = Processes(env, tmp)
         try:
             base = start_web(procs, workers=1, threads=8)
