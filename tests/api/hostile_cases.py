@@ -16,7 +16,7 @@ transport cases, written as raw bytes: the HTTP framing itself is broken, so the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Header = tuple[str, bytes]
 
@@ -37,12 +37,13 @@ class Case:
     half_close: bool = False
     # Close the connection without reading: nobody is left to answer.
     abort: bool = False
+    # Send the request in pieces this many seconds apart (a slow client), then go on as above.
+    pace: float = 0.0
     # The framing is broken: the web server may refuse it itself (status < 500 still).
     transport: bool = False
     # A transfer coding no server implements: RFC 9112 §6.1 asks the server for 501 Not
     # Implemented, the one 5xx that is the client's doing (the server's answer, never Chorus's).
     not_implemented: bool = False
-    tags: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -820,6 +821,39 @@ TRANSPORT: list[Case] = [
         transport=True,
     ),
     Case("half-closed-empty", raw=b"", half_close=True, abort=True, transport=True),
+    Case(
+        "slow-then-broken-in-headers",
+        raw=b"GET /v1/balance HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n",
+        pace=0.1,
+        abort=True,
+        transport=True,
+    ),
+    Case(
+        "slow-then-broken-in-body",
+        raw=submit_raw(b"Content-Length: %d\r\n" % len(BODY), BODY[:30]),
+        pace=0.1,
+        abort=True,
+        transport=True,
+    ),
+    Case(
+        "slow-chunks-then-broken",
+        raw=submit_raw(TE, chunked(BODY[:10], BODY[10:20])),
+        pace=0.1,
+        abort=True,
+        transport=True,
+    ),
+    Case(
+        "slow-chunks-then-half-closed",
+        raw=submit_raw(TE, chunked(BODY[:10], BODY[10:20])),
+        pace=0.1,
+        half_close=True,
+        transport=True,
+    ),
+    Case(
+        "slow-but-whole",
+        raw=submit_raw(TE, chunked(BODY[:10], BODY[10:]) + b"0\r\n\r\n"),
+        pace=0.1,
+    ),
 ]
 
 # ------------------------------------------------------------------ methods
@@ -933,4 +967,19 @@ def _id_cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = _route_cases() + _id_cases() + TRANSPORT + METHOD_CASES
+# A valid submit by an org that can pay, with a Prefer it cannot honour: ignored (RFC 7240),
+# answered at once with the job, never a 500 after the job was stored.
+PREFER_ON_A_REAL_SUBMIT = [
+    Case(
+        f"real-submit prefer {value!r}",
+        "POST",
+        b"/v1/music/generations",
+        (("Prefer", value),),
+        js(GOOD),
+    )
+    for value in (b"wait=", b"wait=-1", b"wait=1e999", b"wait=abc", b"wait=\xb9", b"wait=0")
+]
+
+CASES: list[Case] = (
+    _route_cases() + _id_cases() + TRANSPORT + METHOD_CASES + PREFER_ON_A_REAL_SUBMIT
+)

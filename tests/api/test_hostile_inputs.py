@@ -15,6 +15,7 @@ import http.client
 import json
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from tests.conftest import (
 from tests.serving import start_web
 
 TIMEOUT = 20.0
+PIECES = 4  # a slow client's request, in this many pieces
 OPENAI_FIELDS = {"message", "type", "param", "code"}
 AIMLAPI_FIELDS = {"message", "path", "requestId", "statusCode", "timestamp"}
 
@@ -104,7 +106,12 @@ def exchange(port: int, data: bytes, case: Case) -> Answer | None:
     """Send ``data`` on a fresh connection and read the answer (None: none came)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         try:
-            sock.sendall(data)
+            if case.pace:
+                for start in range(0, len(data), len(data) // PIECES + 1):
+                    sock.sendall(data[start : start + len(data) // PIECES + 1])
+                    time.sleep(case.pace)
+            else:
+                sock.sendall(data)
             if case.half_close:
                 sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
