@@ -107,7 +107,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         _connects.append(address)
 
 
-sys.addaudithook(_audit)
+_installed: list[bool] = []
 
 
 @pytest.fixture
@@ -115,6 +115,10 @@ def connects(redis_url: str) -> Iterator[list[Any]]:
     """The address of every socket connect made meanwhile, but Redis's (the API's rate limit
     counts there). The audit hook stays installed after, idle."""
     global _connects
+    if not _installed:
+        # An audit hook cannot be removed: installed once, by the first test that watches.
+        sys.addaudithook(_audit)
+        _installed.append(True)
     redis = urlsplit(redis_url)
     _ignored.add((redis.hostname, redis.port))
     _connects = []
@@ -283,3 +287,11 @@ def test_metadata_stays_refused_with_private_urls_allowed(
     else:
         download(ctx, target, ctx.private, None)
     assert connects == []
+
+
+def test_the_monitor_sees_a_connection(ctx: Context, connects: list[Any]) -> None:
+    # What makes every empty list above mean something: an allowed send is seen.
+    ctx.server.expect_request("/seen", method="POST").respond_with_data("ok")
+    outcome = Dispatcher(ctx.private, ctx.db).send(url(ctx.server, "/seen"), {}, "{}")
+    assert outcome.status_code == 200
+    assert ("127.0.0.1", ctx.server.port) in {tuple(a[:2]) for a in connects}
