@@ -178,7 +178,9 @@ def test_the_corpus_is_big_and_covers_every_route(server: Server) -> None:
     assert len({c.name for c in CASES}) == len(CASES)
 
 
-def test_the_server_logged_no_error(server: Server) -> None:
+def test_the_server_logged_no_error_and_kept_its_worker(server: Server) -> None:
     # A 5xx would show above; an exception the server swallowed shows here.
     log = server.procs.log("web")
     assert "Traceback" not in log, log[-6000:]
+    # Nor did a worker die and get replaced, which a normal request afterwards would not show.
+    assert log.count("Booting worker") == 1, log[-6000:]
