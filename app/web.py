@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
@@ -72,23 +74,34 @@ class ChorusRequest(Request):
 
     The web server de-chunks the body as it is read, so a malformed chunked body (a chunk size
     that is no number, a chunk cut short, no final chunk) surfaces as the server's own
-    exception in the middle of ``get_data``, whatever the server. Everything that reads the
-    body (the JSON parser, the idempotency fingerprint) goes through here.
+    exception in the middle of a read, whatever the server. Everything that reads the body
+    goes through one of these two: the raw bytes (the JSON parser, the idempotency
+    fingerprint) or the form parser.
     """
 
     def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
     ) -> bytes | str:
-        try:
+        with _client_bytes():
             return super().get_data(cache, as_text, parse_form_data)  # type: ignore[call-overload]
-        except HTTPException:
-            raise  # werkzeug's own answers: 413 over the limit, 400 for a body cut short
-        except Exception as exc:
-            # Whatever the server's reader raises (its classes are its own): the bytes the
-            # client sent are not a body.
-            raise BadRequest(
-                "The request body could not be read: its framing is broken or it was cut short."
-            ) from exc
+
+    def _load_form_data(self) -> None:
+        with _client_bytes():
+            super()._load_form_data()
+
+
+@contextmanager
+def _client_bytes() -> Iterator[None]:
+    try:
+        yield
+    except HTTPException:
+        raise  # werkzeug's own answers: 413 over the limit, 400 for a body cut short
+    except Exception as exc:
+        # Whatever the server's reader raises (its classes are its own): the bytes the
+        # client sent are not a body.
+        raise BadRequest(
+            "The request body could not be read: its framing is broken or it was cut short."
+        ) from exc
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -40,6 +40,8 @@ class Case:
     # The bytes never make a whole request (no end of headers, not HTTP at all): closing
     # without an answer is as right as a 400.
     may_drop: bool = False
+    # Not the API (the operators' console, /metrics): a 4xx need not be the contract's JSON.
+    any_body: bool = False
     # Send the request in pieces this many seconds apart (a slow client), then go on as above.
     pace: float = 0.0
     # The framing is broken: the web server may refuse it itself (status < 500 still).
@@ -57,6 +59,8 @@ class Route:
     key: str = "{KEY}"
     # The rule of Flask's url_map this route exercises.
     rule: str = ""
+    # An operator's page, not the API: its refusals (a login asked for) are not JSON.
+    any_body: bool = False
 
 
 GOOD = {
@@ -71,6 +75,9 @@ GOOD_V2 = {"model": "music-2.6", "prompt": "A calm piano piece", "lyrics": "[Ver
 def js(value: object) -> bytes:
     return json.dumps(value).encode()
 
+
+OPS_LOGIN = "Basic b3BzOm9wcy1zZWNyZXQ="  # ops:ops-secret, OPS_BASIC_AUTH of the corpus's server
+METRICS_TOKEN = "metrics-secret"
 
 ROUTES = [
     Route("GET", "/v1/music/generations", rule="/v1/music/generations"),
@@ -109,6 +116,22 @@ ROUTES = [
     Route("GET", "/v1/webhooks/secret", rule="/v1/webhooks/secret"),
     Route("POST", "/v1/webhooks/secret/rotate", rule="/v1/webhooks/secret/rotate"),
     Route("GET", "/healthz", rule="/healthz"),
+    # The operators' console and /metrics, where the app has them: OPS_BASIC_AUTH and
+    # METRICS_TOKEN are set for the corpus's server (without them both are plain 404s).
+    *(
+        Route(method, path, key=OPS_LOGIN, rule=rule, any_body=True)
+        for method, path, rule in (
+            ("GET", "/ops/", "/ops/"),
+            ("GET", "/ops/static/console.css", "/ops/static/<path:filename>"),
+            ("GET", "/ops/accounts", "/ops/accounts"),
+            ("POST", "/ops/accounts/sim-aimlapi/disable", "/ops/accounts/<account_id>/<action>"),
+            ("GET", "/ops/failures", "/ops/failures"),
+            ("GET", "/ops/tenants", "/ops/tenants"),
+            ("GET", "/ops/jobs", "/ops/jobs"),
+            ("GET", "/ops/jobs/{JOB}", "/ops/jobs/<job_id>"),
+        )
+    ),
+    Route("GET", "/metrics", key=METRICS_TOKEN, rule="/metrics", any_body=True),
     Route("GET", "/openapi.json", rule="/openapi.json"),
     Route("GET", "/docs", rule="/docs"),
     Route("GET", "/static/swagger-ui/swagger-ui.css", rule="/static/<path:filename>"),
@@ -590,6 +613,26 @@ TRANSPORT: list[Case] = [
         raw=submit_raw(b"Expect: 42-nonsense\r\nContent-Length: %d\r\n" % len(BODY), BODY),
         transport=True,
     ),
+    # The console's forms: its token is read from the form, through the form parser.
+    Case(
+        "console-form-chunk-size-garbage",
+        raw=b"POST /ops/accounts/sim-aimlapi/disable HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: " + OPS_LOGIN.encode() + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n" + CLOSE + TE + b"\r\n"
+        b"zz\r\ncsrf_token=x\r\n0\r\n\r\n",
+        transport=True,
+        any_body=True,
+    ),
+    Case(
+        "console-form-chunk-cut-short",
+        raw=b"POST /ops/accounts/sim-aimlapi/disable HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: " + OPS_LOGIN.encode() + b"\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n" + CLOSE + TE + b"\r\n"
+        b"400\r\n--b\r\nContent-Disposition: form-data; name=csrf_token\r\n\r\nx",
+        half_close=True,
+        transport=True,
+        any_body=True,
+    ),
     # The request line and the header block
     Case("request-line-method-only", raw=b"GET\r\n\r\n", transport=True),
     Case(
@@ -929,6 +972,7 @@ def _route_cases() -> list[Case]:
                     own,
                     route.body,
                     key if key is None else route.key,
+                    any_body=route.any_body,
                 )
             )
         if route.method == "GET":
@@ -936,7 +980,13 @@ def _route_cases() -> list[Case]:
             for name, query in QUERY_FAMILIES:
                 if every or name in SOME_QUERIES:
                     cases.append(
-                        Case(f"{where} {name}", "GET", target + joiner + query, key=route.key)
+                        Case(
+                            f"{where} {name}",
+                            "GET",
+                            target + joiner + query,
+                            key=route.key,
+                            any_body=route.any_body,
+                        )
                     )
             for name, query in LONG_QUERIES if every else []:
                 cases.append(
@@ -959,6 +1009,7 @@ def _route_cases() -> list[Case]:
                             body=body,
                             key=route.key,
                             content_type=content_type,
+                            any_body=route.any_body,
                         )
                     )
     return cases
