@@ -3,7 +3,8 @@ services, refused on every path by which Chorus fetches a URL that came from out
 
 The paths: a job's ``callback_url`` and a webhook endpoint's ``url`` at the API, the webhook
 send itself, ``reference_audio_url`` at the API and its fetch, an upstream's audio link, and a
-redirect to the address from a server each path may reach. What proves nothing was reached is
+redirect to the address from a server each path may reach. A name is judged by the address it
+resolves to (a private answer refused, no answer refused) on each path that resolves. What proves nothing was reached is
 the interpreter's own audit event for every socket connect: while a case runs, no connection
 may go anywhere but the test's own redirecting server.
 """
@@ -22,13 +23,14 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from app.db import Database
+from app.http import guard
 from app.jobs import reference_audio
 from app.jobs.errors import BadReferenceAudio
 from app.storage import AudioError
 from app.web import create_app
 from app.webhooks.delivery import Dispatcher
 from config import Settings, load_settings
-from tests.api.test_webhook_urls import REFUSED
+from tests.api.test_webhook_urls import REFUSED, no_such_name, private_a_record
 from tests.conftest import GOOD_BODY, auth, funded_key, own_chorus
 from tests.unit.http.support import started, url
 from tests.unit.http.test_guard import fetch_error
@@ -295,3 +297,45 @@ def test_the_monitor_sees_a_connection(ctx: Context, connects: list[Any]) -> Non
     outcome = Dispatcher(ctx.private, ctx.db).send(url(ctx.server, "/seen"), {}, "{}")
     assert outcome.status_code == 200
     assert ("127.0.0.1", ctx.server.port) in {tuple(a[:2]) for a in connects}
+
+
+# ------------------------------------------------------------------ names, by what they resolve to
+
+
+def via_guard_check(ctx: Context, target: str, resolver: Any) -> None:
+    # What the API runs on a callback or endpoint URL.
+    with pytest.raises(guard.RefusedURL):
+        guard.check(target, ctx.settings, resolver=resolver)
+
+
+def via_send_resolved(ctx: Context, target: str, resolver: Any) -> None:
+    outcome = Dispatcher(ctx.settings, ctx.db, resolver=resolver).send(target, {}, "{}")
+    assert outcome.status_code is None and outcome.error, outcome
+
+
+def via_reference_resolved(ctx: Context, target: str, resolver: Any) -> None:
+    with pytest.raises(BadReferenceAudio):
+        reference_audio.check(target, ctx.settings, session=guard.session(ctx.settings, resolver))
+
+
+def via_audio_link_resolved(ctx: Context, target: str, resolver: Any) -> None:
+    error = fetch_error(ctx.settings, ctx.tmp, target, "https://api.upstream.example", resolver)
+    # A private answer is refused for good; a name that does not resolve may resolve later.
+    assert resolver is no_such_name or not error.retryable, error
+
+
+RESOLVED_PATHS = [
+    via_guard_check,
+    via_send_resolved,
+    via_reference_resolved,
+    via_audio_link_resolved,
+]
+
+
+@pytest.mark.parametrize("resolver", [private_a_record, no_such_name], ids=["private", "nxdomain"])
+@pytest.mark.parametrize("path", RESOLVED_PATHS, ids=[p.__name__ for p in RESOLVED_PATHS])
+def test_a_name_is_judged_by_its_address_and_fails_closed(
+    ctx: Context, connects: list[Any], path: Any, resolver: Any
+) -> None:
+    path(ctx, "https://files.example.com/song.wav", resolver)
+    assert connects == []
