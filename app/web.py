@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from flask.sessions import SessionInterface
 from flask_smorest import Api
 from marshmallow import fields
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
 from app.api import openapi
 from app.api.errors import (
@@ -69,11 +71,47 @@ class ChorusApi(Api):
         return response
 
 
+class ChorusRequest(Request):
+    """A request whose body, when it cannot be read, is the client's error (400), not a crash.
+
+    The web server de-chunks the body as it is read, so a malformed chunked body (a chunk size
+    that is no number, a chunk cut short, no final chunk) surfaces as the server's own
+    exception in the middle of a read, whatever the server. Everything that reads the body
+    goes through one of these two: the raw bytes (the JSON parser, the idempotency
+    fingerprint) or the form parser.
+    """
+
+    def get_data(  # type: ignore[override]
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> bytes | str:
+        with _client_bytes():
+            return super().get_data(cache, as_text, parse_form_data)  # type: ignore[call-overload]
+
+    def _load_form_data(self) -> None:
+        with _client_bytes():
+            super()._load_form_data()
+
+
+@contextmanager
+def _client_bytes() -> Iterator[None]:
+    try:
+        yield
+    except HTTPException:
+        raise  # werkzeug's own answers: 413 over the limit, 400 for a body cut short
+    except Exception as exc:
+        # Whatever the server's reader raises (its classes are its own): the bytes the
+        # client sent are not a body.
+        raise BadRequest(
+            "The request body could not be read: its framing is broken or it was cut short."
+        ) from exc
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     if not settings.secret_key:
         raise ValueError(NO_SIGNING_KEY)
     app = Flask(__name__)
+    app.request_class = ChorusRequest
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,

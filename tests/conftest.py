@@ -117,6 +117,29 @@ def isolated_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         yield
 
 
+def chorus_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, str]:
+    """The environment every Chorus process of a test gets, on these servers."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CHORUS_VAR_DIR": str(var_dir),
+        "SECRET_KEY": "test-secret",
+        # The processes that write links refuse to start without it.
+        "PUBLIC_URL": "http://127.0.0.1:8000",
+        "LEASE_SECONDS": "8",
+        "UPSTREAM_READ_TIMEOUT": "3",
+        "UPSTREAM_CONNECT_TIMEOUT": "2",
+        "SIM_LATENCY": "0.6",
+        "SIM_JITTER": "0.1",
+        "SIM_AUDIO_SECONDS": "2",
+        "IO_THREADS": "8",
+        # Generous: tests that are not about rate limits must not meet one.
+        "RATE_LIMIT": "100000 per minute",
+        # This run's keys only: concurrent test runs may share the Redis database.
+        "REDIS_KEY_PREFIX": REDIS_PREFIX,
+    }
+
+
 @pytest.fixture
 def env(
     database_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -126,28 +149,23 @@ def env(
     ``@pytest.mark.env(NAME="value")`` overrides it for one test, before anything reads it.
     """
     overrides = {k: v for m in request.node.iter_markers("env") for k, v in m.kwargs.items()}
-    return {
-        **{
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "CHORUS_VAR_DIR": str(tmp_path / "var"),
-            "SECRET_KEY": "test-secret",
-            # The processes that write links refuse to start without it.
-            "PUBLIC_URL": "http://127.0.0.1:8000",
-            "LEASE_SECONDS": "8",
-            "UPSTREAM_READ_TIMEOUT": "3",
-            "UPSTREAM_CONNECT_TIMEOUT": "2",
-            "SIM_LATENCY": "0.6",
-            "SIM_JITTER": "0.1",
-            "SIM_AUDIO_SECONDS": "2",
-            "IO_THREADS": "8",
-            # Generous: tests that are not about rate limits must not meet one.
-            "RATE_LIMIT": "100000 per minute",
-            # This run's keys only: concurrent test runs may share the Redis database.
-            "REDIS_KEY_PREFIX": REDIS_PREFIX,
-        },
-        **overrides,
-    }
+    return {**chorus_env(database_url, redis_url, tmp_path / "var"), **overrides}
+
+
+@contextmanager
+def own_chorus(name: str, redis_url: str, tmp: Path) -> Iterator[tuple[dict[str, str], Database]]:
+    """A Chorus environment on a database of its own (no test's TRUNCATE reaches it), migrated
+    and with the default catalog: for a module's one long-lived server. Dropped after."""
+    with empty_database(f"{os.getpid()}_{name}") as url:
+        env = chorus_env(url, redis_url, tmp / "var")
+        settings = load_settings(env)
+        dbmigrate.upgrade(settings)
+        database = Database(settings)
+        try:
+            load_catalog(database, settings)
+            yield env, database
+        finally:
+            database.engine.dispose()
 
 
 @pytest.fixture
@@ -164,8 +182,7 @@ def db(settings: Settings) -> Iterator[Database]:
     database.engine.dispose()
 
 
-@pytest.fixture
-def catalog(db: Database, settings: Settings) -> dict[str, Any]:
+def load_catalog(db: Database, settings: Settings) -> dict[str, Any]:
     """The default catalog (every model on the simulator), with test-sized timings."""
     data = loader.read(settings.catalog_file)
     for model in data["models"]:
@@ -173,6 +190,11 @@ def catalog(db: Database, settings: Settings) -> dict[str, Any]:
     with db.transaction() as session:
         loader.load(session, data)
     return data
+
+
+@pytest.fixture
+def catalog(db: Database, settings: Settings) -> dict[str, Any]:
+    return load_catalog(db, settings)
 
 
 CREDIT = 1_000_000  # minor units given to each test org: plenty for any test's jobs

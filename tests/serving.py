@@ -1,13 +1,19 @@
-"""A Chorus app served over a real socket by a threaded server, for truly concurrent requests."""
+"""A Chorus app served over a real socket: in-process by a threaded server, for truly concurrent
+requests, or as `chorus web` runs it (gunicorn), for what depends on the web server itself."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import requests
 from werkzeug.serving import make_server
+
+from config import load_settings
+from tests.conftest import Processes, wait_for
 
 
 @contextmanager
@@ -28,3 +34,38 @@ def stop_hub(app: Any) -> None:
     hub = app.extensions["chorus"]._hub
     if hub is not None:
         hub.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_web(procs: Processes, workers: int = 2, threads: int = 16) -> str:
+    """gunicorn as `chorus web` runs it (two processes of sixteen threads by default) on a free
+    port; returns its base URL once it answers ``/healthz``."""
+    from app.cli.processes import web_argv
+
+    port = free_port()
+    procs.env.update(
+        PORT=str(port),
+        WEB_HOST="127.0.0.1",
+        WEB_CONCURRENCY=str(workers),
+        WEB_THREADS=str(threads),
+    )
+    proc = procs.start("web", web_argv(load_settings(procs.env)))
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, procs.log("web")
+        if f"Listening at: {base}" not in procs.log("web"):
+            return False  # whatever answers on the port, it is not this server yet
+        try:
+            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, 120, interval=0.25, message="gunicorn to answer /healthz")
+    return base

@@ -20,6 +20,9 @@ A made-up key would otherwise come with a fresh budget of its own: every refused
 counts against its address's budget of failures (the same limit), and an address that has
 spent it is refused everything, valid keys included, until its window ends. Clients that
 share an address with one guessing keys share its wait.
+
+When Redis cannot be reached, a request this process holds no leased budget for is answered
+503 with ``Retry-After``: the budget cannot be counted, so it is not spent blind.
 """
 
 from __future__ import annotations
@@ -108,9 +111,16 @@ class RateLimit:
         try:
             allowed, until = self.take(limit_key())
         except StorageError as exc:
-            # Redis unreachable: serve rather than refuse every client.
+            # Redis unreachable: the budget cannot be counted, so nothing is admitted past it
+            # (a made-up key would otherwise go unlimited for the whole outage). What this
+            # process already leased is still served; the rest hear when to come back.
             log.warning("rate limit not checked: %s", exc.storage_error)
-            return
+            raise ApiError(
+                503,
+                "The rate limiter is unavailable for a moment; retry.",
+                code="unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
         if not allowed:
             raise _refused(until, f"Rate limit reached: {self.item}")
 

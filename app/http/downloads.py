@@ -29,6 +29,7 @@ class Downloads:
     """Pooled GETs of audio links, shared by a process's threads."""
 
     def __init__(self, settings: Settings, resolver: ssrfguard.Resolver | None = None) -> None:
+        self.settings = settings
         self.trusted = requests.Session()
         pooled = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
         self.trusted.mount("http://", pooled)
@@ -48,8 +49,12 @@ class Downloads:
         for _ in range(MAX_HOPS + 1):
             session = self.trusted if trusted and same_origin(url, trusted) else self.guarded
             try:
+                if session is self.guarded:
+                    # No length cap: an upstream's signed links can be longer than any URL a
+                    # client would write for Chorus to store and show back.
+                    guard.check_written(url, self.settings, max_length=None)
                 response = session.get(url, stream=True, timeout=timeout, allow_redirects=False)
-            except ssrfguard.SSRFGuardError as exc:
+            except (ssrfguard.SSRFGuardError, guard.RefusedURL) as exc:
                 raise guard.RefusedURL(f"the audio link {url[:200]!r} is refused: {exc}") from exc
             if not response.is_redirect:
                 with response:
@@ -65,12 +70,12 @@ class Downloads:
 
 
 def same_origin(url: str, other: str) -> bool:
-    a, b = urlsplit(url), urlsplit(other)
     try:
+        a, b = urlsplit(url), urlsplit(other)
         return (a.scheme, a.hostname, a.port or DEFAULT_PORTS.get(a.scheme)) == (
             b.scheme,
             b.hostname,
             b.port or DEFAULT_PORTS.get(b.scheme),
         )
-    except ValueError:  # a port that is not a number
+    except ValueError:  # a port that is not a number, a bracketed host that is no address
         return False

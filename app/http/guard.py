@@ -75,16 +75,34 @@ class RefusedURL(ValueError):
     """A URL Chorus will not call; the message says why, for the client."""
 
 
-def check(url: str, settings: Settings, resolver: ssrfguard.Resolver | None = None) -> None:
-    """Raise RefusedURL unless ``url`` is a callback target Chorus may call now."""
-    if len(url) > MAX_URL_LENGTH:
-        raise RefusedURL(f"it is longer than {MAX_URL_LENGTH} characters")
+def check_written(
+    url: str, settings: Settings, max_length: int | None = MAX_URL_LENGTH
+) -> ssrfguard.Target:
+    """Raise RefusedURL unless ``url`` as written may be called: its length, ASCII, scheme,
+    credentials, port and any literal address. No name is resolved here.
+
+    Every fetch path applies it before its guarded session, which parses a URL its own way (a
+    bracketed name such as ``http://[example.com]/`` would otherwise be looked up)."""
+    if max_length is not None and len(url) > max_length:
+        raise RefusedURL(f"it is longer than {max_length} characters")
     if not url.isascii():
         # An internationalised host can imitate another; ask for its punycode form.
         raise RefusedURL("it must be ASCII (write an internationalised host in punycode)")
+    try:
+        return policy(settings).check_url(url)
+    except ssrfguard.BlockedAddressError as exc:
+        raise RefusedURL(f"it points to an address Chorus does not call ({exc.reason})") from exc
+    except ssrfguard.SSRFGuardError as exc:
+        raise RefusedURL(f"it is not allowed ({getattr(exc, 'reason', exc)})") from exc
+    except (UnicodeError, ValueError) as exc:
+        raise RefusedURL(f"it is not a valid URL ({exc})") from exc
+
+
+def check(url: str, settings: Settings, resolver: ssrfguard.Resolver | None = None) -> None:
+    """Raise RefusedURL unless ``url`` is a callback target Chorus may call now."""
+    target = check_written(url, settings)
     guard = policy(settings)
     try:
-        target = guard.check_url(url)
         ssrfguard.resolve(target, policy=guard, resolver=resolver)
     except ssrfguard.BlockedAddressError as exc:
         raise RefusedURL(f"it points to an address Chorus does not call ({exc.reason})") from exc

@@ -29,6 +29,10 @@ ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
 
 def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
     """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
+    try:
+        guard.check_written(url, settings)
+    except guard.RefusedURL as exc:
+        raise BadReferenceAudio(f"that address is not allowed: {exc}") from exc
     http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:

@@ -209,6 +209,11 @@ class Dispatcher:
             return int((time.monotonic() - started) * 1000)
 
         try:
+            # Stored URLs were checked when given; the rules may have changed since.
+            guard.check_written(url, self.settings)
+        except guard.RefusedURL as exc:
+            return Outcome(None, elapsed(), f"address refused: {exc}"[:ERROR_LIMIT])
+        try:
             # The guarded session resolves, checks and pins the address on this very attempt.
             with self.http().post(
                 url,

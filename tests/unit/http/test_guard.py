@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ssrfguard
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
@@ -48,7 +49,11 @@ def redirect(server: HTTPServer, path: str, location: str) -> None:
 
 
 def fetch(
-    settings: Settings, tmp_path: Path, link: str, trusted: str | None = None
+    settings: Settings,
+    tmp_path: Path,
+    link: str,
+    trusted: str | None = None,
+    resolver: ssrfguard.Resolver | None = None,
 ) -> tuple[str, Any]:
     storage = LocalStorage(tmp_path / "audio")
     return storage.fetch(
@@ -56,14 +61,20 @@ def fetch(
         "job",
         max_bytes=1 << 20,
         timeout=TIMEOUT,
-        downloads=Downloads(settings),
+        downloads=Downloads(settings, resolver),
         trusted=trusted,
     )
 
 
-def fetch_error(settings: Settings, tmp_path: Path, link: str, trusted: str | None) -> AudioError:
+def fetch_error(
+    settings: Settings,
+    tmp_path: Path,
+    link: str,
+    trusted: str | None,
+    resolver: ssrfguard.Resolver | None = None,
+) -> AudioError:
     with pytest.raises(AudioError) as info:
-        fetch(settings, tmp_path, link, trusted)
+        fetch(settings, tmp_path, link, trusted, resolver)
     return info.value
 
 
