@@ -23,7 +23,12 @@ def test_the_embedded_default_publishes_through_it(tmp_path: Path) -> None:
 
 
 def test_a_consumer_racing_the_producer_only_ever_reads_whole_messages(tmp_path: Path) -> None:
-    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)}
+    options = {
+        "data_folder_in": str(tmp_path),
+        "data_folder_out": str(tmp_path),
+        # kombu's default is ./control: the exchange's table would land in the working tree.
+        "control_folder": str(tmp_path / "control"),
+    }
     errors: list[BaseException] = []
 
     def produce() -> None:
