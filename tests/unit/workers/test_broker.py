@@ -41,14 +41,17 @@ def test_a_consumer_racing_the_producer_only_ever_reads_whole_messages(tmp_path:
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    producer = threading.Thread(target=produce)
-    producer.start()
     received = []
     # The consumer polls the folder as fast as it can, so it lists each file as soon as it exists.
     with Connection(
         transport=Transport, transport_options={**options, "polling_interval": 0}
     ) as conn:
+        # Declared (its binding written) before the producer starts: kombu keeps bindings per
+        # process, so a producer in this same process takes the queue as bound already and
+        # would route its first messages by a table not yet on disk, dropping them.
         queue = conn.SimpleQueue("race")
+        producer = threading.Thread(target=produce)
+        producer.start()
         while len(received) < MESSAGES:
             message = queue.get(timeout=30)
             received.append(message.payload)
