@@ -86,6 +86,9 @@ class Settings:
     idempotency_lock_seconds: int
     wait_max_waiters: int
     wait_recheck_seconds: float
+    reference_fetch_concurrency: int
+    request_header_timeout: float
+    request_body_timeout: float
 
     # Job engine
     scheduler_lookahead: float
@@ -237,6 +240,20 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         wait_max_waiters=wait_max_waiters,
         wait_recheck_seconds=env.float(
             "WAIT_RECHECK_SECONDS", 3.0, validate=Range(min=0.1, max=30)
+        ),
+        # Reference tracks fetched at once by one web process, each on a web thread for up
+        # to 20 s: past this a submit with one is refused at once (503), so slow references
+        # never hold every thread.
+        reference_fetch_concurrency=env.int(
+            "REFERENCE_FETCH_CONCURRENCY", max(1, threads // 4), validate=Range(min=1)
+        ),
+        # A client gets this long to send a request's headers, then its whole body, or its
+        # connection is closed (headers) or answered 408 (body); neither holds a thread meanwhile.
+        request_header_timeout=env.float(
+            "REQUEST_HEADER_TIMEOUT", 10.0, validate=Range(min=0.1, max=300)
+        ),
+        request_body_timeout=env.float(
+            "REQUEST_BODY_TIMEOUT", 30.0, validate=Range(min=0.1, max=3600)
         ),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import requests
 from werkzeug.serving import make_server
+
+from config import load_settings
+
+if TYPE_CHECKING:
+    from tests.conftest import Processes
 
 
 @contextmanager
@@ -28,3 +35,38 @@ def stop_hub(app: Any) -> None:
     hub = app.extensions["chorus"]._hub
     if hub is not None:
         hub.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_web(procs: Processes, **env: str) -> str:
+    """The web process as `chorus web` runs it (two processes of sixteen threads unless
+    ``env`` says otherwise) on a free port; its base URL once it answers /healthz."""
+    from app.cli.processes import web_argv
+    from tests.conftest import wait_for
+
+    port = free_port()
+    procs.env.update(
+        {"WEB_CONCURRENCY": "2", "WEB_THREADS": "16", **env},
+        PORT=str(port),
+        WEB_HOST="127.0.0.1",
+    )
+    proc = procs.start("web", web_argv(load_settings(procs.env)))
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, procs.log("web")
+        if f"Listening at: {base}" not in procs.log("web"):
+            return False  # whatever answers on the port, it is not this server yet
+        try:
+            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, 120, interval=0.25, message="the web process to answer /healthz")
+    return base

@@ -8,7 +8,10 @@ MP3 longer than 15 seconds, and a refusal now beats a FAILED job a minute later.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mutagen
@@ -16,7 +19,7 @@ import requests
 import ssrfguard
 
 from app.http import guard
-from app.jobs.errors import BadReferenceAudio
+from app.jobs.errors import BadReferenceAudio, ReferenceFetchBusy
 from config import Settings
 
 MIN_SECONDS = 15.0
@@ -26,9 +29,35 @@ MAX_SECONDS = 600.0
 FETCH_SECONDS = 20.0
 ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
 
+# The fetches under way in this process, per cap (REFERENCE_FETCH_CONCURRENCY).
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def fetch_slot(settings: Settings) -> Iterator[None]:
+    """One of the process's REFERENCE_FETCH_CONCURRENCY fetches, or ``ReferenceFetchBusy`` at
+    once: each fetch holds a web thread for up to FETCH_SECONDS, and without a cap slow
+    references would hold them all."""
+    cap = settings.reference_fetch_concurrency
+    with _slots_lock:
+        slots = _slots.setdefault(cap, threading.BoundedSemaphore(cap))
+    if not slots.acquire(blocking=False):
+        raise ReferenceFetchBusy()
+    try:
+        yield
+    finally:
+        slots.release()
+
 
 def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
-    """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
+    """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds
+    (``ReferenceFetchBusy`` if this process is fetching as many as it may)."""
+    with fetch_slot(settings):
+        _check(url, settings, session)
+
+
+def _check(url: str, settings: Settings, session: requests.Session | None) -> None:
     http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:

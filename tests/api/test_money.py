@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +37,6 @@ from app.money import ledger
 from app.money.models import LedgerEntry
 from app.tenancy.keys import get_or_create_org
 from app.tenancy.models import ApiKey
-from config import load_settings
 from tests.conftest import (
     CREDIT,
     GOOD_BODY,
@@ -50,6 +48,7 @@ from tests.conftest import (
     statements_on,
     wait_for,
 )
+from tests.serving import start_web
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
@@ -105,35 +104,6 @@ def submit(client: Any, key: str, **extra: Any) -> Any:
 
 
 # ------------------------------------------------------------------ a real server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_web(procs: Processes) -> str:
-    """gunicorn as `chorus web` runs it: two processes of sixteen threads on a free port."""
-    from app.cli.processes import web_argv
-
-    port = free_port()
-    procs.env.update(PORT=str(port), WEB_HOST="127.0.0.1", WEB_CONCURRENCY="2", WEB_THREADS="16")
-    proc = procs.start("web", web_argv(load_settings(procs.env)))
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, procs.log("web")
-        if f"Listening at: {base}" not in procs.log("web"):
-            return False  # whatever answers on the port, it is not this server yet
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(up, 120, interval=0.25, message="gunicorn to answer /healthz")
-    return base
 
 
 @pytest.fixture
