@@ -175,7 +175,7 @@ def bare_command(chorus_argv: list[str], port: int) -> list[str]:
     """Chorus's own gunicorn command line with only the bind and the app swapped."""
     argv = list(chorus_argv)
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    argv[argv.index("app.wsgi:app")] = "bench.bare:app"
+    argv[argv.index("app.asgi:app")] = "bench.bare:asgi"
     return argv
 
 
