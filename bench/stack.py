@@ -52,7 +52,7 @@ CATALOG = textwrap.dedent(
 LYRICS = "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing in the sun"
 
 # Process settings, chosen for the 2-core benchmark machine (recorded in the report):
-# - web: gunicorn gthread, 2 processes (one per core) x 8 threads — Chorus's defaults;
+# - web: gunicorn, 2 processes (one per core, an event loop each) x 8 threads;
 # - worker: Celery prefork with 2 processes (one per core; the GIL holds each to one), each
 #   with IO_THREADS=16: a batch's status calls go out 16 at a time from one thread, and
 #   submits and downloads run on 16 threads, enough to overlap the simulator's and Postgres's
