@@ -203,3 +203,34 @@ def test_bodies_over_max_content_length_are_413_chunked_or_not(strict: str, db: 
         timeout=CLIENT_TIMEOUT,
     )
     assert response.status_code == 202, response.text
+
+
+def test_forwarded_proto_is_taken_from_loopback_and_forwarded_for_from_nowhere(
+    procs: Processes, db: Any
+) -> None:
+    base = start_web(procs, WEB_CONCURRENCY="1", WEB_THREADS="4", RATE_LIMIT="3 per minute")
+    key = funded_key(db, "proxied")
+    # From loopback (gunicorn's FORWARDED_ALLOW_IPS by default), the scheme is believed.
+    posted = requests.post(
+        f"{base}{URL}",
+        json=GOOD_BODY,
+        headers={**auth(key), "X-Forwarded-Proto": "https"},
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert posted.status_code == 202, posted.text
+    assert posted.json()["urls"]["get"].startswith("https://")
+    # The client's address is not: made-up keys from "other" addresses all spend this one's
+    # budget of failures, and then its valid key is refused too.
+    for n in range(3):
+        refused = requests.get(
+            f"{base}/v1/balance",
+            headers={**auth("chs_made_up"), "X-Forwarded-For": f"203.0.113.{n}"},
+            timeout=CLIENT_TIMEOUT,
+        )
+        assert refused.status_code == 403
+    spent = requests.get(
+        f"{base}/v1/balance",
+        headers={**auth(key), "X-Forwarded-For": "203.0.113.99"},
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert spent.status_code == 429, spent.text
