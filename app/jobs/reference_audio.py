@@ -17,6 +17,7 @@ from pathlib import Path
 import mutagen
 import requests
 import ssrfguard
+import urllib3
 
 from app.http import guard
 from app.jobs.errors import BadReferenceAudio, ReferenceFetchBusy
@@ -79,7 +80,9 @@ def _check(url: str, settings: Settings, session: requests.Session | None) -> No
                     tmp.write(chunk)
         except ssrfguard.SSRFGuardError as exc:
             raise BadReferenceAudio(f"that address is not allowed ({type(exc).__name__})") from exc
-        except requests.RequestException as exc:
+        # read1 is urllib3's own: a server that hangs up mid-body raises urllib3's errors,
+        # which requests wraps only around its own reads.
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise BadReferenceAudio(f"it could not be fetched ({type(exc).__name__})") from exc
         tmp.flush()
         _inspect(Path(tmp.name))

@@ -72,6 +72,11 @@ def files(gate: Gate) -> Iterator[str]:
             return Response(drip(wav(20)), mimetype="audio/wav")
         if request.path == "/held.wav":
             return gate.hold()
+        if request.path == "/cut.wav":
+            # Promises more than it sends, then hangs up.
+            return Response(
+                iter([wav(20)[:4000]]), mimetype="audio/wav", headers={"Content-Length": "999999"}
+            )
         status, body = FILES.get(request.path, (404, b""))
         return Response(body, status=status, mimetype="audio/wav")
 
@@ -109,6 +114,7 @@ def test_a_long_enough_wav_is_accepted(client: Any, api_key: str, files: str) ->
         ("/notes.txt", "WAV or MP3"),
         ("/huge.wav", "larger than"),
         ("/gone.wav", "HTTP 404"),
+        ("/cut.wav", "could not be fetched"),
     ],
 )
 def test_bad_reference_audio_is_400_before_anything_is_stored(
