@@ -11,7 +11,10 @@ run Flask (a2wsgi). A client that trickles bytes costs a socket, never a thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from ipaddress import ip_address, ip_network
 from typing import Any, cast
 
@@ -76,7 +79,8 @@ class Worker(UvicornWorker):
     # X-Forwarded-For is trusted from nowhere: the rate limit counts the connection's own
     # address, as under gunicorn's threads before (put a proxy's address rule in front of it
     # knowingly, not by default).
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "proxy_headers": False}
+    # Access lines are gunicorn's (AccessLog), in its format and through its logger class.
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "proxy_headers": False, "access_log": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,7 +89,74 @@ class Worker(UvicornWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi: ASGIApp = ForwardedProto(self.wsgi, self.cfg.forwarded_allow_ips)
+        app = ForwardedProto(self.wsgi, self.cfg.forwarded_allow_ips)
+        self.wsgi: ASGIApp = AccessLog(app, self.log) if self.log.access_log_enabled else app
+
+
+@dataclass
+class _Sent:
+    """What gunicorn's access log reads of a response (``Logger.atoms``)."""
+
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    sent: int = 0
+
+
+@dataclass
+class _Asked:
+    headers: list[tuple[str, str]]
+
+
+class AccessLog:
+    """One access line per request through gunicorn's logger (``--access-logfile``,
+    ``--access-logformat``, ``--logger-class``), as its own workers write them."""
+
+    def __init__(self, app: ASGIApp, log: Any) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.monotonic()
+        response = _Sent()
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response.status = message["status"]
+                response.headers = [
+                    (k.decode("latin1"), v.decode("latin1")) for k, v in message["headers"]
+                ]
+            elif message["type"] == "http.response.body":
+                response.sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            headers = [(k.decode("latin1"), v.decode("latin1")) for k, v in scope["headers"]]
+            self.log.access(
+                response,
+                _Asked(headers),
+                _environ(scope, headers),
+                timedelta(seconds=time.monotonic() - began),
+            )
+
+
+def _environ(scope: Scope, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    query = scope["query_string"].decode("latin1")
+    path = scope.get("raw_path") or scope["path"].encode()
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "RAW_URI": path.decode("latin1") + (f"?{query}" if query else ""),
+        "PATH_INFO": scope["path"],
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "REMOTE_ADDR": (scope.get("client") or ("-",))[0],
+    }
+    environ.update(("HTTP_" + k.upper().replace("-", "_"), v) for k, v in headers)
+    return environ
 
 
 class ForwardedProto:
