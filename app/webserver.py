@@ -11,6 +11,7 @@ run Flask (a2wsgi). A client that trickles bytes costs a socket, never a thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class Worker(UvicornWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn's own lines (startup, bad requests) take gunicorn's error log's handlers; a
+        # logger class that sends gunicorn's lines on to the root's has them sent on too.
+        logging.getLogger("uvicorn.error").propagate = self.log.error_log.propagate
         deadline = load_settings().request_header_timeout
         self.config.http = type("HeaderDeadline", (HeaderDeadline,), {"header_seconds": deadline})
 

@@ -235,5 +235,6 @@ def test_forwarded_proto_is_taken_from_loopback_and_forwarded_for_from_nowhere(
     )
     assert spent.status_code == 429, spent.text
     # Each request has its access line, in gunicorn's format, with the connection's address.
+    # (Written once the response has gone out: looked for until it is there.)
+    wait_for(lambda: '"GET /v1/balance HTTP/1.1" 429' in procs.log("web"), 30, message="the line")
     assert "127.0.0.1 - - [" in procs.log("web")
-    assert '"GET /v1/balance HTTP/1.1" 429' in procs.log("web")
