@@ -83,8 +83,9 @@ def section(results: Results) -> list[str]:
         "",
         f"Slow-loris connections open when the measurement began: {slow['loris_open_at_start']}; "
         f"closed by the server and opened again: {slow['loris_reopened']:,} (failed to open: "
-        f"{slow['loris_errors']}). Reference fetches under way at the end: "
-        f"{slow['fetches_open_at_end']} (most at once: {slow['fetches_most']}). Answers to the "
+        f"{slow['loris_errors']}). Connections the dripping reference server held at the end: "
+        f"{slow['fetches_open_at_end']} (most at once: {slow['fetches_most']}, counting those "
+        "Chorus had cut and the server had not yet noticed, a write or two later). Answers to the "
         f"reference submits: {answers or 'none'} (503: refused at once by the cap; 400: cut at "
         "the deadline).",
         "",
