@@ -173,7 +173,7 @@ class ForwardedProto:
         names = trusted.split(",") if isinstance(trusted, str) else trusted
         names = [n.strip() for n in names if n.strip()]
         self.anyone = "*" in names
-        self.networks = [ip_network(n, strict=False) for n in names if n != "*"]
+        self.networks = [_network(n) for n in names if n != "*" and _network(n)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._trusted(scope.get("client")):
@@ -190,6 +190,15 @@ class ForwardedProto:
         except ValueError:
             return False
         return address is not None and any(address in n for n in self.networks)
+
+
+def _network(name: str) -> Any:
+    """The addresses ``name`` covers; None for what is no address (gunicorn also takes
+    hostnames and socket paths here, which a TCP peer's address never matches)."""
+    try:
+        return ip_network(name, strict=False)
+    except ValueError:
+        return None
 
 
 class WholeRequests:
