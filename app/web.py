@@ -12,7 +12,7 @@ from flask.sessions import SessionInterface
 from flask_smorest import Api
 from marshmallow import fields
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestTimeout
 
 from app.api import openapi
 from app.api.errors import (
@@ -30,6 +30,7 @@ from app.db import Database
 from app.extensions import Chorus, close_session
 from app.jobs.errors import Refused
 from app.storage import make_storage
+from app.webserver import LATE_BODY
 from config import Settings, load_settings
 from config.settings import NO_SIGNING_KEY
 
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoCookieSessions()
+    # First: a request whose body came too late is answered before anything looks at it.
+    app.before_request(_late_body)
     app.extensions["chorus"] = Chorus(
         settings=settings,
         db=Database(settings, pre_ping=False),
@@ -199,6 +202,11 @@ def _database_unreachable(error: Exception) -> Response:
     )
     response.headers["Retry-After"] = "1"
     return response
+
+
+def _late_body() -> None:
+    if request.environ.get("asgi.scope", {}).get(LATE_BODY):
+        raise RequestTimeout("The request body did not arrive in time.")
 
 
 def _no_nul_in_path(endpoint: str | None, values: dict[str, Any] | None) -> None:

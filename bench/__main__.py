@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["commands"] = {
             "web": shlex.join(web_command(stack, settings.web_port)),
-            "bare": "the web command line with `app.wsgi:app` replaced by `bench.bare:app`",
+            "bare": "the web command line with `app.asgi:app` replaced by `bench.bare:asgi`",
             "worker": shlex.join(worker_argv(settings)),
             "scheduler": shlex.join(scheduler_argv(settings)),
             "sim": shlex.join(sim_command()) + "  (gunicorn, 1 process, gthread)",

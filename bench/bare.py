@@ -26,6 +26,9 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from psycopg2.pool import ThreadedConnectionPool
 
+from app.webserver import asgi as served
+from config import load_settings
+
 TABLE = "bench_bare_jobs"
 app = Flask(__name__)
 _ids = itertools.count(1)
@@ -126,3 +129,7 @@ def read_noio(job_id: str) -> Response:
 @app.get("/bare/ping")
 def ping() -> Response:
     return jsonify(ok=True)
+
+
+# What the web process serves, as Chorus's own app is served (app/asgi.py).
+asgi = served(app, load_settings())

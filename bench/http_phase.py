@@ -90,6 +90,30 @@ def _create_jobs(port: int, api_key: str, count: int) -> list[str]:
     return ids
 
 
+def job_targets(
+    port: int, api_key: str, job_ids: list[str], note: str = ""
+) -> dict[str, load.Target]:
+    """Chorus's POST (a fresh prompt each) and GET (cycling over ``job_ids``) as load targets."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    return {
+        "post": load.Target(
+            f"Chorus POST /v1/music/generations{note}",
+            port,
+            "POST",
+            ["/v1/music/generations"],
+            {**auth, "Content-Type": "application/json"},
+            _post_body(),
+        ),
+        "get": load.Target(
+            f"Chorus GET /v1/music/generations/{{id}}{note}",
+            port,
+            "GET",
+            [f"/v1/music/generations/{i}" for i in job_ids],
+            auth,
+        ),
+    }
+
+
 def _sample(target: load.Target) -> str:
     """Status and body of one request like the load's, to show why answers were refused."""
     conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)

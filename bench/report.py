@@ -227,7 +227,7 @@ def markdown(results: dict[str, Any], phases: Sequence[Phase]) -> str:
         "",
     ]
     lines += [
-        "Process settings chosen for 2 cores: gunicorn gthread 2 processes × 8 threads "
+        "Process settings chosen for 2 cores: gunicorn 2 processes (an event loop each) × 8 threads "
         "(one process per core; threads cover the database round trips); Celery prefork 2 "
         "processes (one per core, which is all the GIL lets each use) with `IO_THREADS=16` each, "
         "enough threads to overlap the simulator's and Postgres's round trips. Not the default 32: "

@@ -52,7 +52,7 @@ CATALOG = textwrap.dedent(
 LYRICS = "[Verse]\nWalking down the street\nFeeling the beat\n[Chorus]\nDancing in the sun"
 
 # Process settings, chosen for the 2-core benchmark machine (recorded in the report):
-# - web: gunicorn gthread, 2 processes (one per core) x 8 threads — Chorus's defaults;
+# - web: gunicorn, 2 processes (one per core, an event loop each) x 8 threads;
 # - worker: Celery prefork with 2 processes (one per core; the GIL holds each to one), each
 #   with IO_THREADS=16: a batch's status calls go out 16 at a time from one thread, and
 #   submits and downloads run on 16 threads, enough to overlap the simulator's and Postgres's
@@ -175,7 +175,7 @@ def bare_command(chorus_argv: list[str], port: int) -> list[str]:
     """Chorus's own gunicorn command line with only the bind and the app swapped."""
     argv = list(chorus_argv)
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    argv[argv.index("app.wsgi:app")] = "bench.bare:app"
+    argv[argv.index("app.asgi:app")] = "bench.bare:asgi"
     return argv
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.http_phase import WARMUP_SECONDS, _create_jobs, _post_body, say_refusals
+from bench.http_phase import WARMUP_SECONDS, _create_jobs, job_targets, say_refusals
 from bench.procs import RssSampler, Sampler, Supervisor, free_port
 from bench.stack import CATEGORY, LYRICS, MODEL, Stack, reset_jobs, start_web
 from config import load_settings
@@ -122,24 +122,7 @@ def run_wait_phase(
     port = free_port()
     web = start_web(sup, stack, "web-wait", port, PHASE_ENV)
     job_ids = _create_jobs(port, stack.api_key, GET_JOBS)
-    auth = {"Authorization": f"Bearer {stack.api_key}"}
-    targets = {
-        "post": load.Target(
-            "Chorus POST /v1/music/generations (one process)",
-            port,
-            "POST",
-            ["/v1/music/generations"],
-            {**auth, "Content-Type": "application/json"},
-            _post_body(),
-        ),
-        "get": load.Target(
-            "Chorus GET /v1/music/generations/{id} (one process)",
-            port,
-            "GET",
-            [f"/v1/music/generations/{i}" for i in job_ids],
-            auth,
-        ),
-    }
+    targets = job_targets(port, stack.api_key, job_ids, " (one process)")
 
     def drive(target: load.Target, duration: float) -> load.LoadResult:
         result = load.run(target, duration, connections, workdir, use_wrk)

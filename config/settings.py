@@ -31,6 +31,10 @@ NO_SIGNING_KEY = (
     "one of its own, kept under ./var)."
 )
 WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
+FETCHES_ERROR = (
+    "must be between {min} and WEB_THREADS - 1 - WAIT_MAX_WAITERS ({max}): reference fetches "
+    "and waiters together must leave a thread free"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class Settings:
     idempotency_lock_seconds: int
     wait_max_waiters: int
     wait_recheck_seconds: float
+    reference_fetch_concurrency: int
+    request_header_timeout: float
+    request_body_timeout: float
 
     # Job engine
     scheduler_lookahead: float
@@ -215,6 +222,15 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         threads * 3 // 4,
         validate=Range(min=0, max=threads - 1, error=WAITERS_ERROR),
     )
+    waiters = wait_max_waiters if isinstance(wait_max_waiters, int) else threads * 3 // 4
+    # Reference tracks fetched at once by one web process, each on a thread for up to 20 s:
+    # past this a submit with one is refused at once (503). By default half the threads the
+    # waiters leave; with them, at least one thread is always left for everything else.
+    reference_fetch_concurrency = env.int(
+        "REFERENCE_FETCH_CONCURRENCY",
+        max(1, (threads - waiters) // 2),
+        validate=Range(min=1, max=max(1, threads - 1 - waiters), error=FETCHES_ERROR),
+    )
     storage_dir, s3 = _storage(env, var_dir)
     web_host = env.str("WEB_HOST", "127.0.0.1")
     web_port = env.int("PORT", 8000, validate=Range(min=1, max=65535))
@@ -250,6 +266,15 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         wait_max_waiters=wait_max_waiters,
         wait_recheck_seconds=env.float(
             "WAIT_RECHECK_SECONDS", 3.0, validate=Range(min=0.1, max=30)
+        ),
+        reference_fetch_concurrency=reference_fetch_concurrency,
+        # A client gets this long to send a request's headers, then its whole body, or its
+        # connection is closed (headers) or answered 408 (body); neither holds a thread meanwhile.
+        request_header_timeout=env.float(
+            "REQUEST_HEADER_TIMEOUT", 10.0, validate=Range(min=0.1, max=300)
+        ),
+        request_body_timeout=env.float(
+            "REQUEST_BODY_TIMEOUT", 30.0, validate=Range(min=0.1, max=3600)
         ),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),

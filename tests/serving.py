@@ -7,13 +7,15 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from werkzeug.serving import make_server
 
 from config import load_settings
-from tests.conftest import Processes, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import Processes
 
 
 @contextmanager
@@ -43,17 +45,17 @@ def free_port() -> int:
         return port
 
 
-def start_web(procs: Processes, workers: int = 2, threads: int = 16) -> str:
-    """gunicorn as `chorus web` runs it (two processes of sixteen threads by default) on a free
-    port; returns its base URL once it answers ``/healthz``."""
+def start_web(procs: Processes, **env: str) -> str:
+    """The web process as `chorus web` runs it (two processes of sixteen threads unless
+    ``env`` says otherwise) on a free port; its base URL once it answers /healthz."""
     from app.cli.processes import web_argv
+    from tests.conftest import wait_for
 
     port = free_port()
     procs.env.update(
+        {"WEB_CONCURRENCY": "2", "WEB_THREADS": "16", **env},
         PORT=str(port),
         WEB_HOST="127.0.0.1",
-        WEB_CONCURRENCY=str(workers),
-        WEB_THREADS=str(threads),
     )
     proc = procs.start("web", web_argv(load_settings(procs.env)))
     base = f"http://127.0.0.1:{port}"
@@ -67,5 +69,5 @@ def start_web(procs: Processes, workers: int = 2, threads: int = 16) -> str:
         except requests.RequestException:
             return False
 
-    wait_for(up, 120, interval=0.25, message="gunicorn to answer /healthz")
+    wait_for(up, 120, interval=0.25, message="the web process to answer /healthz")
     return base

@@ -26,6 +26,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -64,6 +65,8 @@ REFUSALS: dict[type[domain.Refused], tuple[int, str, dict[str, str]]] = {
     domain.InsufficientQuota: (429, "insufficient_quota", {}),
     # A place frees only when one of the org's jobs ends: the client is told when to look again.
     domain.TooManyActive: (429, "too_many_active_jobs", {"Retry-After": "10"}),
+    # Fetches take seconds each (20 at most): a slot frees soon, and nothing was charged.
+    domain.ReferenceFetchBusy: (503, "reference_fetch_busy", {"Retry-After": "5"}),
 }
 
 

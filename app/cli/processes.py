@@ -62,12 +62,12 @@ def web_argv(settings: Settings) -> list[str]:
         sys.executable,
         "-m",
         "gunicorn",
+        # An event loop per process reads each request whole, then one of WEB_THREADS threads
+        # runs it (app/webserver.py): a slow client holds a socket, not a thread.
         "--worker-class",
-        "gthread",
+        "app.webserver.Worker",
         "--workers",
         str(settings.web_workers),
-        "--threads",
-        str(settings.web_threads),
         "--bind",
         f"{settings.web_host}:{settings.web_port}",
         "--access-logfile",
@@ -75,7 +75,7 @@ def web_argv(settings: Settings) -> list[str]:
         # Its error and access lines in LOG_FORMAT, with the rest of Chorus's (config/logs.py).
         "--logger-class",
         "config.weblogs.GunicornLogger",
-        "app.wsgi:app",
+        "app.asgi:app",
     ]
 
 

@@ -79,6 +79,16 @@ class BadReferenceAudio(Refused):
         self.reason = reason
 
 
+class ReferenceFetchBusy(Refused):
+    """This process is fetching as many reference tracks as it may (REFERENCE_FETCH_CONCURRENCY)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many reference tracks are being fetched at the moment; retry shortly.",
+            param="reference_audio_url",
+        )
+
+
 class InsufficientQuota(Refused):
     """The org's balance cannot hold the job's price."""
 

@@ -8,15 +8,19 @@ MP3 longer than 15 seconds, and a refusal now beats a FAILED job a minute later.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mutagen
 import requests
 import ssrfguard
+import urllib3
 
 from app.http import guard
-from app.jobs.errors import BadReferenceAudio
+from app.jobs.errors import BadReferenceAudio, ReferenceFetchBusy
 from config import Settings
 
 MIN_SECONDS = 15.0
@@ -26,13 +30,39 @@ MAX_SECONDS = 600.0
 FETCH_SECONDS = 20.0
 ACCEPTED = {"WAVE": "wav", "MP3": "mp3"}
 
+# The fetches under way in this process, per cap (REFERENCE_FETCH_CONCURRENCY).
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def fetch_slot(settings: Settings) -> Iterator[None]:
+    """One of the process's REFERENCE_FETCH_CONCURRENCY fetches, or ``ReferenceFetchBusy`` at
+    once: each fetch holds a web thread for up to FETCH_SECONDS, and without a cap slow
+    references would hold them all."""
+    cap = settings.reference_fetch_concurrency
+    with _slots_lock:
+        slots = _slots.setdefault(cap, threading.BoundedSemaphore(cap))
+    if not slots.acquire(blocking=False):
+        raise ReferenceFetchBusy()
+    try:
+        yield
+    finally:
+        slots.release()
+
 
 def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
-    """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds."""
+    """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds
+    (``ReferenceFetchBusy`` if this process is fetching as many as it may)."""
     try:
         guard.check_written(url, settings)
     except guard.RefusedURL as exc:
         raise BadReferenceAudio(f"that address is not allowed: {exc}") from exc
+    with fetch_slot(settings):
+        _check(url, settings, session)
+
+
+def _check(url: str, settings: Settings, session: requests.Session | None) -> None:
     http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:
@@ -54,7 +84,9 @@ def check(url: str, settings: Settings, session: requests.Session | None = None)
                     tmp.write(chunk)
         except ssrfguard.SSRFGuardError as exc:
             raise BadReferenceAudio(f"that address is not allowed ({type(exc).__name__})") from exc
-        except requests.RequestException as exc:
+        # read1 is urllib3's own: a server that hangs up mid-body raises urllib3's errors,
+        # which requests wraps only around its own reads.
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise BadReferenceAudio(f"it could not be fetched ({type(exc).__name__})") from exc
         tmp.flush()
         _inspect(Path(tmp.name))

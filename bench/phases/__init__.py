@@ -5,7 +5,7 @@ the measuring itself is in the module of the same topic one level up (``bench/jo
 so on).
 """
 
-from bench.phases import jobs, metrics, money, shapes, upstreams, wait, web, webhooks
+from bench.phases import jobs, metrics, money, shapes, slow, upstreams, wait, web, webhooks
 from bench.phases.base import Context, Phase
 
 PHASES: tuple[Phase, ...] = (
@@ -17,6 +17,7 @@ PHASES: tuple[Phase, ...] = (
     webhooks.PHASE,
     shapes.PHASE,
     metrics.PHASE,
+    slow.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]

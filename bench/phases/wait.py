@@ -56,7 +56,7 @@ def verdicts(results: Results) -> list[Verdict]:
 def section(results: Results) -> list[str]:
     wait = results["wait"]
     lines = [
-        f"One gunicorn process, gthread, {wait['threads']} threads (Chorus's default; "
+        f"One gunicorn process (an event loop), {wait['threads']} threads (Chorus's default; "
         f"`WAIT_MAX_WAITERS` defaults to three quarters of them: {wait['cap']}); web tier only, "
         "so every job stays QUEUED and a granted wait holds its request the full "
         f"{wait['wait_s']} s. POST and GET were measured ({wait['connections']} connections, "

@@ -60,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         env = {**env, "OPS_BASIC_AUTH": "ops:ops-secret", "METRICS_TOKEN": METRICS_TOKEN}
         procs = Processes(env, tmp)
         try:
-            base = start_web(procs, workers=1, threads=8)
+            base = start_web(procs, WEB_CONCURRENCY="1", WEB_THREADS="8")
             job = requests.post(
                 f"{base}/v1/music/generations", json=GOOD_BODY, headers=auth(key), timeout=30
             )

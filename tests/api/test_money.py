@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -125,11 +125,12 @@ class Client:
             session = self.local.session = requests.Session()
         return session
 
-    def post(self, _: int = 0) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def post(self, _: int = 0) -> tuple[int, dict[str, Any], Mapping[str, str]]:
         response = self.session().post(
             f"{self.base}{URL}", json=GOOD_BODY, headers=auth(self.key), timeout=180
         )
-        return response.status_code, response.json(), dict(response.headers)
+        # Header names are case-insensitive (the server sends them in lower case).
+        return response.status_code, response.json(), response.headers
 
 
 class BalanceWatcher:

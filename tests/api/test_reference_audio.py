@@ -7,13 +7,17 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.conftest import GOOD_BODY, auth, job_rows
+from tests.conftest import GOOD_BODY, auth, job_rows, wait_for
+from tests.serving import serve
 
 pytestmark = pytest.mark.usefixtures("catalog")
 URL = "/v1/music/generations"
@@ -38,12 +42,41 @@ FILES = {
 }
 
 
+class Gate:
+    """Holds every request for ``/held.wav`` until opened, counting those it holds."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def hold(self) -> Response:
+        with self.lock:
+            self.held += 1
+        self.open.wait(60)
+        return Response(wav(20), mimetype="audio/wav")
+
+
 @pytest.fixture
-def files() -> Iterator[str]:
+def gate() -> Iterator[Gate]:
+    gate = Gate()
+    yield gate
+    gate.open.set()
+
+
+@pytest.fixture
+def files(gate: Gate) -> Iterator[str]:
     @Request.application
     def serve(request: Request) -> Response:
         if request.path == "/drip.wav":
             return Response(drip(wav(20)), mimetype="audio/wav")
+        if request.path == "/held.wav":
+            return gate.hold()
+        if request.path == "/cut.wav":
+            # Promises more than it sends, then hangs up.
+            return Response(
+                iter([wav(20)[:4000]]), mimetype="audio/wav", headers={"Content-Length": "999999"}
+            )
         status, body = FILES.get(request.path, (404, b""))
         return Response(body, status=status, mimetype="audio/wav")
 
@@ -81,6 +114,7 @@ def test_a_long_enough_wav_is_accepted(client: Any, api_key: str, files: str) ->
         ("/notes.txt", "WAV or MP3"),
         ("/huge.wav", "larger than"),
         ("/gone.wav", "HTTP 404"),
+        ("/cut.wav", "could not be fetched"),
     ],
 )
 def test_bad_reference_audio_is_400_before_anything_is_stored(
@@ -106,6 +140,32 @@ def test_a_reference_that_trickles_in_is_cut_off_at_the_fetch_deadline(
     assert response.status_code == 400, response.get_json()
     assert "took longer than 1 seconds" in response.get_json()["error"]["message"]
     assert job_rows(db) == []
+
+
+@pytest.mark.env(ALLOW_PRIVATE_URLS="1", REFERENCE_FETCH_CONCURRENCY="2")
+def test_past_the_fetch_cap_a_reference_submit_is_503_at_once_and_the_others_finish(
+    app: Any, db: Any, api_key: str, files: str, gate: Gate
+) -> None:
+    with serve(app) as base, ThreadPoolExecutor(2) as pool:
+        post = partial(real_submit, base, api_key)
+        slow = [pool.submit(post, f"{files}/held.wav") for _ in range(2)]
+        wait_for(lambda: gate.held == 2, 30, message="two fetches under way")
+        busy = post(f"{files}/long.wav")
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["Retry-After"] == "5"
+        error = busy.json()["error"]
+        assert (error["code"], error["param"]) == ("reference_fetch_busy", "reference_audio_url")
+        assert job_rows(db) == []
+        gate.open.set()
+        assert [f.result(timeout=60).status_code for f in slow] == [202, 202]
+        # Their slots are free again.
+        assert post(f"{files}/long.wav").status_code == 202
+    assert len(job_rows(db)) == 3
+
+
+def real_submit(base: str, key: str, url: str) -> requests.Response:
+    body = {**GOOD_BODY, "model": "minimax-music", "reference_audio_url": url}
+    return requests.post(f"{base}{URL}", json=body, headers=auth(key), timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from app.db import Database, utcnow
 from app.jobs.models import Job
 from app.jobs.status import JobStatus
 from app.tenancy.models import ApiKey
-from tests.api.test_reference_audio import files, wav  # noqa: F401 - the fixture is used
+from tests.api.test_reference_audio import files, gate, wav  # noqa: F401 - fixtures used
 from tests.conftest import GOOD_BODY, auth, funded_key, job_rows
 
 pytestmark = pytest.mark.usefixtures("catalog")

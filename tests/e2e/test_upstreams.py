@@ -26,7 +26,7 @@ from app.jobs.accounts import BREAKER_THRESHOLD, PROBE_INTERVAL, Accounts
 from app.jobs.models import Job
 from app.jobs.upstreams import SIM_KEY
 from app.sim.audio import DEFAULT_SAMPLE_RATE
-from tests.api.test_reference_audio import files  # noqa: F401 - a fixture
+from tests.api.test_reference_audio import files, gate  # noqa: F401 - fixtures
 from tests.conftest import REDIS_PREFIX, Processes, job_rows, sim_record, wait_for
 from tests.e2e.support import TERMINAL, read, submit, wait_terminal
 

@@ -29,9 +29,9 @@ from werkzeug.wrappers import Request, Response
 
 from app.db import Database
 from app.jobs.models import Job
-from tests.api.test_money import start_web
 from tests.api.test_reference_audio import wav
 from tests.conftest import Processes, funded_key, sim_record
+from tests.serving import start_web
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 

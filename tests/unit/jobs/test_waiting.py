@@ -47,3 +47,15 @@ def test_waiters_must_leave_threads_free() -> None:
     with pytest.raises(Exception, match="WAIT_MAX_WAITERS"):
         load_settings({"WEB_THREADS": "16", "WAIT_MAX_WAITERS": "16"})
     assert load_settings({"WEB_THREADS": "16", "WAIT_MAX_WAITERS": "15"}).wait_max_waiters == 15
+
+
+def test_reference_fetches_default_to_half_the_threads_waiters_leave() -> None:
+    assert load_settings({}).reference_fetch_concurrency == 4  # (32 - 24) / 2
+    assert load_settings({"WEB_THREADS": "8"}).reference_fetch_concurrency == 1
+
+
+def test_reference_fetches_and_waiters_must_leave_a_thread_free() -> None:
+    with pytest.raises(Exception, match="REFERENCE_FETCH_CONCURRENCY"):
+        load_settings({"WEB_THREADS": "32", "REFERENCE_FETCH_CONCURRENCY": "8"})
+    fetches = {"WEB_THREADS": "32", "WAIT_MAX_WAITERS": "20", "REFERENCE_FETCH_CONCURRENCY": "11"}
+    assert load_settings(fetches).reference_fetch_concurrency == 11
