@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import warnings
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import worker_process_init
 
 from app.db import Database
@@ -50,6 +52,11 @@ def make_celery(settings: Settings) -> ChorusCelery:
             folder.mkdir(parents=True, exist_ok=True)
     app = ChorusCelery(settings)
     app.config_from_object(celery_config(settings))
+    # Chorus chose what a lost broker connection does to running steps (config/celery.py);
+    # Celery's notice of its own future default would be logged at every reconnection.
+    warnings.filterwarnings(
+        "ignore", r"\s*In Celery 5\.1 we introduced", CPendingDeprecationWarning
+    )
     app.conf.include = ["workers.tasks", "workers.webhooks"]
     app.set_default()
 
