@@ -6,15 +6,25 @@ transaction and hands their ids and tokens to workers; a worker first swaps the 
 fresh one with a compare-and-set (``take``), so of two copies of one message only one
 proceeds, and a message whose lease was taken over by a later claim does nothing. Every
 write here is a conditional UPDATE guarded by the token and by the job's state, so a late or
-duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
-expires; the scheduler picks the job up again.
+duplicated writer changes nothing.
+
+A lease is short (``LEASE_SECONDS``) and a worker keeps renewing the leases of the steps it
+is running (``Renewals``), however long their upstream calls take. A worker killed mid-job
+stops renewing, so its leases lapse within one lease's length and the scheduler picks its
+jobs up again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import secrets
-from collections.abc import Iterable
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +46,8 @@ from app.db import Database, UTCDateTime, unnest, utcnow
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.status import ACTIVE, JobStatus
+
+log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
 
@@ -70,6 +82,10 @@ RESCHEDULE_MANY = (
 )
 
 
+# Renewals per lease: a holder whose renewals are this many times late in a row loses it.
+RENEWALS_PER_LEASE = 4
+
+
 def new_token() -> str:
     return secrets.token_hex(16)
 
@@ -94,6 +110,7 @@ class Leases:
     def __init__(self, db: Database, lease: dt.timedelta) -> None:
         self.db = db
         self.lease = lease
+        self.renewals = Renewals(db, lease)
 
     # ------------------------------------------------------------------ the scheduler
 
@@ -259,3 +276,73 @@ class Leases:
                 .execution_options(synchronize_session=False)
             )
         return Outcome.LOST
+
+
+class Renewals:
+    """Keeps alive the leases of the steps this process is running.
+
+    A step holds its job (``holding``) from the take to its last write; meanwhile a thread
+    of this process moves the lease's end to a lease from now, every quarter of a lease. The
+    renewal is guarded by the token like every other write, so a lease given back, ended or
+    taken over is left alone, and it never shortens a longer lease (a submit's on an account
+    whose calls take minutes). It skips rows a writer has locked rather than wait for them:
+    it never waits on a lock, so it can never deadlock a step's batch write, and a row it
+    skipped is renewed on the next pass.
+    """
+
+    def __init__(self, db: Database, lease: dt.timedelta) -> None:
+        self.db = db
+        self.lease = lease
+        self.interval = lease.total_seconds() / RENEWALS_PER_LEASE
+        self._held: Counter[Claim] = Counter()
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    @contextmanager
+    def holding(self, jobs: Iterable[Job]) -> Iterator[None]:
+        claims = [(job.id, job.lease_token) for job in jobs if job.lease_token]
+        with self._lock:
+            self._held.update(claims)
+            if claims and self._pid != os.getpid():
+                # A forked child starts its own thread: its parent's did not come with it.
+                threading.Thread(target=self._run, name="lease-renewals", daemon=True).start()
+                self._pid = os.getpid()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.subtract(claims)
+                self._held = +self._held  # drops the claims no step holds any more
+
+    def held(self) -> list[Claim]:
+        with self._lock:
+            return list(self._held)
+
+    def renew(self) -> int:
+        """Extend every lease held here to a lease from now; returns how many were."""
+        claims = self.held()
+        if not claims:
+            return 0
+        now = utcnow()
+        held = (
+            select(Job.id)
+            .where(tuple_(Job.id, Job.lease_token).in_(claims))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id.in_(held))
+                .values(lease_until=func.greatest(Job.lease_until, now + self.lease))
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again; never die
+                log.warning("renewing leases failed (%s); retrying", type(exc).__name__)

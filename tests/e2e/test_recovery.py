@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.db import Database
-from tests.conftest import CREDIT, REDIS_PREFIX, Processes, wait_for
+from tests.conftest import CREDIT, REDIS_PREFIX, Processes, job_rows, sim_record, wait_for
 from tests.e2e.test_lifecycle import submits_per_job
 from tests.e2e.test_money_faults import (
     PRICE,
@@ -79,3 +79,46 @@ def test_a_worker_outlives_redis_restarts_and_every_job_ends(
     assert submits_per_job(sim, db) == dict.fromkeys(ids, 1)
     assert_settled_once(db, jobs)
     assert_balance(db, org_id(db, "acme"), CREDIT - len(ids) * PRICE)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.env(LEASE_SECONDS="2", UPSTREAM_READ_TIMEOUT="8")
+def test_a_worker_killed_mid_jobs_leaves_nothing_behind(
+    client: Any, db: Database, api_key: str, sim: str, procs: Processes
+) -> None:
+    # Every submit is held by the upstream for longer than a lease: only renewals keep a
+    # living worker's jobs its own.
+    ids = [
+        submit(client, api_key, f"Song {i} [sim:latency=2] [sim:submit-hang=3]") for i in range(10)
+    ]
+    procs.worker(name="doomed")
+    procs.scheduler()
+    wait_for(
+        lambda: (
+            sum(1 for j in job_rows(db) if j.status == "RUNNING") >= 3
+            and any(j.submitting_since for j in job_rows(db) if j.status == "QUEUED")
+        ),
+        120,
+        interval=0.05,
+        message="jobs running and submits under way",
+    )
+    procs.kill("doomed")  # SIGKILL to the worker and its pool processes
+    before = {j.id: j.status for j in job_rows(db)}
+    # No job was taken from the living worker although each call outlasted its lease.
+    assert "FAILED" not in before.values(), before
+
+    procs.worker(name="rescuer")
+    jobs = wait_terminal(client, api_key, ids, timeout=180)
+    for job_id, job in jobs.items():
+        if before[job_id] == "RUNNING":
+            assert job["status"] == "SUCCEEDED", job
+        elif job["status"] == "FAILED":
+            # Killed while the upstream held its submit: it may exist there, so it is never
+            # sent again.
+            assert job["error"]["code"] == "upstream_unknown", job
+    generations = sim_record(sim)["generations"]
+    assert all(g["submit_count"] == 1 for g in generations)
+    assert all(n <= 1 for n in submits_per_job(sim, db).values())
+    assert_settled_once(db, jobs)
+    succeeded = sum(1 for j in jobs.values() if j["status"] == "SUCCEEDED")
+    assert_balance(db, org_id(db, "acme"), CREDIT - succeeded * PRICE)
