@@ -5,7 +5,7 @@ the measuring itself is in the module of the same topic one level up (``bench/jo
 so on).
 """
 
-from bench.phases import jobs, money, shapes, upstreams, wait, web, webhooks
+from bench.phases import jobs, money, recovery, shapes, upstreams, wait, web, webhooks
 from bench.phases.base import Context, Phase
 
 PHASES: tuple[Phase, ...] = (
@@ -16,6 +16,7 @@ PHASES: tuple[Phase, ...] = (
     wait.PHASE,
     webhooks.PHASE,
     shapes.PHASE,
+    recovery.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]
