@@ -51,8 +51,11 @@ def test_a_worker_outlives_redis_restarts_and_every_job_ends(
     client: Any, db: Database, api_key: str, sim: str, procs: Processes, broker: RedisServer
 ) -> None:
     worker = procs.worker()
+    # The other kinds of worker, idle here, must outlive the restarts too.
+    others = {"sync": procs.sync_worker(), "webhooks": procs.webhooks_worker()}
     procs.scheduler()
-    worker_ready(procs)
+    for name in ("worker", *others):
+        worker_ready(procs, name)
     ids: list[str] = []
     for restart, keep_data in enumerate([False, True, False, True]):
         ids += [
@@ -73,7 +76,9 @@ def test_a_worker_outlives_redis_restarts_and_every_job_ends(
     # Only that same worker process can end these: it consumes again after the restarts.
     ids += [submit(client, api_key, f"Late song {i}") for i in range(3)]
     jobs = wait_terminal(client, api_key, ids, timeout=180)
-    assert worker.poll() is None and "Unrecoverable error" not in procs.log("worker")
+    for name, proc in {"worker": worker, **others}.items():
+        assert proc.poll() is None and "Unrecoverable error" not in procs.log(name), name
+        assert connections(procs, name) > 1, procs.log(name)[-3000:]  # it reconnected
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), jobs
     # Lost and redelivered messages alike: each job went upstream once, was charged once.
     assert submits_per_job(sim, db) == dict.fromkeys(ids, 1)
