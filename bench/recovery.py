@@ -86,6 +86,8 @@ def run_recovery_phase(
     start_worker(sup, stack, {})
     wait_worker_ready(sup, stack)
     ready_after = time.time() - restarted_at
+    if submit.failures:
+        print(f"  !!! {sum(submit.failures.values())} POSTs refused: {submit.failure_sample}")
     print(
         f"    {len(submit.accepted)} submitted, {in_flight} in flight at the kill; "
         f"new worker ready {ready_after:.1f} s after the restart",
@@ -106,6 +108,7 @@ def run_recovery_phase(
     matched = {r["generation_id"] for r in rows if r["generation_id"]}
     return {
         "jobs": len(submit.accepted),
+        "submit_failures": dict(submit.failures),
         "sim_latency_s": SIM.sim_latency,
         "sim_jitter_s": SIM.sim_jitter,
         "in_flight_at_kill": in_flight,

@@ -8,10 +8,11 @@ proceeds, and a message whose lease was taken over by a later claim does nothing
 write here is a conditional UPDATE guarded by the token and by the job's state, so a late or
 duplicated writer changes nothing.
 
-A lease is short (``LEASE_SECONDS``) and a worker keeps renewing the leases of the steps it
-is running (``Renewals``), however long their upstream calls take. A worker killed mid-job
+A worker's lease is short (``LEASE_SECONDS``) and it keeps renewing the leases of the steps
+it is running (``Renewals``), however long their upstream calls take. A worker killed mid-job
 stops renewing, so its leases lapse within one lease's length and the scheduler picks its
-jobs up again.
+jobs up again. A claim not yet taken (its message queued, or held by a worker until its ETA)
+has a longer lease, which nothing renews (``CLAIM_LEASES``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ RESCHEDULE_MANY = (
 
 # Renewals per lease: a holder whose renewals are this many times late in a row loses it.
 RENEWALS_PER_LEASE = 4
+# A claim's lease, in leases: a claim's message may wait in the broker's queue behind a
+# backlog, where nothing renews it, and a claim that lapsed there is sent again while the
+# first message, when its turn comes, finds the token changed and does nothing. A backlog
+# longer than this sends every due job twice per claim lease; shorter claims would also let
+# it grow into one where most messages arrive stale.
+CLAIM_LEASES = 3
 
 
 def new_token() -> str:
@@ -110,6 +117,7 @@ class Leases:
     def __init__(self, db: Database, lease: dt.timedelta) -> None:
         self.db = db
         self.lease = lease
+        self.claim_lease = CLAIM_LEASES * lease
         self.renewals = Renewals(db, lease)
 
     # ------------------------------------------------------------------ the scheduler
@@ -141,7 +149,7 @@ class Leases:
             session.execute(
                 update(Job)
                 .where(Job.id.in_([job_id for job_id, _, _ in rows]))
-                .values(lease_token=token, lease_until=horizon + self.lease)
+                .values(lease_token=token, lease_until=horizon + self.claim_lease)
                 .execution_options(synchronize_session=False)
             )
         return [

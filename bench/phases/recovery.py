@@ -61,6 +61,12 @@ def verdicts(results: Results) -> list[Verdict]:
         ),
         Verdict("(i) jobs submitted upstream twice", str(twice), "0", twice == 0),
         Verdict(
+            "(i) submits refused by the API",
+            str(sum(rec["submit_failures"].values())),
+            "0",
+            not rec["submit_failures"],
+        ),
+        Verdict(
             "(i) jobs without exactly one hold and one settlement", str(money), "0", money == 0
         ),
     ]
