@@ -1,4 +1,4 @@
-"""Phase (i): recovery after ``kill -9`` of the workers with jobs in flight.
+"""Phase (j): recovery after ``kill -9`` of the workers with jobs in flight.
 
 N priced jobs are submitted to the whole stack (web, worker, scheduler, and the simulator at
 its normal job duration: Chorus's default ``SIM_LATENCY``, not the other phases' minute); as
@@ -70,7 +70,7 @@ def run_recovery_phase(
     load_catalog(stack, "recovery", CATALOG)
     with stack.database().transaction() as session:
         org = get_or_create_org(session, "bench")
-        ledger.credit(session, org.id, "CNY", count * PRICE, note="chorus bench (i)")
+        ledger.credit(session, org.id, "CNY", count * PRICE, note="chorus bench (j)")
     start_sim(sup, stack, SIM_ENV)
     sim_reset(stack.sim_port)
     start_web(sup, stack, "web", web_port, {})

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import warnings
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
-from celery.signals import worker_process_init
+from celery.signals import task_received, worker_process_init
 
 from app.db import Database
 from app.jobs.engine import Engine
+from app.jobs.leasing import Received
 from app.wiring import writer
 from config import Settings
 from config.celery import celery_config
+
+# The tasks whose one argument is a list of claims, [job id, lease token].
+JOB_TASKS = frozenset({"chorus.submit_jobs", "chorus.poll_jobs", "chorus.sync_submit_jobs"})
 
 
 class ChorusCelery(Celery):
@@ -24,6 +29,7 @@ class ChorusCelery(Celery):
         super().__init__("chorus", **kwargs)
         self.settings = settings
         self._engine: Engine | None = None
+        self._received: Received | None = None
 
     @property
     def engine(self) -> Engine:
@@ -37,6 +43,14 @@ class ChorusCelery(Celery):
             )
         return self._engine
 
+    @property
+    def received(self) -> Received:
+        """The claims of the job messages this worker has received (its main process)."""
+        if self._received is None:
+            lease = dt.timedelta(seconds=self.settings.lease_seconds)
+            self._received = Received(Database(self.settings), lease)
+        return self._received
+
     def _hand_to_sync_worker(self, job_id: str, token: str) -> None:
         self.send_task("chorus.sync_submit_jobs", args=([[job_id, token]],))
 
@@ -44,6 +58,8 @@ class ChorusCelery(Celery):
         # A forked child must not reuse its parent's pooled database sockets.
         if self._engine is not None:
             self._engine.db.dispose()
+        if self._received is not None:
+            self._received.db.dispose()
 
 
 def make_celery(settings: Settings) -> ChorusCelery:
@@ -67,5 +83,13 @@ def make_celery(settings: Settings) -> ChorusCelery:
         # died of that SIGTERM would leave the main process waiting for it; instead the main
         # process alone shuts down, letting each pool process finish its task and exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    @task_received.connect(weak=False)
+    def _received(request: Any, **_: Any) -> None:
+        # In the worker's main process, as a message arrives (before its ETA, before a pool
+        # process is free): from now on its claims are renewed here, not left to the long
+        # lease a queued message needs.
+        if request.name in JOB_TASKS:
+            app.received.add((job_id, token) for job_id, token in request.args[0])
 
     return app

@@ -1,4 +1,4 @@
-"""Phase (i): recovery after ``kill -9`` of the workers with jobs in flight (measured by
+"""Phase (j): recovery after ``kill -9`` of the workers with jobs in flight (measured by
 ``bench/recovery.py``)."""
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recovery-jobs",
         type=int,
         default=500,
-        help="(i) jobs in flight when the workers are killed (default 500)",
+        help="(j) jobs in flight when the workers are killed (default 500)",
     )
 
 
 def run(ctx: Context) -> Results:
     args = ctx.args
     print(
-        f"(i) recovery: {args.recovery_jobs} jobs, the worker killed (SIGKILL) as the last is "
+        f"(j) recovery: {args.recovery_jobs} jobs, the worker killed (SIGKILL) as the last is "
         "accepted and a new one started at once",
         flush=True,
     )
@@ -53,21 +53,21 @@ def verdicts(results: Results) -> list[Verdict]:
     money = rec["ledger_not_one_hold_one_settlement"]
     return [
         Verdict(
-            f"(i) last job's end after the workers' restart ({rec['in_flight_at_kill']} in "
+            f"(j) last job's end after the workers' restart ({rec['in_flight_at_kill']} in "
             "flight at kill -9)",
             f"{fmt(last, 1)} s (p50 {fmt(ends['p50'], 1)} s, p99 {fmt(ends['p99'], 1)} s)",
             f"≤ {RECOVERY_TARGET_S:g} s",
             rec["finished_before_timeout"] and last is not None and last <= RECOVERY_TARGET_S,
         ),
-        Verdict("(i) jobs submitted upstream twice", str(twice), "0", twice == 0),
+        Verdict("(j) jobs submitted upstream twice", str(twice), "0", twice == 0),
         Verdict(
-            "(i) submits refused by the API",
+            "(j) submits refused by the API",
             str(sum(rec["submit_failures"].values())),
             "0",
             not rec["submit_failures"],
         ),
         Verdict(
-            "(i) jobs without exactly one hold and one settlement", str(money), "0", money == 0
+            "(j) jobs without exactly one hold and one settlement", str(money), "0", money == 0
         ),
     ]
 
@@ -108,7 +108,7 @@ def summary(results: Results) -> list[str]:
     ends = rec["end_after_restart_s"]
     return [
         "-" * 78,
-        f"  (i) recovery: last end {rec['last_end_after_restart_s'] or 0:.1f} s after the "
+        f"  (j) recovery: last end {rec['last_end_after_restart_s'] or 0:.1f} s after the "
         f"restart (p50 {ends['p50'] or 0:.1f} s, p99 {ends['p99'] or 0:.1f} s); "
         f"{rec['in_flight_at_kill']} in flight at the kill",
     ]
@@ -116,8 +116,8 @@ def summary(results: Results) -> list[str]:
 
 PHASE = Phase(
     name="recovery",
-    heading="(i) recovery: kill -9 of the workers with jobs in flight",
-    skip_help="skip phase (i) (kill -9 of the workers, then the time until every job ends)",
+    heading="(j) recovery: kill -9 of the workers with jobs in flight",
+    skip_help="skip phase (j) (kill -9 of the workers, then the time until every job ends)",
     run=run,
     verdicts=verdicts,
     section=section,

@@ -126,6 +126,47 @@ def test_a_renewal_extends_only_the_leases_still_held_and_never_shortens_one(
     assert engine.leases.renewals.renew() == 0
 
 
+def test_a_received_claim_gets_a_renewed_lease_until_a_step_takes_it(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    from app.jobs.leasing import Received
+
+    first, second = new_job(db, settings), new_job(db, settings)
+    claims = engine.claim_due(lookahead=0.0, limit=100)
+    # Claimed: leased for as long as a message may wait in the broker.
+    assert row(db, first).lease_until > utcnow() + 2 * engine.lease
+    received = Received(db, engine.lease)
+    received.add((c.job_id, c.token) for c in claims)
+    assert received.renew() == 2
+    # A living worker has the messages: a lease from now, renewed while they wait.
+    now = utcnow()
+    for job_id in (first, second):
+        assert now < row(db, job_id).lease_until <= now + engine.lease
+    # A step took the first (a fresh token): it leaves the set, its lease the step's.
+    taken = engine.leases.take(first, next(c.token for c in claims if c.job_id == first))
+    assert taken is not None
+    assert received.renew() == 1
+    assert received.claims() == [(second, row(db, second).lease_token)]
+    assert row(db, first).lease_until == taken.lease_until
+
+
+def test_a_received_claim_no_step_takes_is_let_go_after_a_claim_lease(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    from app.jobs.leasing import CLAIM_LEASES, Received
+
+    job_id = new_job(db, settings)
+    (claim,) = engine.claim_due(lookahead=0.0, limit=100)
+    lease = dt.timedelta(seconds=0.2)
+    received = Received(db, lease)
+    received.add([(claim.job_id, claim.token)])
+    assert received.claims() == [(job_id, claim.token)]
+    # Its task failed before taking the job, say: the worker lives, but lets the job go.
+    time.sleep(CLAIM_LEASES * lease.total_seconds() + 0.1)
+    assert received.claims() == []
+    assert received.renew() == 0
+
+
 # ------------------------------------------------------------------ one sweep, one statement
 
 
