@@ -1,4 +1,4 @@
-"""Phase (h): the API's POST and GET throughput with metrics on beside off.
+"""Phase (k): the API's POST and GET throughput with metrics on beside off.
 
 Two web processes of the same shape as (a)'s run side by side: one with metrics on, its
 samples written to files as ``chorus web`` makes every process do (a folder bound under

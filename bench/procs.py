@@ -99,6 +99,13 @@ class Supervisor:
             return
         _kill_group(child.proc, grace)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL to the child's whole process group (a Celery worker and its pool)."""
+        child = self.children.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(timeout=30)
+
     def stop_all(self, grace: float = 10.0) -> None:
         # Stop in reverse start order: clients (worker, scheduler) before the servers they call.
         for name in reversed(list(self.children)):

@@ -30,6 +30,18 @@ VISIBILITY_TIMEOUT = 600
 # hop from the scheduler to a worker waits up to this long (kombu's default is a second).
 EMBEDDED_POLLING_INTERVAL = 0.1
 EMBEDDED_TRANSPORT = "workers.broker:Transport"
+# A redis:// broker's transport: kombu's, with channels that can be closed after a lost broker
+# (see the module), so a worker outlives a Redis restart. Other schemes keep kombu's own.
+REDIS_TRANSPORT = "workers.redis_broker:Transport"
+
+
+def broker_transport(settings: Settings) -> str | None:
+    if settings.embedded:
+        # kombu's filesystem transport, fixed to publish each message whole.
+        return EMBEDDED_TRANSPORT
+    if settings.broker_url.startswith("redis://"):
+        return REDIS_TRANSPORT
+    return None
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -60,8 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     return {
         "broker_url": settings.broker_url,
-        # kombu's filesystem transport, fixed to publish each message whole.
-        "broker_transport": EMBEDDED_TRANSPORT if settings.embedded else None,
+        "broker_transport": broker_transport(settings),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "result_backend": None,
@@ -74,7 +85,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_time_limit": TASK_TIME_LIMIT,
         "task_soft_time_limit": TASK_TIME_LIMIT - 30,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A step under way when the broker connection drops runs to its end: its writes are
+        # guarded by its lease, and its message, given back or redelivered, finds the lease
+        # moved on and does nothing. (Cancelling could not stop it anyway: pool processes
+        # ignore SIGTERM, and a thread cannot be cancelled.)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "task_queues": [Queue(name) for name in ALL_QUEUES],
         "task_default_queue": SUBMIT_QUEUE,

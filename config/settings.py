@@ -278,7 +278,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         ),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),
-        lease_seconds=env.float("LEASE_SECONDS", 30.0, validate=Range(min=1)),
+        lease_seconds=env.float("LEASE_SECONDS", 10.0, validate=Range(min=1)),
         claim_batch=env.int("CLAIM_BATCH", 500, validate=Range(min=1)),
         io_threads=env.int("IO_THREADS", 32, validate=Range(min=1, max=512)),
         job_deadline_seconds=env.float("JOB_DEADLINE_SECONDS", 900.0, validate=Range(min=1)),

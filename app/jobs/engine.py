@@ -61,9 +61,9 @@ class Engine:
         self.settings = settings
         self.db = db
         self.storage = storage or make_storage(settings)
-        # A lease shorter than one upstream call would let the scheduler take an in-flight job away.
-        call = settings.upstream_connect_timeout + settings.upstream_read_timeout
-        self.lease = dt.timedelta(seconds=max(settings.lease_seconds, call + 15))
+        # Short, so a dead worker's jobs are soon taken up again: a step in progress keeps
+        # its lease by renewing it (``Renewals``), however long its upstream call takes.
+        self.lease = dt.timedelta(seconds=settings.lease_seconds)
         self.accounts = Accounts(db)
         # Every change of a job's status, with its money, webhook event and woken waiters.
         self.transitions = transitions
@@ -128,6 +128,12 @@ class Engine:
         # way, where each claim's own token decides.
         named = Counter(job_id for job_id, _ in claims)
         taken = self.leases.take_many([c for c in claims if named[c[0]] == 1])
+        with self.leases.renewals.holding(taken.values()):
+            return self._step_many(claims, named, taken, blocking=blocking)
+
+    def _step_many(
+        self, claims: list[Claim], named: Counter[str], taken: dict[str, Job], *, blocking: bool
+    ) -> list[Outcome]:
         batch = Deferred()
         # Status calls the upstream's adapter can make for the whole batch at once, from
         # this thread: far cheaper than one thread per call.
@@ -183,7 +189,8 @@ class Engine:
         job = self.leases.take(job_id, token)
         if job is None:
             return Outcome.SKIPPED
-        return self._step(job, blocking=blocking)
+        with self.leases.renewals.holding([job]):
+            return self._step(job, blocking=blocking)
 
     def _step(
         self,

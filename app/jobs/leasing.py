@@ -6,15 +6,26 @@ transaction and hands their ids and tokens to workers; a worker first swaps the 
 fresh one with a compare-and-set (``take``), so of two copies of one message only one
 proceeds, and a message whose lease was taken over by a later claim does nothing. Every
 write here is a conditional UPDATE guarded by the token and by the job's state, so a late or
-duplicated writer changes nothing. A worker killed mid-job leaves a lease that simply
-expires; the scheduler picks the job up again.
+duplicated writer changes nothing.
+
+A worker's lease is short (``LEASE_SECONDS``) and it keeps renewing the leases of the steps
+it is running (``Renewals``), however long their upstream calls take. A worker killed mid-job
+stops renewing, so its leases lapse within one lease's length and the scheduler picks its
+jobs up again. A claim not yet taken (its message queued, or held by a worker until its ETA)
+has a longer lease, which nothing renews (``CLAIM_LEASES``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import secrets
-from collections.abc import Iterable
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +47,8 @@ from app.db import Database, UTCDateTime, unnest, utcnow
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.status import ACTIVE, JobStatus
+
+log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
 
@@ -70,6 +83,18 @@ RESCHEDULE_MANY = (
 )
 
 
+# Renewals per lease: a holder whose renewals are this many times late in a row loses it.
+RENEWALS_PER_LEASE = 4
+# Seconds between two renewal passes of one process, however often it is woken.
+MIN_RENEWAL_GAP = 0.2
+# A claim's lease, in leases: a claim's message may wait in the broker's queue behind a
+# backlog, where nothing renews it, and a claim that lapsed there is sent again while the
+# first message, when its turn comes, finds the token changed and does nothing. A backlog
+# longer than this sends every due job twice per claim lease; shorter claims would also let
+# it grow into one where most messages arrive stale.
+CLAIM_LEASES = 3
+
+
 def new_token() -> str:
     return secrets.token_hex(16)
 
@@ -94,6 +119,8 @@ class Leases:
     def __init__(self, db: Database, lease: dt.timedelta) -> None:
         self.db = db
         self.lease = lease
+        self.claim_lease = CLAIM_LEASES * lease
+        self.renewals = Renewals(db, lease)
 
     # ------------------------------------------------------------------ the scheduler
 
@@ -124,7 +151,7 @@ class Leases:
             session.execute(
                 update(Job)
                 .where(Job.id.in_([job_id for job_id, _, _ in rows]))
-                .values(lease_token=token, lease_until=horizon + self.lease)
+                .values(lease_token=token, lease_until=horizon + self.claim_lease)
                 .execution_options(synchronize_session=False)
             )
         return [
@@ -259,3 +286,147 @@ class Leases:
                 .execution_options(synchronize_session=False)
             )
         return Outcome.LOST
+
+
+class _Renewer:
+    """A thread of this process that renews a set of leases every quarter of a lease."""
+
+    def __init__(self, db: Database, lease: dt.timedelta) -> None:
+        self.db = db
+        self.lease = lease
+        self.interval = lease.total_seconds() / RENEWALS_PER_LEASE
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def _ensure_thread(self) -> None:
+        """Start the thread (called under the lock). A forked child starts its own: its
+        parent's did not come with it."""
+        if self._pid != os.getpid():
+            threading.Thread(target=self._run, name="lease-renewals", daemon=True).start()
+            self._pid = os.getpid()
+
+    def renew(self) -> int:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again; never die
+                log.warning("renewing leases failed (%s); retrying", type(exc).__name__)
+            # Wake-ups meanwhile are answered by one pass after this pause.
+            time.sleep(MIN_RENEWAL_GAP)
+
+    def _set_lease(self, claims: list[Claim], until: Any) -> set[Claim]:
+        """Set the lease's end of each of ``claims`` still held by its token to ``until``;
+        returns the claims it was set for. Rows a writer has locked are skipped rather than
+        waited for, so a renewal can never deadlock a step's batch write (a row it skipped is
+        renewed on the next pass)."""
+        held = (
+            select(Job.id)
+            .where(tuple_(Job.id, Job.lease_token).in_(claims))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.db.transaction() as session:
+            rows = session.execute(
+                update(Job)
+                .where(Job.id.in_(held))
+                .values(lease_until=until)
+                .returning(Job.id, Job.lease_token)
+                .execution_options(synchronize_session=False)
+            )
+            return {(job_id, token) for job_id, token in rows if token is not None}
+
+
+class Renewals(_Renewer):
+    """Keeps alive the leases of the steps this process is running.
+
+    A step holds its job (``holding``) from the take to its last write; meanwhile the thread
+    moves the lease's end to a lease from now. The renewal is guarded by the token like every
+    other write, so a lease given back, ended or taken over is left alone, and it never
+    shortens a longer lease (a submit's on an account whose calls take minutes).
+    """
+
+    def __init__(self, db: Database, lease: dt.timedelta) -> None:
+        super().__init__(db, lease)
+        self._held: Counter[Claim] = Counter()
+
+    @contextmanager
+    def holding(self, jobs: Iterable[Job]) -> Iterator[None]:
+        claims = [(job.id, job.lease_token) for job in jobs if job.lease_token]
+        with self._lock:
+            self._held.update(claims)
+            if claims:
+                self._ensure_thread()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.subtract(claims)
+                self._held = +self._held  # drops the claims no step holds any more
+
+    def held(self) -> list[Claim]:
+        with self._lock:
+            return list(self._held)
+
+    def renew(self) -> int:
+        """Extend every lease held here to a lease from now; returns how many were."""
+        claims = self.held()
+        if not claims:
+            return 0
+        until = func.greatest(Job.lease_until, utcnow() + self.lease)
+        return len(self._set_lease(claims, until))
+
+
+class Received(_Renewer):
+    """The claims whose messages a worker has received and not yet started (held for their
+    ETA, or waiting for a free process), in the worker's main process.
+
+    A claim is leased for ``CLAIM_LEASES`` leases while its message may be waiting in the
+    broker. Once a living worker has the message, its claim needs only a lease, renewed: a
+    worker killed with received messages (which its broker gives back only after the
+    visibility timeout) leaves them to the scheduler within one lease. A claim leaves the set
+    at the first pass that finds its token gone (the job taken, released or ended), or a
+    claim lease after it arrived: a message whose task failed before taking its jobs must not
+    keep them from the scheduler while the worker lives.
+    """
+
+    def __init__(self, db: Database, lease: dt.timedelta) -> None:
+        super().__init__(db, lease)
+        self._claims: dict[Claim, float] = {}  # claim -> when it arrived (monotonic)
+
+    def add(self, claims: Iterable[Claim]) -> None:
+        """Take over the claims of a message just received: their next pass comes at once,
+        since a worker killed right after receiving them would otherwise leave them the
+        claim lease."""
+        now = time.monotonic()
+        with self._lock:
+            self._claims.update((claim, now) for claim in claims)
+            if self._claims:
+                self._ensure_thread()
+        self._wake.set()
+
+    def claims(self) -> list[Claim]:
+        """The claims still renewed here (those held longer than a claim lease are let go)."""
+        oldest = time.monotonic() - CLAIM_LEASES * self.lease.total_seconds()
+        with self._lock:
+            for claim in [c for c, at in self._claims.items() if at < oldest]:
+                del self._claims[claim]
+            return list(self._claims)
+
+    def renew(self) -> int:
+        """Set each received claim's lease to a lease from now; returns how many were."""
+        claims = self.claims()
+        if not claims:
+            return 0
+        kept = self._set_lease(claims, utcnow() + self.lease)
+        with self._lock:
+            # A claim skipped under a writer's lock is dropped too: it keeps its claim lease.
+            for claim in claims:
+                if claim not in kept:
+                    self._claims.pop(claim, None)
+        return len(kept)

@@ -5,7 +5,18 @@ the measuring itself is in the module of the same topic one level up (``bench/jo
 so on).
 """
 
-from bench.phases import jobs, metrics, money, shapes, slow, upstreams, wait, web, webhooks
+from bench.phases import (
+    jobs,
+    metrics,
+    money,
+    recovery,
+    shapes,
+    slow,
+    upstreams,
+    wait,
+    web,
+    webhooks,
+)
 from bench.phases.base import Context, Phase
 
 PHASES: tuple[Phase, ...] = (
@@ -18,6 +29,7 @@ PHASES: tuple[Phase, ...] = (
     shapes.PHASE,
     metrics.PHASE,
     slow.PHASE,
+    recovery.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]

@@ -1,4 +1,4 @@
-"""Phase (h): POST and GET throughput with metrics on beside off (measured by
+"""Phase (k): POST and GET throughput with metrics on beside off (measured by
 ``bench/metrics.py``)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ KINDS = {"post": "POST /v1/music/generations", "get": "GET /v1/music/generations
 def run(ctx: Context) -> Results:
     args = ctx.args
     print(
-        f"(h) metrics: POST and GET, metrics on vs off, {args.duration:g} s each, "
+        f"(k) metrics: POST and GET, metrics on vs off, {args.duration:g} s each, "
         f"{args.rounds} rounds",
         flush=True,
     )
@@ -33,14 +33,14 @@ def verdicts(results: Results) -> list[Verdict]:
         on, off = measured[kind]["on"]["rps"], measured[kind]["off"]["rps"]
         out.append(
             Verdict(
-                f"(h) {label} req/s, metrics on ÷ off",
+                f"(k) {label} req/s, metrics on ÷ off",
                 f"{fmt(ratio, 3)} ({fmt(on, 0)} / {fmt(off, 0)} req/s)",
                 f"≥ {RATIO_MIN} (at most 5 % slower)",
                 ratio is not None and ratio >= RATIO_MIN,
             )
         )
     bad = sum(faults(measured[k][s]) for k in KINDS for s in ("on", "off"))
-    out.append(Verdict("(h) non-2xx answers or socket errors", str(bad), "0", bad == 0))
+    out.append(Verdict("(k) non-2xx answers or socket errors", str(bad), "0", bad == 0))
     return out
 
 
@@ -79,14 +79,14 @@ def outside_cpu(results: Results) -> list[tuple[str, float, float]]:
         for side in ("on", "off"):
             cpu = results.get("metrics", {}).get(kind, {}).get(side, {}).get("cpu")
             if cpu:
-                seen.append((f"(h) {kind} {side}", cpu["other_s"] + cpu["steal_s"], cpu["wall_s"]))
+                seen.append((f"(k) {kind} {side}", cpu["other_s"] + cpu["steal_s"], cpu["wall_s"]))
     return seen
 
 
 PHASE = Phase(
     name="metrics",
-    heading="(h) metrics: POST and GET throughput, metrics on beside off",
-    skip_help="skip phase (h) (metrics on and off)",
+    heading="(k) metrics: POST and GET throughput, metrics on beside off",
+    skip_help="skip phase (k) (metrics on and off)",
     run=run,
     verdicts=verdicts,
     section=section,

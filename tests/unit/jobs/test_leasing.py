@@ -1,10 +1,12 @@
 """Leases on job rows (app.jobs.leasing): one sweep leases due jobs, a lease holds while its
-upstream call is in flight, and ``next_due`` says when the scheduler must look again.
+upstream call is in flight (renewed, however long the call), and ``next_due`` says when the
+scheduler must look again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -73,46 +75,96 @@ def test_the_lease_holds_while_the_upstream_call_is_in_flight(
     assert len(script.submits) == 1
 
 
-# ------------------------------------------------------------------ a lease outlasts the timeouts of its call
+# ------------------------------------------------------------------ a lease is renewed while its step runs
 
 
-@pytest.mark.parametrize(
-    "timing",
-    [
-        pytest.param("test-env", id="lease-8s-calls-5s"),
-        pytest.param(
-            "defaults",
-            id="lease-30s-calls-35s",
-            marks=[
-                pytest.mark.env(
-                    LEASE_SECONDS="30", UPSTREAM_CONNECT_TIMEOUT="5", UPSTREAM_READ_TIMEOUT="30"
-                ),
-            ],
-        ),
-    ],
-)
-def test_a_submit_within_its_timeouts_keeps_its_job(
-    engine: Engine, script: Script, db: Database, settings: Settings, timing: str
+@pytest.mark.env(LEASE_SECONDS="2")
+def test_a_step_outlasting_its_lease_keeps_its_job_while_it_runs(
+    engine: Engine, script: Script, db: Database, settings: Settings
 ) -> None:
     job_id = new_job(db, settings)
-    budget = settings.upstream_connect_timeout + settings.upstream_read_timeout
-    outcomes: list[str] = []
+    sweeps: list[bool] = []
 
-    def answer_just_within_timeouts(_request: Any) -> Submission:
-        # The sweeper runs a second before this call would have timed out.
-        later = utcnow() + dt.timedelta(seconds=budget - 1)
-        for c in engine.claim_due(lookahead=0, limit=100, now=later):
-            outcomes.append(engine.advance(c.job_id, c.token))
-        return Submission("gen-accepted")
+    def answer_after_several_leases(_request: Any) -> Submission:
+        # The scheduler sweeps on the real clock while the upstream holds the call for two
+        # and a half leases: the worker's renewals keep the job its own.
+        until = time.monotonic() + 2.5 * engine.lease.total_seconds()
+        while time.monotonic() < until:
+            sweeps.append(claimed(engine, job_id))
+            time.sleep(0.1)
+        return Submission("gen-slow")
 
-    script.on_submit(answer_just_within_timeouts)
-    outcomes.append(step(engine, db, job_id))
-
-    assert outcomes == ["running"]
+    script.on_submit(answer_after_several_leases)
+    assert step(engine, db, job_id) == "running"
+    assert len(sweeps) > 20 and not any(sweeps)
     job = row(db, job_id)
-    assert job.status == JobStatus.RUNNING
-    assert job.generation_id == "gen-accepted"
+    assert job.status == JobStatus.RUNNING and job.generation_id == "gen-slow"
     assert len(script.submits) == 1
+    # Its step over, nothing renews it: a job between two looks holds no lease at all.
+    assert job.lease_token is None and engine.leases.renewals.held() == []
+
+
+def test_a_renewal_extends_only_the_leases_still_held_and_never_shortens_one(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    held, taken_over, long_call = (new_job(db, settings) for _ in range(3))
+    assert len(engine.claim_due(lookahead=0.0, limit=100)) == 3
+    now = utcnow()
+    for job_id in (held, taken_over, long_call):
+        set_row(db, job_id, lease_until=now + MS)
+    set_row(db, long_call, lease_until=now + dt.timedelta(minutes=10))
+    jobs = [row(db, job_id) for job_id in (held, taken_over, long_call)]
+    # Another holder took this one over (its lease had lapsed): our token no longer holds it.
+    set_row(db, taken_over, lease_token="someone-else")
+
+    with engine.leases.renewals.holding(jobs):
+        assert engine.leases.renewals.renew() == 2
+    assert row(db, held).lease_until >= now + engine.lease
+    assert row(db, taken_over).lease_until == now + MS
+    assert row(db, long_call).lease_until == now + dt.timedelta(minutes=10)
+    assert engine.leases.renewals.held() == []
+    assert engine.leases.renewals.renew() == 0
+
+
+def test_a_received_claim_gets_a_renewed_lease_until_a_step_takes_it(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    from app.jobs.leasing import Received
+
+    first, second = new_job(db, settings), new_job(db, settings)
+    claims = engine.claim_due(lookahead=0.0, limit=100)
+    # Claimed: leased for as long as a message may wait in the broker.
+    assert row(db, first).lease_until > utcnow() + 2 * engine.lease
+    received = Received(db, engine.lease)
+    received.add((c.job_id, c.token) for c in claims)
+    assert received.renew() == 2
+    # A living worker has the messages: a lease from now, renewed while they wait.
+    now = utcnow()
+    for job_id in (first, second):
+        assert now < row(db, job_id).lease_until <= now + engine.lease
+    # A step took the first (a fresh token): it leaves the set, its lease the step's.
+    taken = engine.leases.take(first, next(c.token for c in claims if c.job_id == first))
+    assert taken is not None
+    assert received.renew() == 1
+    assert received.claims() == [(second, row(db, second).lease_token)]
+    assert row(db, first).lease_until == taken.lease_until
+
+
+def test_a_received_claim_no_step_takes_is_let_go_after_a_claim_lease(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    from app.jobs.leasing import CLAIM_LEASES, Received
+
+    job_id = new_job(db, settings)
+    (claim,) = engine.claim_due(lookahead=0.0, limit=100)
+    lease = dt.timedelta(seconds=0.2)
+    received = Received(db, lease)
+    received.add([(claim.job_id, claim.token)])
+    assert received.claims() == [(job_id, claim.token)]
+    # Its task failed before taking the job, say: the worker lives, but lets the job go.
+    time.sleep(CLAIM_LEASES * lease.total_seconds() + 0.1)
+    assert received.claims() == []
+    assert received.renew() == 0
 
 
 # ------------------------------------------------------------------ one sweep, one statement

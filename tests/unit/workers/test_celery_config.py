@@ -7,13 +7,18 @@ import pytest
 from config import load_settings
 from config.celery import (
     ALL_QUEUES,
+    EMBEDDED_TRANSPORT,
     POLL_QUEUE,
     QUEUES,
+    REDIS_TRANSPORT,
     SYNC_QUEUE,
     VISIBILITY_TIMEOUT,
     WEBHOOKS_QUEUE,
+    broker_transport,
     celery_config,
 )
+from workers import make_celery
+from workers.redis_broker import Transport
 
 
 def test_queues_are_declared_and_split_between_the_three_workers() -> None:
@@ -85,3 +90,17 @@ def test_refuses_settings_that_would_outlive_the_visibility_timeout(
     monkeypatch.setattr(module, "TASK_TIME_LIMIT", VISIBILITY_TIMEOUT)
     with pytest.raises(ValueError, match="visibility timeout"):
         module.celery_config(load_settings({}))
+
+
+def test_a_redis_broker_gets_the_transport_that_outlives_a_restart(tmp_path: object) -> None:
+    def transport(**env: str) -> str | None:
+        return broker_transport(load_settings({"CHORUS_VAR_DIR": str(tmp_path), **env}))
+
+    assert transport(REDIS_URL="redis://127.0.0.1:6379/0") == REDIS_TRANSPORT
+    app = make_celery(load_settings({"REDIS_URL": "redis://127.0.0.1:6379/13"}))
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+    # Other brokers keep kombu's own transports; the embedded default has its folder broker.
+    assert transport(REDIS_URL="rediss://cache.example:6380/0") is None
+    assert transport(CELERY_BROKER_URL="amqp://guest@127.0.0.1//") is None
+    assert transport() == EMBEDDED_TRANSPORT
