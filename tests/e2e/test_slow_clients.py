@@ -309,3 +309,11 @@ def test_a_client_still_sending_after_its_answer_is_cut_off_in_the_end(
             for _ in range(5000):
                 sock.sendall(b"x" * 1000)
                 time.sleep(0.02)
+
+
+def test_an_idle_keep_alive_connection_is_still_closed(strict: str) -> None:
+    with connect(strict) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: chorus\r\n\r\n")
+        assert answer(sock)[0] == 200
+        # Kept open for a next request, then closed by the keep-alive timeout (gunicorn's).
+        assert sock.recv(1024) == b""
