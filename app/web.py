@@ -30,7 +30,7 @@ from app.db import Database
 from app.extensions import Chorus, close_session
 from app.jobs.errors import Refused
 from app.storage import make_storage
-from app.webserver import LATE_BODY
+from app.webserver import BODY_CUT_SHORT, LATE_BODY
 from config import Settings, load_settings
 from config.settings import NO_SIGNING_KEY
 
@@ -130,8 +130,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoCookieSessions()
-    # First: a request whose body came too late is answered before anything looks at it.
-    app.before_request(_late_body)
+    # First: a request whose body came too late or cut short is answered before anything
+    # looks at it.
+    app.before_request(_body_as_sent)
     app.extensions["chorus"] = Chorus(
         settings=settings,
         db=Database(settings, pre_ping=False),
@@ -204,9 +205,13 @@ def _database_unreachable(error: Exception) -> Response:
     return response
 
 
-def _late_body() -> None:
-    if request.environ.get("asgi.scope", {}).get(LATE_BODY):
+def _body_as_sent() -> None:
+    """What the web server flagged about the body (app/webserver.py) in the surface's shape."""
+    scope = request.environ.get("asgi.scope", {})
+    if scope.get(LATE_BODY):
         raise RequestTimeout("The request body did not arrive in time.")
+    if scope.get(BODY_CUT_SHORT):
+        raise BadRequest("The request body was cut short: the client closed before sending it all.")
 
 
 def _no_nul_in_path(endpoint: str | None, values: dict[str, Any] | None) -> None:

@@ -34,10 +34,58 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Set in the scope (environ["asgi.scope"] for Flask) when the body did not arrive in time: the
 # app answers 408 in the request's own error shape.
 LATE_BODY = "chorus.late_body"
+# Set when the client ended its side of the connection in the middle of the body: the app
+# answers 400 in the request's own error shape (the bytes that came are not the body).
+BODY_CUT_SHORT = "chorus.body_cut_short"
+
+
+class LingeringClose:
+    """A connection's transport whose ``close`` first lets the client read the answer.
+
+    Closing a socket with request bytes still unread makes the kernel send RST, and a client
+    that gets RST loses the answer it has not read yet (the 413 to an upload still being
+    sent, the 400 to a request that cannot be parsed). So, as nginx's lingering_close does:
+    send FIN once the answer is out, read and discard what the client still sends for at most
+    ``seconds`` (or until its own FIN), then close. Everything else is the transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: Any, seconds: float) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.seconds = seconds
+        self.lingering = False
+        self.peer_done = False  # the client sent FIN: nothing more can come
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        # While lingering the connection is closing for every user of it (keep-alive, the
+        # next pipelined request, 100-continue): only the discarding goes on.
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if self.peer_done or not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # after what is buffered: the answer goes first
+        self._transport.resume_reading()  # flow control may have paused it; it must drain
+        self._timer = self._loop.call_later(self.seconds, self._transport.close)
+
+    def forget(self) -> None:
+        """The connection is gone: no timer may outlive it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class HeaderDeadline(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with a deadline on each request's headers.
+    """uvicorn's HTTP protocol, with a deadline on each request's headers, an answer to a
+    client that half-closes its side, and lingering closes (``LingeringClose``).
 
     uvicorn closes a connection idle between requests (keep-alive timeout) but waits for ever
     on one that sends headers a byte now and then; that costs no thread here, but a file
@@ -46,11 +94,36 @@ class HeaderDeadline(HttpToolsProtocol):
     """
 
     header_seconds = 10.0
+    linger_seconds = 2.0
     _header_timer: asyncio.TimerHandle | None = None
+    transport: Any  # a LingeringClose around the connection's own
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        # Every holder of the transport (the protocol, each request cycle, flow control) then
+        # closes by lingering.
+        lingering = LingeringClose(transport, self.loop, self.linger_seconds)
+        super().connection_made(cast(asyncio.Transport, lingering))
         self._start_header_clock()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:
+            return  # read only so that the kernel has no unread bytes to reset the answer with
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client has said all it will say (FIN; it may still read). uvicorn would close at
+        once and drop the request in progress; here it gets its answer first."""
+        self.transport.peer_done = True
+        cycle = self.cycle
+        if self.transport.lingering or cycle is None or cycle.response_complete:
+            return None  # nothing to answer: asyncio closes the connection
+        if cycle.more_body:
+            # What came is handed on as the whole body, flagged: the app answers 400.
+            cycle.scope[BODY_CUT_SHORT] = True  # type: ignore[literal-required]
+            cycle.more_body = False
+        cycle.keep_alive = False  # nothing can follow this request: close after its answer
+        cycle.message_event.set()
+        return True
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -62,6 +135,7 @@ class HeaderDeadline(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()
+        self.transport.forget()
         super().connection_lost(exc)
 
     def _start_header_clock(self) -> None:
@@ -222,8 +296,10 @@ class WholeRequests:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
-            # Refused on its header by the app: not one byte of it is read.
+            # Refused on its header by the app: not one byte of it is read. The app has a copy
+            # of the scope: a body never wanted is not "cut short" when the client stops it.
             body = b""
+            scope = {k: v for k, v in scope.items() if k != BODY_CUT_SHORT}
         else:
             read = await self._read(receive)
             if read is None:

@@ -14,8 +14,8 @@ import pytest
 
 METHODS = ("get", "put", "post", "delete", "patch")
 # Rules that are the documentation itself, not part of the API.
-# /metrics is for Prometheus, not for clients (app/api/metrics.py).
-UNDOCUMENTED_ENDPOINTS = ("static", "api-docs.", "metrics")
+# /metrics is for Prometheus and /ops/ for operators (app/console), not for clients.
+UNDOCUMENTED_ENDPOINTS = ("static", "api-docs.", "metrics", "console.")
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 A slow-loris client sends its headers a few bytes at a time; a slow upload sends its body so.
 Neither may hold one of the web process's threads: the event loop reads each request whole
-first (app/webserver.py), with a deadline on the headers and one on the body.
+first (app/webserver.py), with a deadline on the headers and one on the body. A client that
+half-closes its side still reads its answer, and so does one whose upload is refused while it
+is still sending it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -247,3 +250,79 @@ def test_forwarded_proto_is_taken_from_loopback_and_forwarded_for_from_nowhere(
 
     line = wait_for(refused_line, 30, message="the access line")
     assert line["path"] == "/v1/balance" and line["remote_addr"] == "127.0.0.1"
+
+
+def post_head(path: str, key: str, framing: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: chorus\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\n{framing}\r\n"
+    ).encode()
+
+
+def test_a_whole_request_then_a_half_close_gets_its_answer(strict: str, db: Any) -> None:
+    key = funded_key(db, "halfway")
+    payload = json.dumps(GOOD_BODY).encode()
+    with connect(strict) as sock:
+        sock.sendall(post_head(URL, key, f"Content-Length: {len(payload)}\r\n") + payload)
+        sock.shutdown(socket.SHUT_WR)  # said all it will say; it still reads
+        status, body = answer(sock)
+        assert status == 202, body
+        assert json.loads(body)["status"] == "QUEUED"
+        assert sock.recv(1024) == b""  # and then the server closes, as nothing can follow
+
+
+@pytest.mark.parametrize("path", [URL, "/v2/generate/audio"])
+def test_a_chunked_body_cut_short_by_a_half_close_is_400_in_the_surfaces_shape(
+    strict: str, db: Any, path: str
+) -> None:
+    key = funded_key(db, "cut")
+    with connect(strict) as sock:
+        sock.sendall(post_head(path, key, "Transfer-Encoding: chunked\r\n") + b'9\r\n{"model":')
+        sock.shutdown(socket.SHUT_WR)
+        status, body = answer(sock)
+    assert status == 400, body
+    error = json.loads(body)
+    if path == URL:
+        assert error["error"]["code"] == "bad_request"
+        assert "cut short" in error["error"]["message"]
+    else:
+        assert error["statusCode"] == 400
+
+
+def test_an_upload_over_the_limit_still_being_sent_can_read_its_413(strict: str, db: Any) -> None:
+    """The server answers on the header and closes while the body is still coming: the bytes
+    it never read must not make its kernel reset the connection under the answer."""
+    key = funded_key(db, "huge")
+    with connect(strict) as sock:
+        framing = "Content-Length: 5000000\r\nConnection: close\r\n"
+        # More than the server buffers before it stops reading (uvicorn's 64 KiB).
+        sock.sendall(post_head(URL, key, framing) + b"x" * 400_000)
+        status, body = answer(sock)
+        assert status == 413, body
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+        # Then its end: FIN, not RST, though the client never finished sending.
+        assert sock.recv(1024) == b""
+
+
+def test_a_client_still_sending_after_its_answer_is_cut_off_in_the_end(
+    strict: str, db: Any
+) -> None:
+    """The server reads and discards for a bounded time only: then it closes, and the client's
+    next bytes are refused."""
+    key = funded_key(db, "endless")
+    with connect(strict) as sock:
+        sock.sendall(post_head(URL, key, "Content-Length: 5000000\r\nConnection: close\r\n"))
+        assert answer(sock)[0] == 413
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            # Paced, so that the 5 MB it announced last far longer than any lingering.
+            for _ in range(5000):
+                sock.sendall(b"x" * 1000)
+                time.sleep(0.02)
+
+
+def test_an_idle_keep_alive_connection_is_still_closed(strict: str) -> None:
+    with connect(strict) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: chorus\r\n\r\n")
+        assert answer(sock)[0] == 200
+        # Kept open for a next request, then closed by the keep-alive timeout (gunicorn's).
+        assert sock.recv(1024) == b""
