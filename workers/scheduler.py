@@ -77,6 +77,8 @@ class PostgresLeadership:
     def __init__(self, database_url: str) -> None:
         self._url = make_url(database_url)
         self._conn: Any = None
+        # The last try failed for want of the database (not for another leader).
+        self.unreachable = False
 
     def try_acquire(self) -> bool:
         try:
@@ -90,6 +92,7 @@ class PostgresLeadership:
                     keepalives_count=3,
                     application_name="chorus scheduler",
                 )
+            self.unreachable = False
             with self._conn.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
                 if not cursor.fetchone()[0]:
@@ -97,6 +100,7 @@ class PostgresLeadership:
                 cursor.execute(f"LISTEN {CHANNEL}")
             return True
         except Exception as exc:  # noqa: BLE001 - the database is down: stand by and retry
+            self.unreachable = True
             log.warning("scheduler: cannot reach the database (%s)", exc)
             self.release()
             return False
@@ -144,6 +148,9 @@ class Scheduler:
         self.leadership = leadership or PostgresLeadership(database_url(self.settings))
         self.clock = clock
         self.stopping = False
+        # When the database was last found unreachable and no round has run since: the next
+        # round first gives the leases that lapsed meanwhile one lease more (forgive_outage).
+        self.outage_since: dt.datetime | None = None
         self.periodic = [Periodic("chorus.purge_idempotency_keys", IDEMPOTENCY_PURGE_SECONDS)]
         if self.settings.retention_days > 0:  # RETENTION_DAYS=0 keeps everything
             self.periodic.append(Periodic("chorus.purge_expired", self.settings.retention_interval))
@@ -162,6 +169,8 @@ class Scheduler:
         standing_by = False
         while not self.stopping:
             if not self.leadership.try_acquire():
+                if getattr(self.leadership, "unreachable", False):
+                    self.outage_since = self.outage_since or utcnow()
                 if not standing_by:
                     log.info("scheduler: standing by (another scheduler leads)")
                     standing_by = True
@@ -172,6 +181,7 @@ class Scheduler:
             try:
                 self.lead()
             except LeadershipLost as exc:
+                self.outage_since = self.outage_since or utcnow()
                 log.warning("scheduler: lost the database connection (%s); standing by", exc)
             finally:
                 self.leadership.release()
@@ -220,6 +230,7 @@ class Scheduler:
         try:
             return self._round()
         except SQLAlchemyError as exc:
+            self.outage_since = self.outage_since or utcnow()
             log.warning("scheduler: database error (%s); retrying", type(exc).__name__)
         except Exception:  # the broker, say: what was leased is sent again once leases lapse
             log.exception("scheduler: round failed; retrying")
@@ -227,6 +238,11 @@ class Scheduler:
 
     def _round(self) -> float:
         settings, engine = self.settings, self.engine
+        if self.outage_since is not None:
+            forgiven = engine.forgive_outage(self.outage_since)
+            if forgiven:
+                log.info("%d lease(s) that lapsed while the database was away renewed", forgiven)
+            self.outage_since = None
         expired = engine.expire_overdue()
         if expired:
             log.info("%d job(s) passed their deadline", expired)

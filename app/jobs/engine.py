@@ -105,6 +105,9 @@ class Engine:
     def next_due(self) -> dt.datetime | None:
         return self.leases.next_due()
 
+    def forgive_outage(self, since: dt.datetime) -> int:
+        return self.leases.forgive_outage(since)
+
     # ------------------------------------------------------------------ the workers'
 
     def advance_many(self, claims: Iterable[Claim], *, blocking: bool = False) -> list[Outcome]:

@@ -159,6 +159,29 @@ class Leases:
             for job_id, due_at, status in rows
         ]
 
+    def forgive_outage(self, since: dt.datetime, now: dt.datetime | None = None) -> int:
+        """Give the leases that lapsed while the database was unreachable one lease more.
+
+        No holder can renew a lease while the database is away, so one that lapsed then says
+        nothing of its holder: a worker still alive (retrying the write of what an upstream
+        just accepted, say) must get the job back before anyone else takes it. A holder that
+        really died loses it one lease later.
+        """
+        now = now or utcnow()
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.status.in_(SWEPT),
+                    Job.lease_token.is_not(None),
+                    Job.lease_until >= since - self.lease,
+                    Job.lease_until < now + self.lease,
+                )
+                .values(lease_until=now + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def next_due(self) -> dt.datetime | None:
         """When the scheduler next has something to do for a job: the earliest next look (or,
         while a job is leased, the lease's end: its holder may have died) or deadline. None

@@ -126,6 +126,30 @@ def test_a_renewal_extends_only_the_leases_still_held_and_never_shortens_one(
     assert engine.leases.renewals.renew() == 0
 
 
+def test_leases_that_lapsed_while_the_database_was_away_get_one_lease_more(
+    engine: Engine, db: Database, settings: Settings
+) -> None:
+    during, before, ahead = (new_job(db, settings) for _ in range(3))
+    assert len(engine.claim_due(lookahead=0.0, limit=100)) == 3
+    now = utcnow()
+    outage_began = now - dt.timedelta(seconds=30)
+    # Lapsed during the outage (its holder could not renew it), long before it (its holder
+    # died then), and one that still runs for minutes.
+    set_row(db, during, lease_until=now - dt.timedelta(seconds=20))
+    set_row(db, before, lease_until=outage_began - engine.lease - dt.timedelta(minutes=5))
+    set_row(db, ahead, lease_until=now + dt.timedelta(minutes=10))
+    tokens = {job_id: row(db, job_id).lease_token for job_id in (during, before, ahead)}
+
+    assert engine.forgive_outage(outage_began) == 1
+    assert now + engine.lease <= row(db, during).lease_until <= utcnow() + engine.lease
+    # The one whose holder died is claimed again; the one lapsed during the outage waits for
+    # its holder, who still has it under the same token.
+    swept = {c.job_id for c in engine.claim_due(lookahead=0.0, limit=100)}
+    assert swept == {before}
+    assert row(db, during).lease_token == tokens[during]
+    assert row(db, ahead).lease_until == now + dt.timedelta(minutes=10)
+
+
 def test_a_received_claim_gets_a_renewed_lease_until_a_step_takes_it(
     engine: Engine, db: Database, settings: Settings
 ) -> None:
