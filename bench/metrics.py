@@ -1,8 +1,9 @@
-"""Phase (k): the API's POST and GET throughput with metrics on beside off.
+"""Phase (k): the API's POST and GET throughput with metrics and JSON logs on beside off.
 
-Two web processes of the same shape as (a)'s run side by side: one with metrics on, its
-samples written to files as ``chorus web`` makes every process do (a folder bound under
-METRICS_DIR), one with ``METRICS_ENABLED=false``. Each load is run on one, then the other,
+Two web processes of the same shape as (a)'s run side by side: one as the production shapes
+run it, metrics on (its samples written to files as ``chorus web`` makes every process do, a
+folder bound under METRICS_DIR) and its lines in JSON (``LOG_FORMAT=json``), one with
+``METRICS_ENABLED=false`` and plain lines. Each load is run on one, then the other,
 ``rounds`` times over (first one, then the other, going first); the figures are each side's
 median round.
 """
@@ -37,9 +38,9 @@ def run_metrics_phase(
     rounds: int = 3,
 ) -> dict[str, Any]:
     ports = {side: free_port() for side in SIDES}
-    on: dict[str, str] = {"METRICS_ENABLED": "true", "METRICS_TOKEN": "bench"}
+    on: dict[str, str] = {"METRICS_ENABLED": "true", "METRICS_TOKEN": "bench", "LOG_FORMAT": "json"}
     metrics.bind(workdir / "metrics", "web", on)
-    extra = {"on": on, "off": {"METRICS_ENABLED": "false"}}
+    extra = {"on": on, "off": {"METRICS_ENABLED": "false", "LOG_FORMAT": "plain"}}
     webs = {side: start_web(sup, stack, f"web-{side}", ports[side], extra[side]) for side in SIDES}
     auth = {"Authorization": f"Bearer {stack.api_key}"}
     job_ids = _create_jobs(ports["on"], stack.api_key, 8)
