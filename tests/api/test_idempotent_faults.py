@@ -77,7 +77,8 @@ def test_a_fault_at_each_step_then_a_retry_makes_exactly_one_job(
 ) -> None:
     inject(monkeypatch, *STEPS[step])
     with pytest.raises(Crash):
-        post(client, api_key, "fault-1")
+        answered = post(client, api_key, "fault-1")
+        pytest.fail(f"answered {answered.status_code} {answered.get_data(as_text=True)[:400]}")
     monkeypatch.undo()
     committed = step == "just after the commit"
     # Before the commit nothing is left, the key included; after it, all of it.

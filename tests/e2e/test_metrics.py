@@ -132,7 +132,7 @@ def test_one_scrape_adds_up_every_process(shape: dict[str, Any], receiver: Recei
         timeout=10,
     )
     assert cancel.status_code == 200, cancel.text
-    wait_for(lambda: receiver.received, 30, message="the webhook")
+    wait_for(lambda: receiver.received, 60, message="the webhook")
     assert [api.job(j)["status"] for j in ok] == ["SUCCEEDED", "SUCCEEDED"]
     assert api.job(refused)["error"]["code"] == "upstream_auth_failed"
 
