@@ -60,6 +60,12 @@ class LingeringClose:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def write(self, data: bytes) -> None:
+        # Closed for writing once lingering: what an answer still sends then (one the app
+        # finished after the connection was given up) is dropped, as a closed transport drops it.
+        if not self.lingering:
+            self._transport.write(data)
+
     def is_closing(self) -> bool:
         # While lingering the connection is closing for every user of it (keep-alive, the
         # next pipelined request, 100-continue): only the discarding goes on.
