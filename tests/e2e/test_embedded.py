@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from app.embedded import running_url
 from config import Settings, load_settings
 from config.topology import max_connections
 from tests.conftest import ROOT, wait_for
+from tests.serving import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -48,13 +48,6 @@ def var_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="chorus-embedded-"))
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
@@ -83,7 +76,7 @@ class Dev:
 @contextmanager
 def chorus_dev(var_dir: Path, log: Path) -> Iterator[Dev]:
     """Start ``chorus dev``, wait for its key and its API, and stop it with Ctrl-C after."""
-    web_port, sim_port = free_port(), free_port()
+    web_port, sim_port = free_ports(2)
     env = embedded_env(var_dir, PORT=str(web_port), SIM_PORT=str(sim_port))
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -17,9 +17,9 @@ import requests
 
 from app import metrics
 from tests.conftest import GOOD_BODY, TEST_REDIS_URL, clear_redis, empty_database, wait_for
-from tests.e2e.test_embedded import free_port
 from tests.e2e.test_procfile import TERMINAL, Honcho, Receiver, receiver, shape_env  # noqa: F401
 from tests.scrape import Samples, samples, value
+from tests.serving import free_port, free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def shape(
 ) -> Iterator[dict[str, Any]]:
     tmp_path = tmp_path_factory.mktemp("metrics")
     clear_redis(TEST_REDIS_URL)
-    web_port, sim_port = free_port(), free_port()
+    web_port, sim_port = free_ports(2)
     base = f"http://127.0.0.1:{web_port}"
     with empty_database(f"{os.getpid()}_metrics") as url:
         honcho = Honcho(

@@ -32,7 +32,7 @@ from tests.conftest import (
     empty_database,
     wait_for,
 )
-from tests.e2e.test_embedded import free_port
+from tests.serving import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +167,7 @@ def shape(
     """The Procfile's processes, started once for this module's tests."""
     tmp_path = tmp_path_factory.mktemp("procfile")
     clear_redis(TEST_REDIS_URL)
-    web_port, flower_port, sim_port = free_port(), free_port(), free_port()
+    web_port, flower_port, sim_port = free_ports(3)
     base = f"http://127.0.0.1:{web_port}"
     honcho = Honcho(
         tmp_path,
