@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.e2e.test_embedded import free_port
+from tests.serving import free_port
 
 
 class RedisServer:

@@ -17,9 +17,9 @@ import requests
 from app.cli.processes import web_argv
 from config import load_settings
 from tests.conftest import GOOD_BODY, Processes, auth, wait_for
-from tests.e2e.test_embedded import free_port
 from tests.e2e.test_procfile import Receiver, _answers
 from tests.e2e.test_procfile import receiver as receiver  # the module's webhook consumer
+from tests.serving import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("catalog")]
 

@@ -16,8 +16,8 @@ from app.money.models import Balance
 from app.ops.collector import DatabaseCollector
 from app.webhooks.models import WebhookDelivery
 from config import Settings, load_settings
-from tests.e2e.test_embedded import free_port
 from tests.scrape import Samples, samples, value
+from tests.serving import free_port
 from tests.unit.jobs.support import new_job
 
 

@@ -13,8 +13,8 @@ import requests
 
 from app import metrics
 from config import load_settings
-from tests.e2e.test_embedded import free_port
 from tests.scrape import samples, value
+from tests.serving import free_port
 from workers import metrics as worker_metrics
 
 TOKEN = "worker-metrics-token"
