@@ -159,6 +159,29 @@ class Leases:
             for job_id, due_at, status in rows
         ]
 
+    def retake_sent(self, job: Job) -> bool:
+        """Lease ``job`` again if it is still this very submit, sent and unanswered: nobody
+        acted on it since (a cancel, or a claimer finding it interrupted, would have changed it)."""
+        token = new_token()
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == JobStatus.QUEUED,
+                    Job.submit_attempts == job.submit_attempts,
+                    Job.submitting_since.is_not(None),
+                    Job.submit_sent_at.is_not(None),
+                )
+                .values(lease_token=token, lease_until=utcnow() + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            taken = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if taken:
+            log.warning("job %s: its lease lapsed while recording the submit; taken back", job.id)
+            job.lease_token = token
+        return taken
+
     def forgive_outage(self, since: dt.datetime, now: dt.datetime | None = None) -> int:
         """Give the leases that lapsed while the database was unreachable one lease more.
 

@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import utcnow
 from app.jobs.accounts import Accounts, NoRoute, Reserved, Wait
 from app.jobs.errors import public_message
-from app.jobs.leasing import Leases, new_token
+from app.jobs.leasing import Leases
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.poll import Poller
@@ -265,7 +264,7 @@ class Submitter:
 
         The write is guarded by the lease. If the lease lapsed while the database was away and
         the scheduler leased the job again, but nobody acted on it yet, the lease is taken
-        back (``_retake``) and the write made; what the upstream answered is never dropped
+        back (``Leases.retake_sent``) and the write made; what the upstream answered is never dropped
         for a lease that only lapsed.
         """
         deadline = time.monotonic() + RECORD_FOR
@@ -274,7 +273,7 @@ class Submitter:
             try:
                 if self.transitions.move(job, JobStatus.RUNNING, **values):
                     return True
-                if not self._retake(job):
+                if not self.leases.retake_sent(job):
                     return False
             except SQLAlchemyError:
                 if time.monotonic() >= deadline:
@@ -288,26 +287,3 @@ class Submitter:
                 log.warning("job %s: recording the submit failed, retrying", job.id, exc_info=True)
                 time.sleep(wait)
                 wait = min(wait * 2, RECORD_MAX_WAIT)
-
-    def _retake(self, job: Job) -> bool:
-        """Lease the job again if it is still this very submit, sent and unanswered: nobody
-        acted on it since (a cancel, or a claimer finding it interrupted, would have changed it)."""
-        token = new_token()
-        with self.leases.db.transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id,
-                    Job.status == JobStatus.QUEUED,
-                    Job.submit_attempts == job.submit_attempts,
-                    Job.submitting_since.is_not(None),
-                    Job.submit_sent_at.is_not(None),
-                )
-                .values(lease_token=token, lease_until=utcnow() + self.lease)
-                .execution_options(synchronize_session=False)
-            )
-            taken = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-        if taken:
-            log.warning("job %s: its lease lapsed while recording the submit; taken back", job.id)
-            job.lease_token = token
-        return taken
