@@ -80,8 +80,11 @@ def current() -> Mapping[str, Any]:
 
 def _celery_task() -> Any:
     # Only a worker has Celery's task stack loaded; other processes never import it for this.
+    # The module may be one another thread is still importing (the web process imports Celery
+    # on its first submit), with none of its names defined yet.
     state = sys.modules.get("celery._state")
-    return state.get_current_task() if state is not None else None
+    get_current_task = getattr(state, "get_current_task", None)
+    return get_current_task() if get_current_task is not None else None
 
 
 class ContextFilter(logging.Filter):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -110,3 +112,14 @@ def test_log_format_is_json_by_default_and_refuses_anything_but_json_or_plain() 
     assert load_settings({"LOG_FORMAT": "plain"}).log_format == "plain"
     with pytest.raises(EnvValidationError, match="LOG_FORMAT"):
         load_settings({"LOG_FORMAT": "xml"})
+
+
+def test_a_line_written_while_another_thread_imports_celery_is_still_written(
+    root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What sys.modules holds while an import of celery._state is under way: a module whose
+    # names are not defined yet.
+    monkeypatch.setitem(sys.modules, "celery._state", types.ModuleType("celery._state"))
+    log = logging.getLogger("chorus.test")
+    out = written(root, "json", lambda: log.error("callback failed"))
+    assert json.loads(out)["message"] == "callback failed"
