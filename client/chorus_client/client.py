@@ -325,30 +325,37 @@ class Client:
         url = self._content_url(job_or_id)
         target = Path(path)
         partial = target.with_name(target.name + ".part")
-        written, attempt, total = 0, 0, None
+        out = None
+        written, attempt = 0, 0
         try:
-            with partial.open("wb") as out:
-                while total is None or written < total:
-                    headers = {"Range": f"bytes={written}-"} if written else {}
-                    try:
-                        with self._request("GET", url, headers=headers, stream=True) as response:
-                            if written and response.status_code != 206:
-                                out.seek(0)  # the server sent the whole file again
-                                out.truncate()
-                                written = 0
-                            total = written + int(response.headers.get("Content-Length", -1))
-                            for block in response.iter_content(chunk_size=64 * 1024):
-                                out.write(block)
-                                written += len(block)
-                            if total < written:  # no Content-Length: the end of the body
-                                total = written
-                    except requests.RequestException as exc:
-                        attempt += 1
-                        if attempt > self.max_retries:
-                            raise Unavailable(None, "connection_error", str(exc)) from exc
-                        self._pause(attempt, None)
+            while True:
+                headers = {"Range": f"bytes={written}-"} if written else {}
+                try:
+                    # An error answer raises here, before any file is made.
+                    with self._request("GET", url, headers=headers, stream=True) as response:
+                        if out is None:
+                            out = partial.open("wb")
+                        if written and response.status_code != 206:
+                            out.seek(0)  # the server sent the whole file again
+                            out.truncate()
+                            written = 0
+                        length = response.headers.get("Content-Length")
+                        total = written + int(length) if length is not None else None
+                        for block in response.iter_content(chunk_size=64 * 1024):
+                            out.write(block)
+                            written += len(block)
+                        if total is None or written >= total:
+                            break
+                except requests.RequestException as exc:
+                    attempt += 1
+                    if attempt > self.max_retries:
+                        raise Unavailable(None, "connection_error", str(exc)) from exc
+                    self._pause(attempt, None)
+            out.close()
             partial.replace(target)
         finally:
+            if out is not None:
+                out.close()
             partial.unlink(missing_ok=True)
         return target
 
