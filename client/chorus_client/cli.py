@@ -140,7 +140,9 @@ def generate(client: Client, args: argparse.Namespace, lyrics: str | None) -> in
     if args.output:
         saved = client.download(job, args.output)
         info = job.get("audio_info") or {}
-        print(f"saved {saved} ({saved.stat().st_size} bytes, {info.get('format')})", file=sys.stderr)
+        print(
+            f"saved {saved} ({saved.stat().st_size} bytes, {info.get('format')})", file=sys.stderr
+        )
     _print(job)
     return OK
 

@@ -219,7 +219,9 @@ class Client:
         query = {k: v for k, v in params.items() if v is not None}
         return dict(self._json("GET", GENERATIONS, params=query))
 
-    def iter_jobs(self, status: str | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_jobs(
+        self, status: str | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
         """Every job of the org, newest first, page after page."""
         after = None
         while True:

@@ -76,9 +76,8 @@ class SSEParser:
             if "\x00" not in value:
                 self._id = value
                 self.last_event_id = value or None
-        elif field == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry_ms = int(value)
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self.retry_ms = int(value)
         return None
 
     def _dispatch(self) -> Event | None:

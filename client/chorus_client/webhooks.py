@@ -21,7 +21,7 @@ from typing import Any
 from chorus_client.errors import WebhookVerificationError
 
 TOLERANCE_SECONDS = 5 * 60
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every secret, not one
 
 
 def _key(secret: str | bytes) -> bytes:

@@ -11,6 +11,7 @@ at least once: the same ``webhook-id`` may come twice, and a receiver should act
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ class Receiver(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # one line per event on stdout is the output; no access log beside it
 
 
@@ -66,10 +67,8 @@ def main() -> None:
     Receiver.secret = secret
     server = ThreadingHTTPServer((args.host, args.port), Receiver)
     print(f"listening on http://{args.host}:{server.server_port}/", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def flaky(chorus: Chorus) -> Iterator[tuple[str, Flaky]]:
         def do_POST(self) -> None:
             proxy.handle(self)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -247,4 +247,3 @@ def test_retries_are_bounded(chorus: Chorus, flaky: tuple[str, Flaky]) -> None:
         client.get("luid_01aaaaaaaaaaaaaaaaaaaaaaaa")
     assert raised.value.status == 503 and raised.value.retry_after == 1
     assert len(proxy.keys) == 2
-

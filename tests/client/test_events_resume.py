@@ -33,7 +33,9 @@ def handler(script: Script) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             if len(script.asked) == 1:
-                self.wfile.write(b'retry: 50\nevent: music.generation.queued\nid: 1\ndata: {"s": "QUEUED"}\n\n')
+                self.wfile.write(
+                    b'retry: 50\nevent: music.generation.queued\nid: 1\ndata: {"s": "QUEUED"}\n\n'
+                )
                 self.wfile.flush()
                 # The client must hand event 1 over while this connection is still open.
                 script.held_until_seen = script.first_seen.wait(10)
@@ -41,11 +43,13 @@ def handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(b'data: {"s": "RUNNING"}\n\nevent: progress\ndata: {"p": 0.')
                 # Dropped in the middle of the progress event: it is never delivered.
             elif len(script.asked) == 2:
-                self.wfile.write(b"event: progress\ndata: {\"p\": 0.6}\n\n")
-                self.wfile.write(b'event: music.generation.succeeded\nid: 3\ndata: {"s": "SUCCEEDED"}\n\n')
+                self.wfile.write(b'event: progress\ndata: {"p": 0.6}\n\n')
+                self.wfile.write(
+                    b'event: music.generation.succeeded\nid: 3\ndata: {"s": "SUCCEEDED"}\n\n'
+                )
                 self.wfile.write(b'event: never\nid: 4\ndata: {"s": "after the end"}\n\n')
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Stream
