@@ -29,7 +29,7 @@ class Event:
 class SSEParser:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._partial: list[str] = []  # the line being received, in pieces
         self._started = False  # a BOM is skipped only at the very start of the stream
         self._after_cr = False  # the last chunk ended in CR: an LF opening the next is its pair
         self._data: list[str] = []
@@ -46,19 +46,26 @@ class SSEParser:
             text = text.removeprefix("\ufeff")
         if text:
             if self._after_cr and text.startswith("\n"):
-                text = text[1:]
+                text = text[1:]  # the LF of a CRLF whose CR ended the last chunk
             self._after_cr = text.endswith("\r")
-        self._buffer += text
+            # Every line end as LF: a CR alone already ends its line, whatever comes next.
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:
+            # Part of a line: kept in pieces, so a long line sent in small chunks costs its
+            # length once, not once per chunk.
+            if text:
+                self._partial.append(text)
+            return []
+        buffer = "".join(self._partial) + text
         events: list[Event] = []
-        while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
-                return events
-            end, after = cut
-            line, self._buffer = self._buffer[:end], self._buffer[after:]
-            event = self._line(line)
+        start = 0  # cut once at the end: slicing after every line would copy the rest each time
+        while (end := buffer.find("\n", start)) != -1:
+            event = self._line(buffer[start:end])
+            start = end + 1
             if event is not None:
                 events.append(event)
+        self._partial = [buffer[start:]] if start < len(buffer) else []
+        return events
 
     def _line(self, line: str) -> Event | None:
         if not line:
@@ -87,15 +94,6 @@ class SSEParser:
             return None
         text = "\n".join(data)
         return Event(kind or "message", event_id or None, _parse(text))
-
-
-def _line_end(buffer: str) -> tuple[int, int] | None:
-    """Where the first complete line of ``buffer`` ends, and where the next one starts."""
-    lf, cr = buffer.find("\n"), buffer.find("\r")
-    if cr == -1 or (lf != -1 and lf < cr):
-        return None if lf == -1 else (lf, lf + 1)
-    # A CR ends the line at once; when the LF of a CRLF comes in the next chunk, feed skips it.
-    return cr, cr + (2 if buffer.startswith("\n", cr + 1) else 1)
 
 
 def _parse(text: str) -> Any:

@@ -98,3 +98,10 @@ def test_an_empty_id_clears_the_last_event_id() -> None:
     events, parser = parse([b"id: 3\ndata: x\n\nid\ndata: y\n\n"])
     assert events == [Event("message", "3", "x"), Event("message", None, "y")]
     assert parser.last_event_id is None
+
+
+def test_a_long_data_line_in_small_chunks() -> None:
+    line = "🎵" * 200_000  # four bytes each: chunks of 500 bytes cut most of them
+    raw = f"event: big\ndata: {line}\n\n".encode()
+    events, _ = parse([raw[i : i + 500] for i in range(0, len(raw), 500)])
+    assert events == [Event("big", None, line)]
