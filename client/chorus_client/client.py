@@ -271,6 +271,7 @@ class Client:
                 continue
             with response:
                 if response.status_code == 404:
+                    response.close()  # back to the pool for the polls
                     self.get(job_id)  # NotFoundError for an unknown job; else an older Chorus
                     yield from self._poll_events(job_id, poll_interval)
                     return

@@ -4,6 +4,7 @@ an event is resumed with ``Last-Event-ID``, losing and repeating nothing."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,3 +100,53 @@ def test_a_server_that_cannot_be_reached_is_unavailable_after_bounded_retries() 
     with pytest.raises(Unavailable) as raised:
         next(client.events("luid_1"))
     assert raised.value.code == "connection_error"
+
+
+def test_without_the_stream_the_job_is_polled_into_status_events() -> None:
+    """An older Chorus answers 404 for the stream while the job exists: each status change
+    becomes an event, progress too, and polling stops at the end."""
+    reads = [
+        {"status": "QUEUED"},
+        {"status": "QUEUED"},
+        {"status": "RUNNING", "progress": 0.2, "eta": 2},
+        {"status": "RUNNING", "progress": 0.2, "eta": 2},
+        {"status": "RUNNING", "progress": 0.7, "eta": 2},
+        {"status": "SUCCEEDED", "progress": 1.0},
+    ]
+    asked: list[str] = []
+
+    class Old(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path.endswith("/events") or not reads:
+                body = b'{"error": {"message": "Not found", "type": "not_found_error", "param": null, "code": "not_found"}}'
+                self.send_response(404)
+            else:
+                body = json.dumps({"id": "luid_1", **reads.pop(0)}).encode()
+                self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Old)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{httpd.server_port}", "key", timeout=5)
+        events = list(client.events("luid_1", poll_interval=0.01))
+    finally:
+        httpd.shutdown()
+    assert [(e.type, e.id) for e in events] == [
+        ("music.generation.queued", None),
+        ("music.generation.running", None),
+        ("progress", None),
+        ("music.generation.succeeded", None),
+    ]
+    assert events[2].data == {"id": "luid_1", "progress": 0.7, "eta": 2}
+    assert events[-1].data["status"] == "SUCCEEDED"
+    # One try of the stream, then only the job: the check that it exists, and the polls.
+    assert asked.count("/v1/music/generations/luid_1/events") == 1
+    assert len(asked) == 1 + 6 and not reads
