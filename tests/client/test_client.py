@@ -148,7 +148,7 @@ def test_list_models_balance(chorus: Chorus) -> None:
 
 def test_model(chorus: Chorus) -> None:
     paths = requests.get(f"{chorus.base}/openapi.json", timeout=30).json()["paths"]
-    if "/v1/models/{model_id}" not in paths and "/v1/models/{id}" not in paths:
+    if not any(p.startswith("/v1/models/{") for p in paths):
         pytest.skip("this Chorus has no GET /v1/models/{id} yet")
     client = chorus.client("one-model")
     assert client.model(MODEL)["id"] == MODEL
