@@ -11,7 +11,7 @@ endif
 
 VENV := .venv
 BIN := $(VENV)/bin
-# Touched after a successful install: pip runs again only when pyproject.toml is newer.
+# Touched after a successful install: pip runs again only when a pyproject.toml is newer.
 # `make run` needs only Chorus and its embedded PostgreSQL (RUN_STAMP); the other targets
 # need the dev tools too (STAMP), which include everything `make run` needs.
 STAMP := $(VENV)/.installed
@@ -34,11 +34,13 @@ apt_install = command -v $(1) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && comman
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create .venv and install Chorus with its dev tools (again only if pyproject.toml changed)
+venv: $(STAMP) ## Create .venv and install Chorus with its dev tools and client/ (again only if a pyproject.toml changed)
 
-$(STAMP): pyproject.toml
+# The client library (client/, its own distribution) is installed beside Chorus, editable,
+# so the tests can drive a real Chorus with it; `make run` does not need it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	@test -x $(BIN)/python || $(VENV_PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev]' -e ./client
 	@touch $@ $(RUN_STAMP)
 
 $(RUN_STAMP): pyproject.toml
