@@ -20,8 +20,19 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, bindparam, delete, insert, select
+from sqlalchemy import (
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -51,7 +62,7 @@ class AudioPreview(Base):
 
 _ACTIVE = sorted(str(status) for status in ACTIVE)
 # One piece, stored only while its job is active (see the module's docstring).
-_INSERT = insert(AudioPreview).from_select(
+_INSERT = insert(cast(Table, AudioPreview.__table__)).from_select(
     ["job_id", "seq", "bytes", "created_at"],
     select(
         bindparam("job_id", type_=String(40)),
