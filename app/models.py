@@ -4,6 +4,7 @@ from app.catalog.models import AccountState, Category, Model, Route, UpstreamAcc
 from app.db import Base
 from app.idempotency.models import IdempotencyKey
 from app.jobs.models import Job
+from app.jobs.previews import AudioPreview
 from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookSecret
@@ -11,6 +12,7 @@ from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 __all__ = [
     "AccountState",
     "ApiKey",
+    "AudioPreview",
     "Balance",
     "Base",
     "Category",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from app.db import Database
 from app.doorbell import Doorbell
-from app.jobs import effects
+from app.jobs import effects, previews
 from app.jobs.transitions import Transitions
 from app.jobs.waiting import TerminalNotifier
 from app.webhooks import outbox
@@ -24,6 +24,7 @@ def writer(db: Database, settings: Settings, *, bell: Doorbell | None = None) ->
     transitions = Transitions(db)
     transitions.on_change(effects.settle_money)
     transitions.on_change(outbox.write_outbox)
+    transitions.on_change(previews.drop_previews)
     if settings.metrics_enabled:
         transitions.after_commit(effects.count_changes)
     transitions.after_commit(effects.wake_waiters(TerminalNotifier(settings)))

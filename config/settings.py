@@ -30,6 +30,9 @@ NO_SIGNING_KEY = (
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (only `make run` makes "
     "one of its own, kept under ./var)."
 )
+PREVIEWS_ERROR = (
+    "must be between {min} and WEB_THREADS - 1 ({max}): listeners must leave threads free"
+)
 WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
 FETCHES_ERROR = (
     "must be between {min} and WEB_THREADS - 1 - WAIT_MAX_WAITERS ({max}): reference fetches "
@@ -93,6 +96,8 @@ class Settings:
     reference_fetch_concurrency: int
     request_header_timeout: float
     request_body_timeout: float
+    # Early-audio listeners one web process serves at once (each holds a thread).
+    preview_max_listeners: int
 
     # Job engine
     scheduler_lookahead: float
@@ -275,6 +280,13 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         ),
         request_body_timeout=env.float(
             "REQUEST_BODY_TIMEOUT", 30.0, validate=Range(min=0.1, max=3600)
+        ),
+        # A listener holds a web thread for the whole song: half the threads at most, so
+        # previews never take the threads every other request needs.
+        preview_max_listeners=env.int(
+            "PREVIEW_MAX_LISTENERS",
+            threads // 2,
+            validate=Range(min=0, max=max(0, threads - 1), error=PREVIEWS_ERROR),
         ),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),

@@ -17,7 +17,7 @@ from celery import Task, shared_task
 
 from app.db import utcnow
 from app.idempotency import store as idempotency_store
-from app.jobs import retention
+from app.jobs import previews, retention
 from app.jobs.engine import Engine
 from app.jobs.leasing import DueClaim
 from app.jobs.outcome import Outcome
@@ -93,6 +93,7 @@ def purge_expired(self: Task) -> int:
     """Retention (sent by the scheduler): purge terminal jobs older than RETENTION_DAYS and their audio."""
     settings = self.app.settings  # type: ignore[attr-defined]
     engine = _engine(self)
+    previews.purge_previews(engine.db)
     purged = retention.purge_expired(
         engine.db,
         engine.storage,

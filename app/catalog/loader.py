@@ -67,6 +67,8 @@ class ModelSchema(Schema):
     expected_spread = fields.Float(load_default=15.0, validate=validate.Range(min=0))
     deadline_seconds = fields.Float(load_default=None, validate=validate.Range(min=1))
     limits = fields.Nested(LimitsSchema, load_default=dict)
+    # Ask upstreams that can stream the audio (MiniMax) for it as it is made: early audio.
+    stream = fields.Boolean(load_default=False)
     routes = fields.List(fields.Nested(RouteSchema), load_default=list)
     price = fields.Integer(load_default=0, validate=validate.Range(min=0))
     currency = fields.String(load_default="USD", validate=validate.Regexp(r"^[A-Z]{3}$"))

@@ -67,6 +67,9 @@ class Model(Base):
     expected_spread: Mapped[float] = mapped_column(default=15.0)
     deadline_seconds: Mapped[float | None]
     limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Ask upstreams that can stream the audio (MiniMax) for it as it is made: the job then
+    # has an early preview while it runs.
+    stream: Mapped[bool] = mapped_column(default=False, server_default="false")
     # What a generation costs, in integer minor units of ``currency``, and the balance a
     # tenant must exceed to use the model (the seed's min_balance). The owning org uses it free.
     price: Mapped[int] = mapped_column(BigInteger, default=0)

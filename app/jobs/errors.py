@@ -24,6 +24,10 @@ MESSAGES = {
     "upstream_out_of_credits": "The upstream account is out of credits.",
     "upstream_invalid_response": "The upstream service answered with something unreadable.",
     "upstream_invalid_result": "The upstream's audio was missing, unreadable or too large.",
+    "upstream_stream_incomplete": (
+        "The upstream's audio stream broke off before the song was complete; it was not "
+        "submitted again, so that it could not be billed twice."
+    ),
     "upstream_unknown": (
         "The upstream may have received the job, but its answer was lost; it was not "
         "submitted again, so that it could not be made and billed twice."

@@ -90,6 +90,9 @@ class Job(Base):
     audio_channels: Mapped[int | None]
     audio_duration_ms: Mapped[int | None]
     audio_size: Mapped[int | None]
+    # Set when a streamed song's first piece arrived (its format): the job has an early
+    # preview of its audio (``app.jobs.previews``) while it runs.
+    preview_format: Mapped[str | None] = mapped_column(String(16))
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 GENERATION_PATH = "/v1/music/generations/{job_id}"
 CONTENT_PATH = "/v1/music/generations/{job_id}/content"
 AUDIO_PATH = "/v1/files/audio/{token}"
+PREVIEW_PATH = "/v1/files/preview/{token}"
 
 
 def _unix(value: dt.datetime | None) -> int | None:
@@ -41,6 +42,12 @@ def audio_url(job_id: str, secret_key: str, base_url: str) -> str:
     """A fresh, expiring link to Chorus's own copy; re-signed on every read of the job."""
     token = audio_signer(secret_key).dumps(job_id)
     return base_url + AUDIO_PATH.format(token=quote(token, safe=""))
+
+
+def preview_url(job_id: str, secret_key: str, base_url: str) -> str:
+    """A fresh, expiring link to a running job's early audio (signed as the audio link is)."""
+    token = audio_signer(secret_key).dumps(job_id)
+    return base_url + PREVIEW_PATH.format(token=quote(token, safe=""))
 
 
 def job_from_token(secret_key: str, token: str, max_age: int) -> str | None:
@@ -93,6 +100,10 @@ def render(
         "started_at": _unix(job.started_at),
         "finished_at": _unix(job.finished_at),
         "audio": audio,
+        # The song as it is being made, while a streamed job runs (README, Early audio).
+        "audio_preview": preview_url(job.id, settings.secret_key, base_url)
+        if job.status == JobStatus.RUNNING and job.preview_format is not None and not purged
+        else None,
         "audio_info": {
             "format": job.audio_format,
             "sample_rate": job.audio_sample_rate,

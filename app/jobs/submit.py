@@ -25,11 +25,12 @@ from app.jobs.leasing import Leases
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.poll import Poller
+from app.jobs.previews import PreviewWriter, sniff_format
 from app.jobs.schedule import backoff
 from app.jobs.status import JobStatus
 from app.jobs.transitions import Transitions
 from app.jobs.upstreams import Upstreams, measured
-from app.providers.base import ProviderError
+from app.providers.base import ProviderError, Submission
 from config import Settings, logs
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,11 @@ class Submitter:
         )
         job.provider, job.account_id = account.provider, account.id
         sent: list[bool] = []
+        preview = (
+            PreviewWriter(self.transitions.db, job.id, lambda head: self._begin(job, head))
+            if request.stream
+            else None
+        )
 
         def mark_sent() -> None:
             # Written once the connection is open, before the first byte leaves: a crash
@@ -160,12 +166,17 @@ class Submitter:
         logs.add(account=account.id)
         try:
             with measured(account.id, "submit"):
-                submission = adapter.send(request, mark_sent)
+                submission = adapter.send(
+                    request, mark_sent, preview.add if preview is not None else None
+                )
         except _Withdrawn:
-            # Nothing left: a cancel took the job meanwhile, and there is nothing to follow.
+            # A cancel took the job meanwhile (before anything left, or while its audio was
+            # streaming in: the stream is dropped), and there is nothing to follow.
             return self.leases.hand_back(job, upstream_done=True)
         except ProviderError as exc:
             self._count_fault(account.id, exc, repeat=failed_here_before)
+            if job.status == JobStatus.RUNNING:
+                return self._stream_failed(job, exc)
             outcome = self._submit_failed(job, exc, sent=bool(sent))
             if outcome is not Outcome.RETRY:
                 # Cancelled during the call: whatever reached the upstream is not followed.
@@ -178,6 +189,9 @@ class Submitter:
             raise
         now = utcnow()
         logs.add(generation_id=submission.generation_id)
+        if job.status == JobStatus.RUNNING:
+            # Streamed: the job went RUNNING with its first piece of audio (``_begin``).
+            return self._finish_running(job, account.id, submission)
         # The upstream has the job now: recording that must not be lost to a passing database
         # fault (a restart), or the job would look like an interrupted submit.
         if not self._record(
@@ -202,13 +216,48 @@ class Submitter:
                 generation_id=submission.generation_id,
             )
         job.status, job.started_at = JobStatus.RUNNING, now
+        return self._finish_running(job, account.id, submission)
+
+    def _finish_running(self, job: Job, account_id: str, submission: Submission) -> Outcome:
         try:
-            self.accounts.record_success(account.id)
+            self.accounts.record_success(account_id)
         except SQLAlchemyError:
-            log.warning("could not record a success for account %s", account.id, exc_info=True)
+            log.warning("could not record a success for account %s", account_id, exc_info=True)
         if submission.result is not None:
             return self.poller.apply(job, submission.result)
         return Outcome.RUNNING
+
+    def _begin(self, job: Job, head: bytes) -> bool:
+        """A streamed song's first audio arrived: the upstream has the job, which is RUNNING
+        from now on, with an early preview (``app.jobs.previews``). The lease is kept: the
+        call goes on. Raises _Withdrawn when a cancel took the job meanwhile."""
+        now = utcnow()
+        setting = (job.request or {}).get("audio_setting") or {}
+        fmt = sniff_format(head, setting.get("format"))
+        if not self._record(
+            job,
+            started_at=now,
+            submitting_since=None,
+            submit_sent_at=None,
+            upstream_attempts=Job.upstream_attempts + 1,
+            error_code=None,
+            error_message=None,
+            preview_format=fmt,
+            # Looked at again only if this worker dies before the call ends.
+            next_action_at=now + dt.timedelta(seconds=self.upstreams.poll_delay(job, 0.0)),
+        ):
+            raise _Withdrawn
+        job.status, job.started_at, job.preview_format = JobStatus.RUNNING, now, fmt
+        job.submitting_since = job.submit_sent_at = None
+        return True
+
+    def _stream_failed(self, job: Job, exc: ProviderError) -> Outcome:
+        """A stream that broke after its audio began: the upstream took (and may bill) the
+        job, whose status cannot go back to QUEUED; sending it again could bill twice."""
+        message = public_message(job.id, exc.code, exc.message)
+        if not self.transitions.fail(job, exc.code, message):
+            return self.leases.hand_back(job, upstream_done=True)
+        return Outcome.FAILED
 
     def _submit_failed(self, job: Job, exc: ProviderError, *, sent: bool) -> Outcome:
         # What failed before the request left reached nothing, whatever the error says.

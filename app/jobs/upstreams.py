@@ -161,4 +161,5 @@ class Upstreams:
             output_format=request.get("output_format", "url"),
             audio_setting=request.get("audio_setting") or {},
             reference_audio_url=request.get("reference_audio_url"),
+            stream=model.stream,
         )

@@ -46,6 +46,12 @@ class GenerationRequest:
     output_format: str = "url"
     audio_setting: dict[str, Any] = field(default_factory=dict)
     reference_audio_url: str | None = None
+    # The catalog model asks for the audio as it is made (where the protocol can stream it).
+    stream: bool = False
+
+
+# Receives each piece of a streamed song's audio, in order, as it arrives.
+OnAudio = Callable[[bytes], None]
 
 
 class PollState(StrEnum):
@@ -147,17 +153,35 @@ class Adapter(abc.ABC):
         the connection is made), rather than before the submit starts."""
         return False
 
-    def send(self, request: GenerationRequest, on_send: Callable[[], None]) -> Submission:
+    def send(
+        self,
+        request: GenerationRequest,
+        on_send: Callable[[], None],
+        on_audio: OnAudio | None = None,
+    ) -> Submission:
         """``submit``, with ``on_send`` run once before anything of it can reach the upstream.
 
         A failure before ``on_send`` ran reached nothing. Whatever ``on_send`` raises stops the
-        submit unsent and comes out of this call.
+        submit unsent and comes out of this call. With ``on_audio``, a streamed song's pieces
+        are handed to it as they arrive (``submit_streamed``).
         """
+
+        def call() -> Submission:
+            if on_audio is None:
+                return self.submit(request)
+            return self.submit_streamed(request, on_audio)
+
         if not self.reports_sending:
             on_send()
-            return self.submit(request)
+            return call()
         with before_sending(on_send):
-            return self.submit(request)
+            return call()
+
+    def submit_streamed(self, request: GenerationRequest, on_audio: OnAudio) -> Submission:
+        """``submit``, handing each piece of the audio to ``on_audio`` as it arrives, where
+        the protocol streams and ``request.stream`` asks for it. The default cannot stream:
+        the audio comes whole at the end, as ``submit`` gives it."""
+        return self.submit(request)
 
     @abc.abstractmethod
     def poll(self, generation_id: str) -> PollResult: ...
@@ -288,38 +312,67 @@ class HTTPAdapter(Adapter):
 
     def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         """Send one request; transport faults become ProviderError, HTTP errors are checked."""
+        response = self._send(method, path, **kwargs)
+        try:
+            answer = self._read(response, method)
+        finally:
+            response.close()
+        if answer.status_code >= 400:
+            raise self.http_error(answer)
+        return answer
+
+    def open_stream(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send one request and hand back its response with the body still unread (the
+        caller reads it as it arrives, then closes it). HTTP errors are checked as
+        ``request`` checks them; the account's read timeout bounds each read."""
+        response = self._send(method, path, stream=True, **kwargs)
+        if response.status_code >= 400:
+            try:
+                answer = self._read(response, method)
+            finally:
+                response.close()
+            raise self.http_error(answer)
+        return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = self.account.base_url.rstrip("/") + path
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
-        sends_work = method.upper() == "POST"
         try:
-            response = self.session.request(
+            return self.session.request(
                 method, url, headers=headers, timeout=self.timeout, **kwargs
             )
-        except requests.ConnectTimeout as exc:
-            raise ProviderError(
-                "upstream_unavailable", f"connect timeout: {exc}", retryable=True
-            ) from exc
-        except requests.ConnectionError as exc:
+        except requests.RequestException as exc:
+            raise self.transport_error(exc, method) from exc
+
+    def _read(self, response: requests.Response, method: str) -> Answer:
+        """The whole body (a body cut short is a transport fault like any other)."""
+        try:
+            return Answer.of(response)
+        except requests.RequestException as exc:
+            raise self.transport_error(exc, method) from exc
+
+    def transport_error(self, exc: requests.RequestException, method: str) -> ProviderError:
+        """A transport fault as a ProviderError; one after a POST went out may have created
+        the job upstream."""
+        sends_work = method.upper() == "POST"
+        if isinstance(exc, requests.ConnectTimeout):
+            return ProviderError("upstream_unavailable", f"connect timeout: {exc}", retryable=True)
+        if isinstance(exc, requests.ConnectionError):
             # A reset after the body went out may still have created the job upstream.
-            raise ProviderError(
+            return ProviderError(
                 "upstream_unavailable",
                 f"connection failed: {exc}",
                 retryable=True,
                 maybe_created=sends_work and _was_sent(exc),
-            ) from exc
-        except requests.Timeout as exc:
-            raise ProviderError(
+            )
+        if isinstance(exc, requests.Timeout):
+            return ProviderError(
                 "upstream_timeout",
                 f"no answer within {self.timeout[1]:g}s",
                 retryable=True,
                 maybe_created=sends_work,
-            ) from exc
-        except requests.RequestException as exc:
-            raise ProviderError("upstream_unavailable", str(exc), retryable=True) from exc
-        answer = Answer.of(response)
-        if answer.status_code >= 400:
-            raise self.http_error(answer)
-        return answer
+            )
+        return ProviderError("upstream_unavailable", str(exc), retryable=True)
 
     def http_error(self, response: Answer) -> ProviderError:
         """Map an HTTP error status; adapters override to read their own error bodies."""

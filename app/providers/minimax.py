@@ -8,6 +8,7 @@ account's ``read_timeout`` is what bounds it. There is nothing to poll.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, NamedTuple
 
 from app.http.retry_after import parse_retry_after
@@ -15,16 +16,18 @@ from app.http.sessions import Answer
 from app.providers.base import (
     GenerationRequest,
     HTTPAdapter,
+    OnAudio,
     PollResult,
     PollState,
     ProviderError,
     Submission,
 )
+from app.providers.minimax_stream import StreamReader
 
 PATH = "/v1/music_generation"
 
-# data.status of a finished song. 1 ("still synthesising") only appears on streamed chunks,
-# which Chorus never asks for. A non-streamed answer with base_resp 0 and audio is final
+# data.status of a finished song. 1 ("still synthesising") only appears on streamed chunks
+# (app.providers.minimax_stream reads those). A non-streamed answer with base_resp 0 and audio is final
 # whatever its data.status says: there is nothing to poll.
 STATUS_MAP: dict[str, PollState] = {"2": PollState.SUCCEEDED}
 
@@ -92,6 +95,34 @@ class MinimaxAdapter(HTTPAdapter):
         self.check_base_resp(body, response)
         return self.parse_answer(body)
 
+    def submit_streamed(self, request: GenerationRequest, on_audio: OnAudio) -> Submission:
+        """With ``request.stream``: ask for Server-Sent Events (MiniMax streams hex output
+        only) and hand each piece of audio to ``on_audio`` as it arrives. The account's read
+        timeout bounds each read and, as it bounds a held call, the whole stream."""
+        if not request.stream:
+            return self.submit(request)
+        started = time.monotonic()
+        payload = {**self.payload(request), "stream": True, "output_format": "hex"}
+        response = self.open_stream("POST", PATH, json=payload)
+        try:
+            if "event-stream" not in response.headers.get("Content-Type", ""):
+                # A refusal (or an answer that did not stream) comes as one JSON body.
+                answer = self._read(response, "POST")
+                body = self.submit_body(answer)
+                self.check_base_resp(body, answer)
+                return self.parse_answer(body)
+            # What an error chunk is judged with: the stream's status and headers.
+            head = Answer("POST", response.url, response.status_code, response.headers, b"")
+            reader = StreamReader(
+                on_audio,
+                check=lambda chunk: self.check_base_resp(chunk, head),
+                audio_info=audio_info,
+                deadline=started + self.account.read_timeout,
+            )
+            return reader.read(response)
+        finally:
+            response.close()
+
     def poll(self, generation_id: str) -> PollResult:
         # Only asked when a worker died after MiniMax answered but before the answer was
         # stored: the song exists upstream but cannot be fetched again.
@@ -152,12 +183,7 @@ class MinimaxAdapter(HTTPAdapter):
         generation_id = trace_id if isinstance(trace_id, str) and trace_id else None
         status = data.get("status", body.get("status"))
         raw_status = str(status) if status is not None else None
-        info = body.get("extra_info")
-        audio_info = (
-            {new: info[old] for old, new in AUDIO_INFO_KEYS.items() if info.get(old) is not None}
-            if isinstance(info, dict)
-            else {}
-        )
+        info = audio_info(body.get("extra_info"))
 
         # Some gateways answer flat (audio at the top level): accept both.
         audio_url = data.get("audio_url", body.get("audio_url"))
@@ -166,7 +192,7 @@ class MinimaxAdapter(HTTPAdapter):
         if url is not None:
             return Submission(
                 generation_id,
-                PollResult(PollState.SUCCEEDED, raw_status, audio_url=url, audio_info=audio_info),
+                PollResult(PollState.SUCCEEDED, raw_status, audio_url=url, audio_info=info),
             )
 
         def unusable(message: str) -> Submission:
@@ -184,9 +210,7 @@ class MinimaxAdapter(HTTPAdapter):
             return unusable("MiniMax's audio is empty")
         return Submission(
             generation_id,
-            PollResult(
-                PollState.SUCCEEDED, raw_status, audio_bytes=audio_bytes, audio_info=audio_info
-            ),
+            PollResult(PollState.SUCCEEDED, raw_status, audio_bytes=audio_bytes, audio_info=info),
         )
 
     def http_error(self, response: Answer) -> ProviderError:
@@ -217,6 +241,13 @@ class MinimaxAdapter(HTTPAdapter):
                 message = base_resp.get("status_msg") or "no message"
                 error.message = f"HTTP {status}, MiniMax base_resp {code}: {message}"
         return error
+
+
+def audio_info(info: Any) -> dict[str, Any]:
+    """``extra_info`` in Chorus's ``audio_info`` keys (what of it is there)."""
+    if not isinstance(info, dict):
+        return {}
+    return {new: info[old] for old, new in AUDIO_INFO_KEYS.items() if info.get(old) is not None}
 
 
 def _as_int(value: Any) -> int | None:

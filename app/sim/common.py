@@ -51,6 +51,8 @@ FLAG_MARKERS = frozenset(
         "never",
         "audio-url-field",
         "moderated-prompt",
+        "stream-error",
+        "stream-cut",
     }
 )
 SECONDS_MARKERS = frozenset({"submit-hang", "poll-hang", "latency", "post-moderated"})

@@ -1,13 +1,21 @@
 """MiniMax's synchronous ``POST /v1/music_generation``: one call, held open until the song exists.
 
+With ``stream: true`` (hex output only) the answer is Server-Sent Events instead: the first
+piece of audio after a quarter of the generation's time, the rest spread over what is left,
+each ``data:`` a chunk ``{"data": {"audio": <hex piece>, "status": 1}}``; the last one has
+``status`` 2, the whole audio and ``extra_info``. The pieces joined are the very file the
+unstreamed answer carries.
+
 Errors mostly arrive with HTTP 200 and a non-zero ``base_resp.status_code``; gateway errors
 arrive as HTTP 4xx/5xx with ``{"type": "error", "error": {"type", "message", "http_code"}}``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +56,16 @@ MARKERS = frozenset(
         "base-resp",
         "base-resp-once",
         "http",
+        "stream-error",
+        "stream-cut",
     }
 )
+
+# A streamed song arrives in pieces about this many seconds apart (at most STREAM_MAX_PIECES).
+STREAM_PIECE_SECONDS = 1.0
+STREAM_MAX_PIECES = 240
+# The share of the generation's time before the first piece.
+STREAM_FIRST_SHARE = 0.25
 
 AUTH_MISSING = (
     "login fail: Please carry the API secret key in the 'Authorization' field of the request header"
@@ -105,6 +121,7 @@ class MusicBody:
     output_format: str
     sample_rate: int
     bitrate: int
+    stream: bool = False
 
 
 def register(app: Flask, state: SimState) -> None:
@@ -114,10 +131,19 @@ def register(app: Flask, state: SimState) -> None:
         # Every call counts against its key for as long as it is open, whatever it answers.
         open_call = state.call_opened("minimax", call.auth) if call.auth is not None else None
         try:
-            return _generate(state, call, data)
-        finally:
+            resp = _generate(state, call, data)
+        except BaseException:
             if open_call is not None:
                 state.call_closed(open_call)
+            raise
+        if open_call is None:
+            return resp
+        if resp.is_streamed:
+            # A stream is open until its last event has been sent.
+            resp.call_on_close(lambda: state.call_closed(open_call))
+        else:
+            state.call_closed(open_call)
+        return resp
 
 
 def _generate(state: SimState, call: Call, data: Any) -> Response:
@@ -139,6 +165,8 @@ def _generate(state: SimState, call: Call, data: Any) -> Response:
 
     gen, code = _new_generation(state, body, markers, call.auth, created_at=call.at)
     state.add_generation(gen)
+    if body.stream and "garbage" not in markers.flags:
+        return call.done(_stream(state, gen, body, markers, code), gen.id)
     # The call is held open while the song is made; no lock is held while sleeping.
     if gen.latency > 0:
         time.sleep(gen.latency)
@@ -221,6 +249,63 @@ def _success_body(gen: Generation, body: MusicBody, markers: Markers) -> dict[st
     }
 
 
+def _event(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _stream(
+    state: SimState, gen: Generation, body: MusicBody, markers: Markers, code: int
+) -> Response:
+    """The generation as Server-Sent Events, spread over its latency.
+
+    A base_resp error is one event at the time the first piece would have come (nothing was
+    made). ``[sim:stream-error]`` sends half the pieces then a base_resp 1000 event;
+    ``[sim:stream-cut]`` sends half the pieces and closes without the final event.
+    """
+    audio = wav_bytes(frame_count(gen.audio_seconds, gen.sample_rate), gen.sample_rate)
+    first = gen.latency * STREAM_FIRST_SHARE
+    rest = gen.latency - first
+    count = max(2, min(STREAM_MAX_PIECES, round(rest / STREAM_PIECE_SECONDS) + 1))
+    size = -(-len(audio) // count)
+    pieces = [audio[i : i + size] for i in range(0, len(audio), size)]
+    final = _success_body(gen, body, markers)
+    ok = {"status_code": 0, "status_msg": "success"}
+
+    def events() -> Iterator[bytes]:
+        started = time.monotonic()
+
+        def at(offset: float) -> None:
+            time.sleep(max(0.0, started + offset - time.monotonic()))
+
+        at(first)
+        if code != 0:
+            message = gen.error_message or BASE_RESP_MESSAGES.get(code, "error")
+            yield _event(
+                {"trace_id": gen.id, "base_resp": {"status_code": code, "status_msg": message}}
+            )
+            return
+        broken = "stream-error" in markers.flags or "stream-cut" in markers.flags
+        sent = pieces[: len(pieces) // 2] if broken else pieces
+        for i, piece in enumerate(sent):
+            at(first + rest * i / len(pieces))
+            yield _event(
+                {"data": {"audio": piece.hex(), "status": 1}, "trace_id": gen.id, "base_resp": ok}
+            )
+        if "stream-error" in markers.flags:
+            error = {"status_code": 1000, "status_msg": "unknown error (simulated)"}
+            yield _event({"trace_id": gen.id, "base_resp": error})
+            return
+        if "stream-cut" in markers.flags:
+            return
+        at(gen.latency + markers.submit_hang)
+        state.mark_completed_seen(gen.id, state.clock())
+        yield _event(final)
+
+    resp = Response(events(), 200, mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
 def parse_body(data: Any) -> MusicBody:
     """Validate a MiniMax music body (required fields, types, enums), or raise."""
     if not isinstance(data, dict):
@@ -237,8 +322,8 @@ def parse_body(data: Any) -> MusicBody:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         problems.append("stream must be a boolean")
-    elif stream:
-        problems.append("stream=true is not supported by the simulator")
+    elif stream and output_format != "hex":
+        problems.append("stream=true requires output_format hex")
 
     sample_rate, bitrate = DEFAULT_SAMPLE_RATE, DEFAULT_BITRATE
     setting = data.get("audio_setting")
@@ -268,6 +353,7 @@ def parse_body(data: Any) -> MusicBody:
         output_format=str(output_format),
         sample_rate=sample_rate,
         bitrate=bitrate,
+        stream=stream is True,
     )
 
 

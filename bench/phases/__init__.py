@@ -9,6 +9,7 @@ from bench.phases import (
     jobs,
     metrics,
     money,
+    preview,
     recovery,
     shapes,
     slow,
@@ -30,6 +31,7 @@ PHASES: tuple[Phase, ...] = (
     metrics.PHASE,
     slow.PHASE,
     recovery.PHASE,
+    preview.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]

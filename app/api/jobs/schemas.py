@@ -206,6 +206,14 @@ class JobSchema(Schema):
             "output_format is hex)."
         },
     )
+    audio_preview = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "While a streamed job is RUNNING: a link that plays the song as it is "
+            "being made (chunked); null otherwise."
+        },
+    )
     audio_info = fields.Nested(AudioInfoSchema, required=True, allow_none=True)
     error = fields.Nested(JobErrorSchema, required=True, allow_none=True)
     metadata = fields.Dict(

@@ -15,6 +15,7 @@ from app.api.errors import ApiError
 from app.api.idempotency import idempotent
 from app.api.jobs import examples
 from app.api.jobs.download import send_audio
+from app.api.jobs.preview import serve_preview
 from app.api.jobs.schemas import (
     CreateGenerationSchema,
     JobListSchema,
@@ -327,6 +328,31 @@ def audio(token: str) -> Response:
         raise gone from None
     except StorageUnavailable as exc:
         raise _unavailable(exc) from exc
+
+
+@files.route("/preview/<token>", parameters=[AUDIO_TOKEN])
+@files.response(
+    200,
+    {"type": "string", "format": "binary"},
+    description="A running job's song as it is being made, chunked: the audio so far, then "
+    "each new piece as it arrives, then the rest once the job succeeded. Takes no key.",
+    content_type="audio/*",
+)
+@files.alt_response(307, description="The job succeeded: to its durable audio link.")
+@files.alt_response(
+    404,
+    schema=OpenAIErrorSchema,
+    description="Unknown or expired link, or a job that ended without audio.",
+    example=examples.AUDIO_NOT_FOUND,
+)
+@files.alt_response(
+    503,
+    schema=OpenAIErrorSchema,
+    description="Too many preview listeners on this server: `preview_busy` (Retry-After).",
+)
+def preview(token: str) -> Response:
+    """Listen to a streamed job's song while it is being made (its ``audio_preview`` link)."""
+    return serve_preview(token)
 
 
 def _unavailable(exc: StorageUnavailable) -> ApiError:

@@ -172,7 +172,7 @@ def test_missing_key_is_base_resp_1004_with_http_200(client: FlaskClient) -> Non
         {"model": "music-2.6", "prompt": ""},
         {"model": "music-2.6", "prompt": "p", "lyrics": 5},
         {"model": "music-2.6", "prompt": "p", "output_format": "mp3"},
-        {"model": "music-2.6", "prompt": "p", "stream": True},
+        {"model": "music-2.6", "prompt": "p", "stream": True, "output_format": "url"},
         {"model": "music-2.6", "prompt": "p", "stream": "no"},
         {"model": "music-2.6", "prompt": "p", "audio_setting": {"sample_rate": 22050}},
         {"model": "music-2.6", "prompt": "p", "audio_setting": {"bitrate": 1}},
