@@ -31,7 +31,8 @@ NO_SIGNING_KEY = (
     "one of its own, kept under ./var)."
 )
 PREVIEWS_ERROR = (
-    "must be between {min} and WEB_THREADS - 1 ({max}): listeners must leave threads free"
+    "must be between {min} and WEB_THREADS - 1 - WAIT_MAX_WAITERS ({max}): listeners and "
+    "waiters together must leave a thread free"
 )
 WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
 FETCHES_ERROR = (
@@ -281,12 +282,13 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         request_body_timeout=env.float(
             "REQUEST_BODY_TIMEOUT", 30.0, validate=Range(min=0.1, max=3600)
         ),
-        # A listener holds a web thread for the whole song: half the threads at most, so
-        # previews never take the threads every other request needs.
+        # A listener holds a web thread for the whole song. By default half the threads the
+        # waiters leave (the reference fetches take the other half): with both, one thread is
+        # still free for everything else.
         preview_max_listeners=env.int(
             "PREVIEW_MAX_LISTENERS",
-            threads // 2,
-            validate=Range(min=0, max=max(0, threads - 1), error=PREVIEWS_ERROR),
+            max(0, threads - 1 - waiters) // 2,
+            validate=Range(min=0, max=max(0, threads - 1 - waiters), error=PREVIEWS_ERROR),
         ),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),
