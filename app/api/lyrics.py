@@ -113,38 +113,57 @@ LYRICS_EXAMPLE = {
 }
 
 
+REQUEST_EXAMPLES = {
+    "write": {
+        "summary": "New lyrics from a theme",
+        "value": {"model": "lyrics-2.6", "mode": "write_full_song", "prompt": "A summer road trip"},
+    },
+    "edit": {
+        "summary": "Rewrite given lyrics",
+        "value": {
+            "model": "lyrics-2.6",
+            "mode": "edit",
+            "prompt": "Make the chorus more hopeful",
+            "lyrics": "[Verse]\nOpen road\n[Chorus]\nNowhere to go",
+        },
+    },
+}
+
+
+def _failure(status: int, code: str) -> dict[str, Any]:
+    return example(code, status, MESSAGES[code], code=code)["value"]
+
+
 @blp.route("/generations")
 class LyricsGenerations(MethodView):
     @idempotency.idempotent
-    @blp.arguments(CreateLyricsSchema())
+    @blp.arguments(CreateLyricsSchema(), examples=REQUEST_EXAMPLES)
     @blp.response(200, LyricsSchema, description="The lyrics.", example=LYRICS_EXAMPLE)
     @blp.alt_response(
         400,
         schema=OpenAIErrorSchema,
         description="Invalid input, no such lyrics model, or input the upstream's moderation "
         "refused (`content_moderated`).",
+        example=_failure(400, "content_moderated"),
     )
     @blp.alt_response(
         502,
         schema=OpenAIErrorSchema,
         description="The upstream failed or answered something unusable; nothing is charged.",
-        example=example(
-            "The upstream failed",
-            502,
-            MESSAGES["upstream_failed"],
-            code="upstream_failed",
-        )["value"],
+        example=_failure(502, "upstream_failed"),
     )
     @blp.alt_response(
         503,
         schema=OpenAIErrorSchema,
         description="No upstream can take it now (down, busy or rate limited); retry after "
         "`Retry-After`. Nothing is charged.",
+        example=_failure(503, "upstream_unavailable"),
     )
     @blp.alt_response(
         504,
         schema=OpenAIErrorSchema,
         description="No lyrics within `LYRICS_TIMEOUT_SECONDS`; nothing is charged.",
+        example=_failure(504, "upstream_timeout"),
     )
     def post(self, args: dict[str, Any]) -> Response:
         """Write (`write_full_song`) or edit (`edit`) song lyrics.
