@@ -64,11 +64,18 @@ class GenerationAudioSettingSchema(AudioSettingSchema):
     )
 
 
+class StrictBoolean(fields.Boolean):
+    """Only JSON true and false: "yes" or 1 for a flag is more likely a mistake than a choice
+    (and 1 == True, so marshmallow's truthy sets alone would take it)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 def _flag(description: str) -> fields.Boolean:
-    # Only JSON true and false: "yes" or 1 for a flag is more likely a mistake than a choice.
-    return fields.Boolean(
-        load_default=None, truthy={True}, falsy={False}, metadata={"description": description}
-    )
+    return StrictBoolean(load_default=None, metadata={"description": description})
 
 
 class MetadataField(fields.Dict):
