@@ -183,6 +183,14 @@ class LyricsGenerations(MethodView):
         session = ext.session()
         model = lyrics.find(session, request)
         accounts = ext.lyrics.routes(session, model)
+        if not accounts:
+            # Every route disabled or behind an open breaker: refused before anything is held.
+            raise ApiError(
+                503,
+                MESSAGES["upstream_unavailable"],
+                code="upstream_unavailable",
+                headers={"Retry-After": "5"},
+            )
         # The claim must outlive the call, so that a retry never runs it a second time.
         timeout = ext.settings.lyrics_timeout_seconds
         idempotency.claim(lock_seconds=timeout + 60)

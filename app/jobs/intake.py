@@ -360,6 +360,9 @@ def prepare(
         )
         if args.get(k) is not None
     }
+    if not (request.get("lyrics") or "").strip():
+        # Blank lyrics (an instrumental's, a cover's) are no lyrics: nothing to send upstream.
+        request.pop("lyrics", None)
     # Flags are kept only when set: false is every model's default.
     request.update({flag: True for flag in FLAG_OPTIONS if args.get(flag) is True})
     values: dict[str, Any] = dict(

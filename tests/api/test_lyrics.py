@@ -214,8 +214,10 @@ def test_an_open_breaker_keeps_the_call_from_its_account(
     response = client.post(URL, json=BODY, headers=auth(api_key))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["error"]["code"] == "upstream_unavailable"
     assert calls(sim) == []
-    assert money(db)[0] == ledger.Totals(CREDIT, 0)
+    assert money(db) == (ledger.Totals(CREDIT, 0), [])  # nothing was even held
+    assert rows(db) == []
 
 
 def test_an_abandoned_call_is_released_once(db: Database, catalog: Any, api_key: str) -> None:

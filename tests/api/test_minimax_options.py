@@ -118,6 +118,13 @@ def test_the_options_are_stored_in_the_job(client: Any, db: Any, api_key: str) -
     }
 
 
+def test_blank_lyrics_of_an_instrumental_are_not_kept(client: Any, db: Any, api_key: str) -> None:
+    response = post(client, api_key, model="music-2.6-free", is_instrumental=True, lyrics=" ")
+    assert response.status_code == 202, response.get_json()
+    (job,) = job_rows(db)
+    assert "lyrics" not in job.request
+
+
 # ------------------------------------------------------------------ cover
 
 
