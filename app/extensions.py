@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache
 from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
+from app.jobs.lyrics import LyricsWriter
 from app.jobs.offers import Offer
 from app.jobs.transitions import Transitions
 from app.jobs.waiting import WaitHub
@@ -31,6 +32,7 @@ class Chorus:
     _hub: WaitHub | None = field(default=None, repr=False)
     _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _transitions: Transitions | None = field(default=None, repr=False)
+    _lyrics: LyricsWriter | None = field(default=None, repr=False)
 
     @property
     def transitions(self) -> Transitions:
@@ -40,6 +42,14 @@ class Chorus:
         if self._transitions is None:
             self._transitions = writer(self.db, self.settings, bell=self.doorbell)
         return self._transitions
+
+    @property
+    def lyrics(self) -> LyricsWriter:
+        """The process's lyrics caller (its adapters, breaker and thread pool), made on first use."""
+        with self._hub_lock:
+            if self._lyrics is None:
+                self._lyrics = LyricsWriter(self.settings, self.db)
+            return self._lyrics
 
     @property
     def waiters(self) -> WaitHub:

@@ -3,7 +3,7 @@
 from app.catalog.models import AccountState, Category, Model, Route, UpstreamAccount
 from app.db import Base
 from app.idempotency.models import IdempotencyKey
-from app.jobs.models import Job
+from app.jobs.models import Job, LyricsGeneration
 from app.jobs.previews import AudioPreview
 from app.money.models import Balance, LedgerEntry
 from app.tenancy.models import ApiKey, Org
@@ -19,6 +19,7 @@ __all__ = [
     "IdempotencyKey",
     "Job",
     "LedgerEntry",
+    "LyricsGeneration",
     "Model",
     "Org",
     "Route",

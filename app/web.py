@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.account import blp as account
     from app.api.health import blp as health
     from app.api.jobs.views import blp, files
+    from app.api.lyrics import blp as lyrics
     from app.api.v2.views import blp as v2
     from app.api.webhooks.views import blp as webhooks
     from app.api.webhooks.views import deliveries
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(blp)
     api.register_blueprint(files)
     api.register_blueprint(account)
+    api.register_blueprint(lyrics)
     api.register_blueprint(v2)
     api.register_blueprint(webhooks)
     api.register_blueprint(deliveries)

@@ -116,6 +116,8 @@ class Settings:
     audio_max_bytes: int
     upstream_connect_timeout: float
     upstream_read_timeout: float
+    # A lyrics call is answered on the web thread: it gets at most this long, all told.
+    lyrics_timeout_seconds: float
 
     # Retention
     retention_days: float
@@ -307,6 +309,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
             "UPSTREAM_CONNECT_TIMEOUT", 5.0, validate=Range(min=0.1)
         ),
         upstream_read_timeout=env.float("UPSTREAM_READ_TIMEOUT", 15.0, validate=Range(min=0.1)),
+        lyrics_timeout_seconds=env.float(
+            "LYRICS_TIMEOUT_SECONDS", 30.0, validate=Range(min=0.1, max=600)
+        ),
         retention_days=env.float("RETENTION_DAYS", 30.0, validate=Range(min=0)),
         retention_batch=env.int("RETENTION_BATCH", 500, validate=Range(min=1, max=10_000)),
         retention_interval=env.float("RETENTION_INTERVAL", 3600.0, validate=Range(min=1)),

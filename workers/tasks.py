@@ -17,7 +17,7 @@ from celery import Task, shared_task
 
 from app.db import utcnow
 from app.idempotency import store as idempotency_store
-from app.jobs import previews, retention
+from app.jobs import lyrics, previews, retention
 from app.jobs.engine import Engine
 from app.jobs.leasing import DueClaim
 from app.jobs.outcome import Outcome
@@ -81,10 +81,13 @@ def sync_submit_jobs(self: Task, claims: list[list[str]]) -> list[Outcome]:
 
 @shared_task(name="chorus.purge_idempotency_keys", bind=True, ignore_result=True)
 def purge_idempotency_keys(self: Task) -> int:
-    """Delete idempotency keys past their expiry (24 h by default)."""
-    purged = idempotency_store.purge_expired(_engine(self).db)
+    """Delete idempotency keys past their expiry (24 h by default), and release the holds
+    of lyrics calls whose web process died mid-call (their keys' claims lapse meanwhile)."""
+    db = _engine(self).db
+    purged = idempotency_store.purge_expired(db)
     if purged:
         log.info("purged %d expired idempotency key(s)", purged)
+    lyrics.release_abandoned(db)
     return purged
 
 

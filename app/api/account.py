@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validates_schema
 from sqlalchemy import select
 
 from app.api.auth import require_key
+from app.api.errors import ApiError, openai_body
 from app.api.openapi import ApiBlueprint, example
 from app.api.schemas import OpenAIErrorSchema
 from app.catalog.models import Category, Model, Route
@@ -164,42 +165,82 @@ class UsageArgs(Schema):
             raise ValidationError(f"at most {MAX_USAGE_DAYS} days at once", field_name="to")
 
 
+MODEL_ID = {
+    "in": "path",
+    "name": "model_id",
+    "description": "The model's name; it may hold a slash (`minimax/music-1.5`).",
+    "example": "music-2.6",
+}
+
+
+def published_models(name: str | None = None) -> list[dict[str, Any]]:
+    """The published models (or the one named ``name``) in OpenAI's shape, with Chorus's
+    categories, price for the key's org and input limits."""
+    query = (
+        select(Model, Category, Org.name)
+        .join(Route, Route.model_id == Model.id)
+        .join(Category, Category.id == Route.category_id)
+        .outerjoin(Org, Org.id == Model.owner_org_id)
+        .where(Model.status == "published")
+        .order_by(Model.name)
+    )
+    if name is not None:
+        query = query.where(Model.name == name)
+    models: dict[str, dict[str, Any]] = {}
+    for model, category, owner in chorus().session().execute(query).all():
+        entry = models.setdefault(
+            model.name,
+            {
+                "id": model.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": owner or "chorus",
+                "categories": [],
+                "price": {
+                    "amount": 0 if model.owner_org_id == g.api_key.org_id else model.price,
+                    "currency": model.currency,
+                },
+                "min_balance": model.min_balance,
+                "limits": model.limits or {},
+            },
+        )
+        category_ref = {"id": category.id, "name": category.name}
+        if category_ref not in entry["categories"]:
+            entry["categories"].append(category_ref)
+    return list(models.values())
+
+
 @blp.route("/models")
 class Models(MethodView):
     @blp.response(200, ModelListSchema, description="The models.", example=MODELS_EXAMPLE)
     def get(self) -> Response:
         """The published models this key may use, with categories, price and input limits."""
-        session = chorus().session()
-        rows = session.execute(
-            select(Model, Category, Org.name)
-            .join(Route, Route.model_id == Model.id)
-            .join(Category, Category.id == Route.category_id)
-            .outerjoin(Org, Org.id == Model.owner_org_id)
-            .where(Model.status == "published")
-            .order_by(Model.name)
-        ).all()
-        models: dict[str, dict[str, Any]] = {}
-        for model, category, owner in rows:
-            entry = models.setdefault(
-                model.name,
-                {
-                    "id": model.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": owner or "chorus",
-                    "categories": [],
-                    "price": {
-                        "amount": 0 if model.owner_org_id == g.api_key.org_id else model.price,
-                        "currency": model.currency,
-                    },
-                    "min_balance": model.min_balance,
-                    "limits": model.limits or {},
-                },
+        return jsonify(object="list", data=published_models())
+
+
+# ``path``: model names may hold slashes (AIMLAPI's ``minimax/music-1.5``).
+@blp.route("/models/<path:model_id>", parameters=[MODEL_ID])
+class OneModel(MethodView):
+    @blp.response(200, ModelSchema, description="The model.", example=MODELS_EXAMPLE["data"][0])
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No published model of that name.",
+        example=openai_body(
+            404, "The model 'music-9' does not exist", param="model", code="model_not_found"
+        ),
+    )
+    def get(self, model_id: str) -> Response:
+        """One published model, as the list shows it (OpenAI's `GET /v1/models/{model}`)."""
+        found = published_models(model_id)
+        if not found:
+            raise ApiError(
+                404,
+                f"The model '{model_id}' does not exist",
+                param="model",
+                code="model_not_found",
             )
-            category_ref = {"id": category.id, "name": category.name}
-            if category_ref not in entry["categories"]:
-                entry["categories"].append(category_ref)
-        return jsonify(object="list", data=list(models.values()))
+        return jsonify(found[0])
 
 
 @blp.route("/balance")
@@ -208,7 +249,7 @@ class Balances(MethodView):
         200, BalanceListSchema, description="One entry per currency.", example=BALANCE_EXAMPLE
     )
     def get(self) -> Response:
-        """The org's balance per currency: ``available`` for new jobs, ``held`` by running ones."""
+        """The org's balance per currency: `available` for new jobs, `held` by running ones."""
         rows = (
             chorus()
             .session()

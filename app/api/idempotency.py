@@ -119,9 +119,13 @@ def idempotent(view: F) -> F:
     return cast(F, wrapper)
 
 
-def claim() -> bool:
+def claim(lock_seconds: float | None = None) -> bool:
     """Take the request's key in its open transaction, before its first write; False when
     the request has no key. Then ``commit`` must store the answer with the effect.
+
+    ``lock_seconds``: at least this long before a claim left unanswered may be taken over,
+    for a request that commits its claim before its answer (the lyrics call: a retry must
+    not run it again while the first may still be under way).
 
     Raises what the key already holds: the first request's answer (the decorator replays
     it), or a refusal (409, 422).
@@ -129,7 +133,7 @@ def claim() -> bool:
     pending: _Pending | None = g.get("idempotency")
     if pending is None:
         return False
-    outcome = _claim(chorus(), pending)
+    outcome = _claim(chorus(), pending, lock_seconds)
     if not isinstance(outcome, store.Claimed):
         raise _refusal(outcome)
     pending.claimed = outcome
@@ -151,14 +155,25 @@ def commit(response: Response) -> None:
         pending.committed = answer
 
 
-def _claim(ext: Chorus, pending: _Pending) -> store.Outcome:
+def abandon() -> None:
+    """Drop the key ``claim`` took, in the request's open transaction (the caller commits):
+    the request failed with an answer that is not stored (5xx), and a retry with the same
+    key should run afresh rather than wait out the claim's lock."""
+    pending: _Pending | None = g.get("idempotency")
+    if pending is not None and pending.claimed is not None:
+        store.drop(chorus().session(), pending.claimed)
+        pending.claimed = None
+
+
+def _claim(ext: Chorus, pending: _Pending, lock_seconds: float | None = None) -> store.Outcome:
+    lock = max(ext.settings.idempotency_lock_seconds, lock_seconds or 0)
     return store.claim(
         ext.session(),
         pending.org_id,
         pending.key,
         pending.fingerprint,
         ttl=timedelta(seconds=ext.settings.idempotency_ttl_seconds),
-        lock=timedelta(seconds=ext.settings.idempotency_lock_seconds),
+        lock=timedelta(seconds=lock),
     )
 
 

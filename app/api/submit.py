@@ -29,11 +29,17 @@ def submit(
     ext = chorus()
     settings = ext.settings
 
-    def check_reference(url: str) -> None:
+    def check_reference(url: str, bounds: intake.ReferenceBounds) -> None:
         # The fetch may take seconds: end the checks' read-only transaction first, so that
         # no database connection sits idle in it meanwhile.
         ext.commit()
-        reference_audio.check(url, settings)
+        reference_audio.check(
+            url,
+            settings,
+            min_seconds=bounds.min_seconds,
+            max_seconds=bounds.max_seconds,
+            max_bytes=bounds.max_bytes,
+        )
 
     draft = intake.prepare(
         ext.session,

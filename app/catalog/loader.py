@@ -19,6 +19,9 @@ from app.catalog.models import Category, Model, Route, UpstreamAccount
 from app.tenancy.keys import get_or_create_org
 
 PROVIDERS = ("aimlapi", "apilaplas", "minimax", "useapi")
+# The optional generation parameters a model may take (its ``limits.options``); a request that
+# sets one its model does not list is refused by name.
+OPTIONS = ("is_instrumental", "lyrics_optimizer", "seed", "channel")
 
 
 class CategorySchema(Schema):
@@ -46,6 +49,13 @@ class RouteSchema(Schema):
 class LengthLimit(Schema):
     min = fields.Integer(load_default=0, validate=validate.Range(min=0))
     max = fields.Integer(required=True, validate=validate.Range(min=1))
+    # The field may be left out even though ``min`` bounds it when given (cover's lyrics).
+    optional = fields.Boolean()
+
+
+class SecondsLimit(Schema):
+    min = fields.Float(load_default=0.0, validate=validate.Range(min=0))
+    max = fields.Float(required=True, validate=validate.Range(min=1))
 
 
 class LimitsSchema(Schema):
@@ -54,6 +64,12 @@ class LimitsSchema(Schema):
     reference_audio = fields.String(
         load_default="none", validate=validate.OneOf(["none", "optional", "required"])
     )
+    # The reference track's own bounds where a model's differ from the default (a WAV or MP3
+    # over 15 s, at most 10 min and REFERENCE_AUDIO_MAX_BYTES): MiniMax's cover takes 6 s to
+    # 6 min and at most 50 MB.
+    reference_seconds = fields.Nested(SecondsLimit, load_default=None)
+    reference_bytes = fields.Integer(load_default=None, validate=validate.Range(min=1024))
+    options = fields.List(fields.String(validate=validate.OneOf(OPTIONS)), load_default=None)
 
 
 class ModelSchema(Schema):

@@ -189,6 +189,16 @@ def record(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def drop(session: Session, claimed: Claimed) -> None:
+    """Delete the claimed key in ``session``: its request failed in a way worth retrying
+    afresh with the same key (an answer that is never stored)."""
+    session.execute(
+        delete(IdempotencyKey)
+        .where(IdempotencyKey.id == claimed.row_id, IdempotencyKey.claim_token == claimed.token)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def purge_expired(db: Database, now: dt.datetime | None = None, batch: int = PURGE_BATCH) -> int:
     """Delete expired keys, a batch per transaction so no lock is held for long. Returns how many."""
     now = now or utcnow()

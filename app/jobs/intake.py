@@ -34,16 +34,24 @@ from app.money import ledger
 from app.tenancy.keys import KeyHolder
 from app.tenancy.models import Org
 
+# The request fields each catalog option stands for (``limits.options``).
+FLAG_OPTIONS = ("is_instrumental", "lyrics_optimizer")
+
 
 def check_limits(model: Offer, args: dict[str, Any]) -> None:
     """The model's own bounds on the request's fields (its catalog ``limits``)."""
     limits = model.limits
+    check_options(model, args)
+    # An instrumental has no words, and the lyrics optimizer writes them: none are needed.
+    lyrics_made = any(args.get(flag) for flag in FLAG_OPTIONS)
     for name in ("prompt", "lyrics"):
         bounds = limits.get(name)
         if not bounds:
             continue
         length = len(args.get(name) or "")
         low, high = bounds.get("min", 0), bounds["max"]
+        if length == 0 and (bounds.get("optional") or (name == "lyrics" and lyrics_made)):
+            continue
         if length == 0 and low > 0:
             # Reachable where the field is optional for some models (/v2's lyrics).
             raise MissingInput(
@@ -68,6 +76,48 @@ def check_limits(model: Offer, args: dict[str, Any]) -> None:
             f"Model {model.model_name} does not take reference audio (reference_audio_url).",
             param="reference_audio_url",
         )
+
+
+def check_options(model: Offer, args: dict[str, Any]) -> None:
+    """Refuse an optional parameter the model does not take (``limits.options``). A flag set
+    to false asks for the default, which every model gives."""
+    allowed = model.limits.get("options") or ()
+    channel = (args.get("audio_setting") or {}).get("channel")
+    given = {
+        "is_instrumental": args.get("is_instrumental") is True,
+        "lyrics_optimizer": args.get("lyrics_optimizer") is True,
+        "seed": args.get("seed") is not None,
+        "channel": channel is not None,
+    }
+    for option, present in given.items():
+        if present and option not in allowed:
+            param = "audio_setting.channel" if option == "channel" else option
+            raise UnsupportedInput(
+                f"Model {model.model_name} does not take '{param}'"
+                + (f" (it takes: {', '.join(allowed)})." if allowed else "."),
+                param=param,
+            )
+
+
+def reference_bounds(model: Offer) -> ReferenceBounds:
+    """The model's bounds on a reference track, where the catalog sets its own."""
+    limits = model.limits
+    seconds = limits.get("reference_seconds") or {}
+    return ReferenceBounds(
+        min_seconds=seconds.get("min"),
+        max_seconds=seconds.get("max"),
+        max_bytes=limits.get("reference_bytes"),
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceBounds:
+    """None: the default bound (a WAV or MP3 over 15 s, at most 10 min, and
+    REFERENCE_AUDIO_MAX_BYTES)."""
+
+    min_seconds: float | None = None
+    max_seconds: float | None = None
+    max_bytes: int | None = None
 
 
 # Below this distance from the cap, counting needs no lock: more concurrent submits of one
@@ -269,7 +319,7 @@ def prepare(
     *,
     deadline_seconds: float,
     surface: str = "v1",
-    check_reference: Callable[[str], None] | None = None,
+    check_reference: Callable[[str, ReferenceBounds], None] | None = None,
     check_callback: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
 ) -> Draft:
@@ -294,7 +344,7 @@ def prepare(
         # The balance first: an org that cannot pay never makes Chorus fetch a URL.
         check_funds(db(), key, model)
         # Fetched and read now, so a bad track is a 400 before anything is charged or sent.
-        check_reference(args["reference_audio_url"])
+        check_reference(args["reference_audio_url"], reference_bounds(model))
     job_id = new_job_id()
     now = utcnow()
     request = {
@@ -306,9 +356,15 @@ def prepare(
             "audio_setting",
             "reference_audio_url",
             "webhook_events",
+            "seed",
         )
         if args.get(k) is not None
     }
+    if not (request.get("lyrics") or "").strip():
+        # Blank lyrics (an instrumental's, a cover's) are no lyrics: nothing to send upstream.
+        request.pop("lyrics", None)
+    # Flags are kept only when set: false is every model's default.
+    request.update({flag: True for flag in FLAG_OPTIONS if args.get(flag) is True})
     values: dict[str, Any] = dict(
         id=job_id,
         price=model.price_for(key.org_id),

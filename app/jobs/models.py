@@ -120,3 +120,36 @@ class Job(Base):
 # A job as the API reads it: the ORM object, or a plain row of the jobs table's columns (the
 # hot read path fetches those with the caller's key, see app/api/auth.py).
 JobRecord: TypeAlias = Job | Row[Any]
+
+
+LYRICS_ID_PREFIX = "lyr_"
+# ``LyricsGeneration.status``: the call is under way, or it ended one way or the other.
+LYRICS_PENDING, LYRICS_SUCCEEDED, LYRICS_FAILED = "pending", "succeeded", "failed"
+
+
+def new_lyrics_id() -> str:
+    return LYRICS_ID_PREFIX + str(ULID()).lower()
+
+
+class LyricsGeneration(Base):
+    """One ``POST /v1/lyrics/generations``: written, with its hold, before the upstream call,
+    and settled after it. A row left ``pending`` (its process died mid-call) is released by
+    ``app.jobs.lyrics.release_abandoned``. Its id names its money in the ledger."""
+
+    __tablename__ = "lyrics_generations"
+    __table_args__ = (Index("ix_lyrics_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    price: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default=LYRICS_PENDING)
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    # What the upstream wrote: title, style_tags and lyrics.
+    result: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]

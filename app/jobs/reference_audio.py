@@ -51,20 +51,42 @@ def fetch_slot(settings: Settings) -> Iterator[None]:
         slots.release()
 
 
-def check(url: str, settings: Settings, session: requests.Session | None = None) -> None:
+def check(
+    url: str,
+    settings: Settings,
+    session: requests.Session | None = None,
+    *,
+    min_seconds: float | None = None,
+    max_seconds: float | None = None,
+    max_bytes: int | None = None,
+) -> None:
     """Raise ``BadReferenceAudio`` unless ``url`` serves a WAV or MP3 longer than 15 seconds
-    (``ReferenceFetchBusy`` if this process is fetching as many as it may)."""
+    (``ReferenceFetchBusy`` if this process is fetching as many as it may).
+
+    A model's catalog may set its own bounds (MiniMax's cover: 6 s to 6 min, 50 MB); the
+    size is capped by REFERENCE_AUDIO_MAX_BYTES whatever the model says.
+    """
     try:
         guard.check_written(url, settings)
     except guard.RefusedURL as exc:
         raise BadReferenceAudio(f"that address is not allowed: {exc}") from exc
-    with fetch_slot(settings):
-        _check(url, settings, session)
-
-
-def _check(url: str, settings: Settings, session: requests.Session | None) -> None:
-    http = session or guard.session(settings)
     limit = settings.reference_audio_max_bytes
+    if max_bytes is not None:
+        limit = min(limit, max_bytes)
+    low = MIN_SECONDS if min_seconds is None else min_seconds
+    high = MAX_SECONDS if max_seconds is None else max_seconds
+    with fetch_slot(settings):
+        _check(url, settings, session, limit, (low, high))
+
+
+def _check(
+    url: str,
+    settings: Settings,
+    session: requests.Session | None,
+    limit: int,
+    seconds: tuple[float, float],
+) -> None:
+    http = session or guard.session(settings)
     with tempfile.NamedTemporaryFile(prefix="chorus-ref-") as tmp:
         try:
             deadline = time.monotonic() + FETCH_SECONDS
@@ -89,10 +111,10 @@ def _check(url: str, settings: Settings, session: requests.Session | None) -> No
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise BadReferenceAudio(f"it could not be fetched ({type(exc).__name__})") from exc
         tmp.flush()
-        _inspect(Path(tmp.name))
+        _inspect(Path(tmp.name), *seconds)
 
 
-def _inspect(path: Path) -> None:
+def _inspect(path: Path, low: float = MIN_SECONDS, high: float = MAX_SECONDS) -> None:
     try:
         parsed = mutagen.File(path)
     except mutagen.MutagenError:
@@ -100,9 +122,7 @@ def _inspect(path: Path) -> None:
     if parsed is None or type(parsed).__name__ not in ACCEPTED:
         raise BadReferenceAudio("it must be a WAV or MP3 file")
     length = float(getattr(parsed.info, "length", 0.0))
-    if length <= MIN_SECONDS:
-        raise BadReferenceAudio(
-            f"it must be longer than {MIN_SECONDS:g} seconds (it is {length:.1f})"
-        )
-    if length > MAX_SECONDS:
-        raise BadReferenceAudio(f"it must be at most {MAX_SECONDS:g} seconds (it is {length:.1f})")
+    if length <= low:
+        raise BadReferenceAudio(f"it must be longer than {low:g} seconds (it is {length:.1f})")
+    if length > high:
+        raise BadReferenceAudio(f"it must be at most {high:g} seconds (it is {length:.1f})")

@@ -161,5 +161,8 @@ class Upstreams:
             output_format=request.get("output_format", "url"),
             audio_setting=request.get("audio_setting") or {},
             reference_audio_url=request.get("reference_audio_url"),
+            is_instrumental=bool(request.get("is_instrumental")),
+            lyrics_optimizer=bool(request.get("lyrics_optimizer")),
+            seed=request.get("seed"),
             stream=model.stream,
         )

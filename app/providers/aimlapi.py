@@ -67,8 +67,16 @@ class AimlapiAdapter(HTTPAdapter):
             body["lyrics"] = request.lyrics
         if request.reference_audio_url:
             body["reference_audio_url"] = request.reference_audio_url
+        # AIMLAPI's music-2.6 takes both flags; it has no seed (the catalog lets no model
+        # routed here take one).
+        if request.is_instrumental:
+            body["is_instrumental"] = True
+        if request.lyrics_optimizer:
+            body["lyrics_optimizer"] = True
         if request.audio_setting:
             setting = dict(request.audio_setting)
+            # Nor a channel: AIMLAPI's audio_setting has sample rate, bitrate and format.
+            setting.pop("channel", None)
             # The docs renamed sample_rate to audio_sample_rate in April 2026 for 1.5/2.0/2.6
             # while music-cover kept sample_rate; which one the server reads is unverified,
             # so both are sent.

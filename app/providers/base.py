@@ -46,6 +46,10 @@ class GenerationRequest:
     output_format: str = "url"
     audio_setting: dict[str, Any] = field(default_factory=dict)
     reference_audio_url: str | None = None
+    # MiniMax's options (each model's catalog ``limits.options`` says which it takes).
+    is_instrumental: bool = False
+    lyrics_optimizer: bool = False
+    seed: int | None = None
     # The catalog model asks for the audio as it is made (where the protocol can stream it).
     stream: bool = False
 

@@ -25,6 +25,8 @@ from app.providers.base import (
 from app.providers.minimax_stream import StreamReader
 
 PATH = "/v1/music_generation"
+# The lyrics helper: {mode, prompt?, lyrics?, title?} → song_title, style_tags, lyrics.
+LYRICS_PATH = "/v1/lyrics_generation"
 
 # data.status of a finished song. 1 ("still synthesising") only appears on streamed chunks
 # (app.providers.minimax_stream reads those). A non-streamed answer with base_resp 0 and audio is final
@@ -123,6 +125,36 @@ class MinimaxAdapter(HTTPAdapter):
         finally:
             response.close()
 
+    def write_lyrics(
+        self, mode: str, prompt: str | None, lyrics: str | None, title: str | None
+    ) -> dict[str, str]:
+        """MiniMax's lyrics helper: ``{"title", "style_tags", "lyrics"}``, or ProviderError
+        (errors come as a ``base_resp`` with HTTP 200, as for music)."""
+        body: dict[str, Any] = {"mode": mode}
+        for key, value in (("prompt", prompt), ("lyrics", lyrics), ("title", title)):
+            if value:
+                body[key] = value
+        response = self.request("POST", LYRICS_PATH, json=body)
+        answer = self.submit_body(response)
+        self.check_base_resp(answer, response)
+        words = answer.get("lyrics")
+        if not isinstance(words, str) or not words.strip():
+            raise ProviderError(
+                "upstream_invalid_result",
+                f"MiniMax wrote no lyrics (trace_id {answer.get('trace_id')})",
+                retryable=False,
+                maybe_billed=True,
+            )
+        tags = answer.get("style_tags")
+        if isinstance(tags, list):
+            tags = ", ".join(str(t) for t in tags)
+        title_ = answer.get("song_title")
+        return {
+            "title": title_ if isinstance(title_, str) else "",
+            "style_tags": tags if isinstance(tags, str) else "",
+            "lyrics": words,
+        }
+
     def poll(self, generation_id: str) -> PollResult:
         # Only asked when a worker died after MiniMax answered but before the answer was
         # stored: the song exists upstream but cannot be fetched again.
@@ -147,6 +179,13 @@ class MinimaxAdapter(HTTPAdapter):
         if request.reference_audio_url:
             # music-cover's reference audio (a URL; MiniMax also takes audio_base64).
             body["audio_url"] = request.reference_audio_url
+        # Only when asked for: the cover models refuse the flags even when false.
+        if request.is_instrumental:
+            body["is_instrumental"] = True
+        if request.lyrics_optimizer:
+            body["lyrics_optimizer"] = True
+        if request.seed is not None:
+            body["seed"] = request.seed
         return body
 
     @staticmethod

@@ -75,7 +75,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from app.sim import aimlapi, minimax, useapi
+from app.sim import aimlapi, minimax, minimax_lyrics, useapi
 from app.sim.audio import frame_count, wav_bytes
 from app.sim.calls import Call
 from app.sim.common import AUDIO_PREFIX, REASONS, BadRequest, bearer, json_response
@@ -106,6 +106,7 @@ def create_sim_app(settings: Settings, *, state: SimState | None = None) -> Flas
     app.wsgi_app = _QuickPolls(app.wsgi_app, store)  # type: ignore[method-assign]
     aimlapi.register(app, store)
     minimax.register(app, store)
+    minimax_lyrics.register(app, store)
     useapi.register(app, store)
     _register_audio(app, store)
     _register_control(app, store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,6 +52,8 @@ class SubmitBody:
     prompt: str
     lyrics: str | None
     sample_rate: int
+    # MiniMax's flags, which AIMLAPI's minimax/music-2.6 takes.
+    options: dict[str, bool] = field(default_factory=dict)
 
 
 def register(app: Flask, state: SimState) -> None:
@@ -170,7 +172,7 @@ def new_generation(
         outcome = "error"
         error_name = "GenerationError"
         error_message = "The generation failed upstream (simulated)."
-    return make_generation(
+    gen = make_generation(
         state,
         markers,
         generation_id=f"{uuid.uuid4()}:{body.model}",
@@ -186,6 +188,8 @@ def new_generation(
         error_name=error_name,
         error_message=error_message,
     )
+    gen.options = dict(body.options)
+    return gen
 
 
 def parse_submit(data: Any) -> SubmitBody:
@@ -198,6 +202,13 @@ def parse_submit(data: Any) -> SubmitBody:
     for key in ("lyrics", "reference_audio_url"):
         if data.get(key) is not None and not isinstance(data[key], str):
             problems.append(f"{key}: Expected string")
+    options: dict[str, bool] = {}
+    for flag in ("is_instrumental", "lyrics_optimizer"):
+        if flag in data:
+            if not isinstance(data[flag], bool):
+                problems.append(f"{flag}: Expected boolean")
+            else:
+                options[flag] = data[flag]
 
     sample_rate = DEFAULT_SAMPLE_RATE
     setting = data.get("audio_setting")
@@ -226,7 +237,9 @@ def parse_submit(data: Any) -> SubmitBody:
     if problems:
         raise BadRequest("Body validation error! " + "; ".join(problems))
     lyrics = data.get("lyrics")
-    return SubmitBody(model=model, prompt=prompt, lyrics=lyrics, sample_rate=sample_rate)
+    return SubmitBody(
+        model=model, prompt=prompt, lyrics=lyrics, sample_rate=sample_rate, options=options
+    )
 
 
 def is_int(value: Any) -> bool:

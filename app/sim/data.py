@@ -104,6 +104,8 @@ class Generation:
     # useapi only: the song's title, and how long after completion a strike flips it to 4.
     title: str | None = None
     post_moderated: float | None = None
+    # The request's options as the upstream read them (MiniMax's is_instrumental, seed, …).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def as_row(self, submit_count: int) -> dict[str, Any]:
         """The generation as the record shows it; ``submit_count`` is how many submits share
@@ -125,6 +127,7 @@ class Generation:
             "protocol": self.protocol,
             "account": self.account,
             "post_moderated_at": self.post_moderated_at,
+            "options": dict(self.options),
         }
 
     @property

@@ -36,6 +36,7 @@ from app.sim.common import (
     required_string,
 )
 from app.sim.data import Generation, fingerprint
+from app.sim.minimax_options import check_options
 from app.sim.state import SimState
 
 MINIMAX_PATH = "/v1/music_generation"
@@ -121,6 +122,7 @@ class MusicBody:
     output_format: str
     sample_rate: int
     bitrate: int
+    options: dict[str, Any]
     stream: bool = False
 
 
@@ -218,6 +220,7 @@ def _new_generation(
         error_name=f"base_resp {code}" if code else None,
         error_message=f"{BASE_RESP_MESSAGES.get(code, 'error')} (simulated)" if code else None,
     )
+    gen.options = dict(body.options)
     return gen, code
 
 
@@ -344,6 +347,7 @@ def parse_body(data: Any) -> MusicBody:
             fmt = setting.get("format")
             if fmt is not None and fmt not in FORMATS:
                 problems.append(f"audio_setting.format must be one of {sorted(FORMATS)}")
+    options = check_options(data, model, prompt, problems)
     if problems:
         raise BadRequest("; ".join(problems))
     return MusicBody(
@@ -353,6 +357,7 @@ def parse_body(data: Any) -> MusicBody:
         output_format=str(output_format),
         sample_rate=sample_rate,
         bitrate=bitrate,
+        options=options,
         stream=stream is True,
     )
 

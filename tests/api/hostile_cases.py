@@ -101,6 +101,15 @@ ROUTES = [
     ),
     Route("GET", "/v1/files/audio/Imx1aWQi.Z0J9ww.Xr8b5k", rule="/v1/files/audio/<token>"),
     Route("GET", "/v1/models", rule="/v1/models"),
+    Route("GET", "/v1/models/minimax/music-1.5", rule="/v1/models/<path:model_id>"),
+    # An org that cannot pay: refused before any upstream call.
+    Route(
+        "POST",
+        "/v1/lyrics/generations",
+        js({"model": "lyrics-2.6", "prompt": "A summer road trip"}),
+        "{BROKE}",
+        "/v1/lyrics/generations",
+    ),
     Route("GET", "/v1/balance", rule="/v1/balance"),
     Route("GET", "/v1/usage", rule="/v1/usage"),
     Route("GET", "/v2/generate/audio?generation_id={JOB}", rule="/v2/generate/audio"),
@@ -411,6 +420,7 @@ ID_ROUTES = [
     ("POST", "/v1/music/generations/{JOB}/deliveries/{ID}/redeliver"),
     ("GET", "/v1/files/audio/{ID}"),
     ("GET", "/v2/generate/audio?generation_id={ID}"),
+    ("GET", "/v1/models/{ID}"),
 ]
 
 # ------------------------------------------------------------------ transport: raw HTTP

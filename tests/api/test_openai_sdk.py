@@ -99,3 +99,21 @@ def test_unfunded_org_is_rate_limited_with_insufficient_quota(base_url: str, db:
     assert raised.value.status_code == 429
     assert raised.value.code == "insufficient_quota"
     assert raised.value.type == "rate_limit_error"
+
+
+@pytest.mark.parametrize("name", ["music-2.6", "minimax/music-1.5", "music-cover"])
+def test_models_retrieve(base_url: str, api_key: str, name: str) -> None:
+    client = sdk(base_url, api_key)
+    model = client.models.retrieve(name)
+    assert (model.id, model.object, model.owned_by) == (name, "model", "chorus")
+    assert isinstance(model.created, int)
+    # Chorus's own fields, as the list shows them.
+    listed = next(m for m in client.models.list() if m.id == name)
+    assert model.model_dump() == listed.model_dump()
+
+
+def test_models_retrieve_unknown_is_not_found(base_url: str, api_key: str) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        sdk(base_url, api_key).models.retrieve("minimax/music-9")
+    assert raised.value.status_code == 404
+    assert raised.value.code == "model_not_found"

@@ -198,3 +198,31 @@ def test_docs_page_and_its_assets_are_served_by_chorus(client: Any) -> None:
 def test_docs_page_is_the_only_docs_page(client: Any) -> None:
     # ReDoc was dropped rather than served from a CDN.
     assert client.get("/redoc").status_code == 404
+
+
+def _texts(node: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every description and summary in the document, with where it is."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("description", "summary") and isinstance(value, str):
+                found.append((f"{where}/{key}", value))
+            else:
+                found.extend(_texts(value, f"{where}/{key}"))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.extend(_texts(value, f"{where}/{i}"))
+    return found
+
+
+def test_the_docs_page_shows_no_literal_rest_markup(spec: dict[str, Any]) -> None:
+    # The docs page renders descriptions as Markdown: reST's ``literal`` and :class:`x` roles
+    # would show as raw backticks and colons.
+    texts = _texts(spec)
+    assert len(texts) > 50  # the walk reached the operations and the schemas
+    raw = [
+        (where, text)
+        for where, text in texts
+        if "``" in text or re.search(r":(class|func|meth|mod|attr|data|obj|ref):`", text)
+    ]
+    assert raw == [], "\n".join(f"{w}: {t}" for w, t in raw)

@@ -38,6 +38,8 @@ FILES = {
     "/short.wav": (200, wav(10)),
     "/notes.txt": (200, b"these are not sounds" * 100),
     "/huge.wav": (200, wav(120, rate=16000)),
+    # Over music-cover's 6 minutes, small enough for any size cap.
+    "/seven-minutes.wav": (200, wav(420, rate=1000)),
     "/gone.wav": (404, b"no"),
 }
 

@@ -12,6 +12,8 @@ SAMPLE_RATES = (16000, 24000, 32000, 44100)
 BITRATES = (32000, 64000, 128000, 256000)
 AUDIO_FORMATS = ("mp3", "wav", "pcm")
 OUTPUT_FORMATS = ("url", "hex")
+CHANNELS = (1, 2)
+MAX_SEED = 2**31 - 1
 MAX_METADATA_PAIRS = 16
 # Whatever the model: its own, tighter limits are checked against the catalog.
 MAX_TEXT = 20_000
@@ -52,6 +54,30 @@ class AudioSettingSchema(Schema):
     format = fields.String(validate=validate.OneOf(AUDIO_FORMATS))
 
 
+class GenerationAudioSettingSchema(AudioSettingSchema):
+    """``/v1``'s audio settings: MiniMax's own, with ``channel`` (AIMLAPI's have none)."""
+
+    channel = fields.Integer(
+        validate=validate.OneOf(CHANNELS),
+        strict=True,
+        metadata={"description": "1 (mono) or 2 (stereo), for models that take it."},
+    )
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON true and false: "yes" or 1 for a flag is more likely a mistake than a choice
+    (and 1 == True, so marshmallow's truthy sets alone would take it)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def _flag(description: str) -> fields.Boolean:
+    return StrictBoolean(load_default=None, metadata={"description": description})
+
+
 class MetadataField(fields.Dict):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -85,23 +111,44 @@ class CreateGenerationSchema(Schema):
             "example": "Pop music, happy, suitable for a sunny day",
         },
     )
-    lyrics = RequiredString(
-        "lyrics",
+    lyrics = fields.String(
+        load_default=None,
+        validate=_no_nul,
         metadata={
             "description": "Lines separated by \\n; [Intro] [Verse] [Chorus] [Bridge] [Outro] "
-            "tags allowed; each model has its own length limits.",
+            "tags allowed; each model has its own length limits. Required, except with "
+            "`is_instrumental` or `lyrics_optimizer`, or for a cover (`music-cover`), which "
+            "takes the reference track's own words when it has none.",
             "maxLength": MAX_TEXT,
             "example": "[Verse]\nWalking down the street\n[Chorus]\nDancing in the sun",
         },
     )
+    is_instrumental = _flag(
+        "No vocals: the song follows the prompt alone, and lyrics are not needed (models that "
+        "list `is_instrumental` in their `limits.options`)."
+    )
+    lyrics_optimizer = _flag(
+        "Let MiniMax write the lyrics from the prompt when none are given (models that list "
+        "`lyrics_optimizer`)."
+    )
+    seed = fields.Integer(
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_SEED),
+        metadata={
+            "description": f"0 to {MAX_SEED}: the same seed and input give a similar song "
+            "(models that list `seed`)."
+        },
+    )
     output_format = fields.String(load_default="url", validate=validate.OneOf(OUTPUT_FORMATS))
-    audio_setting = fields.Nested(AudioSettingSchema, load_default=None)
+    audio_setting = fields.Nested(GenerationAudioSettingSchema, load_default=None)
     reference_audio_url = fields.Url(
         schemes={"http", "https"},
         load_default=None,
         validate=validate.Length(max=2048),
         metadata={
-            "description": "A WAV or MP3 over 15 s, for models that take reference audio.",
+            "description": "A WAV or MP3 for models that take reference audio: over 15 s, or "
+            "6 s to 6 min for `music-cover` (each model's `limits`).",
             "pattern": "^https?://",
         },
     )
@@ -131,6 +178,18 @@ class CreateGenerationSchema(Schema):
         for name in ("prompt", "lyrics"):
             if len(data.get(name) or "") > MAX_TEXT:
                 raise ValidationError("too long", field_name=name)
+
+    @validates_schema
+    def _lyrics_needed(self, data: dict[str, Any], **_: Any) -> None:
+        # Checked here, before the catalog, as the seed checks every required field first. A
+        # request with a reference track may be a cover, whose model's limits decide.
+        if (data.get("lyrics") or "").strip():
+            return
+        if data.get("is_instrumental") or data.get("lyrics_optimizer"):
+            return
+        if data.get("reference_audio_url"):
+            return
+        raise ValidationError("Missing required parameter: lyrics", field_name="lyrics")
 
 
 class AudioInfoSchema(Schema):

@@ -77,7 +77,7 @@ class Generations(MethodView):
     def get(self, args: dict[str, Any]) -> Response:
         """List the org's jobs, newest first, a page at a time.
 
-        Pass the page's ``last_id`` as ``after`` for the next one while ``has_more`` is true.
+        Pass the page's `last_id` as `after` for the next one while `has_more` is true.
         """
         ext = chorus()
         page = queries.list_jobs(
@@ -311,7 +311,7 @@ def content(job_id: str) -> Response:
     example=examples.AUDIO_NOT_FOUND,
 )
 def audio(token: str) -> Response:
-    """Download a finished job's audio through the signed link in its ``audio`` field."""
+    """Download a finished job's audio through the signed link in its `audio` field."""
     ext = chorus()
     job_id = job_from_token(token, max_age=ext.settings.audio_link_ttl)
     job = ext.session().get(Job, job_id) if job_id else None

@@ -15,7 +15,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.api.jobs.schemas import SAMPLE_RATES, AudioSettingSchema, RequiredString, _no_nul
+from app.api.jobs.schemas import SAMPLE_RATES, AudioSettingSchema, RequiredString, _flag, _no_nul
 
 STATUSES = ("queued", "generating", "completed", "error")
 
@@ -65,6 +65,9 @@ class SubmitSchema(Schema):
         metadata={"description": "WAV or MP3 longer than 15 s; required by minimax-music."},
     )
     audio_setting = fields.Nested(V2AudioSettingSchema, load_default=None)
+    # AIMLAPI's minimax/music-2.6 takes both (its lyrics are then not needed).
+    is_instrumental = _flag("No vocals; lyrics are not needed (e.g. minimax/music-2.6).")
+    lyrics_optimizer = _flag("Lyrics written from the prompt when none are given.")
 
     @validates_schema
     def _sizes(self, data: dict[str, Any], **_: Any) -> None:

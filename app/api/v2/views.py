@@ -82,7 +82,7 @@ class Generations(MethodView):
         headers={"Retry-After": openapi.RETRY_AFTER},
     )
     def post(self, args: dict[str, Any]) -> Response:
-        """Submit a music generation; poll ``GET ?generation_id=`` for the result."""
+        """Submit a music generation; poll `GET ?generation_id=` for the result."""
         catalog = chorus().settings.default_music_category
         _job, response = submit({**args, "catelogid": catalog}, _created, surface="v2")
         return response

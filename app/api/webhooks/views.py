@@ -173,7 +173,7 @@ class Endpoint(MethodView):
         example=examples.NO_ENDPOINT,
     )
     def get(self) -> Response:
-        """Read the org's default endpoint, where events go for jobs with no ``callback_url``."""
+        """Read the org's default endpoint, where events go for jobs with no `callback_url`."""
         endpoint = _endpoint(g.api_key.org_id)
         if endpoint is None:
             raise _no_endpoint()
@@ -246,7 +246,7 @@ class Secret(MethodView):
         example=examples.SECRET,
     )
     def get(self) -> Response:
-        """Read the org's current signing secret (``whsec_…``), created on first use."""
+        """Read the org's current signing secret (`whsec_…`), created on first use."""
         session = chorus().session()
         key = signing.current_secret(session, g.api_key.org_id)
         session.commit()
@@ -271,7 +271,7 @@ class SecretRotation(MethodView):
         """Rotate the org's signing secret: a new one signs from now on.
 
         The previous one keeps signing (both signatures are sent) for
-        ``WEBHOOK_SECRET_OVERLAP`` seconds, long enough to deploy the new one.
+        `WEBHOOK_SECRET_OVERLAP` seconds, long enough to deploy the new one.
         """
         ext = chorus()
         session = ext.session()
@@ -333,7 +333,7 @@ class Redeliver(MethodView):
         examples=examples.REDELIVER_404,
     )
     def post(self, job_id: str, delivery_id: str) -> Response:
-        """Send a delivery again, with the same ``webhook-id``, as soon as a worker can.
+        """Send a delivery again, with the same `webhook-id`, as soon as a worker can.
 
         A delivery still being retried is simply tried now. A finished one (delivered, dead,
         disabled) gets one more attempt; its retry schedule does not start over.

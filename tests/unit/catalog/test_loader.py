@@ -85,16 +85,24 @@ models:
 # ------------------------------------------------------------------ the shipped catalog
 
 # music-2.6 1, music-2.0 2 (MiniMax, then AIMLAPI), music-1.5 2 (two useapi accounts),
-# minimax/music-1.5 1, minimax-music 2 (Apilaplas, then AIMLAPI).
-SHIPPED_ROUTES = 8
+# minimax/music-1.5 1, minimax-music 2 (Apilaplas, then AIMLAPI); MiniMax's current models
+# music-2.6-free, music-2.5, music-2.5-free, music-cover-free 1 each, music-cover 2 (MiniMax,
+# then AIMLAPI), and lyrics-2.6 1 (in lyrics_gen).
+SHIPPED_ROUTES = 15
+SHIPPED_MODELS = 11
 
 
 def test_the_shipped_catalog_loads(db: Database) -> None:
     data = loader.read(CATALOG)
     counts = load(db, data)
-    assert counts == {"categories": 1, "accounts": 5, "models": 5, "routes": SHIPPED_ROUTES}
+    assert counts == {
+        "categories": 2,
+        "accounts": 5,
+        "models": SHIPPED_MODELS,
+        "routes": SHIPPED_ROUTES,
+    }
     state = snapshot(db)
-    assert [c[0] for c in state["categories"]] == ["music_gen"]
+    assert sorted(c[0] for c in state["categories"]) == ["lyrics_gen", "music_gen"]
     # Every upstream protocol is on the simulator, so the embedded default exercises each.
     assert {a[1] for a in state["accounts"]} == {"aimlapi", "apilaplas", "minimax", "useapi"}
     assert ("sim-aimlapi", "aimlapi", "{sim_url}", "SIM_API_KEY", 1000, True) in state["accounts"]
@@ -108,6 +116,12 @@ def test_the_shipped_catalog_loads(db: Database) -> None:
         "music-1.5",
         "minimax/music-1.5",
         "minimax-music",
+        "music-2.6-free",
+        "music-2.5",
+        "music-2.5-free",
+        "music-cover",
+        "music-cover-free",
+        "lyrics-2.6",
     }
     music26 = next(m for m in state["models"] if m[1] == "music-2.6")
     assert music26[2:8] == ("minimax/music-2.6", "published", "MiniMax Music 2.6", 2.0, 0.5, None)
@@ -115,7 +129,18 @@ def test_the_shipped_catalog_loads(db: Database) -> None:
         "prompt": {"min": 0, "max": 2000},
         "lyrics": {"min": 1, "max": 3500},
         "reference_audio": "none",
+        "options": ["is_instrumental", "lyrics_optimizer"],
     }
+    cover = next(m for m in state["models"] if m[1] == "music-cover")
+    assert cover[8] == {
+        "prompt": {"min": 10, "max": 300},
+        "lyrics": {"min": 10, "max": 1000, "optional": True},
+        "reference_audio": "required",
+        "reference_seconds": {"min": 6.0, "max": 360.0},
+        "reference_bytes": 50_000_000,
+        "options": [],
+    }
+    assert routes(db, "lyrics-2.6") == [("lyrics-2.6", "lyrics_gen", "sim-minimax", 0)]
     assert routes(db, "music-2.6") == [("music-2.6", "music_gen", "sim-aimlapi", 0)]
 
 
@@ -128,7 +153,7 @@ def test_loading_twice_changes_nothing(db: Database) -> None:
     assert second_counts == first_counts
     with db.session() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Route)) == SHIPPED_ROUTES
-        assert session.scalar(sa.select(sa.func.count()).select_from(Model)) == 5
+        assert session.scalar(sa.select(sa.func.count()).select_from(Model)) == SHIPPED_MODELS
 
 
 def test_loading_twice_in_one_session(db: Database) -> None:

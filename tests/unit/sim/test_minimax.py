@@ -352,7 +352,10 @@ def test_real_socket_hex_and_url_answers(live: str) -> None:
     audio = requests.get(url, timeout=5)
     assert audio.status_code == 200
     hexed = requests.post(
-        f"{live}{PATH}", json={"model": "m", "prompt": "y [sim:latency=0]"}, headers=AUTH, timeout=5
+        f"{live}{PATH}",
+        json={"model": "music-2.6", "prompt": "y [sim:latency=0]"},
+        headers=AUTH,
+        timeout=5,
     ).json()
     assert bytes.fromhex(hexed["data"]["audio"]) == audio.content  # same length, same tone
 
@@ -361,7 +364,7 @@ def test_real_socket_submit_hang_provokes_a_read_timeout(live: str) -> None:
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(
             f"{live}{PATH}",
-            json={"model": "m", "prompt": "x [sim:latency=0] [sim:submit-hang=1]"},
+            json={"model": "music-2.6", "prompt": "x [sim:latency=0] [sim:submit-hang=1]"},
             headers=AUTH,
             timeout=(2, 0.3),
         )
