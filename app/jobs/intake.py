@@ -29,6 +29,7 @@ from app.jobs.errors import (
 )
 from app.jobs.models import Job, new_job_id
 from app.jobs.offers import Offer, find_model
+from app.jobs.progress import POSITION, ahead_of
 from app.jobs.queries import count_active
 from app.jobs.status import JobStatus
 from app.money import ledger
@@ -174,15 +175,17 @@ JOB_FIELDS = (
     "poll_count",
     "invalid_responses",
 )
-# RETURNING the row: the answer is built from what was stored, with no ORM object to make.
-JOB_INSERT = insert(_JOBS).returning(*_JOBS.c)
+# RETURNING the row: the answer is built from what was stored, with no ORM object to make;
+# and its place in the queue, counted in the same statement.
+_RETURNED = (*_JOBS.c, ahead_of().label(POSITION))
+JOB_INSERT = insert(_JOBS).returning(*_RETURNED)
 
 
 def _job_from(taken: CTE) -> Insert:
     """The job's INSERT as a SELECT from the hold's ``taken``: no row where no money was taken.
     Its parameters are the job's values under ``job_``-prefixed names."""
     row = select(*(bindparam(f"job_{name}", type_=_JOBS.c[name].type) for name in JOB_FIELDS))
-    return insert(_JOBS).from_select(list(JOB_FIELDS), row.select_from(taken)).returning(*_JOBS.c)
+    return insert(_JOBS).from_select(list(JOB_FIELDS), row.select_from(taken)).returning(*_RETURNED)
 
 
 # The submit's one-statement forms (``_store_at_once``): the job alone, or on Postgres a
