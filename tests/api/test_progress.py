@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from app.catalog.models import Model
 from app.db import Database, utcnow
-from app.jobs.progress import RUNNING_CAP
+from app.jobs.progress import _POSITION, RUNNING_CAP
 from tests.api.test_list_cancel import set_row
 from tests.conftest import GOOD_BODY, auth
 
@@ -110,3 +111,25 @@ def test_an_ended_job_that_did_not_succeed_has_no_progress(
     set_row(db, job_id, status=status, started_at=utcnow(), finished_at=utcnow())
     body = read(client, api_key, job_id)
     assert (body["progress"], body["eta"], body["queue_position"]) == (None, None, None)
+
+
+def test_the_position_count_runs_on_the_partial_indexes_in_a_prepared_plan(
+    client: Any, db: Database, api_key: str
+) -> None:
+    """The hot reads are PREPAREd, so Postgres soon plans them once for any parameters (a
+    generic plan): the QUEUED predicate must be written as the indexes' own, not bound."""
+    job_id = submit(client, api_key)
+    sql = str(_POSITION.statement.compile(dialect=postgresql.dialect()))
+    with db.engine.connect() as conn:
+        # A test's table is small enough for a scan to win; the point is what can be used.
+        for setting in ("plan_cache_mode = force_generic_plan", "enable_seqscan = off"):
+            conn.exec_driver_sql(f"SET LOCAL {setting}")
+        conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+        conn.exec_driver_sql(f"PREPARE position_of(text) AS {sql.replace('%(id)s', '$1')}")
+        plan = "\n".join(
+            row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE position_of('{job_id}')")
+        )
+        conn.exec_driver_sql("DEALLOCATE position_of")
+    # Both counts (by account, by model) on an index of QUEUED rows alone; which of the two
+    # serves which is the planner's choice for the table's size.
+    assert plan.count("using ix_jobs_queued_") == 2, plan
