@@ -14,6 +14,7 @@ from app.api.cancel_after import parse_duration
 from app.db import Database, utcnow
 from app.jobs.engine import Engine
 from app.money import ledger
+from app.providers.base import Submission
 from tests.api.test_list_cancel import (
     PRICE,
     balance,
@@ -211,6 +212,32 @@ def test_a_running_job_past_its_deadline_fails_and_is_cancelled_upstream(
     assert len(script.cancels) == 1
     assert ledger_of(db, job_id) == Counter({"hold": 1, "release": 1})
     assert balance(db) == ledger.Totals(CREDIT, 0)
+
+
+def test_the_deadline_passing_during_the_submit_call_follows_the_job_the_upstream_made(
+    client: Any, db: Database, api_key: str, engine: Engine, script: Script
+) -> None:
+    job_id = accepted(post(client, api_key, cancel_after=60), 60)
+
+    def expire_then_accept(_: Any) -> Submission:
+        assert engine.expire_overdue(past_deadline(db, job_id)) == 1
+        # The submit is under way: the upstream may be making the song.
+        assert row(db, job_id).upstream_followup == "cancel"
+        return Submission("gen-late")
+
+    script.on_submit(expire_then_accept)
+    assert step(engine, job_id) == "lost"
+    job = row(db, job_id)
+    assert (job.status, job.error_code, job.started_at) == ("FAILED", "cancel_after_elapsed", None)
+    assert job.generation_id == "gen-late" and job.lease_token is None
+    assert slots_in_use(engine) == 1
+
+    script.on_poll(SUCCESS)
+    assert step(engine, job_id) == "cancelled"
+    assert [c.arg for c in script.cancels] == ["gen-late"]
+    assert slots_in_use(engine) == 0
+    assert row(db, job_id).audio_key is None
+    assert ledger_of(db, job_id) == Counter({"hold": 1, "release": 1})
 
 
 def test_the_deadline_passing_during_the_poll_that_found_the_song_wins(
