@@ -13,6 +13,7 @@ from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
 from app.jobs.lyrics import LyricsWriter
 from app.jobs.offers import Offer
+from app.jobs.progress import ExpectedSeconds
 from app.jobs.transitions import Transitions
 from app.jobs.waiting import WaitHub
 from app.storage import AudioStorage
@@ -29,6 +30,7 @@ class Chorus:
     offers: TTLCache[Offer | None] = field(default_factory=lambda: TTLCache(ttl=5.0))
     # Each org's count of queued + running jobs, per process, for the per-org cap.
     recent_active: TTLCache[int] = field(default_factory=lambda: TTLCache(ttl=1.0))
+    _expected: ExpectedSeconds | None = field(default=None, repr=False)
     _hub: WaitHub | None = field(default=None, repr=False)
     _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _transitions: Transitions | None = field(default=None, repr=False)
@@ -50,6 +52,13 @@ class Chorus:
             if self._lyrics is None:
                 self._lyrics = LyricsWriter(self.settings, self.db)
             return self._lyrics
+
+    @property
+    def expected_seconds(self) -> ExpectedSeconds:
+        """Each model's expected run time, per process: a running job's progress and eta."""
+        if self._expected is None:
+            self._expected = ExpectedSeconds(self.db.reader)
+        return self._expected
 
     @property
     def waiters(self) -> WaitHub:

@@ -12,6 +12,7 @@ from app.db import HotStatement
 from app.extensions import chorus
 from app.jobs.errors import JobNotFound
 from app.jobs.models import Job, JobRecord
+from app.jobs.progress import POSITION, ahead_of
 from app.jobs.queries import get_job
 from app.tenancy.keys import Caller, authenticate, hash_key
 from app.tenancy.models import ApiKey
@@ -22,13 +23,15 @@ _JOBS = cast(Table, Job.__table__)
 # A read of one job (GET /v1/music/generations/{id}, GET /v2/generate/audio?generation_id=)
 # is the API's commonest request. Its key and its job come back in one round trip, as a plain
 # row (the job's columns under their own names): building an ORM object for a read that
-# only turns into JSON would cost more than the query.
+# only turns into JSON would cost more than the query. A QUEUED job's place in its line
+# comes with it (``ahead_of``: a count only for a QUEUED row).
 _KEY_AND_JOB = HotStatement(
     select(
         ApiKey.id.label("key_id"),
         ApiKey.org_id.label("key_org_id"),
         ApiKey.revoked_at.label("key_revoked_at"),
         *_JOBS.c,
+        ahead_of(_JOBS).label(POSITION),
     )
     .select_from(ApiKey)
     .outerjoin(_JOBS, and_(_JOBS.c.id == bindparam("job_id"), _JOBS.c.org_id == ApiKey.org_id))

@@ -59,6 +59,7 @@ REFUSALS: dict[type[domain.Refused], tuple[int, str, dict[str, str]]] = {
     domain.MissingInput: (400, "missing_required_parameter", {}),
     domain.LimitExceeded: (400, "invalid_value", {}),
     domain.UnsupportedInput: (400, "unsupported_parameter", {}),
+    domain.BadDeadline: (400, "invalid_request", {}),
     domain.BadReferenceAudio: (400, "invalid_reference_audio", {}),
     domain.JobNotFound: (404, "not_found", {}),
     domain.NotCancellable: (409, "job_not_cancellable", {}),

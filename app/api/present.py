@@ -6,12 +6,13 @@ request knows (its scheme, host and mount point) and the app's settings.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import request
 
 from app.extensions import chorus
-from app.jobs import present
+from app.jobs import present, progress
 from app.jobs.models import JobRecord
 from app.storage import AudioStorage
 
@@ -23,7 +24,17 @@ def base_url() -> str:
 
 
 def job_object(job: JobRecord, storage: AudioStorage | None = None) -> dict[str, Any]:
-    return present.render(job, chorus().settings, base_url(), storage)
+    """The job object, with its place in the queue (one indexed count, for a QUEUED job
+    only) or its progress (the model's expected time, cached per process, for a RUNNING one)."""
+    ext = chorus()
+    return present.render(
+        job,
+        ext.settings,
+        base_url(),
+        storage,
+        queue_position=progress.queue_position(ext.db.reader, job),
+        progress=progress.for_job(job, ext.expected_seconds, dt.datetime.now(dt.UTC)),
+    )
 
 
 def audio_url(job: JobRecord) -> str:

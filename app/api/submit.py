@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, g
+from flask import Response, g, request
 
 from app import metrics
-from app.api import idempotency
+from app.api import cancel_after, idempotency
 from app.api.webhooks import urls as webhook_urls
 from app.extensions import chorus
 from app.jobs import intake, reference_audio
@@ -25,8 +25,11 @@ def submit(
 ) -> tuple[JobRecord, Response]:
     """The stored job and ``answer(job)``, rendered before the commit so that it is stored
     with the job under the request's idempotency key. ``/v1`` takes a ``callback_url``;
-    ``/v2`` (AIMLAPI's shape) has none."""
+    ``/v2`` (AIMLAPI's shape) has none. Both take ``Cancel-After``; ``/v1`` also its body
+    field ``cancel_after``."""
     ext = chorus()
+    # Read before anything is written, like every header of a submit.
+    deadline = cancel_after.requested(request.headers, args.get(cancel_after.FIELD))
     settings = ext.settings
 
     def check_reference(url: str, bounds: intake.ReferenceBounds) -> None:
@@ -50,6 +53,7 @@ def submit(
         check_reference=check_reference,
         check_callback=lambda url: webhook_urls.check_param(url, settings, "callback_url"),
         offers=ext.offers,
+        cancel_after=deadline,
     )
     keyed = idempotency.claim()
     job: JobRecord = intake.store(

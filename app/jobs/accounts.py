@@ -30,7 +30,7 @@ from app.cache import TTLCache, far_below_cap
 from app.catalog.models import AccountState, Route, UpstreamAccount
 from app.db import Database, utcnow
 from app.jobs.models import Job
-from app.jobs.status import JobStatus
+from app.jobs.status import FOLLOWED, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,14 @@ PARK_WHEN_BUSY = dt.timedelta(seconds=15)
 def holds_slot() -> ColumnElement[bool]:
     """The rows that occupy a slot on their account.
 
-    A cancelled job keeps its slot while its upstream may still be making the song
-    (``upstream_followup``): a useapi account makes one song at a time, and would refuse, or
-    worse queue, a second one.
+    A job cancelled, or past its client's deadline, keeps its slot while its upstream may
+    still be making the song (``upstream_followup``): a useapi account makes one song at a
+    time, and would refuse, or worse queue, a second one.
     """
     return or_(
         Job.status == JobStatus.RUNNING,
         and_(Job.status == JobStatus.QUEUED, Job.submitting_since.is_not(None)),
-        and_(Job.status == JobStatus.CANCELLED, Job.upstream_followup.is_not(None)),
+        and_(Job.status.in_(sorted(FOLLOWED)), Job.upstream_followup.is_not(None)),
     )
 
 

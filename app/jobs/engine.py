@@ -31,7 +31,7 @@ from app.jobs.models import Job
 from app.jobs.outcome import Outcome
 from app.jobs.poll import Deferred, Poller
 from app.jobs.results import Results
-from app.jobs.status import JobStatus
+from app.jobs.status import FOLLOWED, JobStatus
 from app.jobs.submit import Submitter
 from app.jobs.transitions import Transitions
 from app.jobs.upstreams import Upstreams
@@ -209,7 +209,9 @@ class Engine:
             with about(job):
                 if job.status == JobStatus.QUEUED:
                     return self.submitter.step(job, blocking=blocking)
-                if job.status == JobStatus.CANCELLED:
+                if job.status in FOLLOWED:
+                    # Taken only with a follow-up (``_takeable``): cancelled, or past the
+                    # client's deadline, while the upstream may still make the song.
                     return self.follow_up.step(job)
                 return self.poller.step(job, batch=batch, polled=polled)
         except Exception:

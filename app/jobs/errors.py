@@ -16,6 +16,9 @@ import logging
 
 log = logging.getLogger("app.jobs")
 
+# A job still active when the client's own deadline (Cancel-After) passed.
+CANCEL_AFTER_ELAPSED = "cancel_after_elapsed"
+
 MESSAGES = {
     "upstream_unavailable": "The upstream service could not be reached.",
     "upstream_timeout": "The upstream service did not answer in time.",
@@ -35,6 +38,10 @@ MESSAGES = {
     "invalid_request": "The upstream service rejected the request.",
     "content_moderated": "The upstream service refused the content.",
     "upstream_failed": "The upstream service reported a failed generation.",
+    CANCEL_AFTER_ELAPSED: (
+        "The job did not finish before the deadline the client set (Cancel-After); it was "
+        "cancelled and nothing was charged."
+    ),
 }
 FALLBACK = "The generation failed."
 
@@ -69,6 +76,10 @@ class MissingInput(Refused):
 
 class LimitExceeded(Refused):
     """A field is outside the model's bounds."""
+
+
+class BadDeadline(Refused):
+    """The client's deadline (``Cancel-After``, ``cancel_after``) is out of bounds."""
 
 
 class UnsupportedInput(Refused):

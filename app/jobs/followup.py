@@ -1,6 +1,9 @@
 """After a cancel: following a cancelled job's upstream until its generation ends.
 
-The client's view is final (CANCELLED, money released); a follow-up only tells the upstream
+The same follows a job FAILED because its client's deadline (``Cancel-After``) passed: the
+client's word ended it as a cancel would.
+
+The client's view is final (CANCELLED or FAILED, money released); a follow-up only tells the upstream
 where its protocol allows, and keeps the account's slot until the upstream's generation
 ends, so the account is not handed a second song while busy. Nothing here changes the
 status, moves money or stores audio.
@@ -18,7 +21,7 @@ from app.jobs.leasing import Leases
 from app.jobs.models import FOLLOWUP_CANCEL, FOLLOWUP_WATCH, Job
 from app.jobs.outcome import Outcome
 from app.jobs.schedule import backoff
-from app.jobs.status import JobStatus
+from app.jobs.status import FOLLOWED
 from app.jobs.upstreams import Upstreams, measured
 from app.providers.base import PollState, ProviderError
 
@@ -64,13 +67,13 @@ class FollowUp:
         return Outcome.CANCELLED
 
     def give_up_overdue(self, now: dt.datetime) -> None:
-        """Past its deadline an upstream generation is as good as dead: stop following a
-        cancelled job's, so its account slot comes back even if no follow-up ran."""
+        """Past its deadline an upstream generation is as good as dead: stop following an
+        ended job's, so its account slot comes back even if no follow-up ran."""
         with self.leases.db.transaction() as session:
             session.execute(
                 update(Job)
                 .where(
-                    Job.status == JobStatus.CANCELLED,
+                    Job.status.in_(sorted(FOLLOWED)),
                     Job.deadline_at < now,
                     Job.upstream_followup.is_not(None),
                 )
@@ -81,7 +84,7 @@ class FollowUp:
     def _watch(self, job: Job, delay: float) -> bool:
         return self.leases.write(
             job,
-            {JobStatus.CANCELLED},
+            FOLLOWED,
             release=True,
             upstream_followup=FOLLOWUP_WATCH,
             poll_count=Job.poll_count + 1,
@@ -90,5 +93,5 @@ class FollowUp:
 
     def _end(self, job: Job) -> bool:
         return self.leases.write(
-            job, {JobStatus.CANCELLED}, release=True, upstream_followup=None, next_action_at=None
+            job, FOLLOWED, release=True, upstream_followup=None, next_action_at=None
         )

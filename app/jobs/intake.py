@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.cache import TTLCache, far_below_cap
 from app.db import HotStatement, utcnow
 from app.jobs.errors import (
+    BadDeadline,
     InsufficientQuota,
     LimitExceeded,
     MissingInput,
@@ -28,6 +29,7 @@ from app.jobs.errors import (
 )
 from app.jobs.models import Job, new_job_id
 from app.jobs.offers import Offer, find_model
+from app.jobs.progress import POSITION, ahead_of
 from app.jobs.queries import count_active
 from app.jobs.status import JobStatus
 from app.money import ledger
@@ -216,21 +218,24 @@ JOB_FIELDS = (
     "created_at",
     "updated_at",
     "deadline_at",
+    "cancel_after_at",
     "next_action_at",
     "submit_attempts",
     "upstream_attempts",
     "poll_count",
     "invalid_responses",
 )
-# RETURNING the row: the answer is built from what was stored, with no ORM object to make.
-JOB_INSERT = insert(_JOBS).returning(*_JOBS.c)
+# RETURNING the row: the answer is built from what was stored, with no ORM object to make;
+# and its place in the queue, counted in the same statement.
+_RETURNED = (*_JOBS.c, ahead_of().label(POSITION))
+JOB_INSERT = insert(_JOBS).returning(*_RETURNED)
 
 
 def _job_from(taken: CTE) -> Insert:
     """The job's INSERT as a SELECT from the hold's ``taken``: no row where no money was taken.
     Its parameters are the job's values under ``job_``-prefixed names."""
     row = select(*(bindparam(f"job_{name}", type_=_JOBS.c[name].type) for name in JOB_FIELDS))
-    return insert(_JOBS).from_select(list(JOB_FIELDS), row.select_from(taken)).returning(*_JOBS.c)
+    return insert(_JOBS).from_select(list(JOB_FIELDS), row.select_from(taken)).returning(*_RETURNED)
 
 
 # The submit's one-statement forms (``_store_at_once``): the job alone, or on Postgres a
@@ -287,6 +292,30 @@ def _store_at_once(
     return job
 
 
+# The shortest client deadline taken: a shorter one could end a job before a worker saw it.
+MIN_CANCEL_AFTER = 5
+
+
+@dataclass(frozen=True)
+class ClientDeadline:
+    """The client's deadline, in seconds from the submit, and the field it came in
+    (``Cancel-After`` or ``cancel_after``), named by a refusal."""
+
+    seconds: float
+    param: str
+
+
+def check_deadline(asked: ClientDeadline, own_seconds: float) -> None:
+    """Refuse (``BadDeadline``) a client deadline under ``MIN_CANCEL_AFTER`` or past the job's
+    own deadline (``own_seconds``), after which it would never apply."""
+    if not MIN_CANCEL_AFTER <= asked.seconds <= own_seconds:
+        raise BadDeadline(
+            f"Invalid {asked.param}: {asked.seconds:g} seconds is outside {MIN_CANCEL_AFTER} "
+            f"to {own_seconds:g} seconds (the job's own deadline).",
+            param=asked.param,
+        )
+
+
 @dataclass(frozen=True)
 class Draft:
     """A submit that passed every check: the job's values, ready to be stored."""
@@ -322,11 +351,13 @@ def prepare(
     check_reference: Callable[[str, ReferenceBounds], None] | None = None,
     check_callback: Callable[[str], None] | None = None,
     offers: TTLCache[Offer | None] | None = None,
+    cancel_after: ClientDeadline | None = None,
 ) -> Draft:
     """Check the request against the catalog, the org's balance and its reference audio;
     writes nothing, so a refusal (or a crash) here leaves no trace.
 
     ``offers`` caches catalog answers in the calling process for a few seconds.
+    ``cancel_after`` is the client's own deadline, if it set one.
     """
     db = _session_of(session)
     key_ = (args["model"], args["catelogid"])
@@ -337,6 +368,9 @@ def prepare(
     if model is None:
         raise ModelNotFound(args["model"], args["catelogid"])
     check_limits(model, args)
+    own_deadline = model.deadline_seconds or deadline_seconds
+    if cancel_after is not None:
+        check_deadline(cancel_after, own_deadline)
     if args.get("callback_url") and check_callback is not None:
         # Refused now, not at the first delivery: a bad target is the client's to fix.
         check_callback(args["callback_url"])
@@ -382,7 +416,8 @@ def prepare(
         status=JobStatus.QUEUED,
         created_at=now,
         updated_at=now,
-        deadline_at=now + dt.timedelta(seconds=model.deadline_seconds or deadline_seconds),
+        deadline_at=now + dt.timedelta(seconds=own_deadline),
+        cancel_after_at=now + dt.timedelta(seconds=cancel_after.seconds) if cancel_after else None,
         next_action_at=now,
         # Set here rather than left to column defaults: the Core INSERT below skips the ORM.
         submit_attempts=0,

@@ -46,15 +46,16 @@ from sqlalchemy import (
 from app.db import Database, UTCDateTime, unnest, utcnow
 from app.jobs.models import Job
 from app.jobs.outcome import Outcome
-from app.jobs.status import ACTIVE, JobStatus
+from app.jobs.status import ACTIVE, FOLLOWED, JobStatus
 
 log = logging.getLogger(__name__)
 
 Claim = tuple[str, str]  # (job id, lease token)
 
-# The rows the scheduler may lease: active jobs, and cancelled ones whose upstream is still followed.
-# A cancelled row is due only while it has a follow-up: its next_action_at is NULL otherwise.
-SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED]
+# The rows the scheduler may lease: active jobs, and ended ones whose upstream is still
+# followed (``FOLLOWED``). An ended row is due only while it has a follow-up: its
+# next_action_at is NULL otherwise.
+SWEPT = [JobStatus.QUEUED, JobStatus.RUNNING, *sorted(FOLLOWED)]
 
 _PENDING = unnest(
     "pending",
@@ -108,10 +109,10 @@ class DueClaim:
 
 
 def _takeable() -> Any:
-    """The rows a step may take: active jobs, and cancelled ones still followed upstream."""
+    """The rows a step may take: active jobs, and ended ones still followed upstream."""
     return or_(
         Job.status.in_(list(ACTIVE)),
-        and_(Job.status == JobStatus.CANCELLED, Job.upstream_followup.is_not(None)),
+        and_(Job.status.in_(sorted(FOLLOWED)), Job.upstream_followup.is_not(None)),
     )
 
 
@@ -207,8 +208,8 @@ class Leases:
 
     def next_due(self) -> dt.datetime | None:
         """When the scheduler next has something to do for a job: the earliest next look (or,
-        while a job is leased, the lease's end: its holder may have died) or deadline. None
-        when no job is waiting."""
+        while a job is leased, the lease's end: its holder may have died) or deadline, its
+        own or its client's. None when no job is waiting."""
         due = case(
             (Job.lease_until > Job.next_action_at, Job.lease_until), else_=Job.next_action_at
         )
@@ -220,6 +221,12 @@ class Leases:
                     )
                 ),
                 session.scalar(select(func.min(Job.deadline_at)).where(Job.status.in_(ACTIVE))),
+                # The clients' own deadlines (ix_jobs_cancel_after holds only rows with one).
+                session.scalar(
+                    select(func.min(Job.cancel_after_at)).where(
+                        Job.status.in_(ACTIVE), Job.cancel_after_at.is_not(None)
+                    )
+                ),
             ]
         return min((when for when in found if when is not None), default=None)
 
@@ -307,8 +314,8 @@ class Leases:
         return [job.id for job, _ in pending if job.id not in written]
 
     def hand_back(self, job: Job, *, upstream_done: bool, **values: Any) -> Outcome:
-        """Our write was refused: if a cancel took the job, hand it to the follow-up at once.
-        The step's outcome is then LOST.
+        """Our write was refused: if a cancel (or the client's deadline) took the job, hand it
+        to the follow-up at once. The step's outcome is then LOST.
 
         The cancel leaves the lease with the worker holding it; giving it back now (rather
         than at its expiry, minutes away for a synchronous upstream) frees the account's slot
@@ -324,7 +331,7 @@ class Leases:
                 .where(
                     Job.id == job.id,
                     Job.lease_token == job.lease_token,
-                    Job.status == JobStatus.CANCELLED,
+                    Job.status.in_(sorted(FOLLOWED)),
                     # A cancel with nothing upstream to follow already dropped the lease.
                     Job.upstream_followup.is_not(None),
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeAlias
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Row, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Row, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 from ulid import ULID
 
@@ -17,6 +17,10 @@ JOB_ID_PREFIX = "luid_"
 # ``Job.upstream_followup``: what is left to do upstream after a cancel.
 FOLLOWUP_CANCEL = "cancel"  # tell the upstream (where its protocol can be told), then watch
 FOLLOWUP_WATCH = "watch"  # wait until the upstream's generation ends
+
+
+# The predicate of the partial indexes on QUEUED rows; a query they serve must say as much.
+QUEUED_SQL = "status = 'QUEUED'"
 
 
 def new_job_id() -> str:
@@ -38,6 +42,17 @@ class Job(Base):
         Index("ix_jobs_org_status_id", "org_id", "status", "id"),
         # Retention: the oldest jobs not yet purged.
         Index("ix_jobs_purge", "purged_at", "created_at"),
+        # The sweep of client deadlines: only the rows that have one.
+        Index(
+            "ix_jobs_cancel_after",
+            "status",
+            "cancel_after_at",
+            postgresql_where=text("cancel_after_at IS NOT NULL"),
+        ),
+        # Queue positions (``app.jobs.progress.queue_position``), read on every GET of a
+        # queued job: only QUEUED rows, so each stays the size of the queue.
+        Index("ix_jobs_queued_model", "model_id", "id", postgresql_where=text(QUEUED_SQL)),
+        Index("ix_jobs_queued_account", "account_id", "id", postgresql_where=text(QUEUED_SQL)),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_job_id)
@@ -102,6 +117,9 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deadline_at: Mapped[dt.datetime]
+    # The client's own deadline (``Cancel-After``), never past ``deadline_at``: a job still
+    # active then ends FAILED ``cancel_after_elapsed`` and is cancelled upstream.
+    cancel_after_at: Mapped[dt.datetime | None]
 
     # Scheduling: when the engine should next look at this job, and who holds it now.
     next_action_at: Mapped[dt.datetime | None]

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.jobs.models import JobRecord
+from app.jobs.progress import Estimate, estimate
 from app.jobs.status import JobStatus
 from app.storage import AudioStorage, AudioTooLarge, StorageUnavailable
 from config import Settings
@@ -79,11 +80,22 @@ def hex_audio(job: JobRecord, storage: AudioStorage, max_bytes: int) -> str | No
 
 
 def render(
-    job: JobRecord, settings: Settings, base_url: str, storage: AudioStorage | None = None
+    job: JobRecord,
+    settings: Settings,
+    base_url: str,
+    storage: AudioStorage | None = None,
+    *,
+    queue_position: int | None = None,
+    progress: Estimate | None = None,
 ) -> dict[str, Any]:
     """The job object, its links under ``base_url`` (scheme://host and any path prefix, no
     trailing slash). With ``storage``, a job that asked for hex output gets its audio inline
-    (``settings.audio_max_bytes`` caps the read); without, the link."""
+    (``settings.audio_max_bytes`` caps the read); without, the link.
+
+    ``queue_position`` and ``progress`` (``app.jobs.progress``) are read by the caller, which
+    knows the database; without ``progress`` a running job's is unknown (null)."""
+    if progress is None:
+        progress = estimate(job.status, job.started_at, None, dt.datetime.now(dt.UTC))
     purged = job.purged_at is not None
     succeeded = job.status == JobStatus.SUCCEEDED and job.audio_key is not None and not purged
     link = audio_url(job.id, settings.secret_key, base_url) if succeeded else None
@@ -99,6 +111,13 @@ def render(
         "created": _unix(job.created_at),
         "started_at": _unix(job.started_at),
         "finished_at": _unix(job.finished_at),
+        # How many jobs are ahead of a QUEUED one in its line (0: next); null once it left.
+        "queue_position": queue_position if job.status == JobStatus.QUEUED else None,
+        # 0.0-1.0 and the expected end (unix seconds) while RUNNING; 1.0 once SUCCEEDED.
+        "progress": progress.progress,
+        "eta": _unix(progress.eta),
+        # The client's own deadline (Cancel-After), if it set one.
+        "cancel_after": _unix(job.cancel_after_at),
         "audio": audio,
         # The song as it is being made, while a streamed job runs (README, Early audio).
         "audio_preview": preview_url(job.id, settings.secret_key, base_url)

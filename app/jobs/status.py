@@ -31,6 +31,10 @@ class JobStatus(StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+# Ended states in which the upstream may still be making the job's song, followed until it
+# ends (``upstream_followup``): a client's cancel, and a client's deadline passed (FAILED
+# ``cancel_after_elapsed``). No other failure sets a follow-up.
+FOLLOWED = frozenset({JobStatus.CANCELLED, JobStatus.FAILED})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),

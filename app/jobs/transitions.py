@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.db import Database, UTCDateTime, unnest, utcnow
+from app.jobs.errors import CANCEL_AFTER_ELAPSED, MESSAGES
 from app.jobs.models import FOLLOWUP_CANCEL, Job
 from app.jobs.status import JobStatus, sources
 from app.storage import AudioInfo
@@ -113,6 +114,23 @@ def _succeeded(audio: dict[str, Any], now: Any) -> dict[str, Any]:
         "error_message": None,
         "poll_count": Job.poll_count + 1,
         **_ended(now),
+    }
+
+
+def _upstream_has_it() -> Any:
+    """The rows whose upstream may have the job: RUNNING, or a submit under way."""
+    return or_(Job.status == JobStatus.RUNNING, Job.submitting_since.is_not(None))
+
+
+def _followed(upstream_has_it: Any, now: dt.datetime) -> dict[str, Any]:
+    """What ending a job at the client's word writes: where ``upstream_has_it``, a follow-up
+    due now (``app.jobs.followup``) and the lease left to its holder, whose later writes are
+    then refused and who hands the job on when it notices; elsewhere nothing left to do."""
+    return {
+        "upstream_followup": case((upstream_has_it, FOLLOWUP_CANCEL), else_=None),
+        "next_action_at": case((upstream_has_it, now), else_=None),
+        "lease_token": case((upstream_has_it, Job.lease_token), else_=None),
+        "lease_until": case((upstream_has_it, Job.lease_until), else_=None),
     }
 
 
@@ -212,7 +230,40 @@ class Transitions:
         return {change.job.id for change in self._commit(write)}
 
     def expire(self, now: dt.datetime) -> list[Job]:
-        """FAIL every active job past its deadline, whoever holds its lease."""
+        """FAIL every active job past its deadline, whoever holds its lease: the client's own
+        (``cancel_after_elapsed``) first, then the system's (``deadline_exceeded``)."""
+        return self.expire_client_deadlines(now) + self._expire_own(now)
+
+    def expire_client_deadlines(self, now: dt.datetime) -> list[Job]:
+        """FAIL every active job past the deadline its client set (``Cancel-After``).
+
+        As a client's cancel does (``cancel``), a job the upstream may already have keeps its
+        lease and gets a follow-up that tells the upstream to stop, where its protocol can,
+        and keeps the account's slot until the generation ends; its hold is released like
+        any failure's. A job whose success committed first is not touched: it is charged.
+        """
+        upstream_has_it = _upstream_has_it()
+        statement = (
+            guarded(JobStatus.FAILED)
+            .where(Job.cancel_after_at.is_not(None), Job.cancel_after_at < now)
+            .values(
+                error_code=CANCEL_AFTER_ELAPSED,
+                error_message=MESSAGES[CANCEL_AFTER_ELAPSED],
+                finished_at=now,
+                updated_at=now,
+                waiting_since=None,
+                **_followed(upstream_has_it, now),
+            )
+            .returning(Job)
+        )
+
+        def write(session: Session) -> list[Change]:
+            expired = session.scalars(statement).all()
+            return [Change(job, JobStatus.FAILED, now, job.error_code) for job in expired]
+
+        return [change.job for change in self._commit(write)]
+
+    def _expire_own(self, now: dt.datetime) -> list[Job]:
         statement = (
             guarded(JobStatus.FAILED)
             .where(Job.deadline_at < now)
@@ -242,7 +293,6 @@ class Transitions:
         one nobody sent anywhere has nothing left to do.
         """
         now = utcnow()
-        upstream_has_it = or_(Job.status == JobStatus.RUNNING, Job.submitting_since.is_not(None))
         statement = (
             guarded(JobStatus.CANCELLED)
             .where(Job.id == job_id, Job.org_id == org_id)
@@ -250,10 +300,7 @@ class Transitions:
                 finished_at=now,
                 updated_at=now,
                 waiting_since=None,
-                upstream_followup=case((upstream_has_it, FOLLOWUP_CANCEL), else_=None),
-                next_action_at=case((upstream_has_it, now), else_=None),
-                lease_token=case((upstream_has_it, Job.lease_token), else_=None),
-                lease_until=case((upstream_has_it, Job.lease_until), else_=None),
+                **_followed(_upstream_has_it(), now),
             )
             .returning(Job)
         )

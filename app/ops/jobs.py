@@ -74,7 +74,7 @@ class Story:
 STORY_FIELDS = (
     "id", "status", "model_name", "surface", "price", "currency", "provider", "account_id",
     "generation_id", "submit_attempts", "poll_count", "invalid_responses", "error_code",
-    "error_message", "created_at", "started_at", "finished_at", "deadline_at",
+    "error_message", "created_at", "started_at", "finished_at", "deadline_at", "cancel_after_at",
     "next_action_at", "lease_until", "submitting_since", "waiting_since",
     "upstream_followup", "audio_key", "audio_format", "audio_duration_ms", "callback_url",
     "purged_at",

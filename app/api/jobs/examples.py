@@ -52,6 +52,10 @@ def _job(status: str, **changes: Any) -> dict[str, Any]:
         "created": 1795269873,
         "started_at": None,
         "finished_at": None,
+        "queue_position": None,
+        "progress": None,
+        "eta": None,
+        "cancel_after": None,
         "audio": None,
         "audio_info": None,
         "error": None,
@@ -71,7 +75,7 @@ def _job(status: str, **changes: Any) -> dict[str, Any]:
 
 _AUDIO = f"{_BASE}/v1/files/audio/Imx1aWRfMDFtN3o2cmt4Y214MGg3aG5qcjBieHBwemMi.Z0J9ww.Xr8b5k"
 
-JOB_QUEUED = _job("QUEUED")
+JOB_QUEUED = _job("QUEUED", queue_position=0)
 JOBS: dict[str, Any] = {
     "queued": {"summary": "Accepted, not yet upstream", "value": JOB_QUEUED},
     "running": {
@@ -79,6 +83,8 @@ JOBS: dict[str, Any] = {
         "value": _job(
             "RUNNING",
             started_at=1795269875,
+            progress=0.4,
+            eta=1795269935,
             upstream={"provider": "aimlapi", "account": "sim-aimlapi", "attempts": 1},
         ),
     },
@@ -88,6 +94,7 @@ JOBS: dict[str, Any] = {
             "SUCCEEDED",
             started_at=1795269875,
             finished_at=1795269878,
+            progress=1.0,
             audio=_AUDIO,
             audio_info={
                 "format": "wav",
@@ -123,6 +130,14 @@ SUBMIT_400: dict[str, Any] = {
     "missing_required_parameter": MISSING_FIELD_EXAMPLE,
     "invalid_value": INVALID_VALUE_EXAMPLE,
     "unknown_parameter": UNKNOWN_FIELD_EXAMPLE,
+    "invalid_request": example(
+        "A Cancel-After header or cancel_after field that is not a duration, or out of bounds",
+        400,
+        "Invalid Cancel-After: 'soon' is not a duration like 30s, 5m or 1h30m (at least 5 "
+        "seconds, at most the job's own deadline).",
+        param="Cancel-After",
+        code="invalid_request",
+    ),
     "model_not_found": example(
         "No published model of that name in that category",
         400,

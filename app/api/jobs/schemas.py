@@ -172,6 +172,18 @@ class CreateGenerationSchema(Schema):
         validate=validate.Length(min=1),
         metadata={"description": "Event types to send for this job (default: all of them)."},
     )
+    # Checked by app.api.cancel_after (a 400 ``invalid_request`` naming it), like the header.
+    cancel_after = fields.Raw(
+        load_default=None,
+        metadata={
+            "type": "integer",
+            "minimum": 5,
+            "description": "The client's deadline, in seconds from the submit (at most the "
+            "job's own deadline): a job still queued or running then ends FAILED "
+            "`cancel_after_elapsed`, is cancelled upstream and charged nothing. Overrides the "
+            "`Cancel-After` header.",
+        },
+    )
 
     @validates_schema
     def _sizes(self, data: dict[str, Any], **_: Any) -> None:
@@ -257,6 +269,34 @@ class JobSchema(Schema):
     created = fields.Integer(required=True, metadata={"description": "unix seconds"})
     started_at = fields.Integer(required=True, allow_none=True)
     finished_at = fields.Integer(required=True, allow_none=True)
+    queue_position = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "While QUEUED: how many jobs queued earlier wait for the same upstream "
+            "account (or, before one is chosen, the same model); 0 is next. Null otherwise.",
+            "example": 0,
+        },
+    )
+    progress = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "While RUNNING: the share of the model's expected run time elapsed, "
+            "never above 0.99; 1.0 once SUCCEEDED. Null otherwise.",
+            "example": 0.4,
+        },
+    )
+    eta = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "While RUNNING: unix seconds the job is expected to end by."},
+    )
+    cancel_after = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "unix seconds; the client's own deadline (Cancel-After)."},
+    )
     audio = fields.String(
         required=True,
         allow_none=True,

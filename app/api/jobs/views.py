@@ -153,6 +153,9 @@ class Generations(MethodView):
 
         `Prefer: wait=N` (N ≤ 60; `wait` alone is 60) holds the answer until the job ends or N
         seconds pass. `Idempotency-Key` makes a retry get the first request's answer.
+        `Cancel-After` (`30s`, `5m`, `1h30m`, or seconds; the body's `cancel_after` wins) sets
+        the client's deadline: a job still active then ends FAILED `cancel_after_elapsed`,
+        uncharged.
         """
         ext = chorus()
         # Every header is read before anything is written: a request that fails after its job

@@ -82,7 +82,10 @@ class Generations(MethodView):
         headers={"Retry-After": openapi.RETRY_AFTER},
     )
     def post(self, args: dict[str, Any]) -> Response:
-        """Submit a music generation; poll `GET ?generation_id=` for the result."""
+        """Submit a music generation; poll `GET ?generation_id=` for the result.
+
+        `Cancel-After` (`30s`, `5m`, `1h30m`, or seconds) sets the client's deadline, as on
+        `/v1`."""
         catalog = chorus().settings.default_music_category
         _job, response = submit({**args, "catelogid": catalog}, _created, surface="v2")
         return response
