@@ -59,7 +59,8 @@ def test_generate_waits_prints_progress_and_saves_a_playable_file(
     job = json.loads(done.stdout)
     assert job["status"] == "SUCCEEDED"
     lines = done.stderr.splitlines()
-    assert lines[0] == f"{job['id']}  QUEUED"
+    # A queued job's line says where it stands in its queue.
+    assert lines[0] == f"{job['id']}  QUEUED  position 0"
     assert f"{job['id']}  SUCCEEDED" in lines
     assert lines[-1].startswith(f"saved {out} ({job['audio_info']['size']} bytes")
     audio = mutagen.File(out)
