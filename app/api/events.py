@@ -22,6 +22,7 @@ from sqlalchemy import select
 from app.api import openapi
 from app.api.auth import read_job, require_key
 from app.api.errors import ApiError
+from app.api.jobs.examples import JOB_NOT_FOUND
 from app.api.present import base_url, job_object
 from app.api.schemas import OpenAIErrorSchema
 from app.extensions import chorus
@@ -121,8 +122,15 @@ def _stream(body: bytes, follow: str | None) -> Response:
 
 
 DOC_400 = {"schema": OpenAIErrorSchema, "description": "A malformed `Last-Event-ID`."}
+FULL_EXAMPLE = openapi.example(
+    "This server holds as many streams as it may",
+    503,
+    "Too many event streams are open on this server; retry in a moment.",
+    code="unavailable",
+)
 DOC_503 = {
     "schema": OpenAIErrorSchema,
+    "examples": {"full": FULL_EXAMPLE},
     "description": "This server holds as many streams as it may (EVENTS_MAX_STREAMS); retry.",
     "headers": {"Retry-After": openapi.RETRY_AFTER},
 }
@@ -132,8 +140,13 @@ DOC_503 = {
 class JobEvents(MethodView):
     @blp.arguments(EventsQuerySchema(), location="query", unknown=RAISE)
     @blp.doc(responses={200: {"description": "The job's events, then its live ones.", **STREAM}})
-    @blp.alt_response(400, example=BAD_ID_EXAMPLE, **DOC_400)
-    @blp.alt_response(404, schema=OpenAIErrorSchema, description="No such job for this key's org.")
+    @blp.alt_response(400, examples={"last_event_id": BAD_ID_EXAMPLE}, **DOC_400)
+    @blp.alt_response(
+        404,
+        schema=OpenAIErrorSchema,
+        description="No such job for this key's org.",
+        example=JOB_NOT_FOUND,
+    )
     @blp.alt_response(503, **DOC_503)
     def get(self, args: dict[str, Any], job_id: str) -> Response:
         """Follow a job: one event per status change, to its end.
@@ -162,7 +175,7 @@ class JobEvents(MethodView):
 class OrgEvents(MethodView):
     @blp.arguments(EventsQuerySchema(), location="query", unknown=RAISE)
     @blp.doc(responses={200: {"description": "The org's job events, live.", **STREAM}})
-    @blp.alt_response(400, example=BAD_ID_EXAMPLE, **DOC_400)
+    @blp.alt_response(400, examples={"last_event_id": BAD_ID_EXAMPLE}, **DOC_400)
     @blp.alt_response(503, **DOC_503)
     def get(self, args: dict[str, Any]) -> Response:
         """Follow every job of the org: one event per status change, never ending.
