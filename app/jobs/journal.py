@@ -97,9 +97,13 @@ def replay(
     return [StoredEvent(*row) for row in rows]
 
 
-def last_id(session: Session) -> int:
-    """The newest event's id (0 for none): where a stream with nothing to replay starts."""
-    return int(session.scalar(select(_EVENTS.c.id).order_by(_EVENTS.c.id.desc()).limit(1)) or 0)
+def last_id(session: Session, *, before: dt.datetime | None = None) -> int:
+    """The newest event's id (0 for none): where a stream with nothing to replay starts.
+    ``before``: the newest of those made before then (read back from the newest, by id)."""
+    query = select(_EVENTS.c.id).order_by(_EVENTS.c.id.desc()).limit(1)
+    if before is not None:
+        query = query.where(_EVENTS.c.created_at < before)
+    return int(session.scalar(query) or 0)
 
 
 def forget(session: Session, job_ids: Iterable[str]) -> None:

@@ -17,6 +17,9 @@ which the missing ids are given up: a rolled-back insert, or a sequence's unused
 leaves a gap that never fills. An event that commits later than that reaches no stream that
 is already following, but is stored, so a reconnect with ``Last-Event-ID`` replays it.
 
+It starts ``gap_seconds`` back (the newest event made before then), as if those rows had
+just been seen: their gaps may still fill.
+
 A new subscription first catches up, in the tail's next read, on its events between its own
 position (what the opening request replayed) and the cursor; from then on it is given each
 row the tail releases past that position, in id order, so nothing is sent twice or skipped.
@@ -41,7 +44,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Table, or_, select
 
 from app.catalog.models import Model
-from app.db import Database
+from app.db import Database, utcnow
 from app.jobs import journal
 from app.jobs.journal import StoredEvent
 from app.jobs.models import Job, JobEvent
@@ -305,8 +308,11 @@ class EventTail:
     # ------------------------------------------------------------------ executor work
 
     def _last_id(self) -> int:
+        """Where the tail starts: before the last ``gap_seconds`` of events, whose ids may
+        still have gaps that fill; those are read again, and go to no stream twice."""
+        since = utcnow() - dt.timedelta(seconds=self.gap_seconds)
         with self.db.session() as session:
-            return journal.last_id(session)
+            return journal.last_id(session, before=since)
 
     def _read(
         self,

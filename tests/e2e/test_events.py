@@ -109,7 +109,7 @@ def test_a_job_stream_follows_the_job_to_its_end_and_resumes(web: str, db: Datab
     progress = events[2:-1]
     assert progress and {e["event"] for e in progress} == {"progress"}, names
     fractions = [e["data"]["progress"] for e in progress]
-    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] < 1
+    assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] < 1
     assert all(e["data"]["id"] == job_id and isinstance(e["data"]["eta"], int) for e in progress)
     # Stored events carry their position; progress none (a resume continues from the stored).
     assert all("id" not in e for e in progress)
