@@ -6,6 +6,7 @@ so on).
 """
 
 from bench.phases import (
+    events,
     jobs,
     metrics,
     money,
@@ -30,6 +31,7 @@ PHASES: tuple[Phase, ...] = (
     metrics.PHASE,
     slow.PHASE,
     recovery.PHASE,
+    events.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]
