@@ -51,8 +51,9 @@ blp.before_request(require_key)
 LAST_EVENT_ID = {
     "in": "header",
     "name": "Last-Event-ID",
-    "description": "Resume after this event (the `id:` of the last one received).",
-    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    "description": "Resume after this event (the `id:` of the last one received); empty is "
+    "as if absent.",
+    "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
     "required": False,
 }
 JOB_ID = {
@@ -61,8 +62,36 @@ JOB_ID = {
     "description": "The job's id, as the submit returned it.",
     "example": "luid_01m7z6rkxcmx0h7hnjr0bxppzc",
 }
+# Each event of the stream (comments aside), as OpenAPI 3.2 describes an SSE stream's items.
+EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {
+            "type": "string",
+            "description": "`music.generation.queued|running|succeeded|failed|cancelled`, or "
+            "`progress` (job streams, while the job runs).",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The job object as `GET` renders it, as it is now; for `progress`, "
+            '`{"id", "progress" (0.0-1.0), "eta" (unix seconds)}`.',
+        },
+        "id": {
+            "type": "string",
+            "description": "The event's position, for `Last-Event-ID` (none on `progress`).",
+        },
+    },
+    "required": ["event", "data"],
+}
 STREAM = {
-    "content": {"text/event-stream": {"schema": {"type": "string"}, "example": ""}},
+    "content": {
+        "text/event-stream": {
+            "itemSchema": EVENT_SCHEMA,
+            "schema": {"type": "array", "items": EVENT_SCHEMA},
+            "example": "id: 41\nevent: music.generation.running\ndata: {...}\n\n",
+        }
+    },
 }
 BAD_ID_EXAMPLE = openapi.example(
     "A Last-Event-ID that is no event's id",
@@ -79,23 +108,30 @@ class EventsQuerySchema(Schema):
 
     last_event_id = fields.String(
         load_default=None,
-        metadata={"description": "As the `Last-Event-ID` header, for clients that cannot set it."},
+        metadata={
+            "description": "As the `Last-Event-ID` header, for clients that cannot set it.",
+            "pattern": "^[0-9]{0,18}$",
+        },
     )
 
 
 def _position(args: dict[str, Any]) -> int | None:
-    """``Last-Event-ID`` (header, else query), or None; 400 for what is no event's id."""
-    raw = request.headers.get("Last-Event-ID")
-    if raw is None or not raw.strip():
-        raw = args.get("last_event_id")
-    if raw is None or not raw.strip():
+    """``Last-Event-ID`` (header, else query; empty is absent), or None; 400 for either
+    being what is no event's id."""
+    header = _parse_id(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    query = _parse_id(args.get("last_event_id"), "last_event_id")
+    return header if header is not None else query
+
+
+def _parse_id(raw: str | None, param: str) -> int | None:
+    raw = (raw or "").strip()
+    if not raw:
         return None
-    raw = raw.strip()
     if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
         raise ApiError(
             400,
-            "Last-Event-ID must be the id: of an event this API sent (a whole number).",
-            param="Last-Event-ID",
+            f"{param} must be the id: of an event this API sent (a whole number).",
+            param=param,
             code="invalid_value",
         )
     return int(raw)

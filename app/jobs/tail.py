@@ -243,7 +243,11 @@ class EventTail:
                     await asyncio.sleep(self.poll_seconds)
             self.gaps = gaps
             while True:
-                await self._one_round(loop, gaps)
+                try:
+                    await self._one_round(loop, gaps)
+                except Exception:  # the tail must outlive any one bad round
+                    log.exception("event tail: a round failed")
+                    await asyncio.sleep(self.poll_seconds)
         finally:
             if listener is not None:
                 listener.cancel()

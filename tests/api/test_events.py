@@ -122,6 +122,7 @@ def test_a_malformed_last_event_id_is_a_400(client: Any, api_key: str, bad: str)
         assert response.get_json()["error"]["param"] == "Last-Event-ID"
         response = client.get(path, query_string={"last_event_id": bad}, headers=auth(api_key))
         assert response.status_code == 400
+        assert response.get_json()["error"]["param"] == "last_event_id"
 
 
 def test_another_orgs_job_and_no_key_are_refused_as_elsewhere(
