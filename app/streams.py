@@ -11,7 +11,7 @@ While the stream's job RUNS, ``progress`` events go at each tenth of its expecte
 (``app.jobs.progress``); they carry no ``id:``, so a resume continues from the last stored
 event. Silence is broken by a comment every EVENTS_KEEPALIVE_SECONDS. A job's stream ends
 after its terminal event; a stream whose client reads too slowly to keep up ends early, and
-the client resumes with ``Last-Event-ID``.
+so do all when the server shuts down: the client resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 from app.db import utcnow
 from app.jobs.journal import KEEP_ALIVE, PROGRESS, TERMINAL_EVENTS, frame
 from app.jobs.tail import Basis, EventTail, Subscription
-from app.webserver import ASGIApp, Message, Receive, Scope, Send
+from app.webserver import END_STREAM, ASGIApp, Message, Receive, Scope, Send
 
 FOLLOW = b"x-chorus-follow"
 # A step is due at a tenth of the expected time; waking a little after it rounds up, not down.
@@ -62,7 +62,12 @@ class Streams:
         self.max_streams = max_streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/events"):
+        # Only a GET streams (a HEAD of the same route gets the headers and ends).
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or not scope["path"].endswith("/events")
+        ):
             await self.app(scope, receive, send)
             return
         follow: Follow | None = None
@@ -85,24 +90,30 @@ class Streams:
             return
         try:
             if self.tail.streams < self.max_streams:
-                await self._follow(follow, receive, send)
+                await self._follow(scope, follow, receive, send)
         finally:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _follow(self, follow: Follow, receive: Receive, send: Send) -> None:
+    async def _follow(self, scope: Scope, follow: Follow, receive: Receive, send: Send) -> None:
         sub = Subscription(
             after=follow.after, base_url=follow.base_url, job_id=follow.job_id, org_id=follow.org_id
         )
         self.tail.subscribe(sub)
-        pump = asyncio.create_task(self._pump(sub, send))
-        gone = asyncio.create_task(_disconnected(receive))
+        stopping = asyncio.Event()
+        scope[END_STREAM] = stopping.set  # the server is shutting down (``HeaderDeadline``)
+        tasks = {
+            asyncio.create_task(self._pump(sub, send)),
+            asyncio.create_task(_disconnected(receive)),
+            asyncio.create_task(stopping.wait()),
+        }
         try:
-            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            scope.pop(END_STREAM, None)
             self.tail.unsubscribe(sub)
-            for task in (pump, gone):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(pump, gone, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
         """Send the stream's events as they come, its progress, and keep-alives meanwhile."""

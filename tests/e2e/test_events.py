@@ -9,6 +9,7 @@ web process's few threads: submits and reads still answer beside them.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -216,3 +217,19 @@ def test_hundreds_of_open_streams_hold_no_thread(
             return job_id.encode() in seen
 
         wait_for(got, 60, message="the stream to carry the new job's events")
+
+
+def test_a_stopping_web_process_ends_its_streams_at_once(
+    sim: str, procs: Processes, db: Database
+) -> None:
+    """Streams that never end by themselves must not hold a stop (a deploy, a restart) until
+    gunicorn's graceful timeout (30 s) kills the process: they end, and clients resume."""
+    web = start_web(procs, WEB_CONCURRENCY="1", WEB_THREADS="4")
+    key = funded_key(db, "deployed")
+    streams = [open_stream(web, "/v1/events", key) for _ in range(3)]
+    job_id = submit(web, key)
+    first = streams[0].events(until=lambda seen: True)
+    assert first[0]["data"]["id"] == job_id  # live, on the event loop
+    procs.kill("web", signal.SIGTERM)  # waits at most 20 s for the process to exit
+    for stream in streams:
+        assert [e for e in stream.events() if e["event"] != "music.generation.queued"] == []
