@@ -143,9 +143,12 @@ class Gaps:
         self.held: dict[int, tuple[float, Any]] = {}  # id -> (first seen, row)
 
     def add(self, ids_and_rows: Iterable[tuple[int, Any]], now: float) -> None:
+        """Rows read past the cursor. A row read again keeps when it was first seen and takes
+        the newer payload (its job rendered for the streams open now)."""
         for event_id, row in ids_and_rows:
-            if event_id > self.cursor and event_id not in self.held:
-                self.held[event_id] = (now, row)
+            if event_id > self.cursor:
+                first_seen = self.held[event_id][0] if event_id in self.held else now
+                self.held[event_id] = (first_seen, row)
 
     def release(self, now: float) -> list[Any]:
         """The rows that may go out now, in id order; the cursor moved past them."""

@@ -30,15 +30,15 @@ def test_a_row_after_a_gap_waits_for_the_gap_to_fill() -> None:
     gaps.add([(12, 12)], now=0.0)
     assert gaps.release(now=1.0) == []
     assert gaps.cursor == 10
-    gaps.add([(11, 11), (12, 12)], now=1.5)  # 12 read again: kept once
-    assert gaps.release(now=1.5) == [11, 12]
+    gaps.add([(11, 11), (12, "12 again")], now=1.5)  # 12 read again: kept once, as read last
+    assert gaps.release(now=1.5) == [11, "12 again"]
     assert gaps.cursor == 12
 
 
 def test_a_gap_older_than_gap_seconds_is_given_up() -> None:
     gaps = Gaps(cursor=10, gap_seconds=2)
     gaps.add([(12, 12)], now=0.0)
-    gaps.add([(14, 14)], now=1.5)
+    gaps.add([(12, 12), (14, 14)], now=1.5)  # 12 read again: still missing 11 since 0.0
     # 11 has been missing since 12 was seen (2.1 s): given up. 13 only since 14 was (0.6 s).
     assert gaps.release(now=2.1) == [12]
     assert gaps.cursor == 12
