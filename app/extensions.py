@@ -14,6 +14,7 @@ from app.doorbell import Doorbell, doorbell
 from app.jobs.lyrics import LyricsWriter
 from app.jobs.offers import Offer
 from app.jobs.progress import ExpectedSeconds
+from app.jobs.tail import EventTail
 from app.jobs.transitions import Transitions
 from app.jobs.waiting import WaitHub
 from app.storage import AudioStorage
@@ -35,6 +36,7 @@ class Chorus:
     _hub_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _transitions: Transitions | None = field(default=None, repr=False)
     _lyrics: LyricsWriter | None = field(default=None, repr=False)
+    _events: EventTail | None = field(default=None, repr=False)
 
     @property
     def transitions(self) -> Transitions:
@@ -67,6 +69,14 @@ class Chorus:
             if self._hub is None:
                 self._hub = WaitHub(self.settings, self.db)
             return self._hub
+
+    @property
+    def events(self) -> EventTail:
+        """The process's reader of stored job events for its live streams (``app.streams``
+        follows them on the event loop; the tail starts with the first stream)."""
+        if self._events is None:
+            self._events = EventTail(self.settings, self.db, self.storage)
+        return self._events
 
     @property
     def doorbell(self) -> Doorbell:

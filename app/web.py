@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api = ChorusApi(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
     from app.api.account import blp as account
+    from app.api.events import blp as events
     from app.api.health import blp as health
     from app.api.jobs.views import blp, files
     from app.api.lyrics import blp as lyrics
@@ -156,7 +157,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # One budget per key across every route of these blueprints, not one per route; the
     # console's wrong logins spend their address's failures, as refused API keys do.
     init_rate_limit(
-        app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries, console)}
+        app, settings, {b.name for b in (blp, account, v2, webhooks, deliveries, events, console)}
     )
 
     api.register_blueprint(blp)
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(v2)
     api.register_blueprint(webhooks)
     api.register_blueprint(deliveries)
+    api.register_blueprint(events)
     api.register_blueprint(health)
     app.register_blueprint(console)
     app.register_error_handler(ApiError, error_response)

@@ -43,6 +43,9 @@ WATCHED_PATHS = ("/v1/files/preview/",)
 # Set when the client ended its side of the connection in the middle of the body: the app
 # answers 400 in the request's own error shape (the bytes that came are not the body).
 BODY_CUT_SHORT = "chorus.body_cut_short"
+# Set by a response that never ends by itself (a live event stream, ``app.streams``): called
+# when the server shuts down, so that it ends the response and the process can stop.
+END_STREAM = "chorus.end_stream"
 
 
 class LingeringClose:
@@ -144,6 +147,16 @@ class HeaderDeadline(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
         super().on_headers_complete()
+
+    def shutdown(self) -> None:
+        """A graceful stop: a live stream is ended (its client resumes elsewhere) rather than
+        holding the process until gunicorn's graceful timeout kills it."""
+        cycle = self.cycle
+        scope: Any = cycle.scope if cycle is not None else {}
+        end: Callable[[], None] | None = scope.get(END_STREAM)
+        super().shutdown()
+        if end is not None and cycle is not None and not cycle.response_complete:
+            end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()

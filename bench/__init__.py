@@ -5,7 +5,8 @@ settings, then runs N jobs end to end against the simulator twice (adaptive and 
 polling), then the upstream protocols (MiniMax calls held open beside other jobs; useapi
 throughput with K accounts), then submit throughput with a priced model beside a free one,
 ``Prefer: wait`` clients, webhook deliveries, and the shapes users run (``make run`` and the
-Procfile: idle log lines, webhook latency), and writes the figures to ``docs/benchmarks.md``
+Procfile: idle log lines, webhook latency), live event streams held open beside POST and
+GET (and their delivery lag), and writes the figures to ``docs/benchmarks.md``
 and ``docs/benchmarks.json``.
 
 Each phase is one ``Phase`` in ``bench/phases/`` (its options, its run, its verdicts and its

@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "against the simulator with adaptive and with fixed 10-second polling, then the "
         "upstream protocols (MiniMax held calls, useapi accounts), then submit throughput with "
         "money on and off, then `Prefer: wait` clients held by one web process, then webhook "
-        "deliveries, then the shapes users run (`make run` and the Procfile).",
+        "deliveries, then the shapes users run (`make run` and the Procfile); last, live event "
+        "streams held open by one web process.",
     )
     parser.add_argument(
         "--duration",

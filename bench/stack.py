@@ -158,8 +158,9 @@ def flush_redis(redis_url: str) -> None:
 def reset_jobs(stack: Stack) -> None:
     """Empty the jobs table, the broker and the stored audio between runs."""
     with stack.database().engine.begin() as conn:
-        # CASCADE: webhook deliveries (and their attempts) point at jobs.
-        conn.execute(sa.text("TRUNCATE jobs CASCADE"))
+        # CASCADE: webhook deliveries (and their attempts) point at jobs. Their stored events
+        # (live streams) name them without a key.
+        conn.execute(sa.text("TRUNCATE jobs, job_events CASCADE"))
     flush_redis(stack.redis_url)
     shutil.rmtree(stack.var_dir / "audio", ignore_errors=True)
 

@@ -99,6 +99,8 @@ class Settings:
     request_body_timeout: float
     # Early-audio listeners one web process serves at once (each holds a thread).
     preview_max_listeners: int
+    events_keepalive_seconds: float
+    events_max_streams: int
 
     # Job engine
     scheduler_lookahead: float
@@ -292,6 +294,12 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
             max(0, threads - 1 - waiters) // 2,
             validate=Range(min=0, max=max(0, threads - 1 - waiters), error=PREVIEWS_ERROR),
         ),
+        # Live event streams: a comment this often keeps proxies from closing an idle one;
+        # each web process holds at most EVENTS_MAX_STREAMS (then 503), on its event loop.
+        events_keepalive_seconds=env.float(
+            "EVENTS_KEEPALIVE_SECONDS", 15.0, validate=Range(min=0.1, max=300)
+        ),
+        events_max_streams=env.int("EVENTS_MAX_STREAMS", 10_000, validate=Range(min=0)),
         scheduler_lookahead=env.float("SCHEDULER_LOOKAHEAD", 0.5, validate=Range(min=0.05, max=20)),
         scheduler_max_sleep=env.float("SCHEDULER_MAX_SLEEP", 5.0, validate=Range(min=0.1, max=300)),
         lease_seconds=env.float("LEASE_SECONDS", 10.0, validate=Range(min=1)),

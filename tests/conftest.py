@@ -53,6 +53,7 @@ def clear_redis(url: str) -> None:
 
 
 TABLES = [
+    "job_events",
     "idempotency_keys",
     "webhook_attempts",
     "webhook_deliveries",

@@ -66,6 +66,16 @@ def wake_waiters(notifier: TerminalNotifier) -> AfterCommit:
     return wake
 
 
+def announce_events(notifier: TerminalNotifier) -> AfterCommit:
+    """Tell the web processes' event tails that events were committed (``record_changes``
+    wrote one per change): they read them at once rather than at their next poll."""
+
+    def announce(changes: Sequence[Change]) -> None:
+        notifier.publish([change.job.id for change in changes])
+
+    return announce
+
+
 def ring_doorbell(bell: Doorbell) -> AfterCommit:
     """Tell the scheduler of a committed change it must act on: once per commit, however many
     jobs it changed.

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CTE, Engine, Insert, Row, Table, bindparam, insert, select, update
+from sqlalchemy import CTE, Engine, Insert, Row, Select, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.cache import TTLCache, far_below_cap
 from app.db import HotStatement, utcnow
+from app.jobs import journal
 from app.jobs.errors import (
     BadDeadline,
     InsufficientQuota,
@@ -238,11 +239,22 @@ def _job_from(taken: CTE) -> Insert:
     return insert(_JOBS).from_select(list(JOB_FIELDS), row.select_from(taken)).returning(*_RETURNED)
 
 
-# The submit's one-statement forms (``_store_at_once``): the job alone, or on Postgres a
-# priced job with its hold and the hold's ledger entry.
-_JOB_INSERT = HotStatement(JOB_INSERT, column_keys=JOB_FIELDS)
-_HELD_JOB_INSERT = HotStatement(ledger.with_hold(_job_from, with_minimum=False))
-_HELD_JOB_INSERT_WITH_MINIMUM = HotStatement(ledger.with_hold(_job_from, with_minimum=True))
+def _job_with_event(taken: CTE) -> Select[Any]:
+    return journal.with_queued_event(_job_from(taken))
+
+
+# The submit's one-statement forms (``_store_at_once``), each writing the job's ``queued``
+# event too: the job alone, or on Postgres a priced job with its hold and the hold's ledger
+# entry. Parameters are the job's values under ``job_``-prefixed names.
+_JOB_INSERT = HotStatement(
+    journal.with_queued_event(
+        insert(_JOBS)
+        .values({name: bindparam(f"job_{name}", type_=_JOBS.c[name].type) for name in JOB_FIELDS})
+        .returning(*_JOBS.c)
+    )
+)
+_HELD_JOB_INSERT = HotStatement(ledger.with_hold(_job_with_event, with_minimum=False))
+_HELD_JOB_INSERT_WITH_MINIMUM = HotStatement(ledger.with_hold(_job_with_event, with_minimum=True))
 
 
 def _store_at_once(
@@ -272,10 +284,10 @@ def _store_at_once(
         )
     ):
         return None
-    if not price:
-        return _JOB_INSERT.first(quick, values)
-    statement = _HELD_JOB_INSERT_WITH_MINIMUM if model.min_balance else _HELD_JOB_INSERT
     params = {f"job_{name}": values[name] for name in JOB_FIELDS}
+    if not price:
+        return _JOB_INSERT.first(quick, params)
+    statement = _HELD_JOB_INSERT_WITH_MINIMUM if model.min_balance else _HELD_JOB_INSERT
     params.update(
         ledger.hold_params(
             org_id=key.org_id,
@@ -437,7 +449,8 @@ def store(
     recent_active: TTLCache[int] | None = None,
     quick: Engine | None = None,
 ) -> Row[Any]:
-    """Insert the prepared job, QUEUED and due now, and hold its price.
+    """Insert the prepared job, QUEUED and due now, with its ``queued`` event, and hold its
+    price.
 
     ``quick``, an engine whose connections autocommit, lets the commonest submit be stored in
     one statement on it, committed at once (``_store_at_once``); otherwise the job is
@@ -461,6 +474,7 @@ def store(
     # the API's hottest path. The values go as parameters of one prebuilt statement, so
     # nothing is built or compiled per request.
     job = db().execute(JOB_INSERT, values).one()
+    db().execute(journal.queued_row(job.id, job.org_id, job.created_at))
     # Last: the locks this takes are held only until the caller's commit.
     charge(
         db(), key, model, values["id"], max_active_jobs=max_active_jobs, recent_active=recent_active

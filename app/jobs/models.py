@@ -171,3 +171,24 @@ class LyricsGeneration(Base):
     result: Mapped[dict[str, Any] | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
+
+
+class JobEvent(Base):
+    """One stored event of a job: its creation (QUEUED) or a change of its status, written in
+    the transaction that made it (``app.jobs.journal``). Its id orders a job's and an org's
+    events, and is the position a live stream resumes from (``Last-Event-ID``). The job's
+    object is not kept: a stream sends the job as it is when the event goes out."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        Index("ix_job_events_job", "job_id", "id"),
+        Index("ix_job_events_org", "org_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # No foreign key: the event is written in the statement that inserts its job, and a
+    # check per event would cost the submit's hot path a lookup for nothing.
+    job_id: Mapped[str] = mapped_column(String(40))
+    org_id: Mapped[int]
+    type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]

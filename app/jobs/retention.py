@@ -3,7 +3,8 @@
 A purged job stays as a tombstone row: its id, org, model, status, price, timings and audio
 facts (duration, size) are kept, so usage reports and the money history still add up and the
 ledger's ``job_id`` still names a row. What goes: the stored audio file, the prompt, lyrics,
-reference URL and audio settings (``request``), the callback URL and the client's metadata.
+reference URL and audio settings (``request``), the callback URL and the client's metadata,
+and the job's stored events (``job_events``: what a live stream would replay).
 
 Each batch works like the engine's sweeps: it leases rows with ``FOR UPDATE SKIP LOCKED`` in a
 short transaction, deletes their files with no transaction open, then marks them purged under
@@ -22,6 +23,7 @@ import time
 from sqlalchemy import or_, select, update
 
 from app.db import Database, utcnow
+from app.jobs import journal
 from app.jobs.models import Job
 from app.jobs.status import TERMINAL
 from app.storage import AudioStorage
@@ -101,8 +103,12 @@ def _purge_batch(db: Database, storage: AudioStorage, cutoff: dt.datetime, batch
                 lease_until=None,
                 updated_at=utcnow(),
             )
+            .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
-        marked = int(result.rowcount)  # type: ignore[attr-defined]
+        purged = list(result.scalars())
+        # The job's stored events go with its content: nothing is left for a stream to say.
+        journal.forget(session, purged)
+        marked = len(purged)
     log.info("retention: purged %d job(s) and %d audio file(s)", marked, len(keys))
     return marked

@@ -73,11 +73,15 @@ def _redis(url: str) -> redis.Redis:
 
 
 class TerminalNotifier:
-    """The worker side: "these jobs are terminal", published after the commit that ends them."""
+    """The worker side: "these jobs are terminal", published after the commit that ends them.
 
-    def __init__(self, settings: Settings) -> None:
+    Given another ``channel`` (under the same prefix), the same publisher tells another kind
+    of listener of other jobs: the live event streams' tails (``app.jobs.journal.CHANNEL``).
+    """
+
+    def __init__(self, settings: Settings, channel: str = CHANNEL) -> None:
         self.url = settings.redis_url
-        self.channel = channel_name(settings.redis_prefix)
+        self.channel = f"{settings.redis_prefix}{channel}"
         self._client: redis.Redis | None = None
 
     def publish(self, job_ids: Iterable[str]) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     CTE,
     BigInteger,
     Insert,
+    Select,
     String,
     Table,
     bindparam,
@@ -31,6 +32,9 @@ from sqlalchemy.orm import Session
 
 from app.db import UTCDateTime, utcnow
 from app.money.models import Balance, LedgerEntry
+
+# A statement ``with_hold`` wraps: an INSERT, or a SELECT of an INSERT's CTE.
+InsertOrSelect = TypeVar("InsertOrSelect", Insert, Select[Any])
 
 TOPUP, HOLD, CAPTURE, RELEASE, ADJUSTMENT = "topup", "hold", "capture", "release", "adjustment"
 
@@ -151,8 +155,11 @@ def _entry(taken: CTE) -> Insert:
     )
 
 
-def with_hold(insert_from: Callable[[CTE], Insert], *, with_minimum: bool) -> Insert:
-    """Postgres: ``insert_from(taken)``, an INSERT … SELECT … FROM ``taken``, as one statement
+def with_hold(
+    insert_from: Callable[[CTE], InsertOrSelect], *, with_minimum: bool
+) -> InsertOrSelect:
+    """Postgres: ``insert_from(taken)``, an INSERT … SELECT … FROM ``taken`` (or a SELECT of
+    such an INSERT's CTE), as one statement
     with the hold, parameters from ``hold_params``. It inserts its row only where the balance
     covered the price, and then with the hold's ledger entry: a statement run alone in
     autocommit is its own transaction, so the row and its money commit together or not at all.

@@ -6,6 +6,7 @@ so on).
 """
 
 from bench.phases import (
+    events,
     jobs,
     metrics,
     money,
@@ -32,6 +33,7 @@ PHASES: tuple[Phase, ...] = (
     slow.PHASE,
     recovery.PHASE,
     preview.PHASE,
+    events.PHASE,
 )
 
 __all__ = ["PHASES", "Context", "Phase"]

@@ -1,0 +1,401 @@
+"""The live event streams' reader: one ``EventTail`` per web process, on its event loop.
+
+Every open stream of the process (a job's, or an org's) is a ``Subscription`` waiting on its
+own queue; no stream holds a thread. The tail alone reads ``job_events``, in one query for all
+of them: the rows with ``id`` above its cursor. It reads when told (a Redis message published
+after each commit that wrote events, ``app.jobs.journal.CHANNEL``) and at least every
+``poll_seconds``, so a lost message, a Redis outage, or no Redis at all (the embedded shape)
+costs at most that long. Its database work runs on the loop's executor, one call at a time;
+the jobs those rows concern are read and rendered in the same call (one query per wake).
+
+Contiguity. ``bigserial`` ids are taken when a row is inserted and become visible when its
+transaction commits, so they commit out of order: 41 may be seen before 40, whose transaction
+is still open. Had the cursor moved to 41, event 40 would never be read. So the cursor only
+moves over ids seen contiguously: a row after a gap is held back until the gap fills, or
+until the gap is ``gap_seconds`` old (the time since the first row past it was seen), after
+which the missing ids are given up: a rolled-back insert, or a sequence's unused cache,
+leaves a gap that never fills. An event that commits later than that reaches no stream that
+is already following, but is stored, so a reconnect with ``Last-Event-ID`` replays it.
+
+It starts ``gap_seconds`` back (the newest event made before then), as if those rows had
+just been seen: their gaps may still fill.
+
+A new subscription first catches up, in the tail's next read, on its events between its own
+position (what the opening request replayed) and the cursor; from then on it is given each
+row the tail releases past that position, in id order, so nothing is sent twice or skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy import Table, or_, select
+
+from app.catalog.models import Model
+from app.db import Database, utcnow
+from app.jobs import journal
+from app.jobs.journal import StoredEvent
+from app.jobs.models import Job, JobEvent
+from app.jobs.present import render
+from app.jobs.progress import estimate
+from app.jobs.status import JobStatus
+from app.storage import AudioStorage
+from config import Settings
+
+log = logging.getLogger(__name__)
+
+_EVENTS = cast(Table, JobEvent.__table__)
+READ_BATCH = 2000
+CATCH_UP_LIMIT = 10_000
+RECONNECT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What a job stream's progress is computed from: the job as the event's read found it."""
+
+    status: str
+    started_at: dt.datetime | None
+    expected_seconds: float | None
+
+    def progress(self, job_id: str, now: dt.datetime) -> dict[str, Any] | None:
+        guess = estimate(self.status, self.started_at, self.expected_seconds, now)
+        if guess.progress is None or self.status != JobStatus.RUNNING:
+            return None
+        eta = int(guess.eta.timestamp()) if guess.eta else None
+        return {"id": job_id, "progress": guess.progress, "eta": eta}
+
+    def next_step_at(self, step: int) -> dt.datetime | None:
+        """When a RUNNING job reaches ``step`` tenths (never 10: that is its success)."""
+        if self.status != JobStatus.RUNNING or not self.started_at or not self.expected_seconds:
+            return None
+        if step >= 10:
+            return None
+        return self.started_at + dt.timedelta(seconds=self.expected_seconds * step / 10)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event for one stream: ``event`` None only tells it its job's ``basis``."""
+
+    id: int | None
+    event: str | None
+    data: str
+    basis: Basis | None = None
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open stream: a job's (``job_id``) or an org's. ``after`` is the last event it has."""
+
+    after: int
+    base_url: str
+    job_id: str | None = None
+    org_id: int | None = None
+    limit: int = 10_000
+    ready: bool = False  # caught up: given live events from now on
+    overflowed: bool = False  # its client reads too slowly: the stream ends, the client resumes
+    queue: asyncio.Queue[Delivery] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.limit)
+
+    def offer(self, delivery: Delivery) -> None:
+        if delivery.id is not None:
+            if delivery.id <= self.after:
+                return
+            self.after = delivery.id
+        try:
+            self.queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+@dataclass
+class _Read:
+    """What one executor call found."""
+
+    caught_up: list[StoredEvent]
+    rows: list[StoredEvent]
+    rendered: dict[tuple[str, str], str]
+    bases: dict[str, Basis]
+    jobs: dict[str, Job]
+
+
+class Gaps:
+    """The cursor and the rows held back behind a gap (see the module's docstring)."""
+
+    def __init__(self, cursor: int, gap_seconds: float) -> None:
+        self.cursor = cursor
+        self.gap_seconds = gap_seconds
+        self.held: dict[int, tuple[float, Any]] = {}  # id -> (first seen, row)
+
+    def add(self, ids_and_rows: Iterable[tuple[int, Any]], now: float) -> None:
+        """Rows read past the cursor. A row read again keeps when it was first seen and takes
+        the newer payload (its job rendered for the streams open now)."""
+        for event_id, row in ids_and_rows:
+            if event_id > self.cursor:
+                first_seen = self.held[event_id][0] if event_id in self.held else now
+                self.held[event_id] = (first_seen, row)
+
+    def release(self, now: float) -> list[Any]:
+        """The rows that may go out now, in id order; the cursor moved past them."""
+        out: list[Any] = []
+        ids = sorted(self.held)
+        # A gap before ids[i] is as old as the earliest row seen past it.
+        oldest_after = [0.0] * len(ids)
+        earliest = math.inf
+        for i in range(len(ids) - 1, -1, -1):
+            earliest = min(earliest, self.held[ids[i]][0])
+            oldest_after[i] = earliest
+        for i, event_id in enumerate(ids):
+            if event_id != self.cursor + 1 and now - oldest_after[i] < self.gap_seconds:
+                break  # a gap still young: wait for it to fill
+            self.cursor = event_id
+            out.append(self.held.pop(event_id)[1])
+        return out
+
+
+class EventTail:
+    """The process's reader of ``job_events`` for its open streams, started with the first."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        storage: AudioStorage | None,
+        *,
+        poll_seconds: float = 1.0,
+        gap_seconds: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.poll_seconds = poll_seconds
+        self.gap_seconds = gap_seconds
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._by_org: dict[int, set[Subscription]] = {}
+        self._new: list[Subscription] = []
+        self._count = 0
+        self._wake = asyncio.Event()  # bound to a loop only on first use
+        self._task: asyncio.Task[None] | None = None
+        self._pid: int | None = None
+        self.gaps: Gaps | None = None
+
+    @property
+    def streams(self) -> int:
+        """Streams open in this process (the cap EVENTS_MAX_STREAMS counts these)."""
+        return self._count
+
+    def subscribe(self, sub: Subscription) -> None:
+        """Follow ``sub`` (call on the loop): caught up at the next read, then live."""
+        self._ensure_running()
+        if sub.job_id is not None:
+            self._by_job.setdefault(sub.job_id, set()).add(sub)
+        else:
+            self._by_org.setdefault(cast(int, sub.org_id), set()).add(sub)
+        self._count += 1
+        self._new.append(sub)
+        self._wake.set()
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        index: dict[Any, set[Subscription]]
+        key: Any
+        index, key = (
+            (self._by_job, sub.job_id) if sub.job_id is not None else (self._by_org, sub.org_id)
+        )
+        subs = index.get(key)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            self._count -= 1
+            if not subs:
+                del index[key]
+
+    # ------------------------------------------------------------------ the loop's task
+
+    def _ensure_running(self) -> None:
+        # Started in the process and loop that serve streams (gunicorn forks workers).
+        if self._task is not None and not self._task.done() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-tail")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = loop.create_task(self._listen()) if self.settings.redis_url else None
+        try:
+            gaps: Gaps | None = None
+            while gaps is None:
+                try:
+                    gaps = Gaps(await loop.run_in_executor(None, self._last_id), self.gap_seconds)
+                except Exception:
+                    log.warning("event tail: cannot read the newest event", exc_info=True)
+                    await asyncio.sleep(self.poll_seconds)
+            self.gaps = gaps
+            while True:
+                try:
+                    await self._one_round(loop, gaps)
+                except Exception:  # the tail must outlive any one bad round
+                    log.exception("event tail: a round failed")
+                    await asyncio.sleep(self.poll_seconds)
+        finally:
+            if listener is not None:
+                listener.cancel()
+
+    async def _one_round(self, loop: asyncio.AbstractEventLoop, gaps: Gaps) -> None:
+        # While rows are held behind a gap, look again soon after it could be given up.
+        timeout = self.poll_seconds if not gaps.held else min(self.poll_seconds, 0.25)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+        newcomers, self._new = self._new, []
+        newcomers = [s for s in newcomers if self._subscribed(s)]
+        watched_jobs, watched_orgs = set(self._by_job), set(self._by_org)
+        bases = {
+            s.base_url for subs in (*self._by_job.values(), *self._by_org.values()) for s in subs
+        }
+        cursor = gaps.cursor
+        try:
+            read = await loop.run_in_executor(
+                None, self._read, cursor, newcomers, watched_jobs, watched_orgs, bases
+            )
+        except Exception:
+            log.warning("event tail: reading new events failed", exc_info=True)
+            self._new[:0] = newcomers  # they catch up at the next read
+            await asyncio.sleep(self.poll_seconds)
+            return
+        self._apply(read, newcomers, cursor, gaps)
+        if len(read.rows) == READ_BATCH:
+            self._wake.set()  # more are waiting: read on at once
+
+    def _subscribed(self, sub: Subscription) -> bool:
+        if sub.job_id is not None:
+            return sub in self._by_job.get(sub.job_id, ())
+        return sub in self._by_org.get(cast(int, sub.org_id), ())
+
+    def _apply(self, read: _Read, newcomers: list[Subscription], cursor: int, gaps: Gaps) -> None:
+        for sub in newcomers:
+            if not self._subscribed(sub):
+                continue  # left while its catch-up was read
+            basis = read.bases.get(sub.job_id) if sub.job_id is not None else None
+            if basis is not None:
+                sub.offer(Delivery(None, None, "", basis))
+            for row in read.caught_up:
+                if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id):
+                    sub.offer(self._delivery(row, sub, read))
+            sub.ready = True
+        gaps.add(((row.id, (row, read)) for row in read.rows), time.monotonic())
+        for row, row_read in gaps.release(time.monotonic()):
+            for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
+                if sub.ready:
+                    sub.offer(self._delivery(row, sub, row_read))
+
+    def _delivery(self, row: StoredEvent, sub: Subscription, read: _Read) -> Delivery:
+        data = read.rendered.get((row.job_id, sub.base_url))
+        if data is None:
+            # A stream opened from another origin after the row was read: rendered here,
+            # with its audio as the link (reading a hex file belongs off the loop).
+            job = read.jobs.get(row.job_id)
+            data = json.dumps(render(job, self.settings, sub.base_url) if job else None)
+        return Delivery(row.id, row.type, data, read.bases.get(row.job_id))
+
+    # ------------------------------------------------------------------ executor work
+
+    def _last_id(self) -> int:
+        """Where the tail starts: before the last ``gap_seconds`` of events, whose ids may
+        still have gaps that fill; those are read again, and go to no stream twice."""
+        since = utcnow() - dt.timedelta(seconds=self.gap_seconds)
+        with self.db.session() as session:
+            return journal.last_id(session, before=since)
+
+    def _read(
+        self,
+        cursor: int,
+        newcomers: list[Subscription],
+        watched_jobs: set[str],
+        watched_orgs: set[int],
+        bases: set[str],
+    ) -> _Read:
+        with self.db.session() as session:
+            caught_up: list[StoredEvent] = []
+            if newcomers:
+                jobs = [s.job_id for s in newcomers if s.job_id is not None]
+                orgs = [s.org_id for s in newcomers if s.org_id is not None]
+                lowest = min(s.after for s in newcomers)
+                if lowest < cursor:
+                    caught_up = [
+                        StoredEvent(*row)
+                        for row in session.execute(
+                            select(_EVENTS)
+                            .where(
+                                or_(_EVENTS.c.job_id.in_(jobs), _EVENTS.c.org_id.in_(orgs)),
+                                _EVENTS.c.id > lowest,
+                                _EVENTS.c.id <= cursor,
+                            )
+                            .order_by(_EVENTS.c.id)
+                            .limit(CATCH_UP_LIMIT)
+                        )
+                    ]
+            rows = [
+                StoredEvent(*row)
+                for row in session.execute(
+                    select(_EVENTS)
+                    .where(_EVENTS.c.id > cursor)
+                    .order_by(_EVENTS.c.id)
+                    .limit(READ_BATCH)
+                )
+            ]
+            concerned = {e.job_id for e in caught_up}
+            concerned.update(s.job_id for s in newcomers if s.job_id is not None)
+            concerned.update(
+                r.job_id for r in rows if r.job_id in watched_jobs or r.org_id in watched_orgs
+            )
+            rendered: dict[tuple[str, str], str] = {}
+            found: dict[str, Basis] = {}
+            jobs_found: dict[str, Job] = {}
+            if concerned:
+                for job, expected in session.execute(
+                    select(Job, Model.expected_seconds)
+                    .join(Model, Model.id == Job.model_id)
+                    .where(Job.id.in_(sorted(concerned)))
+                ):
+                    found[job.id] = Basis(job.status, job.started_at, expected)
+                    jobs_found[job.id] = job
+                    for base in bases:
+                        body = render(job, self.settings, base, self.storage)
+                        rendered[(job.id, base)] = json.dumps(body)
+        return _Read(caught_up, rows, rendered, found, jobs_found)
+
+    # ------------------------------------------------------------------ the wake-up channel
+
+    async def _listen(self) -> None:
+        """Wake the tail on each message of the events channel; reconnect when it drops."""
+        channel = f"{self.settings.redis_prefix}{journal.CHANNEL}"
+        while True:
+            client = aioredis.Redis.from_url(
+                cast(str, self.settings.redis_url), socket_connect_timeout=2
+            )
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wake.set()
+            except (RedisError, OSError):
+                log.warning("event tail: lost the Redis channel; polling meanwhile")
+            finally:
+                await client.aclose()
+            await asyncio.sleep(RECONNECT_SECONDS)

@@ -1,0 +1,164 @@
+"""Live event streams followed on the web process's event loop, not on its threads.
+
+The opening request of a stream goes through Flask like any other (``app.api.events``): it
+answers ``text/event-stream`` with the stored events to replay and a private header saying
+what to follow from where (``FOLLOW``). ``Streams`` sits in front of the thread hand-off: it
+strips that header (and the replay's Content-Length, so the answer goes chunked), lets the
+replay through, and then keeps the connection open itself, as one asyncio task waiting on
+the process's ``EventTail`` (``app.jobs.tail``). A thousand open streams hold no thread.
+
+While the stream's job RUNS, ``progress`` events go at each tenth of its expected time
+(``app.jobs.progress``); they carry no ``id:``, so a resume continues from the last stored
+event. Silence is broken by a comment every EVENTS_KEEPALIVE_SECONDS. A job's stream ends
+after its terminal event; a stream whose client reads too slowly to keep up ends early, and
+so do all when the server shuts down: the client resumes with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from app.db import utcnow
+from app.jobs.journal import KEEP_ALIVE, PROGRESS, TERMINAL_EVENTS, frame
+from app.jobs.tail import Basis, EventTail, Subscription
+from app.webserver import END_STREAM, ASGIApp, Message, Receive, Scope, Send
+
+FOLLOW = b"x-chorus-follow"
+# A step is due at a tenth of the expected time; waking a little after it rounds up, not down.
+STEP_SLACK = dt.timedelta(milliseconds=20)
+
+
+@dataclass(frozen=True)
+class Follow:
+    after: int
+    base_url: str
+    job_id: str | None = None
+    org_id: int | None = None
+
+
+def parse_follow(value: bytes) -> Follow | None:
+    """The header the API set (never the client's: it is the response's)."""
+    fields = dict(part.partition("=")[::2] for part in value.decode("latin1").split(";"))
+    try:
+        after, base = int(fields["after"]), unquote(fields["base"])
+        if "job" in fields:
+            return Follow(after, base, job_id=unquote(fields["job"]))
+        return Follow(after, base, org_id=int(fields["org"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class Streams:
+    """ASGI middleware: follows the streams the app opened (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, tail: EventTail, *, keepalive: float, max_streams: int):
+        self.app = app
+        self.tail = tail
+        self.keepalive = keepalive
+        self.max_streams = max_streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Only a GET streams (a HEAD of the same route gets the headers and ends).
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or not scope["path"].endswith("/events")
+        ):
+            await self.app(scope, receive, send)
+            return
+        follow: Follow | None = None
+
+        async def sending(message: Message) -> None:
+            nonlocal follow
+            if message["type"] == "http.response.start":
+                headers = message["headers"]
+                found = [v for k, v in headers if k == FOLLOW]
+                follow = parse_follow(found[0]) if found else None
+                if found:
+                    kept = [(k, v) for k, v in headers if k not in (FOLLOW, b"content-length")]
+                    message = {**message, "headers": kept}
+            elif message["type"] == "http.response.body" and follow is not None:
+                message = {**message, "more_body": True}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        if follow is None:
+            return
+        try:
+            if self.tail.streams < self.max_streams:
+                await self._follow(scope, follow, receive, send)
+        finally:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _follow(self, scope: Scope, follow: Follow, receive: Receive, send: Send) -> None:
+        sub = Subscription(
+            after=follow.after, base_url=follow.base_url, job_id=follow.job_id, org_id=follow.org_id
+        )
+        self.tail.subscribe(sub)
+        stopping = asyncio.Event()
+        scope[END_STREAM] = stopping.set  # the server is shutting down (``HeaderDeadline``)
+        tasks = {
+            asyncio.create_task(self._pump(sub, send)),
+            asyncio.create_task(_disconnected(receive)),
+            asyncio.create_task(stopping.wait()),
+        }
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            scope.pop(END_STREAM, None)
+            self.tail.unsubscribe(sub)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pump(self, sub: Subscription, send: Send) -> None:
+        """Send the stream's events as they come, its progress, and keep-alives meanwhile."""
+        basis: Basis | None = None
+        step = 0  # the last tenth of progress sent
+
+        async def write(body: bytes) -> None:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        while not sub.overflowed:
+            due = basis.next_step_at(step + 1) if basis is not None else None
+            wait = self.keepalive
+            if due is not None:
+                wait = min(wait, max((due + STEP_SLACK - utcnow()).total_seconds(), 0.0))
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), wait)
+            except TimeoutError:
+                sent, step = _progress(sub, basis, step)
+                await write(sent or KEEP_ALIVE)
+                continue
+            if item.basis is not None and sub.job_id is not None:
+                basis = item.basis
+            if item.event is not None:
+                await write(frame(item.event, item.data, item.id))
+                if sub.job_id is not None and item.event in TERMINAL_EVENTS:
+                    return
+            # Joining a job already well along says where it is at once.
+            sent, step = _progress(sub, basis, step)
+            if sent:
+                await write(sent)
+
+
+def _progress(sub: Subscription, basis: Basis | None, step: int) -> tuple[bytes | None, int]:
+    """A ``progress`` event if the job has reached a tenth not sent yet; the tenth sent."""
+    if basis is None or sub.job_id is None:
+        return None, step
+    data = basis.progress(sub.job_id, utcnow())
+    if data is None:
+        return None, step
+    reached = int(data["progress"] * 10 + 1e-9)
+    if reached <= step:
+        return None, step
+    return frame(PROGRESS, json.dumps(data)), reached
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,117 @@
+"""The event tail's contiguity (``app.jobs.tail``): bigserial ids commit out of order, and no
+event may be skipped because a later one was seen first, nor held for ever behind an id that
+will never commit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.db import Database, utcnow
+from app.jobs.models import JobEvent
+from app.jobs.tail import Delivery, EventTail, Gaps, Subscription
+from app.storage import make_storage
+from config import Settings
+from tests.conftest import GOOD_BODY, auth
+
+
+def test_contiguous_rows_go_out_at_once_in_order() -> None:
+    gaps = Gaps(cursor=10, gap_seconds=2)
+    gaps.add([(12, 12), (11, 11), (13, 13)], now=0.0)
+    assert gaps.release(now=0.0) == [11, 12, 13]
+    assert gaps.cursor == 13 and not gaps.held
+
+
+def test_a_row_after_a_gap_waits_for_the_gap_to_fill() -> None:
+    gaps = Gaps(cursor=10, gap_seconds=2)
+    gaps.add([(12, 12)], now=0.0)
+    assert gaps.release(now=1.0) == []
+    assert gaps.cursor == 10
+    gaps.add([(11, 11), (12, "12 again")], now=1.5)  # 12 read again: kept once, as read last
+    assert gaps.release(now=1.5) == [11, "12 again"]
+    assert gaps.cursor == 12
+
+
+def test_a_gap_older_than_gap_seconds_is_given_up() -> None:
+    gaps = Gaps(cursor=10, gap_seconds=2)
+    gaps.add([(12, 12)], now=0.0)
+    gaps.add([(12, 12), (14, 14)], now=1.5)  # 12 read again: still missing 11 since 0.0
+    # 11 has been missing since 12 was seen (2.1 s): given up. 13 only since 14 was (0.6 s).
+    assert gaps.release(now=2.1) == [12]
+    assert gaps.cursor == 12
+    assert gaps.release(now=3.4) == []
+    assert gaps.release(now=3.6) == [14]
+    # An id below the cursor (an insert that committed after it was given up) is not taken.
+    gaps.add([(11, 11), (13, 13)], now=4.0)
+    assert gaps.release(now=4.0) == [] and not gaps.held
+
+
+def test_a_subscription_never_takes_an_event_twice_nor_an_older_one() -> None:
+    async def offered() -> list[int | None]:
+        sub = Subscription(after=5, base_url="http://x")
+        for event_id in (4, 5, 6, 6, None, 7):
+            sub.offer(Delivery(event_id, "e" if event_id else None, "{}"))
+        got = []
+        while not sub.queue.empty():
+            got.append(sub.queue.get_nowait().id)
+        return got
+
+    assert asyncio.run(offered()) == [6, None, 7]
+
+
+@pytest.mark.usefixtures("catalog")
+def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    """Two real transactions: the one holding the lower id commits last."""
+    response = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
+    job = response.get_json()
+    with db.session() as session:
+        queued = session.scalar(sa.select(JobEvent.id))
+    tail = EventTail(settings, db, make_storage(settings), poll_seconds=0.05, gap_seconds=30)
+
+    def insert(session: Any, kind: str) -> int:
+        row = {"job_id": job["id"], "org_id": 0, "type": kind, "created_at": utcnow()}
+        event_id: int = session.scalar(sa.insert(JobEvent).values(row).returning(JobEvent.id))
+        return event_id
+
+    async def follow() -> list[tuple[int | None, str | None]]:
+        sub = Subscription(after=queued, base_url="http://chorus", job_id=job["id"])
+        tail.subscribe(sub)
+        slow, quick = db.session(), db.session()
+        try:
+            first = insert(slow, "music.generation.running")  # open: not yet visible
+            second = insert(quick, "music.generation.succeeded")
+            quick.commit()
+            assert second > first
+            await asyncio.sleep(0.6)  # a dozen reads: the later one is held behind the gap
+            held = [d.id for d in _drain(sub) if d.event]
+            slow.commit()
+            got: list[Delivery] = []
+            while len(got) < 2:
+                delivery = await asyncio.wait_for(sub.queue.get(), 10)
+                if delivery.event:
+                    got.append(delivery)
+        finally:
+            slow.close()
+            quick.close()
+            tail.unsubscribe(sub)
+        assert held == []
+        return [(d.id, d.event) for d in got]
+
+    events = asyncio.run(follow())
+    assert [name for _, name in events] == [
+        "music.generation.running",
+        "music.generation.succeeded",
+    ]
+    assert events[0][0] is not None and events[1][0] is not None and events[0][0] < events[1][0]
+
+
+def _drain(sub: Subscription) -> list[Delivery]:
+    out = []
+    while not sub.queue.empty():
+        out.append(sub.queue.get_nowait())
+    return out
