@@ -14,8 +14,11 @@ is still open. Had the cursor moved to 41, event 40 would never be read. So the 
 moves over ids seen contiguously: a row after a gap is held back until the gap fills, or
 until the gap is ``gap_seconds`` old (the time since the first row past it was seen), after
 which the missing ids are given up: a rolled-back insert, or a sequence's unused cache,
-leaves a gap that never fills. An event that commits later than that reaches no stream that
-is already following, but is stored, so a reconnect with ``Last-Event-ID`` replays it.
+leaves a gap that never fills. The ids given up are still looked up at each read for
+``LATE_SECONDS``: an event that commits that late (a slow transaction) still reaches the
+streams following it, out of order for an org's stream (then without its ``id:``, so a resume
+starts from the newest event the client has). Later than that it is stored all the same, and a
+reconnect with ``Last-Event-ID`` replays it.
 
 It starts ``gap_seconds`` back (the newest event made before then), as if those rows had
 just been seen: their gaps may still fill.
@@ -58,6 +61,10 @@ log = logging.getLogger(__name__)
 
 _EVENTS = cast(Table, JobEvent.__table__)
 READ_BATCH = 2000
+# How long ids given up behind a gap are still looked for, and how wide a gap is to be looked
+# for at all (a sequence's lost cache after a crash skips ranges no insert ever used).
+LATE_SECONDS = 60.0
+LATE_GAP_MAX = 1000
 CATCH_UP_LIMIT = 10_000
 RECONNECT_SECONDS = 5.0
 
@@ -112,6 +119,13 @@ class Subscription:
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.limit)
 
+    def offer_late(self, delivery: Delivery) -> None:
+        """An event that committed after later ones went out: sent once all the same, and
+        without its id where that would move the client's resume point back."""
+        if delivery.id is not None and delivery.id <= self.after:
+            delivery = Delivery(None, delivery.event, delivery.data, delivery.basis)
+        self.offer(delivery)
+
     def offer(self, delivery: Delivery) -> None:
         if delivery.id is not None:
             if delivery.id <= self.after:
@@ -129,6 +143,7 @@ class _Read:
 
     caught_up: list[StoredEvent]
     rows: list[StoredEvent]
+    late: list[StoredEvent]  # given-up ids that have since committed
     rendered: dict[tuple[str, str], str]
     bases: dict[str, Basis]
     jobs: dict[str, Job]
@@ -141,6 +156,7 @@ class Gaps:
         self.cursor = cursor
         self.gap_seconds = gap_seconds
         self.held: dict[int, tuple[float, Any]] = {}  # id -> (first seen, row)
+        self.missing: dict[int, float] = {}  # id given up -> when (looked for LATE_SECONDS)
 
     def add(self, ids_and_rows: Iterable[tuple[int, Any]], now: float) -> None:
         """Rows read past the cursor. A row read again keeps when it was first seen and takes
@@ -163,9 +179,17 @@ class Gaps:
         for i, event_id in enumerate(ids):
             if event_id != self.cursor + 1 and now - oldest_after[i] < self.gap_seconds:
                 break  # a gap still young: wait for it to fill
+            if event_id - self.cursor - 1 <= LATE_GAP_MAX:
+                self.missing.update(dict.fromkeys(range(self.cursor + 1, event_id), now))
             self.cursor = event_id
             out.append(self.held.pop(event_id)[1])
         return out
+
+    def late_ids(self, now: float) -> list[int]:
+        """The given-up ids still looked for (those missing over LATE_SECONDS are dropped)."""
+        for event_id in [i for i, since in self.missing.items() if now - since > LATE_SECONDS]:
+            del self.missing[event_id]
+        return sorted(self.missing)
 
 
 class EventTail:
@@ -268,9 +292,10 @@ class EventTail:
             s.base_url for subs in (*self._by_job.values(), *self._by_org.values()) for s in subs
         }
         cursor = gaps.cursor
+        late = gaps.late_ids(time.monotonic())
         try:
             read = await loop.run_in_executor(
-                None, self._read, cursor, newcomers, watched_jobs, watched_orgs, bases
+                None, self._read, cursor, late, newcomers, watched_jobs, watched_orgs, bases
             )
         except Exception:
             log.warning("event tail: reading new events failed", exc_info=True)
@@ -297,6 +322,12 @@ class EventTail:
                 if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id):
                     sub.offer(self._delivery(row, sub, read))
             sub.ready = True
+        for row in read.late:
+            del gaps.missing[row.id]
+            for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
+                # A newcomer's catch-up, read in the same call, already had it.
+                if sub.ready and sub not in newcomers:
+                    sub.offer_late(self._delivery(row, sub, read))
         gaps.add(((row.id, (row, read)) for row in read.rows), time.monotonic())
         for row, row_read in gaps.release(time.monotonic()):
             for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
@@ -324,6 +355,7 @@ class EventTail:
     def _read(
         self,
         cursor: int,
+        late: list[int],
         newcomers: list[Subscription],
         watched_jobs: set[str],
         watched_orgs: set[int],
@@ -358,7 +390,20 @@ class EventTail:
                     .limit(READ_BATCH)
                 )
             ]
+            found_late = (
+                [
+                    StoredEvent(*row)
+                    for row in session.execute(
+                        select(_EVENTS).where(_EVENTS.c.id.in_(late)).order_by(_EVENTS.c.id)
+                    )
+                ]
+                if late
+                else []
+            )
             concerned = {e.job_id for e in caught_up}
+            concerned.update(
+                r.job_id for r in found_late if r.job_id in watched_jobs or r.org_id in watched_orgs
+            )
             concerned.update(s.job_id for s in newcomers if s.job_id is not None)
             concerned.update(
                 r.job_id for r in rows if r.job_id in watched_jobs or r.org_id in watched_orgs
@@ -377,7 +422,7 @@ class EventTail:
                     for base in bases:
                         body = render(job, self.settings, base, self.storage)
                         rendered[(job.id, base)] = json.dumps(body)
-        return _Read(caught_up, rows, rendered, found, jobs_found)
+        return _Read(caught_up, rows, found_late, rendered, found, jobs_found)
 
     # ------------------------------------------------------------------ the wake-up channel
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from app.db import Database, utcnow
 from app.jobs.models import JobEvent
-from app.jobs.tail import Delivery, EventTail, Gaps, Subscription
+from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, Delivery, EventTail, Gaps, Subscription
 from app.storage import make_storage
 from config import Settings
 from tests.conftest import GOOD_BODY, auth
@@ -47,6 +47,34 @@ def test_a_gap_older_than_gap_seconds_is_given_up() -> None:
     # An id below the cursor (an insert that committed after it was given up) is not taken.
     gaps.add([(11, 11), (13, 13)], now=4.0)
     assert gaps.release(now=4.0) == [] and not gaps.held
+
+
+def test_ids_given_up_are_looked_for_a_while_then_forgotten() -> None:
+    gaps = Gaps(cursor=10, gap_seconds=2)
+    gaps.add([(13, 13)], now=0.0)
+    assert gaps.release(now=2.5) == [13]
+    assert gaps.late_ids(now=2.5) == [11, 12]
+    del gaps.missing[11]  # found: the tail drops it once delivered
+    assert gaps.late_ids(now=2.5 + LATE_SECONDS) == [12]
+    assert gaps.late_ids(now=2.6 + LATE_SECONDS) == []
+
+
+def test_a_gap_too_wide_for_any_insert_is_not_looked_for() -> None:
+    gaps = Gaps(cursor=10, gap_seconds=2)
+    gaps.add([(12 + LATE_GAP_MAX, "far")], now=0.0)
+    assert gaps.release(now=3.0) == ["far"]
+    assert gaps.late_ids(now=3.0) == []
+
+
+def test_a_late_event_keeps_the_resume_point_where_it_is() -> None:
+    async def offered() -> list[int | None]:
+        sub = Subscription(after=5, base_url="http://x")
+        sub.offer(Delivery(7, "e", "{}"))
+        sub.offer_late(Delivery(6, "e", "{}"))  # committed after 7 went out
+        sub.offer_late(Delivery(8, "e", "{}"))
+        return [d.id for d in _drain(sub)]
+
+    assert asyncio.run(offered()) == [7, None, 8]
 
 
 def test_a_subscription_never_takes_an_event_twice_nor_an_older_one() -> None:
@@ -115,3 +143,49 @@ def _drain(sub: Subscription) -> list[Delivery]:
     while not sub.queue.empty():
         out.append(sub.queue.get_nowait())
     return out
+
+
+@pytest.mark.usefixtures("catalog")
+def test_an_event_committed_after_its_gap_was_given_up_still_reaches_the_org_stream(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    """Two real transactions: the lower id commits well after the tail gave its gap up."""
+    response = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
+    job = response.get_json()
+    with db.session() as session:
+        queued = session.scalar(sa.select(JobEvent.id))
+        org_id = session.scalar(sa.select(JobEvent.org_id))
+    tail = EventTail(settings, db, make_storage(settings), poll_seconds=0.05, gap_seconds=0.2)
+
+    def insert(session: Any, kind: str) -> int:
+        row = {"job_id": job["id"], "org_id": org_id, "type": kind, "created_at": utcnow()}
+        event_id: int = session.scalar(sa.insert(JobEvent).values(row).returning(JobEvent.id))
+        return event_id
+
+    async def follow() -> list[tuple[int | None, str | None]]:
+        sub = Subscription(after=queued, base_url="http://chorus", org_id=org_id)
+        tail.subscribe(sub)
+        slow, quick = db.session(), db.session()
+        got: list[Delivery] = []
+        try:
+            insert(slow, "music.generation.running")  # open: not yet visible
+            insert(quick, "music.generation.succeeded")
+            quick.commit()
+            while not got:  # given up waiting for the gap: the later one goes out
+                delivery = await asyncio.wait_for(sub.queue.get(), 10)
+                if delivery.event:
+                    got.append(delivery)
+            slow.commit()
+            while len(got) < 2:
+                delivery = await asyncio.wait_for(sub.queue.get(), 10)
+                if delivery.event:
+                    got.append(delivery)
+        finally:
+            slow.close()
+            quick.close()
+            tail.unsubscribe(sub)
+        return [(d.id, d.event) for d in got]
+
+    (first_id, first), (late_id, late) = asyncio.run(follow())
+    assert (first, late) == ("music.generation.succeeded", "music.generation.running")
+    assert first_id is not None and late_id is None  # the resume point stays at the newest
