@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,11 +141,31 @@ def register(app: Flask, state: SimState) -> None:
         if open_call is None:
             return resp
         if resp.is_streamed:
-            # A stream is open until its last event has been sent.
-            resp.call_on_close(lambda: state.call_closed(open_call))
+            # A stream is open until its last event is sent: closed just before it goes, since
+            # a client that has read it may open its next call before this server's thread
+            # gets to finish the response.
+            resp.response = _closed_before_last(resp.response, lambda: state.call_closed(open_call))
         else:
             state.call_closed(open_call)
         return resp
+
+
+def _closed_before_last(events: Iterable[Any], close: Callable[[], None]) -> Iterator[Any]:
+    """``events``, with ``close`` called once, before the last one (or when the client left)."""
+    closed = False
+    try:
+        pending: Any = None
+        for event in events:
+            if pending is not None:
+                yield pending
+            pending = event
+        closed = True
+        close()
+        if pending is not None:
+            yield pending
+    finally:
+        if not closed:
+            close()
 
 
 def _generate(state: SimState, call: Call, data: Any) -> Response:

@@ -100,6 +100,15 @@ ROUTES = [
         rule="/v1/music/generations/<job_id>/deliveries/<delivery_id>/redeliver",
     ),
     Route("GET", "/v1/files/audio/Imx1aWQi.Z0J9ww.Xr8b5k", rule="/v1/files/audio/<token>"),
+    Route("GET", "/v1/files/preview/Imx1aWQi.Z0J9ww.Xr8b5k", rule="/v1/files/preview/<token>"),
+    # The event streams, opened at a malformed position: a stream that opened would follow
+    # the corpus's job, which never ends (no worker runs), so each case ends at its answer.
+    Route(
+        "GET",
+        "/v1/music/generations/{JOB}/events?last_event_id=x",
+        rule="/v1/music/generations/<job_id>/events",
+    ),
+    Route("GET", "/v1/events?last_event_id=x", rule="/v1/events"),
     Route("GET", "/v1/models", rule="/v1/models"),
     Route("GET", "/v1/models/minimax/music-1.5", rule="/v1/models/<path:model_id>"),
     # An org that cannot pay: refused before any upstream call.
@@ -419,6 +428,8 @@ ID_ROUTES = [
     ("POST", "/v1/music/generations/{ID}/deliveries/{ID}/redeliver"),
     ("POST", "/v1/music/generations/{JOB}/deliveries/{ID}/redeliver"),
     ("GET", "/v1/files/audio/{ID}"),
+    ("GET", "/v1/files/preview/{ID}"),
+    ("GET", "/v1/music/generations/{ID}/events"),
     ("GET", "/v2/generate/audio?generation_id={ID}"),
     ("GET", "/v1/models/{ID}"),
 ]

@@ -352,9 +352,18 @@ def audio(token: str) -> Response:
     503,
     schema=OpenAIErrorSchema,
     description="Too many preview listeners on this server: `preview_busy` (Retry-After).",
+    examples={
+        "busy": openapi.example(
+            "Too many listeners",
+            503,
+            "Too many listeners of early audio right now; try again shortly.",
+            code="preview_busy",
+        )
+    },
+    headers={"Retry-After": openapi.RETRY_AFTER},
 )
 def preview(token: str) -> Response:
-    """Listen to a streamed job's song while it is being made (its ``audio_preview`` link)."""
+    """Listen to a streamed job's song while it is being made (its `audio_preview` link)."""
     return serve_preview(token)
 
 
