@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,43 +132,26 @@ def register(app: Flask, state: SimState) -> None:
         call, data = submit_call(state, MINIMAX_PATH)
         # Every call counts against its key for as long as it is open, whatever it answers.
         open_call = state.call_opened("minimax", call.auth) if call.auth is not None else None
-        try:
-            resp = _generate(state, call, data)
-        except BaseException:
-            if open_call is not None:
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if open_call is not None and not closed:
+                closed = True
                 state.call_closed(open_call)
+
+        try:
+            resp = _generate(state, call, data, close)
+        except BaseException:
+            close()
             raise
-        if open_call is None:
-            return resp
-        if resp.is_streamed:
-            # A stream is open until its last event is sent: closed just before it goes, since
-            # a client that has read it may open its next call before this server's thread
-            # gets to finish the response.
-            resp.response = _closed_before_last(resp.response, lambda: state.call_closed(open_call))
-        else:
-            state.call_closed(open_call)
+        if not resp.is_streamed:
+            close()
         return resp
 
 
-def _closed_before_last(events: Iterable[Any], close: Callable[[], None]) -> Iterator[Any]:
-    """``events``, with ``close`` called once, before the last one (or when the client left)."""
-    closed = False
-    try:
-        pending: Any = None
-        for event in events:
-            if pending is not None:
-                yield pending
-            pending = event
-        closed = True
-        close()
-        if pending is not None:
-            yield pending
-    finally:
-        if not closed:
-            close()
-
-
-def _generate(state: SimState, call: Call, data: Any) -> Response:
+def _generate(state: SimState, call: Call, data: Any, close: Callable[[], None]) -> Response:
+    """The answer; ``close`` ends the call's count (a stream calls it itself, see ``_stream``)."""
     faulted = call.submit_fault(gateway_error)
     if faulted is not None:
         return faulted
@@ -188,7 +171,7 @@ def _generate(state: SimState, call: Call, data: Any) -> Response:
     gen, code = _new_generation(state, body, markers, call.auth, created_at=call.at)
     state.add_generation(gen)
     if body.stream and "garbage" not in markers.flags:
-        return call.done(_stream(state, gen, body, markers, code), gen.id)
+        return call.done(_stream(state, gen, body, markers, code, close), gen.id)
     # The call is held open while the song is made; no lock is held while sleeping.
     if gen.latency > 0:
         time.sleep(gen.latency)
@@ -277,13 +260,22 @@ def _event(body: dict[str, Any]) -> bytes:
 
 
 def _stream(
-    state: SimState, gen: Generation, body: MusicBody, markers: Markers, code: int
+    state: SimState,
+    gen: Generation,
+    body: MusicBody,
+    markers: Markers,
+    code: int,
+    close: Callable[[], None],
 ) -> Response:
     """The generation as Server-Sent Events, spread over its latency.
 
     A base_resp error is one event at the time the first piece would have come (nothing was
     made). ``[sim:stream-error]`` sends half the pieces then a base_resp 1000 event;
     ``[sim:stream-cut]`` sends half the pieces and closes without the final event.
+
+    The call stops counting (``close``) just before its last event goes, or when the client
+    leaves: a client that has read the last event may open its next call before this
+    server's thread gets to finish the response.
     """
     audio = wav_bytes(frame_count(gen.audio_seconds, gen.sample_rate), gen.sample_rate)
     first = gen.latency * STREAM_FIRST_SHARE
@@ -295,6 +287,12 @@ def _stream(
     ok = {"status_code": 0, "status_msg": "success"}
 
     def events() -> Iterator[bytes]:
+        try:
+            yield from sent_events()
+        finally:
+            close()
+
+    def sent_events() -> Iterator[bytes]:
         started = time.monotonic()
 
         def at(offset: float) -> None:
@@ -303,6 +301,7 @@ def _stream(
         at(first)
         if code != 0:
             message = gen.error_message or BASE_RESP_MESSAGES.get(code, "error")
+            close()
             yield _event(
                 {"trace_id": gen.id, "base_resp": {"status_code": code, "status_msg": message}}
             )
@@ -316,12 +315,14 @@ def _stream(
             )
         if "stream-error" in markers.flags:
             error = {"status_code": 1000, "status_msg": "unknown error (simulated)"}
+            close()
             yield _event({"trace_id": gen.id, "base_resp": error})
             return
         if "stream-cut" in markers.flags:
             return
         at(gen.latency + markers.submit_hang)
         state.mark_completed_seen(gen.id, state.clock())
+        close()
         yield _event(final)
 
     resp = Response(events(), 200, mimetype="text/event-stream")
