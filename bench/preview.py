@@ -50,6 +50,15 @@ models:
     routes: [{{category: {CATEGORY}, accounts: [bench-preview-minimax]}}]
 """
 ENV = {"SIM_THREADS": "256", "SYNC_CONCURRENCY": "128"}
+# Each listener holds a web thread for the whole song: the web gets Chorus's default threads
+# and room for every job's listener (2 processes x 16), fewer waiters and fetches to leave it.
+WEB_ENV = {
+    **ENV,
+    "WEB_THREADS": "32",
+    "WAIT_MAX_WAITERS": "4",
+    "REFERENCE_FETCH_CONCURRENCY": "2",
+    "PREVIEW_MAX_LISTENERS": "16",
+}
 
 
 def _first_byte(url: str) -> float | None:
@@ -97,7 +106,7 @@ def run_preview_phase(
     load_catalog(stack, "preview", CATALOG)
     port = free_port()
     start_sim(sup, stack, ENV)
-    start_web(sup, stack, "web", port, ENV)
+    start_web(sup, stack, "web", port, WEB_ENV)
     start_worker(sup, stack, ENV)
     start_sync_worker(sup, stack, ENV)
     start_scheduler(sup, stack, ENV)
