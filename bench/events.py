@@ -23,8 +23,7 @@ import sqlalchemy as sa
 
 from app.jobs.models import JobEvent
 from app.tenancy.keys import create_key
-from bench import load
-from bench.http_phase import WARMUP_SECONDS, _create_jobs, job_targets, say_refusals
+from bench.http_phase import WARMUP_SECONDS, _create_jobs, job_targets, prober, rates_line
 from bench.procs import PhaseError, Supervisor, free_port
 from bench.stack import Stack, reset_jobs, start_web
 from bench.stats import describe
@@ -176,16 +175,12 @@ def run_events_phase(
     web = start_web(sup, stack, "web-events", port, PHASE_ENV)
     targets = job_targets(port, stack.api_key, _create_jobs(port, stack.api_key, GET_JOBS))
 
-    def drive(target: load.Target, duration: float) -> load.LoadResult:
-        result = load.run(target, duration, PROBE_CONNECTIONS, workdir, use_wrk)
-        sup.check_alive(["web-events"])
-        say_refusals(target, result)
-        return result
+    drive = prober(sup, "web-events", workdir, use_wrk, PROBE_CONNECTIONS)
 
     for target in targets.values():
         drive(target, WARMUP_SECONDS)
     alone = {kind: drive(target, seconds) for kind, target in targets.items()}
-    print(f"    alone: {_line(alone)}", flush=True)
+    print(f"    alone: {rates_line(alone)}", flush=True)
     runs = []
     for n in streams:
         crowd = Crowd(port, listeners, n)
@@ -200,7 +195,7 @@ def run_events_phase(
         expected = LAG_EVENTS * crowd.sampled
         lag = describe(lags)
         print(
-            f"    {n:,} streams (opened in {opened_s:.1f} s): {_line(beside)}; lag p50 "
+            f"    {n:,} streams (opened in {opened_s:.1f} s): {rates_line(beside)}; lag p50 "
             f"{lag['p50'] or 0:.0f} ms, p99 {lag['p99'] or 0:.0f} ms "
             f"({len(lags)}/{expected} events timed)",
             flush=True,
@@ -230,10 +225,3 @@ def run_events_phase(
         "alone": {k: r.as_dict() for k, r in alone.items()},
         "runs": runs,
     }
-
-
-def _line(results: dict[str, load.LoadResult]) -> str:
-    return ", ".join(
-        f"{k.upper()} p50 {r.p50_ms or 0:.1f} ms, p99 {r.p99_ms or 0:.1f} ms, {r.rps:,.0f} req/s"
-        for k, r in results.items()
-    )

@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,29 @@ def metered_run(
     measured = ("server", "postgres", "redis", "generator", "interrupts", "steal")
     used["other"] = used["machine_busy"] - sum(used[k] for k in measured)
     return result, used
+
+
+def prober(
+    sup: Supervisor, web: str, workdir: Path, use_wrk: bool, connections: int
+) -> Callable[[load.Target, float], load.LoadResult]:
+    """A load run against the process ``web`` that checks it outlived the run and says, loudly,
+    what it refused: the probe of the phases that measure the API beside something else."""
+
+    def drive(target: load.Target, duration: float) -> load.LoadResult:
+        result = load.run(target, duration, connections, workdir, use_wrk)
+        sup.check_alive([web])
+        say_refusals(target, result)
+        return result
+
+    return drive
+
+
+def rates_line(results: dict[str, load.LoadResult]) -> str:
+    """POST and GET latency and rate, on one line of progress."""
+    return ", ".join(
+        f"{k.upper()} p50 {r.p50_ms or 0:.1f} ms, p99 {r.p99_ms or 0:.1f} ms, {r.rps:,.0f} req/s"
+        for k, r in results.items()
+    )
 
 
 def say_refusals(target: load.Target, result: load.LoadResult) -> None:

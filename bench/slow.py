@@ -24,8 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench import load
-from bench.http_phase import WARMUP_SECONDS, _create_jobs, job_targets, say_refusals
+from bench.http_phase import WARMUP_SECONDS, _create_jobs, job_targets, prober, rates_line
 from bench.procs import Supervisor, free_port
 from bench.stack import CATEGORY, LYRICS, Stack, load_catalog, reset_jobs, start_web
 from config import load_settings
@@ -178,16 +177,12 @@ def run_slow_phase(
     job_ids = _create_jobs(port, stack.api_key, GET_JOBS)
     targets = job_targets(port, stack.api_key, job_ids)
 
-    def drive(target: load.Target, duration: float) -> load.LoadResult:
-        result = load.run(target, duration, PROBE_CONNECTIONS, workdir, use_wrk)
-        sup.check_alive(["web-slow"])
-        say_refusals(target, result)
-        return result
+    drive = prober(sup, "web-slow", workdir, use_wrk, PROBE_CONNECTIONS)
 
     for target in targets.values():
         drive(target, WARMUP_SECONDS)
     alone = {kind: drive(target, seconds) for kind, target in targets.items()}
-    print("    alone: " + _line(alone), flush=True)
+    print("    alone: " + rates_line(alone), flush=True)
 
     drip = DripServer()
     threading.Thread(target=drip.serve_forever, daemon=True).start()
@@ -210,7 +205,7 @@ def run_slow_phase(
     loris_open = len(loris.socks)
     beside = {kind: drive(target, seconds) for kind, target in targets.items()}
     fetching = drip.open
-    print(f"    beside the slow clients: {_line(beside)}", flush=True)
+    print(f"    beside the slow clients: {rates_line(beside)}", flush=True)
     stop.set()
     drip.stopping.set()
     sup.stop("web-slow")
@@ -240,10 +235,3 @@ def run_slow_phase(
         "fetches_most": drip.most,
         "reference_answers": dict(answers),
     }
-
-
-def _line(results: dict[str, load.LoadResult]) -> str:
-    return ", ".join(
-        f"{k.upper()} p50 {r.p50_ms or 0:.1f} ms, p99 {r.p99_ms or 0:.1f} ms, {r.rps:,.0f} req/s"
-        for k, r in results.items()
-    )
