@@ -197,12 +197,7 @@ class Submitter:
         if not self._record(
             job,
             generation_id=submission.generation_id,
-            started_at=now,
-            submitting_since=None,
-            submit_sent_at=None,
-            upstream_attempts=Job.upstream_attempts + 1,
-            error_code=None,
-            error_message=None,
+            **_taken_upstream(now),
             # A synchronous upstream answered with the result: keep the lease for apply.
             release=submission.result is None,
             next_action_at=now + dt.timedelta(seconds=first_poll),
@@ -236,12 +231,7 @@ class Submitter:
         fmt = sniff_format(head, setting.get("format"))
         if not self._record(
             job,
-            started_at=now,
-            submitting_since=None,
-            submit_sent_at=None,
-            upstream_attempts=Job.upstream_attempts + 1,
-            error_code=None,
-            error_message=None,
+            **_taken_upstream(now),
             preview_format=fmt,
             # Looked at again only if this worker dies before the call ends.
             next_action_at=now + dt.timedelta(seconds=self.upstreams.poll_delay(job, 0.0)),
@@ -336,3 +326,17 @@ class Submitter:
                 log.warning("job %s: recording the submit failed, retrying", job.id, exc_info=True)
                 time.sleep(wait)
                 wait = min(wait * 2, RECORD_MAX_WAIT)
+
+
+def _taken_upstream(now: dt.datetime) -> dict[str, Any]:
+    """What recording "the upstream has the job" writes, whether its answer came whole or its
+    first audio did: the job runs from ``now``, its submit is over and one more attempt may
+    have been billed."""
+    return {
+        "started_at": now,
+        "submitting_since": None,
+        "submit_sent_at": None,
+        "upstream_attempts": Job.upstream_attempts + 1,
+        "error_code": None,
+        "error_message": None,
+    }
