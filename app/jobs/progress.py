@@ -67,6 +67,9 @@ def estimate(
 
 # The name a statement returns a row's queue position under.
 POSITION = "queue_position"
+# Counted up to this many: the count is on every submit and every GET of a queued job, and a
+# line of thousands would cost each of them a scan of it. POSITION_CAP means "this many or more".
+POSITION_CAP = 100
 
 _JOBS = cast(Table, Job.__table__)
 _AHEAD = _JOBS.alias("ahead")
@@ -83,18 +86,22 @@ def ahead_of(job: FromClause | None = None) -> ColumnElement[int | None]:
     INSERT's RETURNING has it (SQLAlchemy would not correlate a subquery there).
 
     Each count runs on a partial index of QUEUED rows (``ix_jobs_queued_account``,
-    ``ix_jobs_queued_model``), so it stays the size of the queue however many jobs ended.
+    ``ix_jobs_queued_model``), so it stays the size of the queue however many jobs ended, and
+    stops at ``POSITION_CAP``.
     """
 
     def of(name: str) -> ColumnElement[Any]:
         return job.c[name] if job is not None else literal_column(f"jobs.{name}")
 
     def line(name: str) -> ColumnElement[int]:
-        count = (
-            select(func.count())
-            .select_from(_AHEAD)
+        ahead = (
+            select(_AHEAD.c.id)
             .where(_AHEAD.c.status == _QUEUED, _AHEAD.c[name] == of(name), _AHEAD.c.id < of("id"))
+            .limit(literal_column(str(POSITION_CAP)))
         )
+        if job is not None:
+            ahead = ahead.correlate(job)
+        count = select(func.count()).select_from(ahead.subquery("ahead_ids"))
         return (count.correlate(job) if job is not None else count).scalar_subquery()
 
     queued = of("status") == _QUEUED

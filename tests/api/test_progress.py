@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 
 from app.catalog.models import Model
 from app.db import Database, utcnow
-from app.jobs.progress import _POSITION, RUNNING_CAP
+from app.jobs.progress import _POSITION, POSITION_CAP, RUNNING_CAP
 from tests.api.test_list_cancel import set_row
 from tests.conftest import GOOD_BODY, auth
 
@@ -74,6 +74,12 @@ def test_queue_position_counts_the_queued_jobs_ahead_on_the_same_model_or_accoun
         c: 0,
         other_model: 0,
     }
+
+
+def test_a_line_longer_than_the_cap_counts_up_to_the_cap(client: Any, api_key: str) -> None:
+    ids = [submit(client, api_key) for _ in range(POSITION_CAP + 2)]
+    # Counting stops at the cap: a submit or a GET never scans a line of thousands.
+    assert positions(client, api_key, ids[-3:]) == [POSITION_CAP - 1, POSITION_CAP, POSITION_CAP]
 
 
 def test_a_running_job_reports_its_share_of_the_expected_time_and_its_eta(
