@@ -33,6 +33,7 @@ from app.http import guard
 from app.http.retry_after import parse_retry_after
 from app.jobs.models import Job
 from app.jobs.present import render
+from app.jobs.progress import ExpectedSeconds, for_job
 from app.webhooks import outbox, signing
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from config import Settings
@@ -77,6 +78,8 @@ class Dispatcher:
         self.base_url = public_base(settings.public_url)
         # The lease a thread takes for one attempt: the timeout, with room for the writes.
         self.lease = dt.timedelta(seconds=settings.webhook_timeout * 2 + 30)
+        # A running job's progress and eta, as its GET shows them (the model's expected time).
+        self.expected_seconds = ExpectedSeconds(db.reader)
 
     # ------------------------------------------------------------------ dispatching
 
@@ -191,7 +194,12 @@ class Dispatcher:
         payload = {
             "type": delivery.event_type,
             "timestamp": delivery.event_at.isoformat().replace("+00:00", "Z"),
-            "data": render(job, self.settings, self.base_url),
+            "data": render(
+                job,
+                self.settings,
+                self.base_url,
+                progress=for_job(job, self.expected_seconds, dt.datetime.now(dt.UTC)),
+            ),
         }
         return json.dumps(payload, separators=(",", ":"))
 

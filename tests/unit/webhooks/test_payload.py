@@ -28,13 +28,16 @@ from tests.unit.jobs.support import SUCCESS, new_job, step
 pytestmark = pytest.mark.usefixtures("catalog")
 
 SUCCEEDED = "music.generation.succeeded"
+RUNNING = "music.generation.running"
 
 
-def payload(dispatcher: Dispatcher, db: Database, job_id: str) -> dict[str, Any]:
+def payload(
+    dispatcher: Dispatcher, db: Database, job_id: str, event: str = SUCCEEDED
+) -> dict[str, Any]:
     with db.session() as session:
         delivery = session.scalars(
             select(WebhookDelivery).where(
-                WebhookDelivery.job_id == job_id, WebhookDelivery.event_type == SUCCEEDED
+                WebhookDelivery.job_id == job_id, WebhookDelivery.event_type == event
             )
         ).one()
         job = session.get(Job, job_id)
@@ -93,3 +96,18 @@ def test_the_payload_is_the_api_job_object_with_links_at_the_public_url(
     assert (
         sent["data"]["urls"]["get"] == f"https://chorus.example/api/v1/music/generations/{job_id}"
     )
+
+
+def test_a_running_jobs_payload_carries_its_progress_and_eta_as_its_get_does(
+    engine: Any, db: Database, settings: Any, client: Any, api_key: str
+) -> None:
+    job_id = new_job(db, settings, callback_url="http://hooks.example/chorus")
+    assert step(engine, db, job_id) == "running"
+
+    sent = payload(Dispatcher(settings, db), db, job_id, RUNNING)["data"]
+    answered = client.get(f"/v1/music/generations/{job_id}", headers=auth(api_key)).get_json()
+    assert sent["status"] == answered["status"] == "RUNNING"
+    assert sent["eta"] is not None
+    assert sent["eta"] == answered["eta"]  # the start plus the model's expected time
+    assert sent["progress"] is not None
+    assert 0.0 <= sent["progress"] <= answered["progress"]
