@@ -7,6 +7,8 @@ The database is created fresh and migrated once per session; tables are emptied 
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import signal
 import subprocess
@@ -183,9 +185,14 @@ def db(settings: Settings) -> Iterator[Database]:
     database.engine.dispose()
 
 
+@functools.cache
+def _read_catalog(path: Path) -> dict[str, Any]:
+    return loader.read(path)
+
+
 def load_catalog(db: Database, settings: Settings) -> dict[str, Any]:
     """The default catalog (every model on the simulator), with test-sized timings."""
-    data = loader.read(settings.catalog_file)
+    data = copy.deepcopy(_read_catalog(settings.catalog_file))
     for model in data["models"]:
         model["expected_seconds"], model["expected_spread"] = 0.6, 0.2
     with db.transaction() as session:

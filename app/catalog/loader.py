@@ -105,7 +105,13 @@ class CatalogError(Exception):
 
 def read(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        # libyaml's parser where PyYAML was built with it (its wheels are): the same safe
+        # subset of YAML, read about ten times faster than by the pure-Python one.
+        if yaml.__with_libyaml__:
+            raw = yaml.load(text, Loader=yaml.CSafeLoader)
+        else:
+            raw = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read {path}: {exc}") from exc
     try:
