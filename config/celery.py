@@ -29,9 +29,11 @@ VISIBILITY_TIMEOUT = 600
 # RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged this long
 # (its `consumer_timeout`, 30 minutes by default; docker-compose.yml sets it). With late
 # acks a message is held from its arrival (up to SCHEDULER_LOOKAHEAD before its ETA) until
-# its task returns, which the task time limit bounds. A server set lower would close
-# channels under working tasks: each closing gives their messages back, and the leases make
-# the repeats harmless, but every worker on it would keep reconnecting.
+# its task returns: within the task time limit for job steps, within the account's
+# read_timeout (10 minutes in the shipped catalogs) for the sync worker's held-open calls,
+# whose thread pool enforces no time limit. A server set lower would close channels under
+# working tasks: each closing gives their messages back, and the leases make the repeats
+# harmless, but every worker on it would keep reconnecting.
 RABBITMQ_CONSUMER_TIMEOUT = 1800
 # The filesystem broker (embedded mode) looks for new messages this often, in seconds: each
 # hop from the scheduler to a worker waits up to this long (kombu's default is a second).
