@@ -232,7 +232,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     # Unset, DATABASE_URL is taken to reach PostgreSQL itself; set (and different), DATABASE_URL
     # is a pooler's, which in transaction mode keeps no prepared statement between transactions.
     database_direct_url = env.str("DATABASE_DIRECT_URL", None) or None
-    pooled = database_direct_url is not None and database_direct_url != database_url
+    pooled = database_direct_url is not None and with_driver(database_direct_url) != with_driver(
+        database_url or ""
+    )
     sim_host = env.str("SIM_HOST", "127.0.0.1")
     sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
     web_threads = env.int("WEB_THREADS", DEFAULT_WEB_THREADS, validate=Range(min=1))

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,13 @@ def amqp_url() -> Iterator[str]:
     why = rabbitmq.unavailable(TEST_AMQP_URL)
     if why:
         pytest.skip(why)
-    with rabbitmq.private_vhost(TEST_AMQP_URL, f"chorus-test-{os.getpid()}") as url:
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(
+                rabbitmq.private_vhost(TEST_AMQP_URL, f"chorus-test-{os.getpid()}")
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"no RabbitMQ virtual host (start it: rabbitmq-server -detached): {exc}")
         yield url
 
 

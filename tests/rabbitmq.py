@@ -38,10 +38,6 @@ def unavailable(base_url: str) -> str | None:
     host = urlsplit(base_url).hostname or "127.0.0.1"
     if host not in {"127.0.0.1", "localhost", "::1"}:
         return f"TEST_AMQP_URL's RabbitMQ ({host}) is not on this machine, where rabbitmqctl runs"
-    try:
-        rabbitmqctl("status")
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        return f"RabbitMQ does not answer rabbitmqctl (start it: rabbitmq-server -detached): {exc}"
     return None
 
 

@@ -75,6 +75,9 @@ def test_behind_a_pooler_prepares_nothing_unless_asked() -> None:
     # The same URL twice is no pooler.
     same = load_settings({"DATABASE_URL": SERVER, "DATABASE_DIRECT_URL": SERVER})
     assert same.database_prepare is True
+    driver = SERVER.replace("postgresql://", "postgresql+psycopg2://")
+    spelled = load_settings({"DATABASE_URL": SERVER, "DATABASE_DIRECT_URL": driver})
+    assert spelled.database_prepare is True
 
 
 def test_migrations_and_the_schedulers_lock_use_the_direct_url(tmp_path: object) -> None:
