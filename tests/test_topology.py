@@ -343,6 +343,25 @@ def test_docker_compose_config_accepts_env_example(
     assert set(services) == {p.service for p in PROCESSES} | INFRA_SERVICES
 
 
+def test_docker_compose_rabbitmq_profile_feeds_every_chorus_service(
+    compose_project: tuple[list[str], Path],
+) -> None:
+    client, project = compose_project
+    text = (ROOT / ".env.example").read_text()
+    text = re.sub(r"^SECRET_KEY=$", "SECRET_KEY=x9", text, flags=re.M)
+    # The broker line .env.example shows, uncommented, as an operator would.
+    text = re.sub(r"^# (CELERY_BROKER_URL=amqp://)", r"\1", text, flags=re.M)
+    (project / ".env").write_text(text)
+    result = compose_config(client, project, "--profile", "rabbitmq")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {p.service for p in PROCESSES} | INFRA_SERVICES | BROKER_SERVICES
+    for process in PROCESSES:
+        environment = services[process.service]["environment"]
+        assert environment["CELERY_BROKER_URL"].startswith("amqp://"), process.service
+        assert "@pgbouncer:" in environment["DATABASE_URL"], process.service
+
+
 def test_docker_compose_passes_every_setting_to_every_chorus_service(
     compose_project: tuple[list[str], Path],
 ) -> None:
