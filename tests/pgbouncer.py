@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg2
@@ -84,8 +85,6 @@ class PgBouncer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        import time
-
         deadline = time.monotonic() + 20
         while True:
             assert self.proc is not None
