@@ -53,12 +53,14 @@ $(RUN_STAMP): pyproject.toml
 run: $(RUN_STAMP) ## Run the embedded default (API on :8000, workers, scheduler, simulator); Ctrl-C stops it
 	$(BIN)/chorus dev
 
-test: venv ## Check Postgres and Redis are up (starting them if possible), then run pytest in two workers
+test: venv ## Check Postgres, Redis and RabbitMQ are up (starting them if possible), then run pytest in two workers
 	bash scripts/services.sh check
 	@# The ops console's browser test drives the OS's Chromium (never a downloaded one).
 	@$(call apt_install,chromium) || echo "chromium is not installed: the ops console's browser test will be skipped"
 	@# promtool checks the shipped alert rules and dashboard queries (deploy/).
 	@$(call apt_install,promtool,prometheus) || echo "promtool is not installed: the deploy/ checks will be skipped"
+	@# The PgBouncer test runs its own pgbouncer on a free port in front of the test database.
+	@$(call apt_install,pgbouncer) || echo "pgbouncer is not installed: the PgBouncer test will be skipped"
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy and the import layers (lint-imports)

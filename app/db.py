@@ -110,6 +110,22 @@ def database_url(settings: Settings) -> str:
     return settings.database_url
 
 
+def direct_database_url(settings: Settings) -> str:
+    """The URL of PostgreSQL itself, for what must keep a session of its own.
+
+    Behind PgBouncer in transaction mode (DATABASE_URL the pooler's, DATABASE_DIRECT_URL the
+    server's), each transaction may run on another server connection, so what lives in a
+    session stays on this URL: the scheduler's advisory lock and its LISTEN, and migrations.
+    Everything else goes through the pooler, which keeps of a session only what it tracks
+    itself: ``SET TIME ZONE`` on connect (``_postgres_utc``) is one of those parameters,
+    replayed on each server connection a client is given. psycopg2 never prepares statements
+    on the server by itself (SQLAlchemy's psycopg2 dialect sends plain text queries); the
+    only PREPAREs are the HotStatements', off by default when DATABASE_DIRECT_URL is set
+    (DATABASE_PREPARE).
+    """
+    return settings.database_direct_url or database_url(settings)
+
+
 class Database:
     """One engine and session factory per process, created lazily (fork-safe)."""
 

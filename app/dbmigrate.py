@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.db import database_url
+from app.db import direct_database_url
 from config import Settings
 
 SCRIPTS = Path(__file__).with_name("migrations")
@@ -16,8 +16,9 @@ SCRIPTS = Path(__file__).with_name("migrations")
 def alembic_config(settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))
+    # Straight to PostgreSQL, past a pooler: a migration is DDL that may need a session.
     # ConfigParser interpolation would choke on '%' in passwords.
-    cfg.set_main_option("sqlalchemy.url", database_url(settings).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", direct_database_url(settings).replace("%", "%%"))
     return cfg
 
 

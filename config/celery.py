@@ -26,6 +26,15 @@ ALL_QUEUES = (*QUEUES, WEBHOOKS_QUEUE, SYNC_QUEUE)
 # redelivered, which the job leases make harmless.
 TASK_TIME_LIMIT = 240
 VISIBILITY_TIMEOUT = 600
+# RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged this long
+# (its `consumer_timeout`, 30 minutes by default; docker-compose.yml sets it). With late
+# acks a message is held from its arrival (up to SCHEDULER_LOOKAHEAD before its ETA) until
+# its task returns: within the task time limit for job steps, within the account's
+# read_timeout (10 minutes in the shipped catalogs) for the sync worker's held-open calls,
+# whose thread pool enforces no time limit. A server set lower would close channels under
+# working tasks: each closing gives their messages back, and the leases make the repeats
+# harmless, but every worker on it would keep reconnecting.
+RABBITMQ_CONSUMER_TIMEOUT = 1800
 # The filesystem broker (embedded mode) looks for new messages this often, in seconds: each
 # hop from the scheduler to a worker waits up to this long (kombu's default is a second).
 EMBEDDED_POLLING_INTERVAL = 0.1
@@ -46,8 +55,9 @@ def broker_transport(settings: Settings) -> str | None:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     lookahead = settings.scheduler_lookahead
-    if lookahead + TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT:
-        # A countdown or task outliving the visibility timeout runs twice, forever (reliability §1.2).
+    if lookahead + TASK_TIME_LIMIT >= min(VISIBILITY_TIMEOUT, RABBITMQ_CONSUMER_TIMEOUT):
+        # A countdown or task outliving the visibility timeout runs twice, forever (reliability
+        # §1.2); one outliving RabbitMQ's consumer timeout has its channel closed under it.
         raise ValueError("task time limit plus countdowns must stay under the visibility timeout")
     transport: dict[str, Any] = {
         "visibility_timeout": VISIBILITY_TIMEOUT,
@@ -60,6 +70,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.redis_prefix:
         # Several Chorus installations (or test runs) can share one Redis database.
         transport["global_keyprefix"] = settings.redis_prefix
+    if settings.broker_kind == "amqp":
+        transport = {
+            # Publisher confirms: a publish returns once RabbitMQ has the message, so the
+            # scheduler never counts as sent a message the broker dropped as it went down (it
+            # would cost that job a lease's wait). One round trip per message; the scheduler
+            # sends up to 50 jobs in one.
+            "confirm_publish": True,
+            "max_retries": 3,
+        }
+        # The rest is Celery's default on amqp and what production needs: queues durable and
+        # messages persistent (a RabbitMQ restart keeps them); prefetch (multiplier 1) is raised
+        # by Celery for each message held for its ETA, which is at most SCHEDULER_LOOKAHEAD
+        # away, so no delivery waits unacked near the consumer timeout; a lost connection
+        # gives a worker's unacked messages back at once (Redis waits for the visibility
+        # timeout), and the job leases make those repeats harmless.
     if settings.embedded:
         folders = settings.celery_folders
         transport = {

@@ -71,6 +71,10 @@ class Settings:
     var_dir: Path
     # None: the embedded PostgreSQL under var_dir/pgdata (``app.embedded`` gives its URL).
     database_url: str | None
+    # Straight to PostgreSQL when database_url names a pooler in transaction mode (PgBouncer):
+    # what needs a session of its own (the scheduler's lock and LISTEN, migrations) uses it.
+    # None: database_url itself.
+    database_direct_url: str | None
     # Prepare the API's hottest statements on the server (off behind a transaction pooler).
     database_prepare: bool
     redis_url: str | None
@@ -179,6 +183,11 @@ class Settings:
         return self.broker_url.startswith("filesystem://")
 
     @property
+    def broker_kind(self) -> str:
+        """``redis``, ``amqp`` (RabbitMQ) or ``filesystem`` (the embedded default)."""
+        return broker_kind(self.broker_url)
+
+    @property
     def pgdata(self) -> Path:
         """The embedded PostgreSQL's data folder (used only when DATABASE_URL is unset)."""
         return self.var_dir / "pgdata"
@@ -220,6 +229,12 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     redis_url = env.str("REDIS_URL", None) or None
     database_url = env.str("DATABASE_URL", None) or None
     broker_url = env.str("CELERY_BROKER_URL", None) or redis_url or "filesystem://"
+    # Unset, DATABASE_URL is taken to reach PostgreSQL itself; set (and different), DATABASE_URL
+    # is a pooler's, which in transaction mode keeps no prepared statement between transactions.
+    database_direct_url = env.str("DATABASE_DIRECT_URL", None) or None
+    pooled = database_direct_url is not None and with_driver(database_direct_url) != with_driver(
+        database_url or ""
+    )
     sim_host = env.str("SIM_HOST", "127.0.0.1")
     sim_port = env.int("SIM_PORT", 8100, validate=Range(min=1, max=65535))
     web_threads = env.int("WEB_THREADS", DEFAULT_WEB_THREADS, validate=Range(min=1))
@@ -248,10 +263,11 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
     return Settings(
         var_dir=var_dir,
         database_url=with_driver(database_url) if database_url else None,
-        database_prepare=env.bool("DATABASE_PREPARE", True),
+        database_direct_url=with_driver(database_direct_url) if database_direct_url else None,
+        database_prepare=env.bool("DATABASE_PREPARE", not pooled),
         redis_url=redis_url,
         redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
-        broker_url=broker_url,
+        broker_url=_broker(broker_url),
         storage_dir=storage_dir,
         s3=s3,
         catalog_file=Path(env.str("CATALOG_FILE", str(DEFAULT_CATALOG))),
@@ -404,6 +420,35 @@ def _storage(env: Env, var_dir: Path) -> tuple[Path, S3Settings | None]:
             max_attempts=max_attempts,
         )
     raise ValueError(f"STORAGE_URL must be file:///path or s3://bucket[/prefix], not {url!r}")
+
+
+# What Celery's URL schemes name, for the brokers Chorus is tested on (tests/e2e run on each).
+BROKER_SCHEMES = {
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "amqp",
+    "amqps": "amqp",
+    "pyamqp": "amqp",
+    "filesystem": "filesystem",
+}
+BROKER_ERROR = (
+    "CELERY_BROKER_URL must be redis:// or rediss:// (Redis), amqp:// or amqps:// (RabbitMQ), "
+    "or left unset (REDIS_URL's Redis, else the embedded filesystem:// broker), not {url!r}"
+)
+
+
+def broker_kind(url: str) -> str:
+    return BROKER_SCHEMES[url.partition("://")[0].lower()]
+
+
+def _broker(url: str) -> str:
+    """Only the brokers whose transports Chorus was proven on: another kombu transport (SQS,
+    a database) might lose a message or hold one past a lease in ways never tested here."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in BROKER_SCHEMES:
+        # The URL may hold a password: name its scheme only.
+        raise ValueError(BROKER_ERROR.format(url=f"{scheme}://…" if sep else "(no scheme)"))
+    return url
 
 
 def _schedule(text: str) -> tuple[float, ...]:

@@ -5,11 +5,14 @@
 #
 # Postgres: host/port of $TEST_DATABASE_URL (default 127.0.0.1:5432).
 # Redis:    host/port of $TEST_REDIS_URL    (default 127.0.0.1:6379).
+# RabbitMQ: host/port of $TEST_AMQP_URL     (default 127.0.0.1:5672): the end-to-end tests
+#           that run Chorus on RabbitMQ (tests/e2e/test_rabbitmq.py, test_procfile.py).
 # If one is down, it is local, and we are root on a machine that has it installed, start it
 # and wait up to ~20 s. Otherwise say what is missing and how to start it, and exit 1.
 set -euo pipefail
 
 PG_START='pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'
+RABBITMQ_START='rabbitmq-server -detached'
 REDIS_START='redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log'
 WAIT_SECONDS=20
 
@@ -62,6 +65,11 @@ redis_up() {
     fi
 }
 
+rabbitmq_up() {
+    # The AMQP port opens once the broker is ready to take connections.
+    tcp_open "$AMQP_HOST" "$AMQP_PORT"
+}
+
 is_local() {
     [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]
 }
@@ -79,6 +87,11 @@ can_start_redis() {
         && command -v redis-server >/dev/null 2>&1
 }
 
+can_start_rabbitmq() {
+    is_local "$AMQP_HOST" && [[ $AMQP_PORT == 5672 && $EUID -eq 0 ]] \
+        && command -v rabbitmq-server >/dev/null 2>&1
+}
+
 wait_for() {
     local i
     for ((i = 0; i < WAIT_SECONDS; i++)); do
@@ -91,10 +104,12 @@ wait_for() {
 check() {
     read -r PG_HOST PG_PORT < <(host_port "${TEST_DATABASE_URL:-postgresql://127.0.0.1:5432/chorus_test}" 5432)
     read -r REDIS_HOST REDIS_PORT < <(host_port "${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" 6379)
+    read -r AMQP_HOST AMQP_PORT < <(host_port "${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}" 5672)
 
-    local pg_ok=1 redis_ok=1
+    local pg_ok=1 redis_ok=1 amqp_ok=1
     postgres_up || pg_ok=0
     redis_up || redis_ok=0
+    rabbitmq_up || amqp_ok=0
 
     if ((!pg_ok)) && can_start_postgres; then
         echo "services: PostgreSQL is down at $PG_HOST:$PG_PORT; starting it" >&2
@@ -107,22 +122,31 @@ check() {
         wait_for redis_up && redis_ok=1
     fi
 
-    if ((pg_ok && redis_ok)); then
-        echo "services: PostgreSQL at $PG_HOST:$PG_PORT and Redis at $REDIS_HOST:$REDIS_PORT are up"
+    if ((!amqp_ok)) && can_start_rabbitmq; then
+        echo "services: RabbitMQ is down at $AMQP_HOST:$AMQP_PORT; starting it" >&2
+        eval "$RABBITMQ_START" >&2 || true
+        # An Erlang node takes longer to boot than the others.
+        WAIT_SECONDS=60 wait_for rabbitmq_up && amqp_ok=1
+    fi
+
+    if ((pg_ok && redis_ok && amqp_ok)); then
+        echo "services: PostgreSQL at $PG_HOST:$PG_PORT, Redis at $REDIS_HOST:$REDIS_PORT and RabbitMQ at $AMQP_HOST:$AMQP_PORT are up"
         return 0
     fi
 
     {
         echo
-        echo "services: the test suite needs real PostgreSQL and Redis, and some are not reachable:"
+        echo "services: the test suite needs real PostgreSQL, Redis and RabbitMQ, and some are not reachable:"
         ((pg_ok)) || echo "  - PostgreSQL at $PG_HOST:$PG_PORT (from TEST_DATABASE_URL) is not accepting connections"
         ((redis_ok)) || echo "  - Redis at $REDIS_HOST:$REDIS_PORT (from TEST_REDIS_URL) is not answering"
+        ((amqp_ok)) || echo "  - RabbitMQ at $AMQP_HOST:$AMQP_PORT (from TEST_AMQP_URL) is not accepting connections"
         echo
         echo "Start them, then run make test again. Debian's packages, default ports (as root):"
         ((pg_ok)) || echo "    $PG_START"
         ((redis_ok)) || echo "    $REDIS_START"
+        ((amqp_ok)) || echo "    $RABBITMQ_START"
         echo "or with Docker (SECRET_KEY and FLOWER_BASIC_AUTH set, e.g. cp .env.example .env):"
-        echo "    docker compose up -d postgres redis"
+        echo "    docker compose --profile rabbitmq up -d postgres redis rabbitmq"
         echo "and point the suite at them, e.g."
         echo "    export TEST_DATABASE_URL=postgresql://chorus:chorus@127.0.0.1:5432/chorus"
     } >&2

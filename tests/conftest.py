@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/chorus_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The RabbitMQ of the tests that run Chorus on it; each run takes a virtual host of its own.
+TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_PREFIX = f"chorus-test-{os.getpid()}:"
 
 
@@ -109,6 +111,35 @@ def redis_url() -> str:
     client.ping()
     client.close()
     return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this session's own (so concurrent runs never meet), as a
+    CELERY_BROKER_URL; skips the test where none can be had."""
+    from tests import rabbitmq
+
+    why = rabbitmq.unavailable(TEST_AMQP_URL)
+    if why:
+        pytest.skip(why)
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(
+                rabbitmq.private_vhost(TEST_AMQP_URL, f"chorus-test-{os.getpid()}")
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"no RabbitMQ virtual host (start it: rabbitmq-server -detached): {exc}")
+        yield url
+
+
+def clear_broker(env: dict[str, str]) -> None:
+    """Empty this run's queues (and Redis keys) on the broker ``env`` names."""
+    clear_redis(env["REDIS_URL"])
+    broker = env.get("CELERY_BROKER_URL", "")
+    if broker.startswith("amqp"):
+        from tests import rabbitmq
+
+        rabbitmq.purge(broker)
 
 
 @pytest.fixture(scope="module")
@@ -464,7 +495,7 @@ def procs(
     env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Processes]:
     # Messages left by an earlier test's workers must not reach this test's.
-    clear_redis(env["REDIS_URL"])
+    clear_broker(env)
     manager = Processes(env, tmp_path)
     yield manager
     manager.stop_all()

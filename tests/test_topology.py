@@ -10,6 +10,7 @@ itself with a spy on its lookups, not by reading its source.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -25,22 +26,25 @@ import yaml
 from app.catalog import loader
 from config import load_settings
 from config import settings as settings_module
-from config.celery import celery_config
+from config.celery import RABBITMQ_CONSUMER_TIMEOUT, celery_config
 from config.topology import (
     BY_NAME,
     PROCESSES,
     SPARE_CONNECTIONS,
     consumers,
+    database_connections,
     max_connections,
     procfile,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-INFRA_SERVICES = {"postgres", "redis", "minio", "minio-init"}
+INFRA_SERVICES = {"postgres", "pgbouncer", "redis", "minio", "minio-init"}
 # The optional `monitoring` profile (tests/test_monitoring.py checks it).
 MONITORING_SERVICES = {"prometheus", "grafana"}
+# The optional `rabbitmq` profile: the broker instead of Redis.
+BROKER_SERVICES = {"rabbitmq"}
 # Read by the test suite, not by Chorus.
-TEST_ONLY = {"TEST_DATABASE_URL", "TEST_REDIS_URL"}
+TEST_ONLY = {"TEST_DATABASE_URL", "TEST_REDIS_URL", "TEST_AMQP_URL"}
 
 
 pytestmark = pytest.mark.usefixtures("isolated_var_dir")
@@ -75,7 +79,7 @@ def test_compose_runs_a_service_per_process_with_its_command() -> None:
     services = compose()["services"]
     chorus_services = {name for name, svc in services.items() if svc.get("image") == "chorus:local"}
     assert chorus_services == {p.service for p in PROCESSES}, "compose and topology differ"
-    assert set(services) == chorus_services | INFRA_SERVICES | MONITORING_SERVICES
+    assert set(services) == chorus_services | INFRA_SERVICES | MONITORING_SERVICES | BROKER_SERVICES
     for process in PROCESSES:
         svc = services[process.service]
         assert svc["command"] == process.argv, process.name
@@ -109,6 +113,59 @@ def test_chorus_topology_connections_adds_up() -> None:
     assert rows["web"] == "18"  # two gunicorn processes, 8 threads and a listener each
     total = sum(int(v) for k, v in rows.items() if k != "max_connections")
     assert int(rows["max_connections"]) == total + SPARE_CONNECTIONS
+
+
+def pgbouncer_ini() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini")
+    return parser
+
+
+def test_compose_puts_pgbouncer_between_chorus_and_postgres() -> None:
+    data = compose()
+    env = data["x-chorus-env"]
+    assert "@pgbouncer:6432/" in env["DATABASE_URL"]
+    assert "@postgres:5432/" in env["DATABASE_DIRECT_URL"]
+    services = data["services"]
+    assert services["pgbouncer"]["build"] == "deploy/pgbouncer"
+    # The release's catalog load goes through it too; the others start after the release.
+    assert services["release"]["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+    settings = load_settings(
+        {"DATABASE_URL": env["DATABASE_URL"], "DATABASE_DIRECT_URL": env["DATABASE_DIRECT_URL"]}
+    )
+    assert settings.database_prepare is False
+
+
+def test_pgbouncer_pools_fit_the_connection_budget() -> None:
+    ini = pgbouncer_ini()
+    bouncer = ini["pgbouncer"]
+    assert bouncer["pool_mode"] == "transaction"
+    assert ini["databases"]["chorus"].split() == ["host=postgres", "port=5432", "dbname=chorus"]
+    busiest = database_connections(load_settings({}))
+    # Every process's pool at its busiest is a client of PgBouncer (the scheduler's lock
+    # connection excepted), with room for twice as many worker hosts.
+    assert int(bouncer["max_client_conn"]) >= 2 * sum(busiest.values())
+    # What PgBouncer opens, beside the direct connections, fits compose's postgres.
+    server_side = int(bouncer["default_pool_size"]) + int(bouncer["reserve_pool_size"])
+    command = compose()["services"]["postgres"]["command"]
+    setting = next(arg for arg in command if arg.startswith("max_connections="))
+    found = re.fullmatch(r"max_connections=\$\{POSTGRES_MAX_CONNECTIONS:-(\d+)\}", setting)
+    assert found
+    assert server_side + busiest["scheduler"] + SPARE_CONNECTIONS <= int(found[1])
+
+
+def test_compose_rabbitmq_profile_keeps_the_consumer_timeout_chorus_needs() -> None:
+    rabbit = compose()["services"]["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]
+    args = rabbit["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"].split()
+    timeout_ms = int(args[args.index("consumer_timeout") + 1])
+    assert timeout_ms >= RABBITMQ_CONSUMER_TIMEOUT * 1000
+    # .env.example's example reaches that service with its login.
+    user = rabbit["environment"]["RABBITMQ_DEFAULT_USER"]
+    password = rabbit["environment"]["RABBITMQ_DEFAULT_PASS"]
+    example = re.search(r"^# CELERY_BROKER_URL=(\S+)$", (ROOT / ".env.example").read_text(), re.M)
+    assert example and example[1] == f"amqp://{user}:{password}@rabbitmq:5672/"
+    assert load_settings({"CELERY_BROKER_URL": example[1]}).broker_kind == "amqp"
 
 
 def test_compose_stores_audio_in_minio() -> None:
@@ -284,6 +341,25 @@ def test_docker_compose_config_accepts_env_example(
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert set(services) == {p.service for p in PROCESSES} | INFRA_SERVICES
+
+
+def test_docker_compose_rabbitmq_profile_feeds_every_chorus_service(
+    compose_project: tuple[list[str], Path],
+) -> None:
+    client, project = compose_project
+    text = (ROOT / ".env.example").read_text()
+    text = re.sub(r"^SECRET_KEY=$", "SECRET_KEY=x9", text, flags=re.M)
+    # The broker line .env.example shows, uncommented, as an operator would.
+    text = re.sub(r"^# (CELERY_BROKER_URL=amqp://)", r"\1", text, flags=re.M)
+    (project / ".env").write_text(text)
+    result = compose_config(client, project, "--profile", "rabbitmq")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {p.service for p in PROCESSES} | INFRA_SERVICES | BROKER_SERVICES
+    for process in PROCESSES:
+        environment = services[process.service]["environment"]
+        assert environment["CELERY_BROKER_URL"].startswith("amqp://"), process.service
+        assert "@pgbouncer:" in environment["DATABASE_URL"], process.service
 
 
 def test_docker_compose_passes_every_setting_to_every_chorus_service(

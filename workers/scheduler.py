@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import database_url, utcnow
+from app.db import direct_database_url, utcnow
 from app.doorbell import CHANNEL, connect
 from app.ops.status import LEADER_LOCK
 from app.webhooks.delivery import Dispatcher
@@ -145,7 +145,8 @@ class Scheduler:
         self.settings = app.settings
         self.engine = app.engine
         self.webhooks = Dispatcher(self.settings, self.engine.db)
-        self.leadership = leadership or PostgresLeadership(database_url(self.settings))
+        # A session-level lock and a LISTEN: never through a pooler in transaction mode.
+        self.leadership = leadership or PostgresLeadership(direct_database_url(self.settings))
         self.clock = clock
         self.stopping = False
         # When the database was last found unreachable and no round has run since: the next

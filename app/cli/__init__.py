@@ -42,4 +42,7 @@ from config import load_settings
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Chorus, a music-generation job gateway."""
-    ctx.obj = load_settings()
+    try:
+        ctx.obj = load_settings()
+    except ValueError as exc:  # a bad setting: say which, not a traceback
+        raise click.ClickException(str(exc)) from exc

@@ -50,8 +50,12 @@ def _broker_report(ctx: click.Context) -> dict[str, Any]:
 
 
 def _depth(channel: Any, queue: str) -> int:
+    """Messages waiting in ``queue``: a passive declare reads the count without creating it,
+    on Redis (kombu's virtual channel) and RabbitMQ alike."""
     from amqp.exceptions import ChannelError
 
+    # On RabbitMQ a queue not found closes the channel; py-amqp opens it again at once, so
+    # the next queue is asked on the same channel.
     try:
         return int(channel.queue_declare(queue, passive=True).message_count)
     except ChannelError:  # never declared: no worker has consumed it yet, and nothing waits

@@ -3,6 +3,10 @@
 Only what an operator runs: the release line against an empty database, then every long-running
 process of the Procfile, each started by honcho exactly as its line says. Everything after the
 setup commands (a key, some credit) goes through HTTP.
+
+The module runs twice, once per broker Chorus supports: Redis (REDIS_URL alone), then RabbitMQ
+(CELERY_BROKER_URL, a virtual host of this run's own; Redis stays for the rest). Why this
+shape and few others run on both: tests/e2e/test_rabbitmq.py.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from config.celery import ALL_QUEUES
 from config.topology import PROCESSES
+from tests import rabbitmq
 from tests.conftest import (
     GOOD_BODY,
     REDIS_PREFIX,
@@ -72,10 +78,22 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    """What the shape's environment says of its broker: nothing (REDIS_URL's Redis), or a
+    RabbitMQ virtual host emptied of what earlier tests left."""
+    if request.param == "redis":
+        return {}
+    url: str = request.getfixturevalue("amqp_url")
+    rabbitmq.purge(url)
+    return {"CELERY_BROKER_URL": url}
+
+
 @pytest.fixture(scope="module")
-def release_database() -> Iterator[str]:
+def release_database(broker: dict[str, str]) -> Iterator[str]:
     """A database with no tables at all: the release line must build it."""
-    with empty_database(f"{os.getpid()}_procfile") as url:
+    kind = "amqp" if broker else "redis"
+    with empty_database(f"{os.getpid()}_procfile_{kind}") as url:
         yield url
 
 
@@ -162,11 +180,15 @@ def shape_env(database_url: str, web_port: int, sim_port: int, var_dir: Path) ->
 
 @pytest.fixture(scope="module")
 def shape(
-    tmp_path_factory: pytest.TempPathFactory, release_database: str, receiver: Receiver
+    tmp_path_factory: pytest.TempPathFactory,
+    broker: dict[str, str],
+    release_database: str,
+    receiver: Receiver,
 ) -> Iterator[dict[str, Any]]:
-    """The Procfile's processes, started once for this module's tests."""
+    """The Procfile's processes, started once for this module's tests on each broker."""
     tmp_path = tmp_path_factory.mktemp("procfile")
     clear_redis(TEST_REDIS_URL)
+    receiver.received.clear()  # what the shape on the other broker was sent
     web_port, flower_port, sim_port = free_ports(3)
     base = f"http://127.0.0.1:{web_port}"
     honcho = Honcho(
@@ -175,6 +197,7 @@ def shape(
             **shape_env(release_database, web_port, sim_port, tmp_path / "var"),
             "FLOWER_PORT": str(flower_port),
             "FLOWER_BASIC_AUTH": FLOWER_AUTH,
+            **broker,
         },
     )
     released = honcho.release()
@@ -320,4 +343,7 @@ def test_chorus_status_sees_the_running_shape(shape: dict[str, Any]) -> None:
 
     data = wait_for(everyone_up, 60, message="every worker and a scheduler leader")
     assert "error" not in data["broker"]
+    # Every queue's depth, read from the broker (the queues are idle by now, or nearly).
+    queues = data["broker"]["queues"]
+    assert set(queues) == set(ALL_QUEUES) and all(isinstance(n, int) for n in queues.values())
     assert {a["id"] for a in data["accounts"]} >= {"sim-minimax", "sim-aimlapi"}

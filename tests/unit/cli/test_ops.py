@@ -81,3 +81,28 @@ def test_status_counts_recent_jobs_and_the_due_backlog(
     assert data["broker"]["workers"] == [] and set(data["broker"]["queues"]) >= {"chorus.submit"}
     text = chorus(env, "status").stdout
     assert "NONE LEADING" in text and "NONE ANSWERING" in text and "2 jobs" in text
+
+
+def test_status_reads_queue_depths_from_rabbitmq(
+    env: dict[str, str], db: Database, amqp_url: str
+) -> None:
+    from kombu import Connection, Queue
+
+    from tests import rabbitmq
+
+    rabbitmq.purge(amqp_url)
+    with Connection(amqp_url) as conn:
+        # Declared and holding three messages: as a worker and the scheduler would leave it.
+        Queue("chorus.poll")(conn.default_channel).declare()
+        for _ in range(3):
+            conn.Producer().publish({"claims": []}, routing_key="chorus.poll", exchange="")
+    data = chorus_json({**env, "CELERY_BROKER_URL": amqp_url}, "status")
+    assert "error" not in data["broker"], data["broker"]
+    # Queues never declared count as empty, and a missing one does not spoil the next.
+    assert data["broker"]["queues"] == {
+        "chorus.submit": 0,
+        "chorus.poll": 3,
+        "chorus.webhooks": 0,
+        "chorus.sync": 0,
+    }
+    rabbitmq.purge(amqp_url)

@@ -1,4 +1,4 @@
-"""Celery's settings as the Redis and filesystem brokers need them (reliability §1–2)."""
+"""Celery's settings as the Redis, RabbitMQ and filesystem brokers need them (reliability §1–2)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from config.celery import (
     EMBEDDED_TRANSPORT,
     POLL_QUEUE,
     QUEUES,
+    RABBITMQ_CONSUMER_TIMEOUT,
     REDIS_TRANSPORT,
     SYNC_QUEUE,
     VISIBILITY_TIMEOUT,
@@ -104,3 +105,18 @@ def test_a_redis_broker_gets_the_transport_that_outlives_a_restart(tmp_path: obj
     assert transport(REDIS_URL="rediss://cache.example:6380/0") is None
     assert transport(CELERY_BROKER_URL="amqp://guest@127.0.0.1//") is None
     assert transport() == EMBEDDED_TRANSPORT
+
+
+def test_rabbitmq_confirms_publishes_and_stays_inside_its_consumer_timeout() -> None:
+    settings = load_settings({"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
+    conf = celery_config(settings)
+    assert conf["broker_url"].startswith("amqp://") and conf["broker_transport"] is None
+    options = conf["broker_transport_options"]
+    assert options["confirm_publish"] is True
+    # Redis's options mean nothing to py-amqp: none is passed on.
+    assert "visibility_timeout" not in options and "socket_timeout" not in options
+    assert conf["task_acks_late"] and conf["worker_prefetch_multiplier"] == 1
+    # A message is held unacked from before its ETA until its task returns: well inside.
+    assert settings.scheduler_lookahead + conf["task_time_limit"] < RABBITMQ_CONSUMER_TIMEOUT
+    # Durable queues: a RabbitMQ restart keeps what waits in them.
+    assert all(queue.durable for queue in conf["task_queues"])
