@@ -71,6 +71,29 @@ def wait_terminal(
         time.sleep(1.0)
 
 
+# What Postgres counted for the bench database (``pg_stat_database``): transactions and rows.
+DB_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "tup_fetched",
+)
+
+
+def db_counters(stack: Stack) -> dict[str, int]:
+    """The counters now. A backend reports its counts when it ends (and about once a second
+    while busy), so they are read after Chorus's processes stopped."""
+    stats = sa.table("pg_stat_database", sa.column("datname"), *map(sa.column, DB_COUNTERS))
+    query = sa.select(*(stats.c[k] for k in DB_COUNTERS)).where(
+        stats.c.datname == sa.func.current_database()
+    )
+    with stack.database().engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        return dict(zip(DB_COUNTERS, (int(v) for v in conn.execute(query).one()), strict=True))
+
+
 def job_rows(stack: Stack) -> list[dict[str, Any]]:
     query = sa.text(
         "SELECT id, status, error_code, error_message, generation_id, poll_count, "
@@ -93,6 +116,7 @@ def run_jobs_phase(
 ) -> dict[str, Any]:
     """One end-to-end run of ``count`` jobs with the poll settings in ``extra``."""
     reset_jobs(stack)
+    counted = db_counters(stack)
     started = time.time()
     sim = start_sim(sup, stack)
     sim_reset(stack.sim_port)
@@ -139,6 +163,8 @@ def run_jobs_phase(
             print(f"  !!! {name} logged {found['error_lines']} ERROR lines: {found['exceptions']}")
     for name in ("scheduler", "worker", "web", "sim"):
         sup.stop(name)
+    time.sleep(1.0)  # the stopped backends' last reports
+    database = {k: v - counted[k] for k, v in db_counters(stack).items()}
 
     figures = analyse(rows, summary, submit, count)
     figures.update(
@@ -155,6 +181,7 @@ def run_jobs_phase(
         log_errors=log_errors,
         pg_connections=connections.as_dict(),
         sim_counts=summary.get("counts", {}),
+        database=database,
     )
     return figures
 

@@ -159,6 +159,8 @@ def _section(jobs: dict[str, Any], count: int, baseline: int, clients: int) -> l
         "",
         *_jobs_table(jobs),
         "",
+        *_cost_table(jobs),
+        "",
     ]
     for run in (jobs[m] for m in ("adaptive", "fixed") if m in jobs):
         for name, found in run["log_errors"].items():
@@ -180,6 +182,45 @@ CPU_GROUPS = (
     "steal",
     "other",
 )
+
+
+def _cost_table(jobs: dict[str, Any]) -> list[str]:
+    """What one job's whole life (submit, polls, success, audio copy) cost, from the run's
+    totals divided by its accepted jobs; runs recorded before the database counters have none."""
+    runs = [jobs[m] for m in ("adaptive", "fixed") if m in jobs and "database" in jobs[m]]
+    if not runs:
+        return []
+    lines = [
+        "Cost per job: the run's totals over its accepted jobs. The CPU is everything the "
+        "process group spent from the first submit to the last job's end, so it includes idle "
+        "housekeeping; these jobs had no webhook.",
+        "",
+        "| per job | " + " | ".join(r["mode"] for r in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+
+    def row(label: str, get: Any, digits: int = 1) -> None:
+        cells = [fmt(get(r) / max(r["jobs_accepted"], 1), digits) for r in runs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row(
+        "Postgres transactions",
+        lambda r: r["database"]["xact_commit"] + r["database"]["xact_rollback"],
+    )
+    row(
+        "Postgres rows written (inserted + updated + deleted)",
+        lambda r: sum(r["database"][k] for k in ("tup_inserted", "tup_updated", "tup_deleted")),
+    )
+    row("Postgres rows fetched", lambda r: r["database"]["tup_fetched"])
+    for group in ("postgres", "worker", "scheduler", "web", "redis"):
+        row(f"{group} CPU, ms", lambda r, g=group: 1000 * r["cpu_s"].get(g, 0.0), 2)
+    row("upstream status calls (simulator)", lambda r: r["calls_per_job"]["total"], 2)
+    lines.append(
+        "| upstream calls besides: submit, audio download | "
+        + " | ".join("1 + 1" for _ in runs)
+        + " |"
+    )
+    return lines
 
 
 def _jobs_table(jobs: dict[str, Any]) -> list[str]:
