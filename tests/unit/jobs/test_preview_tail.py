@@ -1,0 +1,132 @@
+"""The early-audio reader (``app.jobs.preview_tail``) on real Postgres: one read serves every
+listener of every job, each in order from its own position; a job's end follows its last
+pieces; a listener that does not take its pieces is handed no more than its queue's bound,
+and still hears the whole song."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.db import Database, utcnow
+from app.jobs.preview_tail import QUEUE_BYTES, Ended, Listener, PreviewTail
+from app.jobs.previews import AudioPreview
+from config import Settings
+from tests.conftest import GOOD_BODY, auth, statements_on
+from tests.unit.jobs.support import set_row
+
+pytestmark = pytest.mark.usefixtures("catalog")
+
+
+def running(client: Any, key: str, db: Database) -> str:
+    """A job that is making its song, as a streamed one runs."""
+    created = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(key))
+    job_id: str = created.json["id"]
+    set_row(db, job_id, status="RUNNING", started_at=utcnow(), preview_format="wav")
+    return job_id
+
+
+def store(db: Database, job_id: str, pieces: list[bytes], first: int = 0) -> None:
+    rows = [
+        {"job_id": job_id, "seq": first + i, "bytes": data, "created_at": utcnow()}
+        for i, data in enumerate(pieces)
+    ]
+    with db.transaction() as session:
+        session.execute(sa.insert(AudioPreview), rows)
+
+
+def end(db: Database, job_id: str, status: str, audio_key: str | None = None) -> None:
+    """The job's end as the status writer commits it: its pieces go in the same transaction."""
+    with db.transaction() as session:
+        session.execute(sa.delete(AudioPreview).where(AudioPreview.job_id == job_id))
+        session.execute(
+            sa.text("UPDATE jobs SET status = :s, audio_key = :k WHERE id = :id"),
+            {"s": status, "k": audio_key, "id": job_id},
+        )
+
+
+async def heard(tail: PreviewTail, listener: Listener, until: int) -> list[bytes | Ended]:
+    """What the listener takes until it has ``until`` items or its job's end."""
+    got: list[bytes | Ended] = []
+    while len(got) < until:
+        got.append(await asyncio.wait_for(tail.take(listener), 10))
+        if isinstance(got[-1], Ended):
+            break
+    return got
+
+
+def test_one_read_serves_every_listener_of_every_job_from_its_own_position(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    song, other = running(client, api_key, db), running(client, api_key, db)
+    store(db, song, [b"s0", b"s1", b"s2"])
+    store(db, other, [b"o0"])
+    tail = PreviewTail(db, recheck=30)  # no round but the one a listener wakes
+
+    async def scenario() -> None:
+        fresh = Listener(song, after=-1, sent=0)
+        joined = Listener(song, after=0, sent=2)  # s0 was in the app's head
+        elsewhere = Listener(other, after=-1, sent=0)
+        with statements_on(db=db.engine) as seen:
+            for listener in (fresh, joined, elsewhere):
+                tail.listen(listener)
+            assert await heard(tail, fresh, 3) == [b"s0", b"s1", b"s2"]
+            assert await heard(tail, joined, 2) == [b"s1", b"s2"]
+            assert await heard(tail, elsewhere, 1) == [b"o0"]
+        assert len(seen["db"]) == 1, seen["db"]  # every listener, every job: one query
+        assert (fresh.sent, joined.sent, elsewhere.sent) == (6, 6, 2)
+        assert tail.listeners == 3
+
+        tail.recheck = 0.05  # from the next round on
+        store(db, song, [b"s3"], first=3)
+        late = Listener(song, after=2, sent=6)
+        tail.listen(late)  # a new listener is read for at once
+        assert await heard(tail, late, 1) == [b"s3"]
+        assert await heard(tail, fresh, 1) == [b"s3"]
+        end(db, song, "SUCCEEDED", "song.wav")
+        end(db, other, "FAILED")
+        assert await heard(tail, fresh, 2) == [Ended("song.wav")]
+        assert await heard(tail, joined, 2) == [b"s3", Ended("song.wav")]
+        assert await heard(tail, late, 2) == [Ended("song.wav")]
+        assert await heard(tail, elsewhere, 2) == [Ended(None)]
+        for listener in (fresh, joined, late, elsewhere):
+            tail.leave(listener)
+        assert tail.listeners == 0
+        with statements_on(db=db.engine) as seen:
+            await asyncio.sleep(0.3)
+        assert seen["db"] == []  # nobody listens: nothing is read
+
+    asyncio.run(scenario())
+
+
+def test_a_listener_that_does_not_take_is_bounded_and_still_hears_everything(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    job_id = running(client, api_key, db)
+    piece = 64 * 1024
+    song = [bytes([i]) * piece for i in range(12)]
+    store(db, job_id, song)
+    tail = PreviewTail(db, recheck=0.05)
+
+    async def scenario() -> bytes:
+        slow = Listener(job_id, after=-1, sent=0)
+        tail.listen(slow)
+        await asyncio.sleep(0.5)  # ten rounds, and nothing taken
+        assert slow.queued == QUEUE_BYTES and slow.full
+        assert slow.after == QUEUE_BYTES // piece - 1
+        got = b""
+        for _ in range(len(song)):
+            item = await asyncio.wait_for(tail.take(slow), 10)
+            assert isinstance(item, bytes)
+            assert slow.queued <= QUEUE_BYTES
+            got += item
+        end(db, job_id, "SUCCEEDED", "song.wav")
+        assert await heard(tail, slow, 1) == [Ended("song.wav")]
+        assert slow.sent == len(got)
+        tail.leave(slow)
+        return got
+
+    assert asyncio.run(scenario()) == b"".join(song)
