@@ -6,46 +6,16 @@ and still hears the whole song."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from app.db import Database, utcnow
+from app.db import Database
 from app.jobs.preview_tail import QUEUE_BYTES, Ended, Listener, PreviewTail
-from app.jobs.previews import AudioPreview
 from config import Settings
-from tests.conftest import GOOD_BODY, auth, statements_on
-from tests.unit.jobs.support import set_row
+from tests.conftest import statements_on
+from tests.unit.jobs.support import end_streaming_job, store_pieces, streaming_job
 
-pytestmark = pytest.mark.usefixtures("catalog")
-
-
-def running(client: Any, key: str, db: Database) -> str:
-    """A job that is making its song, as a streamed one runs."""
-    created = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(key))
-    job_id: str = created.json["id"]
-    set_row(db, job_id, status="RUNNING", started_at=utcnow(), preview_format="wav")
-    return job_id
-
-
-def store(db: Database, job_id: str, pieces: list[bytes], first: int = 0) -> None:
-    rows = [
-        {"job_id": job_id, "seq": first + i, "bytes": data, "created_at": utcnow()}
-        for i, data in enumerate(pieces)
-    ]
-    with db.transaction() as session:
-        session.execute(sa.insert(AudioPreview), rows)
-
-
-def end(db: Database, job_id: str, status: str, audio_key: str | None = None) -> None:
-    """The job's end as the status writer commits it: its pieces go in the same transaction."""
-    with db.transaction() as session:
-        session.execute(sa.delete(AudioPreview).where(AudioPreview.job_id == job_id))
-        session.execute(
-            sa.text("UPDATE jobs SET status = :s, audio_key = :k WHERE id = :id"),
-            {"s": status, "k": audio_key, "id": job_id},
-        )
+pytestmark = pytest.mark.usefixtures("catalog", "api_key")
 
 
 async def heard(tail: PreviewTail, listener: Listener, until: int) -> list[bytes | Ended]:
@@ -59,11 +29,11 @@ async def heard(tail: PreviewTail, listener: Listener, until: int) -> list[bytes
 
 
 def test_one_read_serves_every_listener_of_every_job_from_its_own_position(
-    client: Any, api_key: str, db: Database, settings: Settings
+    db: Database, settings: Settings
 ) -> None:
-    song, other = running(client, api_key, db), running(client, api_key, db)
-    store(db, song, [b"s0", b"s1", b"s2"])
-    store(db, other, [b"o0"])
+    song, other = streaming_job(db, settings), streaming_job(db, settings)
+    store_pieces(db, song, [b"s0", b"s1", b"s2"])
+    store_pieces(db, other, [b"o0"])
     tail = PreviewTail(db, recheck=30)  # no round but the one a listener wakes
 
     async def scenario() -> None:
@@ -81,13 +51,13 @@ def test_one_read_serves_every_listener_of_every_job_from_its_own_position(
         assert tail.listeners == 3
 
         tail.recheck = 0.05  # from the next round on
-        store(db, song, [b"s3"], first=3)
+        store_pieces(db, song, [b"s3"], first=3)
         late = Listener(song, after=2, sent=6)
         tail.listen(late)  # a new listener is read for at once
         assert await heard(tail, late, 1) == [b"s3"]
         assert await heard(tail, fresh, 1) == [b"s3"]
-        end(db, song, "SUCCEEDED", "song.wav")
-        end(db, other, "FAILED")
+        end_streaming_job(db, song, "SUCCEEDED", "song.wav")
+        end_streaming_job(db, other, "FAILED")
         assert await heard(tail, fresh, 2) == [Ended("song.wav")]
         assert await heard(tail, joined, 2) == [b"s3", Ended("song.wav")]
         assert await heard(tail, late, 2) == [Ended("song.wav")]
@@ -103,12 +73,12 @@ def test_one_read_serves_every_listener_of_every_job_from_its_own_position(
 
 
 def test_a_listener_that_does_not_take_is_bounded_and_still_hears_everything(
-    client: Any, api_key: str, db: Database, settings: Settings
+    db: Database, settings: Settings
 ) -> None:
-    job_id = running(client, api_key, db)
+    job_id = streaming_job(db, settings)
     piece = 64 * 1024
     song = [bytes([i]) * piece for i in range(12)]
-    store(db, job_id, song)
+    store_pieces(db, job_id, song)
     tail = PreviewTail(db, recheck=0.05)
 
     async def scenario() -> bytes:
@@ -123,7 +93,7 @@ def test_a_listener_that_does_not_take_is_bounded_and_still_hears_everything(
             assert isinstance(item, bytes)
             assert slow.queued <= QUEUE_BYTES
             got += item
-        end(db, job_id, "SUCCEEDED", "song.wav")
+        end_streaming_job(db, job_id, "SUCCEEDED", "song.wav")
         assert await heard(tail, slow, 1) == [Ended("song.wav")]
         assert slow.sent == len(got)
         tail.leave(slow)
