@@ -17,7 +17,8 @@ A listener's queue holds at most about ``QUEUE_BYTES``. One whose client reads s
 the song is made stops being handed pieces when full, and asks for more once it has sent half
 (it then counts in the next read's lowest position). So no listener makes the process hold
 a whole song, and a slow one still hears it all: what it missed is read again, or, once the
-job ended, is in the durable copy.
+job ended, is in the durable copy. A read that fails (the database is down) is tried again
+a round later; the listeners wait meanwhile.
 """
 
 from __future__ import annotations
@@ -152,12 +153,11 @@ class PreviewTail:
                 continue
             try:
                 rows = await loop.run_in_executor(None, self._read, wanted)
+                if self._hand_out(wanted, rows):
+                    self._wake.set()  # pieces are left to read: read on at once
             except Exception:  # the tail must outlive any one bad round
-                log.warning("preview tail: reading pieces failed", exc_info=True)
+                log.warning("preview tail: a round failed", exc_info=True)
                 await asyncio.sleep(self.recheck)
-                continue
-            if self._hand_out(wanted, rows):
-                self._wake.set()  # pieces are left to read: read on at once
 
     def _wanted(self) -> dict[str, int]:
         """Each job some listener wants more of, and the lowest piece it has."""
