@@ -13,6 +13,7 @@ from app.db import Database, database_url
 from app.doorbell import Doorbell, doorbell
 from app.jobs.lyrics import LyricsWriter
 from app.jobs.offers import Offer
+from app.jobs.preview_tail import PreviewTail
 from app.jobs.progress import ExpectedSeconds
 from app.jobs.tail import EventTail
 from app.jobs.transitions import Transitions
@@ -37,6 +38,7 @@ class Chorus:
     _transitions: Transitions | None = field(default=None, repr=False)
     _lyrics: LyricsWriter | None = field(default=None, repr=False)
     _events: EventTail | None = field(default=None, repr=False)
+    _previews: PreviewTail | None = field(default=None, repr=False)
 
     @property
     def transitions(self) -> Transitions:
@@ -77,6 +79,14 @@ class Chorus:
         if self._events is None:
             self._events = EventTail(self.settings, self.db, self.storage)
         return self._events
+
+    @property
+    def previews(self) -> PreviewTail:
+        """The process's reader of early audio for its listeners (``app.listeners`` follows
+        them on the event loop; the tail starts with the first listener)."""
+        if self._previews is None:
+            self._previews = PreviewTail(self.db)
+        return self._previews
 
     @property
     def doorbell(self) -> Doorbell:

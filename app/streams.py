@@ -2,10 +2,9 @@
 
 The opening request of a stream goes through Flask like any other (``app.api.events``): it
 answers ``text/event-stream`` with the stored events to replay and a private header saying
-what to follow from where (``FOLLOW``). ``Streams`` sits in front of the thread hand-off: it
-strips that header (and the replay's Content-Length, so the answer goes chunked), lets the
-replay through, and then keeps the connection open itself, as one asyncio task waiting on
-the process's ``EventTail`` (``app.jobs.tail``). A thousand open streams hold no thread.
+what to follow from where (``FOLLOW``). ``Streams`` (an ``app.follow.Following``) lets the
+replay through and then keeps the connection open itself, as one asyncio task waiting on the
+process's ``EventTail`` (``app.jobs.tail``). A thousand open streams hold no thread.
 
 While the stream's job RUNS, ``progress`` events go at each tenth of its expected time
 (``app.jobs.progress``); they carry no ``id:``, so a resume continues from the last stored
@@ -20,12 +19,12 @@ import asyncio
 import datetime as dt
 import json
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from app.db import utcnow
+from app.follow import Following, header_fields
 from app.jobs.journal import KEEP_ALIVE, PROGRESS, TERMINAL_EVENTS, frame
 from app.jobs.tail import Basis, EventTail, Subscription
-from app.webserver import END_STREAM, ASGIApp, Message, Receive, Scope, Send
+from app.webserver import ASGIApp, Send
 
 FOLLOW = b"x-chorus-follow"
 # A step is due at a tenth of the expected time; waking a little after it rounds up, not down.
@@ -42,78 +41,44 @@ class Follow:
 
 def parse_follow(value: bytes) -> Follow | None:
     """The header the API set (never the client's: it is the response's)."""
-    fields = dict(part.partition("=")[::2] for part in value.decode("latin1").split(";"))
+    fields = header_fields(value)
     try:
-        after, base = int(fields["after"]), unquote(fields["base"])
+        after, base = int(fields["after"]), fields["base"]
         if "job" in fields:
-            return Follow(after, base, job_id=unquote(fields["job"]))
+            return Follow(after, base, job_id=fields["job"])
         return Follow(after, base, org_id=int(fields["org"]))
     except (KeyError, ValueError):
         return None
 
 
-class Streams:
+class Streams(Following[Follow]):
     """ASGI middleware: follows the streams the app opened (see the module's docstring)."""
 
+    header = FOLLOW
+
     def __init__(self, app: ASGIApp, tail: EventTail, *, keepalive: float, max_streams: int):
-        self.app = app
+        super().__init__(app)
         self.tail = tail
         self.keepalive = keepalive
         self.max_streams = max_streams
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Only a GET streams (a HEAD of the same route gets the headers and ends).
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "GET"
-            or not scope["path"].endswith("/events")
-        ):
-            await self.app(scope, receive, send)
-            return
-        follow: Follow | None = None
+    def wants(self, path: str) -> bool:
+        return path.endswith("/events")
 
-        async def sending(message: Message) -> None:
-            nonlocal follow
-            if message["type"] == "http.response.start":
-                headers = message["headers"]
-                found = [v for k, v in headers if k == FOLLOW]
-                follow = parse_follow(found[0]) if found else None
-                if found:
-                    kept = [(k, v) for k, v in headers if k not in (FOLLOW, b"content-length")]
-                    message = {**message, "headers": kept}
-            elif message["type"] == "http.response.body" and follow is not None:
-                message = {**message, "more_body": True}
-            await send(message)
+    def opened(self, value: bytes) -> Follow | None:
+        return parse_follow(value)
 
-        await self.app(scope, receive, sending)
-        if follow is None:
-            return
-        try:
-            if self.tail.streams < self.max_streams:
-                await self._follow(scope, follow, receive, send)
-        finally:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _follow(self, scope: Scope, follow: Follow, receive: Receive, send: Send) -> None:
+    async def follow(self, handle: Follow, send: Send) -> None:
+        if self.tail.streams >= self.max_streams:
+            return  # over the cap since the app's check: the client resumes
         sub = Subscription(
-            after=follow.after, base_url=follow.base_url, job_id=follow.job_id, org_id=follow.org_id
+            after=handle.after, base_url=handle.base_url, job_id=handle.job_id, org_id=handle.org_id
         )
         self.tail.subscribe(sub)
-        stopping = asyncio.Event()
-        scope[END_STREAM] = stopping.set  # the server is shutting down (``HeaderDeadline``)
-        tasks = {
-            asyncio.create_task(self._pump(sub, send)),
-            asyncio.create_task(_disconnected(receive)),
-            asyncio.create_task(stopping.wait()),
-        }
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(sub, send)
         finally:
-            scope.pop(END_STREAM, None)
             self.tail.unsubscribe(sub)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
         """Send the stream's events as they come, its progress, and keep-alives meanwhile."""
@@ -157,8 +122,3 @@ def _progress(sub: Subscription, basis: Basis | None, step: int) -> tuple[bytes 
     if reached <= step:
         return None, step
     return frame(PROGRESS, json.dumps(data)), reached
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -35,16 +34,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Set in the scope (environ["asgi.scope"] for Flask) when the body did not arrive in time: the
 # app answers 408 in the request's own error shape.
 LATE_BODY = "chorus.late_body"
-# A threading.Event set once the client of a long answer went away (``WholeRequests``).
-CLIENT_GONE = "chorus.client_gone"
-# Answers that stream for minutes (early audio): they watch for their client leaving, as
-# uvicorn drops what is sent to a gone client without a word.
-WATCHED_PATHS = ("/v1/files/preview/",)
 # Set when the client ended its side of the connection in the middle of the body: the app
 # answers 400 in the request's own error shape (the bytes that came are not the body).
 BODY_CUT_SHORT = "chorus.body_cut_short"
-# Set by a response that never ends by itself (a live event stream, ``app.streams``): called
-# when the server shuts down, so that it ends the response and the process can stop.
+# Set by a response that never ends by itself (``app.follow``: a live event stream, an
+# early-audio listener): called when the server shuts down, so that it ends the response and
+# the process can stop.
 END_STREAM = "chorus.end_stream"
 
 
@@ -337,22 +332,7 @@ class WholeRequests:
                 for k, v in scope["headers"]
                 if k not in (b"content-length", b"transfer-encoding")
             ] + [(b"content-length", str(len(body)).encode())]
-        if not scope["path"].startswith(WATCHED_PATHS):
-            await self.app(scope, _replay(body, receive), send)
-            return
-        gone = scope[CLIENT_GONE] = threading.Event()
-
-        async def watch() -> None:
-            # The body was read whole: what comes next on the connection is its end.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
-        try:
-            await self.app(scope, _replay(body, receive), send)
-        finally:
-            watcher.cancel()
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive: Receive) -> tuple[bytes, bool] | None:
         chunks: list[bytes] = []

@@ -30,10 +30,6 @@ NO_SIGNING_KEY = (
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (only `make run` makes "
     "one of its own, kept under ./var)."
 )
-PREVIEWS_ERROR = (
-    "must be between {min} and WEB_THREADS - 1 - WAIT_MAX_WAITERS ({max}): listeners and "
-    "waiters together must leave a thread free"
-)
 WAITERS_ERROR = "must be between {min} and WEB_THREADS - 1 ({max}): waiters must leave threads free"
 FETCHES_ERROR = (
     "must be between {min} and WEB_THREADS - 1 - WAIT_MAX_WAITERS ({max}): reference fetches "
@@ -101,7 +97,7 @@ class Settings:
     reference_fetch_concurrency: int
     request_header_timeout: float
     request_body_timeout: float
-    # Early-audio listeners one web process serves at once (each holds a thread).
+    # Early-audio listeners one web process follows at once, on its event loop.
     preview_max_listeners: int
     events_keepalive_seconds: float
     events_max_streams: int
@@ -302,14 +298,9 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         request_body_timeout=env.float(
             "REQUEST_BODY_TIMEOUT", 30.0, validate=Range(min=0.1, max=3600)
         ),
-        # A listener holds a web thread for the whole song. By default half the threads the
-        # waiters leave (the reference fetches take the other half): with both, one thread is
-        # still free for everything else.
-        preview_max_listeners=env.int(
-            "PREVIEW_MAX_LISTENERS",
-            max(0, threads - 1 - waiters) // 2,
-            validate=Range(min=0, max=max(0, threads - 1 - waiters), error=PREVIEWS_ERROR),
-        ),
+        # Early-audio listeners each web process follows at most (then 503), on its event loop,
+        # not its threads: each costs a socket and at most a quarter MiB of queued audio.
+        preview_max_listeners=env.int("PREVIEW_MAX_LISTENERS", 1000, validate=Range(min=0)),
         # Live event streams: a comment this often keeps proxies from closing an idle one;
         # each web process holds at most EVENTS_MAX_STREAMS (then 503), on its event loop.
         events_keepalive_seconds=env.float(

@@ -1,9 +1,10 @@
-"""Phase (m): time to first audio via the early-audio preview vs the final link
-(measured by ``bench/preview.py``)."""
+"""Phase (m): time to first audio via the early-audio preview vs the final link, and GET
+beside the held listeners (measured by ``bench/preview.py``)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from bench.phases.base import Context, Phase, Results
 from bench.preview import run_preview_phase
@@ -54,6 +55,12 @@ def verdicts(results: Results) -> list[Verdict]:
         Verdict(
             "(m) jobs that did not succeed", str(preview["failed"]), "0", preview["failed"] == 0
         ),
+        Verdict(
+            "(m) listeners that did not hear the whole song",
+            str(preview.get("incomplete", 0)),
+            "0",
+            preview.get("incomplete", 0) == 0,
+        ),
     ]
 
 
@@ -68,6 +75,26 @@ def section(results: Results) -> list[str]:
         "|---|---|---|---|",
         f"| via `audio_preview` | {p['n']} | {fmt(p['p50'])} | {fmt(p['p99'])} |",
         f"| via `audio` (after SUCCEEDED) | {f['n']} | {fmt(f['p50'])} | {fmt(f['p99'])} |",
+        *_beside(preview),
+    ]
+
+
+def _beside(preview: dict[str, Any]) -> list[str]:
+    """GET of a job, one request after another, alone and beside the held listeners."""
+    alone, beside = preview.get("get_alone"), preview.get("get_beside")
+    if not alone:
+        return []
+    rows = [("alone", alone)]
+    if beside:
+        rows.append((f"beside {preview['held_at_probe']} held listeners", beside))
+    return [
+        "",
+        "| GET of a job, one connection | requests | errors | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {label} | {r['n']} | {r['errors']} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} |"
+            for label, r in rows
+        ),
     ]
 
 

@@ -1,53 +1,34 @@
 """``GET /v1/files/preview/{token}``: a running job's song, played while it is being made.
 
 The answer is chunked: the pieces stored so far (``app.jobs.previews``), then each new one
-as the worker stores it (looked for every ``RECHECK`` seconds), and once the job has ended
-and succeeded, the rest of the song from Chorus's durable copy. The bytes a listener receives
-are therefore the finished file's bytes, from the first. After the job succeeded the link
-redirects to the durable audio.
+as the worker stores it, and once the job has ended and succeeded, the rest of the song from
+Chorus's durable copy. The bytes a listener receives are therefore the finished file's bytes,
+from the first. After the job succeeded the link redirects to the durable audio.
 
-A listener holds a web thread for the whole song, so each process serves at most
-PREVIEW_MAX_LISTENERS of them at once; past that the answer is 503 ``preview_busy``.
+This view answers only the head: it checks the link and the job, and sends the pieces stored
+so far with a private header saying where they end (``app.listeners.PREVIEW``). The web
+process's event loop follows from there (``app.listeners``), so a listener holds no thread;
+each process serves at most PREVIEW_MAX_LISTENERS of them at once, and past that the answer
+is 503 ``preview_busy``. The check counts the listeners already followed: openings that pass
+it at the same instant may go past the cap by at most the threads running them.
+
+Served without the event loop (plain WSGI: a test client), the answer is that head alone, a
+correct beginning of the song that ends there; the link plays the whole song once the job
+has ended (307).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Iterator
-
-from flask import Response, redirect, request
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Response, redirect
 
 from app.api.errors import ApiError
 from app.api.jobs.download import mimetype
 from app.api.present import audio_url, job_from_token
-from app.db import Database
 from app.extensions import chorus
 from app.jobs.models import Job
 from app.jobs.previews import read_pieces
 from app.jobs.status import ACTIVE, JobStatus
-from app.storage import AudioStorage, StorageUnavailable
-from app.webserver import CLIENT_GONE
-
-log = logging.getLogger(__name__)
-
-RECHECK = 0.5
-# The key under which a2wsgi hands over the ASGI scope (where ``CLIENT_GONE`` is set).
-ASGI_SCOPE = "asgi.scope"
-
-_slots: dict[int, threading.BoundedSemaphore] = {}
-_slots_lock = threading.Lock()
-
-
-def listener_slots(limit: int) -> threading.BoundedSemaphore | None:
-    """The process's listener slots; None when PREVIEW_MAX_LISTENERS is 0 (no previews)."""
-    if limit <= 0:
-        return None
-    with _slots_lock:
-        return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+from app.listeners import PREVIEW, preview_header
 
 
 def serve_preview(token: str) -> Response:
@@ -68,71 +49,21 @@ def serve_preview(token: str) -> Response:
         raise ApiError(
             404, f"Job '{job.id}' is {job.status} and has no audio.", code="preview_not_available"
         )
-    slots = listener_slots(settings.preview_max_listeners)
-    if slots is None or not slots.acquire(blocking=False):
+    if ext.previews.listeners >= settings.preview_max_listeners:
         raise ApiError(
             503,
             "Too many listeners of early audio right now; try again shortly.",
             code="preview_busy",
             headers={"Retry-After": "5"},
         )
-    try:
-        fmt = job.preview_format
-        gone = request.environ.get(ASGI_SCOPE, {}).get(CLIENT_GONE)
-        body = _listen(ext.db, ext.storage, job.id, settings.audio_link_ttl, slots, gone)
-        response = Response(body, 200, mimetype=mimetype(fmt or "mp3"), direct_passthrough=True)
-    except BaseException:
-        slots.release()
-        raise
+    # Read after the status: pieces deleted by an end that came since are in the durable
+    # copy, which the follower sends from the byte this head ends at.
+    pieces = read_pieces(ext.db, job.id, -1)
+    head = b"".join(data for _, data in pieces)
+    after = pieces[-1][0] if pieces else -1
+    response = Response(head, 200, mimetype=mimetype(job.preview_format or "mp3"))
+    response.headers[PREVIEW.decode()] = preview_header(job.id, after, len(head))
     response.headers["Cache-Control"] = "no-cache"
     # Proxies that buffer responses would hold the song back until it is complete.
     response.headers["X-Accel-Buffering"] = "no"
     return response
-
-
-def _listen(
-    db: Database,
-    storage: AudioStorage,
-    job_id: str,
-    limit: float,
-    slots: threading.BoundedSemaphore,
-    gone: threading.Event | None,
-) -> Iterator[bytes]:
-    """The job's bytes in order until it ends; holds one listener slot until it stops."""
-    sent, seq = 0, -1
-    until = time.monotonic() + limit
-    try:
-        while time.monotonic() < until and not (gone is not None and gone.is_set()):
-            try:
-                with db.session() as session:
-                    row = session.execute(
-                        select(Job.status, Job.audio_key).where(Job.id == job_id)
-                    ).one_or_none()
-                # Read after the status: pieces deleted by an end that came since are in
-                # the durable copy, read next time round from the same offset.
-                pieces = read_pieces(db, job_id, seq)
-            except SQLAlchemyError:
-                log.warning("preview of job %s: the database failed; stopping", job_id)
-                return
-            for seq, data in pieces:  # noqa: B007 (seq is where the next read starts)
-                yield data
-                sent += len(data)
-            if row is None:
-                return
-            status, key = row
-            if status not in ACTIVE:
-                if status == JobStatus.SUCCEEDED and key:
-                    yield from _rest(storage, key, sent, job_id)
-                return
-            if not pieces:
-                time.sleep(RECHECK)
-    finally:
-        slots.release()
-
-
-def _rest(storage: AudioStorage, key: str, start: int, job_id: str) -> Iterator[bytes]:
-    try:
-        if start < storage.size(key):
-            yield from storage.stream(key, start)
-    except (FileNotFoundError, StorageUnavailable):
-        log.warning("preview of job %s: the stored audio could not be read", job_id)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, update
 
 from app.db import Database, utcnow
 from app.jobs.engine import Engine
 from app.jobs.intake import create_job
 from app.jobs.models import FOLLOWUP_CANCEL, Job
+from app.jobs.previews import AudioPreview
 from app.jobs.status import JobStatus
 from app.providers.base import PollResult, PollState, ProviderError
 from app.sim.audio import wav_bytes
@@ -63,6 +64,33 @@ def set_row(db: Database, job_id: str, **values: Any) -> None:
     with db.transaction() as session:
         result = session.execute(update(Job).where(Job.id == job_id).values(**values))
         assert result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def streaming_job(db: Database, settings: Settings) -> str:
+    """A job making its song as a streamed one does (its early audio in ``audio_previews``)."""
+    return new_job(
+        db, settings, status=JobStatus.RUNNING, started_at=utcnow(), preview_format="wav"
+    )
+
+
+def store_pieces(db: Database, job_id: str, pieces: list[bytes], first: int = 0) -> None:
+    """Early audio as the worker stores it (``PreviewWriter``), from sequence number ``first``."""
+    rows = [
+        {"job_id": job_id, "seq": first + i, "bytes": data, "created_at": utcnow()}
+        for i, data in enumerate(pieces)
+    ]
+    with db.transaction() as session:
+        session.execute(insert(AudioPreview), rows)
+
+
+def end_streaming_job(db: Database, job_id: str, status: str, audio_key: str | None = None) -> None:
+    """A streamed job's end as the status writer commits it: its pieces go in the same
+    transaction (``drop_previews``)."""
+    with db.transaction() as session:
+        session.execute(delete(AudioPreview).where(AudioPreview.job_id == job_id))
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status=status, audio_key=audio_key)
+        )
 
 
 def cancel_with_follow_up(db: Database, job_id: str) -> None:

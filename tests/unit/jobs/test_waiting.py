@@ -61,18 +61,10 @@ def test_reference_fetches_and_waiters_must_leave_a_thread_free() -> None:
     assert load_settings(fetches).reference_fetch_concurrency == 11
 
 
-def test_preview_listeners_default_to_half_the_threads_waiters_leave() -> None:
-    defaults = load_settings({})
-    assert defaults.preview_max_listeners == 3  # (32 - 1 - 24) // 2
-    # With the fetches' share, one thread is still free for everything else.
-    used = defaults.wait_max_waiters + defaults.reference_fetch_concurrency
-    assert used + defaults.preview_max_listeners < defaults.web_threads
-
-
-def test_preview_listeners_and_waiters_must_leave_a_thread_free() -> None:
+def test_preview_listeners_are_counted_apart_from_the_threads() -> None:
+    # They wait on the event loop (``app.listeners``), not on threads.
+    assert load_settings({}).preview_max_listeners == 1000
+    assert load_settings({"WEB_THREADS": "4"}).preview_max_listeners == 1000
+    assert load_settings({"PREVIEW_MAX_LISTENERS": "0"}).preview_max_listeners == 0
     with pytest.raises(Exception, match="PREVIEW_MAX_LISTENERS"):
-        load_settings({"WEB_THREADS": "32", "PREVIEW_MAX_LISTENERS": "8"})
-    assert (
-        load_settings({"WEB_THREADS": "32", "PREVIEW_MAX_LISTENERS": "7"}).preview_max_listeners
-        == 7
-    )
+        load_settings({"PREVIEW_MAX_LISTENERS": "-1"})
