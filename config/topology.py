@@ -98,6 +98,8 @@ BY_NAME = {process.name: process for process in PROCESSES}
 POOL_SIZE, POOL_OVERFLOW = 10, 40
 # Room beside the processes for one-off commands (`chorus balance`, a migration, psql).
 SPARE_CONNECTIONS = 50
+# The web loop's readers: ``app.jobs.tail.EventTail`` and ``app.jobs.preview_tail.PreviewTail``.
+LOOP_READERS = 2
 
 
 def database_connections(settings: Settings) -> dict[str, int]:
@@ -109,7 +111,9 @@ def database_connections(settings: Settings) -> dict[str, int]:
         return min(threads, POOL_SIZE + POOL_OVERFLOW) + 1
 
     return {
-        "web": settings.web_workers * pool(settings.web_threads),
+        # Besides its threads, a web process's event loop reads for the answers it follows
+        # (live events, early audio), one statement at a time per reader.
+        "web": settings.web_workers * (pool(settings.web_threads) + LOOP_READERS),
         "worker": settings.worker_concurrency * pool(settings.io_threads),
         "worker_sync": pool(settings.sync_concurrency),
         "webhooks": settings.worker_concurrency * pool(settings.webhook_concurrency),
