@@ -102,7 +102,7 @@ class Streams:
         stopping = asyncio.Event()
         scope[END_STREAM] = stopping.set  # the server is shutting down (``HeaderDeadline``)
         tasks = {
-            asyncio.create_task(self._pump(sub, send)),
+            asyncio.create_task(pump(sub, send, keepalive=self.keepalive)),
             asyncio.create_task(_disconnected(receive)),
             asyncio.create_task(stopping.wait()),
         }
@@ -115,35 +115,79 @@ class Streams:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _pump(self, sub: Subscription, send: Send) -> None:
-        """Send the stream's events as they come, its progress, and keep-alives meanwhile."""
-        basis: Basis | None = None
-        step = 0  # the last tenth of progress sent
 
-        async def write(body: bytes) -> None:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+async def pump(sub: Subscription, send: Send, *, keepalive: float) -> None:
+    """Send the stream's events as they come, its progress, and keep-alives meanwhile.
 
+    Whatever waits when the stream wakes goes in one write. The stream waits on a bare
+    future, woken by the tail's offers or by one timer of its own (its next progress step
+    or keep-alive), which is moved only when it must come sooner: a stream that gets an
+    event every second does not make and cancel a timer for each."""
+    loop = asyncio.get_running_loop()
+    basis: Basis | None = None
+    step = 0  # the last tenth of progress sent
+    wrote_at = loop.time()
+    timer: asyncio.TimerHandle | None = None  # None: not set, or gone off
+    timer_at = 0.0
+
+    def ring() -> None:
+        nonlocal timer
+        timer = None
+        sub.wake()
+
+    try:
         while not sub.overflowed:
-            due = basis.next_step_at(step + 1) if basis is not None else None
-            wait = self.keepalive
-            if due is not None:
-                wait = min(wait, max((due + STEP_SLACK - utcnow()).total_seconds(), 0.0))
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), wait)
-            except TimeoutError:
+            taken = sub.take()
+            parts: list[bytes] = []
+            ended = False
+            for item in taken:
+                if item.basis is not None and sub.job_id is not None:
+                    basis = item.basis
+                if item.event is not None:
+                    parts.append(item.frame)
+                    if sub.job_id is not None and item.event in TERMINAL_EVENTS:
+                        ended = True
+                        break
+                # Joining a job already well along says where it is at once.
                 sent, step = _progress(sub, basis, step)
-                await write(sent or KEEP_ALIVE)
-                continue
-            if item.basis is not None and sub.job_id is not None:
-                basis = item.basis
-            if item.event is not None:
-                await write(frame(item.event, item.data, item.id))
-                if sub.job_id is not None and item.event in TERMINAL_EVENTS:
-                    return
-            # Joining a job already well along says where it is at once.
-            sent, step = _progress(sub, basis, step)
-            if sent:
-                await write(sent)
+                if sent:
+                    parts.append(sent)
+            if not taken and loop.time() >= _due(loop, basis, step, wrote_at, keepalive):
+                sent, step = _progress(sub, basis, step)
+                parts.append(sent or KEEP_ALIVE)
+            if parts:
+                body = b"".join(parts)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                wrote_at = loop.time()
+            if ended:
+                return
+            if sub.pending or sub.overflowed:
+                continue  # more came while it was being sent
+            due = _due(loop, basis, step, wrote_at, keepalive)
+            if timer is None or due < timer_at:
+                if timer is not None:
+                    timer.cancel()
+                timer, timer_at = loop.call_at(due, ring), due
+            await sub.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _due(
+    loop: asyncio.AbstractEventLoop,
+    basis: Basis | None,
+    step: int,
+    wrote_at: float,
+    keepalive: float,
+) -> float:
+    """When, on the loop's clock, the stream next says something unasked: a keep-alive
+    after ``keepalive`` seconds of silence, or its job's next tenth, whichever is sooner."""
+    due = wrote_at + keepalive
+    at = basis.next_step_at(step + 1) if basis is not None else None
+    if at is not None:
+        due = min(due, loop.time() + (at + STEP_SLACK - utcnow()).total_seconds())
+    return due
 
 
 def _progress(sub: Subscription, basis: Basis | None, step: int) -> tuple[bytes | None, int]:

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -95,17 +96,28 @@ class Basis:
 
 @dataclass(frozen=True)
 class Delivery:
-    """An event for one stream: ``event`` None only tells it its job's ``basis``."""
+    """An event for the streams of one origin: ``event`` None only tells a stream its job's
+    ``basis``. Its bytes on the wire (``frame``) are made once, whatever the number of streams
+    it goes to."""
 
     id: int | None
     event: str | None
     data: str
     basis: Basis | None = None
+    frame: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        framed = journal.frame(self.event, self.data, self.id) if self.event is not None else b""
+        object.__setattr__(self, "frame", framed)
 
 
 @dataclass(eq=False)
 class Subscription:
-    """One open stream: a job's (``job_id``) or an org's. ``after`` is the last event it has."""
+    """One open stream: a job's (``job_id``) or an org's. ``after`` is the last event it has.
+
+    What the tail offers waits in ``pending`` until the stream's sender takes all of it at
+    once (``take``): events that came together go out together. Past ``limit`` waiting, the
+    client reads too slowly to keep up: ``overflowed``, and the stream ends."""
 
     after: int
     base_url: str
@@ -114,10 +126,8 @@ class Subscription:
     limit: int = 10_000
     ready: bool = False  # caught up: given live events from now on
     overflowed: bool = False  # its client reads too slowly: the stream ends, the client resumes
-    queue: asyncio.Queue[Delivery] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.limit)
+    pending: deque[Delivery] = field(init=False, default_factory=deque)
+    _waiter: asyncio.Future[None] | None = field(init=False, default=None, repr=False)
 
     def offer_late(self, delivery: Delivery) -> None:
         """An event that committed after later ones went out: sent once all the same, and
@@ -131,10 +141,34 @@ class Subscription:
             if delivery.id <= self.after:
                 return
             self.after = delivery.id
-        try:
-            self.queue.put_nowait(delivery)
-        except asyncio.QueueFull:
+        if len(self.pending) >= self.limit:
             self.overflowed = True
+        else:
+            self.pending.append(delivery)
+        self.wake()
+
+    def take(self) -> list[Delivery]:
+        """Everything waiting, oldest first; nothing waits after."""
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
+
+    def wake(self) -> None:
+        """Let ``wait`` return (an offer does; so does the sender's own clock)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something is pending, the stream overflowed, or ``wake`` is called. A bare
+        future: the cheapest thing a thousand idle streams can wait on."""
+        if self.pending or self.overflowed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 @dataclass
@@ -213,6 +247,7 @@ class EventTail:
         self._by_org: dict[int, set[Subscription]] = {}
         self._new: list[Subscription] = []
         self._count = 0
+        self._bases: Counter[str] = Counter()  # the origins of the open streams: how many each
         self._wake = asyncio.Event()  # bound to a loop only on first use
         self._task: asyncio.Task[None] | None = None
         self._pid: int | None = None
@@ -231,6 +266,7 @@ class EventTail:
         else:
             self._by_org.setdefault(cast(int, sub.org_id), set()).add(sub)
         self._count += 1
+        self._bases[sub.base_url] += 1
         self._new.append(sub)
         self._wake.set()
 
@@ -244,6 +280,9 @@ class EventTail:
         if subs is not None and sub in subs:
             subs.discard(sub)
             self._count -= 1
+            self._bases[sub.base_url] -= 1
+            if not self._bases[sub.base_url]:
+                del self._bases[sub.base_url]
             if not subs:
                 del index[key]
 
@@ -288,9 +327,7 @@ class EventTail:
         newcomers, self._new = self._new, []
         newcomers = [s for s in newcomers if self._subscribed(s)]
         watched_jobs, watched_orgs = set(self._by_job), set(self._by_org)
-        bases = {
-            s.base_url for subs in (*self._by_job.values(), *self._by_org.values()) for s in subs
-        }
+        bases = set(self._bases)
         cursor = gaps.cursor
         late = gaps.late_ids(time.monotonic())
         try:
@@ -312,6 +349,16 @@ class EventTail:
         return sub in self._by_org.get(cast(int, sub.org_id), ())
 
     def _apply(self, read: _Read, newcomers: list[Subscription], cursor: int, gaps: Gaps) -> None:
+        # One Delivery (its bytes framed once) per event and origin, however many streams
+        # follow it: a row that reaches thousands of org streams is rendered and framed once.
+        shared: dict[tuple[int, str], Delivery] = {}
+
+        def delivery(row: StoredEvent, base_url: str, row_read: _Read) -> Delivery:
+            made = shared.get((row.id, base_url))
+            if made is None:
+                made = shared[(row.id, base_url)] = self._delivery(row, base_url, row_read)
+            return made
+
         for sub in newcomers:
             if not self._subscribed(sub):
                 continue  # left while its catch-up was read
@@ -320,27 +367,27 @@ class EventTail:
                 sub.offer(Delivery(None, None, "", basis))
             for row in read.caught_up:
                 if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id):
-                    sub.offer(self._delivery(row, sub, read))
+                    sub.offer(delivery(row, sub.base_url, read))
             sub.ready = True
         for row in read.late:
             del gaps.missing[row.id]
             for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
                 # A newcomer's catch-up, read in the same call, already had it.
                 if sub.ready and sub not in newcomers:
-                    sub.offer_late(self._delivery(row, sub, read))
+                    sub.offer_late(delivery(row, sub.base_url, read))
         gaps.add(((row.id, (row, read)) for row in read.rows), time.monotonic())
         for row, row_read in gaps.release(time.monotonic()):
             for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
                 if sub.ready:
-                    sub.offer(self._delivery(row, sub, row_read))
+                    sub.offer(delivery(row, sub.base_url, row_read))
 
-    def _delivery(self, row: StoredEvent, sub: Subscription, read: _Read) -> Delivery:
-        data = read.rendered.get((row.job_id, sub.base_url))
+    def _delivery(self, row: StoredEvent, base_url: str, read: _Read) -> Delivery:
+        data = read.rendered.get((row.job_id, base_url))
         if data is None:
             # A stream opened from another origin after the row was read: rendered here,
             # with its audio as the link (reading a hex file belongs off the loop).
             job = read.jobs.get(row.job_id)
-            data = json.dumps(render(job, self.settings, sub.base_url) if job else None)
+            data = json.dumps(render(job, self.settings, base_url) if job else None)
         return Delivery(row.id, row.type, data, read.bases.get(row.job_id))
 
     # ------------------------------------------------------------------ executor work

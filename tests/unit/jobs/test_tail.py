@@ -82,10 +82,7 @@ def test_a_subscription_never_takes_an_event_twice_nor_an_older_one() -> None:
         sub = Subscription(after=5, base_url="http://x")
         for event_id in (4, 5, 6, 6, None, 7):
             sub.offer(Delivery(event_id, "e" if event_id else None, "{}"))
-        got = []
-        while not sub.queue.empty():
-            got.append(sub.queue.get_nowait().id)
-        return got
+        return [d.id for d in sub.take()]
 
     assert asyncio.run(offered()) == [6, None, 7]
 
@@ -120,9 +117,7 @@ def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
             slow.commit()
             got: list[Delivery] = []
             while len(got) < 2:
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
         finally:
             slow.close()
             quick.close()
@@ -139,10 +134,13 @@ def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
 
 
 def _drain(sub: Subscription) -> list[Delivery]:
-    out = []
-    while not sub.queue.empty():
-        out.append(sub.queue.get_nowait())
-    return out
+    return sub.take()
+
+
+async def _next(sub: Subscription) -> list[Delivery]:
+    """What the tail offers next (all that waits, once something does)."""
+    await asyncio.wait_for(sub.wait(), 10)
+    return sub.take()
 
 
 @pytest.mark.usefixtures("catalog")
@@ -172,14 +170,10 @@ def test_an_event_committed_after_its_gap_was_given_up_still_reaches_the_org_str
             insert(quick, "music.generation.succeeded")
             quick.commit()
             while not got:  # given up waiting for the gap: the later one goes out
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
             slow.commit()
             while len(got) < 2:
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
         finally:
             slow.close()
             quick.close()
