@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import unquote
 
 from app.db import utcnow
@@ -122,21 +124,54 @@ async def pump(sub: Subscription, send: Send, *, keepalive: float) -> None:
     Whatever waits when the stream wakes goes in one write. The stream waits on a bare
     future, woken by the tail's offers or by one timer of its own (its next progress step
     or keep-alive), which is moved only when it must come sooner: a stream that gets an
-    event every second does not make and cancel a timer for each."""
+    event every second does not make and cancel a timer for each.
+
+    While an org's stream waits, what the tail offers it is written by the offer itself
+    (``Subscription.direct``), within the tail's fan-out, without waking this task: the
+    wake-up and the loop around it were most of what a thousand streams getting the same event
+    cost. A job's stream always wakes: each of its events may bring progress or its end."""
     loop = asyncio.get_running_loop()
     basis: Basis | None = None
     step = 0  # the last tenth of progress sent
     wrote_at = loop.time()
     timer: asyncio.TimerHandle | None = None  # None: not set, or gone off
     timer_at = 0.0
+    # A direct write the client could not take at once: this task finishes it (or its error).
+    stalled: tuple[Coroutine[Any, Any, None], Any] | None = None
+    failed: BaseException | None = None
 
     def ring() -> None:
         nonlocal timer
         timer = None
         sub.wake()
 
+    def write_now() -> None:
+        """``sub.direct``: set only while this task waits, and not yet woken."""
+        nonlocal wrote_at, stalled, failed
+        taken = sub.take()
+        body = taken[0].frame if len(taken) == 1 else b"".join(d.frame for d in taken)
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        sending = cast(Coroutine[Any, Any, None], send(message))
+        try:
+            waits_on = sending.send(None)  # as far as it goes without waiting
+        except StopIteration:
+            wrote_at = loop.time()
+            return
+        except Exception as exc:  # noqa: BLE001 - raised in the stream's own task, not here
+            failed = exc
+        else:
+            stalled = (sending, waits_on)  # the client is slow: this task finishes it
+        sub.wake()
+
     try:
         while not sub.overflowed:
+            if stalled is not None:
+                sending, waits_on = stalled
+                stalled = None
+                await _run_on(sending, waits_on)
+                wrote_at = loop.time()
+            if failed is not None:
+                raise failed
             taken = sub.take()
             parts: list[bytes] = []
             ended = False
@@ -168,10 +203,35 @@ async def pump(sub: Subscription, send: Send, *, keepalive: float) -> None:
                 if timer is not None:
                     timer.cancel()
                 timer, timer_at = loop.call_at(due, ring), due
-            await sub.wait()
+            if sub.job_id is None:
+                sub.direct = write_now
+            try:
+                await sub.wait()
+            finally:
+                sub.direct = None
     finally:
         if timer is not None:
             timer.cancel()
+        if stalled is not None:
+            stalled[0].close()  # the stream ended before its client took the last write
+
+
+async def _run_on(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> None:
+    """Finish, in this task, a coroutine that was run by hand until it had to wait, as a task
+    would have: wait for what it waits on, resume it, again until it returns (Python 3.12's
+    eager tasks do this; 3.11 has none). Its errors come out of it; cancelled, it is closed."""
+    try:
+        while True:
+            if waits_on is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait((waits_on,))
+            try:
+                waits_on = coroutine.send(None)
+            except StopIteration:
+                return
+    finally:
+        coroutine.close()  # nothing once it has returned
 
 
 def _due(

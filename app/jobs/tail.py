@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -117,7 +117,9 @@ class Subscription:
 
     What the tail offers waits in ``pending`` until the stream's sender takes all of it at
     once (``take``): events that came together go out together. Past ``limit`` waiting, the
-    client reads too slowly to keep up: ``overflowed``, and the stream ends."""
+    client reads too slowly to keep up: ``overflowed``, and the stream ends. While its sender
+    is idle it may set ``direct``: an offer then calls it there and then, to write what is
+    pending, instead of waking the sender's task."""
 
     after: int
     base_url: str
@@ -127,6 +129,7 @@ class Subscription:
     ready: bool = False  # caught up: given live events from now on
     overflowed: bool = False  # its client reads too slowly: the stream ends, the client resumes
     pending: deque[Delivery] = field(init=False, default_factory=deque)
+    direct: Callable[[], None] | None = field(init=False, default=None, repr=False)
     _waiter: asyncio.Future[None] | None = field(init=False, default=None, repr=False)
 
     def offer_late(self, delivery: Delivery) -> None:
@@ -137,15 +140,27 @@ class Subscription:
         self.offer(delivery)
 
     def offer(self, delivery: Delivery) -> None:
-        if delivery.id is not None:
-            if delivery.id <= self.after:
+        self.offer_all((delivery,))
+
+    def offer_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Events in id order (none twice, none older than ``after``), sent in one write."""
+        was_empty = not self.pending
+        for delivery in deliveries:
+            if delivery.id is not None:
+                if delivery.id <= self.after:
+                    continue
+                self.after = delivery.id
+            if len(self.pending) >= self.limit:
+                self.overflowed = True
+                self.wake()
                 return
-            self.after = delivery.id
-        if len(self.pending) >= self.limit:
-            self.overflowed = True
-        else:
             self.pending.append(delivery)
-        self.wake()
+        if not self.pending:
+            return
+        if self.direct is not None:
+            self.direct()
+        elif was_empty:  # else it was woken for the first ones and has yet to take them
+            self.wake()
 
     def take(self) -> list[Delivery]:
         """Everything waiting, oldest first; nothing waits after."""
@@ -154,7 +169,8 @@ class Subscription:
         return taken
 
     def wake(self) -> None:
-        """Let ``wait`` return (an offer does; so does the sender's own clock)."""
+        """Let ``wait`` return: the sender's task takes over (``direct`` is unset)."""
+        self.direct = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -363,11 +379,13 @@ class EventTail:
             if not self._subscribed(sub):
                 continue  # left while its catch-up was read
             basis = read.bases.get(sub.job_id) if sub.job_id is not None else None
-            if basis is not None:
-                sub.offer(Delivery(None, None, "", basis))
-            for row in read.caught_up:
-                if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id):
-                    sub.offer(delivery(row, sub.base_url, read))
+            catch_up = [Delivery(None, None, "", basis)] if basis is not None else []
+            catch_up.extend(
+                delivery(row, sub.base_url, read)
+                for row in read.caught_up
+                if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id)
+            )
+            sub.offer_all(catch_up)
             sub.ready = True
         for row in read.late:
             del gaps.missing[row.id]
@@ -376,10 +394,25 @@ class EventTail:
                 if sub.ready and sub not in newcomers:
                     sub.offer_late(delivery(row, sub.base_url, read))
         gaps.add(((row.id, (row, read)) for row in read.rows), time.monotonic())
+        # Each stream is offered all it gets of what is released at once: one write for them.
+        followed: dict[tuple[str, Any], list[tuple[StoredEvent, _Read]]] = {}
         for row, row_read in gaps.release(time.monotonic()):
-            for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
-                if sub.ready:
-                    sub.offer(delivery(row, sub.base_url, row_read))
+            if row.job_id in self._by_job:
+                followed.setdefault(("job", row.job_id), []).append((row, row_read))
+            if row.org_id in self._by_org:
+                followed.setdefault(("org", row.org_id), []).append((row, row_read))
+        for (kind, key), rows in followed.items():
+            subs = self._by_job.get(key, ()) if kind == "job" else self._by_org.get(key, ())
+            for_origin: dict[str, list[Delivery]] = {}
+            for sub in tuple(subs):
+                if not sub.ready:
+                    continue
+                deliveries = for_origin.get(sub.base_url)
+                if deliveries is None:
+                    deliveries = for_origin[sub.base_url] = [
+                        delivery(row, sub.base_url, row_read) for row, row_read in rows
+                    ]
+                sub.offer_all(deliveries)
 
     def _delivery(self, row: StoredEvent, base_url: str, read: _Read) -> Delivery:
         data = read.rendered.get((row.job_id, base_url))
