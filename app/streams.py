@@ -127,9 +127,9 @@ async def pump(sub: Subscription, send: Send, *, keepalive: float) -> None:
     event every second does not make and cancel a timer for each.
 
     While an org's stream waits, what the tail offers it is written by the offer itself
-    (``Subscription.direct``), within the tail's fan-out, without waking this task: the
-    wake-up and the loop around it were most of what a thousand streams getting the same event
-    cost. A job's stream always wakes: each of its events may bring progress or its end."""
+    (``Subscription.direct``), within the tail's fan-out, without waking this task: for a
+    thousand streams given the same event, a wake-up of each costs more than its write. A
+    job's stream always wakes: each of its events may bring progress or its end."""
     loop = asyncio.get_running_loop()
     basis: Basis | None = None
     step = 0  # the last tenth of progress sent
