@@ -183,3 +183,57 @@ def test_an_event_committed_after_its_gap_was_given_up_still_reaches_the_org_str
     (first_id, first), (late_id, late) = asyncio.run(follow())
     assert (first, late) == ("music.generation.succeeded", "music.generation.running")
     assert first_id is not None and late_id is None  # the resume point stays at the newest
+
+
+@pytest.mark.usefixtures("catalog")
+def test_the_events_of_one_read_reach_each_stream_together_framed_once(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    """Three events committed together: each of two org streams is handed all three at once
+    (one write), and both streams are given the very same bytes, framed once."""
+    response = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
+    job = response.get_json()
+    with db.session() as session:
+        queued = session.scalar(sa.select(JobEvent.id))
+        org_id = session.scalar(sa.select(JobEvent.org_id))
+    tail = EventTail(settings, db, make_storage(settings), poll_seconds=0.05, gap_seconds=30)
+    kinds = ["music.generation.running", "music.generation.failed", "music.generation.cancelled"]
+
+    async def follow() -> list[list[Delivery]]:
+        subs = [Subscription(after=queued, base_url="http://chorus", org_id=org_id) for _ in "ab"]
+        handed: list[list[Delivery]] = []
+        for sub in subs:
+            tail.subscribe(sub)
+            # What a waiting stream's sender does with an offer: take it all, there and then.
+            sub.direct = lambda sub=sub: handed.append(sub.take())
+        try:
+            async with asyncio.timeout(10):
+                while not all(sub.ready for sub in subs):
+                    await asyncio.sleep(0.01)
+                with db.transaction() as session:
+                    session.execute(
+                        sa.insert(JobEvent).values(
+                            [
+                                {
+                                    "job_id": job["id"],
+                                    "org_id": org_id,
+                                    "type": k,
+                                    "created_at": utcnow(),
+                                }
+                                for k in kinds
+                            ]
+                        )
+                    )
+                while len(handed) < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            for sub in subs:
+                tail.unsubscribe(sub)
+        return handed
+
+    first, second = asyncio.run(follow())
+    assert [d.event for d in first] == kinds
+    assert [d.frame for d in first] == [d.frame for d in second]
+    assert all(a is b for a, b in zip(first, second, strict=True))  # one Delivery, not a copy
+    ids = [d.id for d in first]
+    assert ids == sorted(ids) and len(set(ids)) == 3
