@@ -26,7 +26,8 @@ from urllib.parse import unquote
 
 from app.db import utcnow
 from app.jobs.journal import KEEP_ALIVE, PROGRESS, TERMINAL_EVENTS, frame
-from app.jobs.tail import Basis, EventTail, Subscription
+from app.jobs.subscription import Basis, Subscription
+from app.jobs.tail import EventTail
 from app.webserver import END_STREAM, ASGIApp, Message, Receive, Scope, Send
 
 FOLLOW = b"x-chorus-follow"

@@ -17,7 +17,7 @@ from typing import Any
 from app.db import utcnow
 from app.jobs.journal import KEEP_ALIVE, frame
 from app.jobs.status import JobStatus
-from app.jobs.tail import Basis, Delivery, Subscription
+from app.jobs.subscription import Basis, Delivery, Subscription
 from app.streams import pump
 from app.webserver import Message, Send
 

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from app.db import Database, utcnow
 from app.jobs.models import JobEvent
-from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, Delivery, EventTail, Gaps, Subscription
+from app.jobs.subscription import Delivery, Subscription
+from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, EventTail, Gaps
 from app.storage import make_storage
 from config import Settings
 from tests.conftest import GOOD_BODY, auth
@@ -64,27 +65,6 @@ def test_a_gap_too_wide_for_any_insert_is_not_looked_for() -> None:
     gaps.add([(12 + LATE_GAP_MAX, "far")], now=0.0)
     assert gaps.release(now=3.0) == ["far"]
     assert gaps.late_ids(now=3.0) == []
-
-
-def test_a_late_event_keeps_the_resume_point_where_it_is() -> None:
-    async def offered() -> list[int | None]:
-        sub = Subscription(after=5, base_url="http://x")
-        sub.offer(Delivery(7, "e", "{}"))
-        sub.offer_late(Delivery(6, "e", "{}"))  # committed after 7 went out
-        sub.offer_late(Delivery(8, "e", "{}"))
-        return [d.id for d in _drain(sub)]
-
-    assert asyncio.run(offered()) == [7, None, 8]
-
-
-def test_a_subscription_never_takes_an_event_twice_nor_an_older_one() -> None:
-    async def offered() -> list[int | None]:
-        sub = Subscription(after=5, base_url="http://x")
-        for event_id in (4, 5, 6, 6, None, 7):
-            sub.offer(Delivery(event_id, "e" if event_id else None, "{}"))
-        return [d.id for d in sub.take()]
-
-    assert asyncio.run(offered()) == [6, None, 7]
 
 
 @pytest.mark.usefixtures("catalog")
