@@ -38,8 +38,9 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -53,7 +54,7 @@ from app.jobs.journal import StoredEvent
 from app.jobs.models import Job, JobEvent
 from app.jobs.present import render
 from app.jobs.progress import estimate
-from app.jobs.status import JobStatus
+from app.jobs.subscription import Basis, Delivery, Subscription
 from app.storage import AudioStorage
 from config import Settings
 
@@ -67,74 +68,6 @@ LATE_SECONDS = 60.0
 LATE_GAP_MAX = 1000
 CATCH_UP_LIMIT = 10_000
 RECONNECT_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Basis:
-    """What a job stream's progress is computed from: the job as the event's read found it."""
-
-    status: str
-    started_at: dt.datetime | None
-    expected_seconds: float | None
-
-    def progress(self, job_id: str, now: dt.datetime) -> dict[str, Any] | None:
-        guess = estimate(self.status, self.started_at, self.expected_seconds, now)
-        if guess.progress is None or self.status != JobStatus.RUNNING:
-            return None
-        eta = int(guess.eta.timestamp()) if guess.eta else None
-        return {"id": job_id, "progress": guess.progress, "eta": eta}
-
-    def next_step_at(self, step: int) -> dt.datetime | None:
-        """When a RUNNING job reaches ``step`` tenths (never 10: that is its success)."""
-        if self.status != JobStatus.RUNNING or not self.started_at or not self.expected_seconds:
-            return None
-        if step >= 10:
-            return None
-        return self.started_at + dt.timedelta(seconds=self.expected_seconds * step / 10)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """An event for one stream: ``event`` None only tells it its job's ``basis``."""
-
-    id: int | None
-    event: str | None
-    data: str
-    basis: Basis | None = None
-
-
-@dataclass(eq=False)
-class Subscription:
-    """One open stream: a job's (``job_id``) or an org's. ``after`` is the last event it has."""
-
-    after: int
-    base_url: str
-    job_id: str | None = None
-    org_id: int | None = None
-    limit: int = 10_000
-    ready: bool = False  # caught up: given live events from now on
-    overflowed: bool = False  # its client reads too slowly: the stream ends, the client resumes
-    queue: asyncio.Queue[Delivery] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.limit)
-
-    def offer_late(self, delivery: Delivery) -> None:
-        """An event that committed after later ones went out: sent once all the same, and
-        without its id where that would move the client's resume point back."""
-        if delivery.id is not None and delivery.id <= self.after:
-            delivery = Delivery(None, delivery.event, delivery.data, delivery.basis)
-        self.offer(delivery)
-
-    def offer(self, delivery: Delivery) -> None:
-        if delivery.id is not None:
-            if delivery.id <= self.after:
-                return
-            self.after = delivery.id
-        try:
-            self.queue.put_nowait(delivery)
-        except asyncio.QueueFull:
-            self.overflowed = True
 
 
 @dataclass
@@ -213,6 +146,7 @@ class EventTail:
         self._by_org: dict[int, set[Subscription]] = {}
         self._new: list[Subscription] = []
         self._count = 0
+        self._bases: Counter[str] = Counter()  # the origins of the open streams: how many each
         self._wake = asyncio.Event()  # bound to a loop only on first use
         self._task: asyncio.Task[None] | None = None
         self._pid: int | None = None
@@ -231,6 +165,7 @@ class EventTail:
         else:
             self._by_org.setdefault(cast(int, sub.org_id), set()).add(sub)
         self._count += 1
+        self._bases[sub.base_url] += 1
         self._new.append(sub)
         self._wake.set()
 
@@ -244,6 +179,9 @@ class EventTail:
         if subs is not None and sub in subs:
             subs.discard(sub)
             self._count -= 1
+            self._bases[sub.base_url] -= 1
+            if not self._bases[sub.base_url]:
+                del self._bases[sub.base_url]
             if not subs:
                 del index[key]
 
@@ -288,9 +226,7 @@ class EventTail:
         newcomers, self._new = self._new, []
         newcomers = [s for s in newcomers if self._subscribed(s)]
         watched_jobs, watched_orgs = set(self._by_job), set(self._by_org)
-        bases = {
-            s.base_url for subs in (*self._by_job.values(), *self._by_org.values()) for s in subs
-        }
+        bases = set(self._bases)
         cursor = gaps.cursor
         late = gaps.late_ids(time.monotonic())
         try:
@@ -312,35 +248,62 @@ class EventTail:
         return sub in self._by_org.get(cast(int, sub.org_id), ())
 
     def _apply(self, read: _Read, newcomers: list[Subscription], cursor: int, gaps: Gaps) -> None:
+        # One Delivery (its bytes framed once) per event and origin, however many streams
+        # follow it: a row that reaches thousands of org streams is rendered and framed once.
+        shared: dict[tuple[int, str], Delivery] = {}
+
+        def delivery(row: StoredEvent, base_url: str, row_read: _Read) -> Delivery:
+            made = shared.get((row.id, base_url))
+            if made is None:
+                made = shared[(row.id, base_url)] = self._delivery(row, base_url, row_read)
+            return made
+
         for sub in newcomers:
             if not self._subscribed(sub):
                 continue  # left while its catch-up was read
             basis = read.bases.get(sub.job_id) if sub.job_id is not None else None
-            if basis is not None:
-                sub.offer(Delivery(None, None, "", basis))
-            for row in read.caught_up:
-                if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id):
-                    sub.offer(self._delivery(row, sub, read))
+            catch_up = [Delivery(None, None, "", basis)] if basis is not None else []
+            catch_up.extend(
+                delivery(row, sub.base_url, read)
+                for row in read.caught_up
+                if row.id <= cursor and (row.job_id == sub.job_id or row.org_id == sub.org_id)
+            )
+            sub.offer_all(catch_up)
             sub.ready = True
         for row in read.late:
             del gaps.missing[row.id]
             for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
                 # A newcomer's catch-up, read in the same call, already had it.
                 if sub.ready and sub not in newcomers:
-                    sub.offer_late(self._delivery(row, sub, read))
+                    sub.offer_late(delivery(row, sub.base_url, read))
         gaps.add(((row.id, (row, read)) for row in read.rows), time.monotonic())
+        # Each stream is offered all it gets of what is released at once: one write for them.
+        followed: dict[tuple[str, Any], list[tuple[StoredEvent, _Read]]] = {}
         for row, row_read in gaps.release(time.monotonic()):
-            for sub in (*self._by_job.get(row.job_id, ()), *self._by_org.get(row.org_id, ())):
-                if sub.ready:
-                    sub.offer(self._delivery(row, sub, row_read))
+            if row.job_id in self._by_job:
+                followed.setdefault(("job", row.job_id), []).append((row, row_read))
+            if row.org_id in self._by_org:
+                followed.setdefault(("org", row.org_id), []).append((row, row_read))
+        for (kind, key), rows in followed.items():
+            subs = self._by_job.get(key, ()) if kind == "job" else self._by_org.get(key, ())
+            for_origin: dict[str, list[Delivery]] = {}
+            for sub in tuple(subs):
+                if not sub.ready:
+                    continue
+                deliveries = for_origin.get(sub.base_url)
+                if deliveries is None:
+                    deliveries = for_origin[sub.base_url] = [
+                        delivery(row, sub.base_url, row_read) for row, row_read in rows
+                    ]
+                sub.offer_all(deliveries)
 
-    def _delivery(self, row: StoredEvent, sub: Subscription, read: _Read) -> Delivery:
-        data = read.rendered.get((row.job_id, sub.base_url))
+    def _delivery(self, row: StoredEvent, base_url: str, read: _Read) -> Delivery:
+        data = read.rendered.get((row.job_id, base_url))
         if data is None:
             # A stream opened from another origin after the row was read: rendered here,
             # with its audio as the link (reading a hex file belongs off the loop).
             job = read.jobs.get(row.job_id)
-            data = json.dumps(render(job, self.settings, sub.base_url) if job else None)
+            data = json.dumps(render(job, self.settings, base_url) if job else None)
         return Delivery(row.id, row.type, data, read.bases.get(row.job_id))
 
     # ------------------------------------------------------------------ executor work
@@ -419,8 +382,10 @@ class EventTail:
                 ):
                     found[job.id] = Basis(job.status, job.started_at, expected)
                     jobs_found[job.id] = job
+                    # A running job's progress and eta, as its GET shows them.
+                    guess = estimate(job.status, job.started_at, expected, utcnow())
                     for base in bases:
-                        body = render(job, self.settings, base, self.storage)
+                        body = render(job, self.settings, base, self.storage, progress=guess)
                         rendered[(job.id, base)] = json.dumps(body)
         return _Read(caught_up, rows, found_late, rendered, found, jobs_found)
 

@@ -119,6 +119,9 @@ def test_a_job_stream_follows_the_job_to_its_end_and_resumes(web: str, db: Datab
     got = requests.get(f"{web}{URL}/{job_id}", headers=auth(key), timeout=TIMEOUT).json()
     assert steady(events[-1]["data"]) == steady(got) and got["status"] == "SUCCEEDED"
     assert events[1]["data"]["id"] == job_id
+    # The running event's job, rendered by the tail, has its eta as its GET would.
+    assert events[1]["data"]["status"] == "RUNNING"
+    assert isinstance(events[1]["data"]["eta"], int)
 
     # Resumed after the running event: only what came after it, and the stream ends.
     resumed = open_stream(web, f"{URL}/{job_id}/events", key, **{"Last-Event-ID": events[1]["id"]})

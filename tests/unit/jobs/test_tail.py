@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from app.db import Database, utcnow
 from app.jobs.models import JobEvent
-from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, Delivery, EventTail, Gaps, Subscription
+from app.jobs.subscription import Delivery, Subscription
+from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, EventTail, Gaps
 from app.storage import make_storage
 from config import Settings
 from tests.conftest import GOOD_BODY, auth
@@ -66,30 +67,6 @@ def test_a_gap_too_wide_for_any_insert_is_not_looked_for() -> None:
     assert gaps.late_ids(now=3.0) == []
 
 
-def test_a_late_event_keeps_the_resume_point_where_it_is() -> None:
-    async def offered() -> list[int | None]:
-        sub = Subscription(after=5, base_url="http://x")
-        sub.offer(Delivery(7, "e", "{}"))
-        sub.offer_late(Delivery(6, "e", "{}"))  # committed after 7 went out
-        sub.offer_late(Delivery(8, "e", "{}"))
-        return [d.id for d in _drain(sub)]
-
-    assert asyncio.run(offered()) == [7, None, 8]
-
-
-def test_a_subscription_never_takes_an_event_twice_nor_an_older_one() -> None:
-    async def offered() -> list[int | None]:
-        sub = Subscription(after=5, base_url="http://x")
-        for event_id in (4, 5, 6, 6, None, 7):
-            sub.offer(Delivery(event_id, "e" if event_id else None, "{}"))
-        got = []
-        while not sub.queue.empty():
-            got.append(sub.queue.get_nowait().id)
-        return got
-
-    assert asyncio.run(offered()) == [6, None, 7]
-
-
 @pytest.mark.usefixtures("catalog")
 def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
     client: Any, api_key: str, db: Database, settings: Settings
@@ -120,9 +97,7 @@ def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
             slow.commit()
             got: list[Delivery] = []
             while len(got) < 2:
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
         finally:
             slow.close()
             quick.close()
@@ -139,10 +114,13 @@ def test_an_event_committed_after_a_later_one_still_reaches_the_stream_in_order(
 
 
 def _drain(sub: Subscription) -> list[Delivery]:
-    out = []
-    while not sub.queue.empty():
-        out.append(sub.queue.get_nowait())
-    return out
+    return sub.take()
+
+
+async def _next(sub: Subscription) -> list[Delivery]:
+    """What the tail offers next (all that waits, once something does)."""
+    await asyncio.wait_for(sub.wait(), 10)
+    return sub.take()
 
 
 @pytest.mark.usefixtures("catalog")
@@ -172,14 +150,10 @@ def test_an_event_committed_after_its_gap_was_given_up_still_reaches_the_org_str
             insert(quick, "music.generation.succeeded")
             quick.commit()
             while not got:  # given up waiting for the gap: the later one goes out
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
             slow.commit()
             while len(got) < 2:
-                delivery = await asyncio.wait_for(sub.queue.get(), 10)
-                if delivery.event:
-                    got.append(delivery)
+                got.extend(d for d in await _next(sub) if d.event)
         finally:
             slow.close()
             quick.close()
@@ -189,3 +163,57 @@ def test_an_event_committed_after_its_gap_was_given_up_still_reaches_the_org_str
     (first_id, first), (late_id, late) = asyncio.run(follow())
     assert (first, late) == ("music.generation.succeeded", "music.generation.running")
     assert first_id is not None and late_id is None  # the resume point stays at the newest
+
+
+@pytest.mark.usefixtures("catalog")
+def test_the_events_of_one_read_reach_each_stream_together_framed_once(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    """Three events committed together: each of two org streams is handed all three at once
+    (one write), and both streams are given the very same bytes, framed once."""
+    response = client.post("/v1/music/generations", json=GOOD_BODY, headers=auth(api_key))
+    job = response.get_json()
+    with db.session() as session:
+        queued = session.scalar(sa.select(JobEvent.id))
+        org_id = session.scalar(sa.select(JobEvent.org_id))
+    tail = EventTail(settings, db, make_storage(settings), poll_seconds=0.05, gap_seconds=30)
+    kinds = ["music.generation.running", "music.generation.failed", "music.generation.cancelled"]
+
+    async def follow() -> list[list[Delivery]]:
+        subs = [Subscription(after=queued, base_url="http://chorus", org_id=org_id) for _ in "ab"]
+        handed: list[list[Delivery]] = []
+        for sub in subs:
+            tail.subscribe(sub)
+            # What a waiting stream's sender does with an offer: take it all, there and then.
+            sub.direct = lambda sub=sub: handed.append(sub.take())
+        try:
+            async with asyncio.timeout(10):
+                while not all(sub.ready for sub in subs):
+                    await asyncio.sleep(0.01)
+                with db.transaction() as session:
+                    session.execute(
+                        sa.insert(JobEvent).values(
+                            [
+                                {
+                                    "job_id": job["id"],
+                                    "org_id": org_id,
+                                    "type": k,
+                                    "created_at": utcnow(),
+                                }
+                                for k in kinds
+                            ]
+                        )
+                    )
+                while len(handed) < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            for sub in subs:
+                tail.unsubscribe(sub)
+        return handed
+
+    first, second = asyncio.run(follow())
+    assert [d.event for d in first] == kinds
+    assert [d.frame for d in first] == [d.frame for d in second]
+    assert all(a is b for a, b in zip(first, second, strict=True))  # one Delivery, not a copy
+    ids = [d.id for d in first]
+    assert ids == sorted(ids) and len(set(ids)) == 3
