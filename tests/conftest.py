@@ -517,26 +517,6 @@ def procs(
             )
 
 
-# The files that run real process stacks take tens of seconds each. Handed out first, they
-# overlap the thousands of quick tests on the other xdist worker instead of leaving one worker
-# alone with the last of them (``--dist loadfile`` hands files out in collection order).
-LONG_FIRST = (
-    "tests/e2e/",
-    "tests/client/",
-    "tests/api/test_schemathesis.py",
-    "tests/api/test_hostile_inputs.py",
-    "tests/unit/webhooks/test_delivery.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def later(item: pytest.Item) -> bool:
-        path = item.path.relative_to(ROOT).as_posix()
-        return not path.startswith(LONG_FIRST)
-
-    items.sort(key=later)  # stable: each file's tests stay together and in order
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
