@@ -142,7 +142,9 @@ class Database:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(database_url(self.settings), pre_ping=self.pre_ping)
+            self._engine = make_engine(
+                database_url(self.settings), pre_ping=self.pre_ping, **self._pool_sizes()
+            )
         return self._engine
 
     @property
@@ -161,8 +163,14 @@ class Database:
                 # Nothing to roll back on an autocommit connection given back to the pool.
                 pool_reset_on_return=None,
                 execution_options={PREPARE_OPTION: self.settings.database_prepare},
+                **self._pool_sizes(),
             )
         return self._reader
+
+    def _pool_sizes(self) -> dict[str, int]:
+        """DATABASE_POOL_IDLE kept open when idle; the most open at once stays the same."""
+        idle = min(self.settings.database_pool_idle, POOL_SIZE + POOL_OVERFLOW)
+        return {"pool_size": idle, "max_overflow": POOL_SIZE + POOL_OVERFLOW - idle}
 
     def session(self) -> Session:
         if self._sessions is None:

@@ -73,6 +73,9 @@ class Settings:
     database_direct_url: str | None
     # Prepare the API's hottest statements on the server (off behind a transaction pooler).
     database_prepare: bool
+    # Connections each of a process's pools keeps open once idle (it may open more while busy,
+    # up to the same maximum): fewer leaves a shared server room for more processes.
+    database_pool_idle: int
     redis_url: str | None
     redis_prefix: str
     broker_url: str
@@ -261,6 +264,7 @@ def _parse(env: Env, source: Mapping[str, str]) -> Settings:
         database_url=with_driver(database_url) if database_url else None,
         database_direct_url=with_driver(database_direct_url) if database_direct_url else None,
         database_prepare=env.bool("DATABASE_PREPARE", not pooled),
+        database_pool_idle=env.int("DATABASE_POOL_IDLE", 10, validate=Range(min=1, max=50)),
         redis_url=redis_url,
         redis_prefix=env.str("REDIS_KEY_PREFIX", ""),
         broker_url=_broker(broker_url),

@@ -168,6 +168,9 @@ def chorus_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, st
         "SIM_JITTER": "0.1",
         "SIM_AUDIO_SECONDS": "2",
         "IO_THREADS": "8",
+        # The suite's processes share one server's 100 connections with each other (two xdist
+        # workers, each starting stacks): a pool keeps only a few open once idle.
+        "DATABASE_POOL_IDLE": "2",
         # Generous: tests that are not about rate limits must not meet one.
         "RATE_LIMIT": "100000 per minute",
         # This run's keys only: concurrent test runs may share the Redis database.

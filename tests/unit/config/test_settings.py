@@ -93,3 +93,17 @@ def test_migrations_and_the_schedulers_lock_use_the_direct_url(tmp_path: object)
     leadership = Scheduler(make_celery(settings)).leadership
     assert isinstance(leadership, PostgresLeadership)
     assert leadership._url.render_as_string(hide_password=False) == direct
+
+
+@pytest.mark.parametrize(("idle", "overflow"), [(None, 40), ("2", 48)])
+def test_pools_keep_database_pool_idle_open_and_the_same_most(
+    idle: str | None, overflow: int
+) -> None:
+    from app.db import Database
+
+    environ = {"DATABASE_URL": SERVER, **({"DATABASE_POOL_IDLE": idle} if idle else {})}
+    db = Database(load_settings(environ))
+    for engine in (db.engine, db.reader):  # made without connecting
+        assert engine.pool.size() + engine.pool._max_overflow == 50  # type: ignore[attr-defined]
+        assert engine.pool._max_overflow == overflow  # type: ignore[attr-defined]
+        engine.dispose()
