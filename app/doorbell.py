@@ -14,11 +14,13 @@ database briefly down) costs only latency: the scheduler wakes at its safety cap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "chorus_due"
 # The pause between two NOTIFYs of one process: rings meanwhile make one more, not many.
 COALESCE_SECONDS = 0.005
+# How long a listener on an event loop (``hear``) waits before connecting again.
+RECONNECT_SECONDS = 5.0
 
 
 _bells: dict[str, Doorbell] = {}
@@ -112,3 +116,44 @@ def ring_now(database_url: str) -> None:
             cursor.execute(f"NOTIFY {CHANNEL}")
     finally:
         conn.close()
+
+
+async def hear(database_url: str, on_ring: Callable[[], None]) -> None:
+    """Call ``on_ring`` on the running loop each time the doorbell rings, until cancelled.
+
+    For the web process's event loop (``app.jobs.tail``): a submit rings the doorbell, and
+    nothing else tells the loop of the new job, Redis or none. A LISTEN on a connection of its
+    own, read when its socket is readable, so no thread waits on it. A lost connection is
+    made again ``RECONNECT_SECONDS`` later; rings meanwhile are missed, which costs latency
+    only (the listener polls as well).
+    """
+    loop = asyncio.get_running_loop()
+    url = make_url(database_url)
+    while True:
+        conn: Any = None
+        fd: int | None = None
+        try:
+            conn = await loop.run_in_executor(
+                None, lambda: connect(url, application_name="chorus doorbell listener")
+            )
+            with conn.cursor() as cursor:
+                cursor.execute(f"LISTEN {CHANNEL}")
+            readable = asyncio.Event()
+            fd = int(conn.fileno())
+            loop.add_reader(fd, readable.set)
+            while True:
+                await readable.wait()
+                readable.clear()
+                conn.poll()
+                if conn.notifies:
+                    conn.notifies.clear()
+                    on_ring()
+        except Exception as exc:  # noqa: BLE001 - the database went away: listen again later
+            log.warning("doorbell listener: lost its connection (%s); polling meanwhile", exc)
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+            if conn is not None:
+                with contextlib.suppress(Exception):  # already broken
+                    conn.close()
+        await asyncio.sleep(RECONNECT_SECONDS)

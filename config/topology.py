@@ -98,8 +98,9 @@ BY_NAME = {process.name: process for process in PROCESSES}
 POOL_SIZE, POOL_OVERFLOW = 10, 40
 # Room beside the processes for one-off commands (`chorus balance`, a migration, psql).
 SPARE_CONNECTIONS = 50
-# The web loop's readers: ``app.jobs.tail.EventTail`` and ``app.jobs.preview_tail.PreviewTail``.
-LOOP_READERS = 2
+# The web loop's own connections: ``app.jobs.tail.EventTail``'s reader and the doorbell it
+# LISTENs on, and ``app.jobs.preview_tail.PreviewTail``'s reader.
+LOOP_READERS = 3
 
 
 def database_connections(settings: Settings) -> dict[str, int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from sqlalchemy import Integer, String, column, select, true, values
 
 from app.db import Database
+from app.jobs.loop_reader import LoopReader
 from app.jobs.models import Job
 from app.jobs.previews import AudioPreview
 from app.jobs.status import ACTIVE, JobStatus
@@ -88,17 +88,17 @@ class Listener:
         return not self.full and not self.ended
 
 
-class PreviewTail:
+class PreviewTail(LoopReader):
     """The process's reader of ``audio_previews`` for its listeners, started with the first."""
 
+    name = "preview-tail"
+
     def __init__(self, db: Database, *, recheck: float = RECHECK) -> None:
+        super().__init__()
         self.db = db
         self.recheck = recheck
         self._by_job: dict[str, set[Listener]] = {}
         self._count = 0
-        self._wake = asyncio.Event()  # bound to a loop only on first use
-        self._task: asyncio.Task[None] | None = None
-        self._pid: int | None = None
 
     @property
     def listeners(self) -> int:
@@ -131,14 +131,6 @@ class PreviewTail:
         return item
 
     # ------------------------------------------------------------------ the loop's task
-
-    def _ensure_running(self) -> None:
-        # Started in the process and loop that serve listeners (gunicorn forks workers).
-        if self._task is not None and not self._task.done() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="preview-tail")
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

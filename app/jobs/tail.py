@@ -2,10 +2,10 @@
 
 Every open stream of the process (a job's, or an org's) is a ``Subscription`` waiting on its
 own queue; no stream holds a thread. The tail alone reads ``job_events``, in one query for all
-of them: the rows with ``id`` above its cursor. It reads when told (a Redis message published
-after each commit that wrote events, ``app.jobs.journal.CHANNEL``) and at least every
-``poll_seconds``, so a lost message, a Redis outage, or no Redis at all (the embedded shape)
-costs at most that long. Its database work runs on the loop's executor, one call at a time;
+of them: the rows with ``id`` above its cursor. It reads when told (the scheduler's doorbell,
+which a submit rings, heard on a LISTEN of the tail's own; and a Redis message published after
+each commit that wrote events, ``app.jobs.journal.CHANNEL``) and at least every
+``poll_seconds``, so a lost message or a broken connection costs at most that long. Its database work runs on the loop's executor, one call at a time;
 the jobs those rows concern are read and rendered in the same call (one query per wake).
 
 Contiguity. ``bigserial`` ids are taken when a row is inserted and become visible when its
@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -47,10 +46,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import Table, or_, select
 
+from app import doorbell
 from app.catalog.models import Model
-from app.db import Database, utcnow
+from app.db import Database, direct_database_url, utcnow
 from app.jobs import journal
 from app.jobs.journal import StoredEvent
+from app.jobs.loop_reader import LoopReader
 from app.jobs.models import Job, JobEvent
 from app.jobs.present import render
 from app.jobs.progress import estimate
@@ -125,8 +126,10 @@ class Gaps:
         return sorted(self.missing)
 
 
-class EventTail:
+class EventTail(LoopReader):
     """The process's reader of ``job_events`` for its open streams, started with the first."""
+
+    name = "event-tail"
 
     def __init__(
         self,
@@ -137,6 +140,7 @@ class EventTail:
         poll_seconds: float = 1.0,
         gap_seconds: float = 2.0,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -147,9 +151,6 @@ class EventTail:
         self._new: list[Subscription] = []
         self._count = 0
         self._bases: Counter[str] = Counter()  # the origins of the open streams: how many each
-        self._wake = asyncio.Event()  # bound to a loop only on first use
-        self._task: asyncio.Task[None] | None = None
-        self._pid: int | None = None
         self.gaps: Gaps | None = None
 
     @property
@@ -187,17 +188,13 @@ class EventTail:
 
     # ------------------------------------------------------------------ the loop's task
 
-    def _ensure_running(self) -> None:
-        # Started in the process and loop that serve streams (gunicorn forks workers).
-        if self._task is not None and not self._task.done() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-tail")
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        listener = loop.create_task(self._listen()) if self.settings.redis_url else None
+        # Submits ring the scheduler's doorbell and nothing else; status changes are also
+        # published on Redis, where there is one.
+        listeners = [loop.create_task(doorbell.hear(direct_database_url(self.settings), self.wake))]
+        if self.settings.redis_url:
+            listeners.append(loop.create_task(self._listen()))
         try:
             gaps: Gaps | None = None
             while gaps is None:
@@ -214,7 +211,7 @@ class EventTail:
                     log.exception("event tail: a round failed")
                     await asyncio.sleep(self.poll_seconds)
         finally:
-            if listener is not None:
+            for listener in listeners:
                 listener.cancel()
 
     async def _one_round(self, loop: asyncio.AbstractEventLoop, gaps: Gaps) -> None:
@@ -403,7 +400,7 @@ class EventTail:
                 await pubsub.subscribe(channel)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._wake.set()
+                        self.wake()
             except (RedisError, OSError):
                 log.warning("event tail: lost the Redis channel; polling meanwhile")
             finally:

@@ -15,6 +15,7 @@ from app.jobs.models import JobEvent
 from app.jobs.subscription import Delivery, Subscription
 from app.jobs.tail import LATE_GAP_MAX, LATE_SECONDS, EventTail, Gaps
 from app.storage import make_storage
+from app.tenancy.models import Org
 from config import Settings
 from tests.conftest import GOOD_BODY, auth
 
@@ -217,3 +218,56 @@ def test_the_events_of_one_read_reach_each_stream_together_framed_once(
     assert all(a is b for a, b in zip(first, second, strict=True))  # one Delivery, not a copy
     ids = [d.id for d in first]
     assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+@pytest.mark.env(REDIS_URL="")
+@pytest.mark.usefixtures("catalog")
+def test_a_submit_wakes_the_tail_through_the_doorbell_without_redis(
+    client: Any, api_key: str, db: Database, settings: Settings
+) -> None:
+    """The embedded shape has no Redis: the queued event of a new job reaches an open org
+    stream because the submit rang the doorbell, long before the tail's own poll (60 s)."""
+    assert settings.redis_url is None
+    tail = EventTail(settings, db, make_storage(settings), poll_seconds=60, gap_seconds=30)
+
+    def listening() -> bool:
+        with db.session() as session:
+            return bool(
+                session.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'chorus doorbell listener'"
+                        " AND query = 'LISTEN chorus_due'"
+                    )
+                )
+            )
+
+    async def follow() -> tuple[str, list[Delivery]]:
+        sub = Subscription(after=0, base_url="http://chorus", org_id=_org_id(db, "acme"))
+        tail.subscribe(sub)
+        handed: list[Delivery] = []
+        sub.direct = lambda: handed.extend(sub.take())
+        try:
+            async with asyncio.timeout(15):
+                while not (sub.ready and await asyncio.to_thread(listening)):
+                    await asyncio.sleep(0.02)
+                posted = await asyncio.to_thread(
+                    client.post, "/v1/music/generations", json=GOOD_BODY, headers=auth(api_key)
+                )
+                assert posted.status_code == 202, posted.get_data()
+                while not handed:
+                    await asyncio.sleep(0.02)
+        finally:
+            tail.unsubscribe(sub)
+            assert tail._task is not None
+            tail._task.cancel()
+        return posted.get_json()["id"], handed
+
+    job_id, handed = asyncio.run(follow())
+    assert [d.event for d in handed] == ["music.generation.queued"]
+    assert f'"id": "{job_id}"' in handed[0].frame.decode()
+
+
+def _org_id(db: Database, name: str) -> int:
+    with db.session() as session:
+        return int(session.scalar(sa.select(Org.id).where(Org.name == name)))
