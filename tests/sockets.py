@@ -15,6 +15,7 @@ what did not.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -34,6 +35,25 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def read_until_closed(
+    sock: socket.socket, *, each_round: Callable[[], None] | None = None
+) -> bytes:
+    """All a non-blocking socket receives until its peer closes, read from a coroutine so the
+    server under test goes on running on the same loop. ``each_round`` runs before each read."""
+    received = b""
+    while True:
+        if each_round is not None:
+            each_round()
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+            continue
+        if not chunk:
+            return received
+        received += chunk
 
 
 def _listener(port: int = 0, backlog: int = 64) -> socket.socket:

@@ -20,6 +20,7 @@ from app.jobs.status import JobStatus
 from app.jobs.subscription import Basis, Delivery, Subscription
 from app.streams import pump
 from app.webserver import Message, Send
+from tests.sockets import read_until_closed
 
 RUNNING = "music.generation.running"
 SUCCEEDED = "music.generation.succeeded"
@@ -180,18 +181,13 @@ def test_a_stream_whose_client_stops_reading_overflows_and_ends() -> None:
             sub.offer(event(event_id, data=PAYLOAD))
             await asyncio.sleep(0)
         overflowed = sub.overflowed
-        received = b""
-        while True:  # the client reads again: the stream ends, and its end comes through
+
+        def close_once_ended() -> None:
             if task.done() and not writer.is_closing():
                 writer.close()  # after what is buffered
-            try:
-                chunk = theirs.recv(1 << 20)
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-                continue
-            if not chunk:
-                break
-            received += chunk
+
+        # The client reads again: the stream ends, and its end comes through.
+        received = await read_until_closed(theirs, each_round=close_once_ended)
         await task
         theirs.close()
         return [int(i) for i in re.findall(rb"id: (\d+)\n", received)], overflowed

@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 from app.webserver import LingeringClose
+from tests.sockets import read_until_closed
 
 
 def test_an_answer_written_after_the_close_began_is_dropped_not_raised() -> None:
@@ -19,16 +20,7 @@ def test_an_answer_written_after_the_close_began_is_dropped_not_raised() -> None
         lingering.write(b"late")
         assert lingering.is_closing()
         theirs.setblocking(False)
-        received = b""
-        while True:
-            try:
-                chunk = theirs.recv(100)
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-                continue
-            if not chunk:
-                break
-            received += chunk
+        received = await read_until_closed(theirs)
         lingering.forget()
         transport.close()
         theirs.close()
