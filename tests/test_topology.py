@@ -110,8 +110,9 @@ def test_chorus_topology_connections_adds_up() -> None:
     result = CliRunner().invoke(main, ["topology", "connections"], env={"WEB_THREADS": "8"})
     assert result.exit_code == 0, result.output
     rows = dict(line.split("\t") for line in result.output.splitlines())
-    # Two gunicorn processes: 8 threads, a listener and the loop's two readers each.
-    assert rows["web"] == "22"
+    # Two gunicorn processes: 8 threads, a listener, and the loop's two readers and the
+    # event tail's LISTEN each.
+    assert rows["web"] == "24"
     total = sum(int(v) for k, v in rows.items() if k != "max_connections")
     assert int(rows["max_connections"]) == total + SPARE_CONNECTIONS
 
