@@ -482,9 +482,20 @@ class Processes:
         path = self.logdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def kill_all(self) -> None:
+        """SIGKILL to every process group at once: a teardown asserts nothing, and what a test
+        left (leases, broker messages, rows) is cleared before the next one starts."""
+        running = [p for p in self.procs.values() if p.poll() is None]
+        self.procs.clear()
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in running:
+            proc.wait(timeout=10)
+
     def stop_all(self) -> None:
         """SIGTERM to every process group at once, then SIGKILL to what is still there after
-        STOP_SECONDS: a teardown asserts nothing, so it waits for no one's graceful end."""
+        STOP_SECONDS: for a test that reads what the processes wrote once they have ended."""
         running = [p for p in self.procs.values() if p.poll() is None]
         self.procs.clear()
         for proc in running:
@@ -511,7 +522,7 @@ def procs(
     clear_broker(env)
     manager = Processes(env, tmp_path)
     yield manager
-    manager.stop_all()
+    manager.kill_all()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for log in sorted(tmp_path.glob("*.log")):
