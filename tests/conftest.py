@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.extensions
 import pytest
@@ -36,6 +36,7 @@ from app.db import Database
 from app.jobs.models import Job
 from app.tenancy.keys import create_key
 from config import Settings, load_settings
+from config.settings import DEFAULT_CATALOG
 from tests.audio import Server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,7 @@ def database_url() -> Iterator[str]:
     """A database of this session's own (so concurrent runs never meet), migrated from empty."""
     with empty_database(str(os.getpid())) as url:
         dbmigrate.upgrade(load_settings({"DATABASE_URL": url}))
+        _copy_catalog_aside(url)
         yield url
 
 
@@ -222,22 +224,61 @@ def db(settings: Settings) -> Iterator[Database]:
 
 @functools.cache
 def _read_catalog(path: Path) -> dict[str, Any]:
-    return loader.read(path)
+    data = loader.read(path)
+    for model in data["models"]:
+        model["expected_seconds"], model["expected_spread"] = 0.6, 0.2
+    return data
 
 
 def load_catalog(db: Database, settings: Settings) -> dict[str, Any]:
     """The default catalog (every model on the simulator), with test-sized timings."""
     data = copy.deepcopy(_read_catalog(settings.catalog_file))
-    for model in data["models"]:
-        model["expected_seconds"], model["expected_spread"] = 0.6, 0.2
     with db.transaction() as session:
         loader.load(session, data)
     return data
 
 
+# What the catalog's loading leaves in a database, copied aside once per session (schema
+# catalog_copy) and put back for each test that wants it: a few INSERT ... SELECT instead of
+# the loader's seventy-odd statements. The loader itself is tested in tests/unit/catalog.
+_CATALOG_TABLES = ("categories", "upstream_accounts", "models", "routes")
+
+
+def _copy_catalog_aside(database_url: str) -> None:
+    settings = load_settings({"DATABASE_URL": database_url})
+    database = Database(settings)
+    try:
+        load_catalog(database, settings)
+        with database.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA catalog_copy")
+            for table in _CATALOG_TABLES:
+                conn.exec_driver_sql(f"CREATE TABLE catalog_copy.{table} AS TABLE {table}")
+            conn.exec_driver_sql(_WIPE)
+    finally:
+        database.engine.dispose()
+
+
+_PUT_CATALOG_BACK = """
+SET LOCAL session_replication_role = replica;
+INSERT INTO categories SELECT * FROM catalog_copy.categories;
+INSERT INTO upstream_accounts SELECT * FROM catalog_copy.upstream_accounts;
+INSERT INTO models SELECT * FROM catalog_copy.models;
+INSERT INTO routes SELECT * FROM catalog_copy.routes;
+SELECT setval('models_id_seq', (SELECT max(id) FROM models));
+SELECT setval('routes_id_seq', (SELECT max(id) FROM routes));
+"""
+
+
 @pytest.fixture
-def catalog(db: Database, settings: Settings) -> dict[str, Any]:
-    return load_catalog(db, settings)
+def catalog(db: Database, settings: Settings, database_url: str) -> dict[str, Any]:
+    same_database = make_url(cast(str, settings.database_url)).database == (
+        make_url(database_url).database
+    )
+    if not same_database or settings.catalog_file != DEFAULT_CATALOG:
+        return load_catalog(db, settings)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(_PUT_CATALOG_BACK)
+    return copy.deepcopy(_read_catalog(settings.catalog_file))
 
 
 CREDIT = 1_000_000  # minor units given to each test org: plenty for any test's jobs
