@@ -69,10 +69,12 @@ def test_job_reaches_succeeded_with_stored_playable_audio(
     assert client.get(job["audio"].replace("http://localhost", "") + "x").status_code == 404
 
 
+# Two unreadable answers, not three: the third's backoff (2-4 s), with polls held up behind
+# the hung ones on a busy machine, once reached the 12 s deadline first.
 @pytest.mark.env(
     JOB_DEADLINE_SECONDS="12",
     SUBMIT_MAX_ATTEMPTS="2",
-    INVALID_RESPONSE_LIMIT="3",
+    INVALID_RESPONSE_LIMIT="2",
     UPSTREAM_READ_TIMEOUT="2",
 )
 def test_upstream_faults_end_as_documented(
