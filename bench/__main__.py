@@ -170,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Chorus bench — temp dir {root}\n  load generator: {generator}", flush=True)
     sup: Supervisor | None = None
     ok = False
+    results: dict[str, Any] = {}
     try:
         print("Setup: database, Redis, catalog, API key", flush=True)
         stack = prepare(root, args.database_url, args.redis_url)
         sup = Supervisor(logdir, stack.env)
-        results: dict[str, Any] = {
+        results = {
             "date": report.now_iso(),
             "commit": report.git_commit(),
             "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -223,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nBENCH FAILED: {exc}\n", file=sys.stderr)
         if sup is not None:
             print(sup.tails(), file=sys.stderr)
+        _keep_partial(results, root)
         return 1
     except Exception:  # noqa: BLE001 - report any fault with the children's logs, then exit 1
         # Anything unexpected: the traceback, then what the children said before it happened.
         traceback.print_exc()
         if sup is not None:
             print(sup.tails(), file=sys.stderr)
+        _keep_partial(results, root)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted: stopping every child process", file=sys.stderr)
@@ -243,6 +246,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"Logs and data kept in {root}", file=sys.stderr)
+
+
+def _keep_partial(results: dict[str, Any], root: Path) -> None:
+    """The figures of the phases that ended before a failure, kept with the run's logs: a
+    late phase's fault must not lose half an hour of measurements. ``--render`` writes a
+    report from them."""
+    if not results:
+        return
+    path = root / "benchmarks.partial.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"The phases measured before the failure: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

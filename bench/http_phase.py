@@ -32,7 +32,7 @@ from bench.procs import (
     tree_pids,
     wait_http,
 )
-from bench.stack import CATEGORY, LYRICS, MODEL, Stack, bare_command, start_web
+from bench.stack import CATEGORY, LYRICS, MODEL, Stack, bare_command, reset_jobs, start_web
 from bench.stats import median_item
 
 # The servers of phases (a)/(b): Chorus, the bare app doing the same durable work, and the
@@ -356,5 +356,5 @@ def run_http_phase(
     # The jobs this phase created (QUEUED, never run) must not meet phase (c).
     with stack.database().engine.begin() as conn:
         out["jobs_created"] = int(conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one())
-        conn.execute(sa.text("DELETE FROM jobs"))
+    reset_jobs(stack)
     return out

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import metrics
 from bench import load
 from bench.http_phase import _create_jobs, _post_body, median_figures, metered_run, say_refusals
 from bench.procs import Supervisor, free_port
-from bench.stack import Stack, start_web
+from bench.stack import Stack, reset_jobs, start_web
 
 SIDES = ("on", "off")
 WARMUP_SECONDS = 3.0
@@ -98,7 +97,7 @@ def run_metrics_phase(
         )
     for side in SIDES:
         sup.stop(f"web-{side}")
-    # The jobs this phase created (QUEUED, never run) must not meet a later phase.
-    with stack.database().engine.begin() as conn:
-        conn.execute(text("DELETE FROM jobs"))
+    # The jobs this phase created (QUEUED, never run) must not meet a later phase; nor may
+    # what they hang on to from earlier phases (webhook deliveries, events).
+    reset_jobs(stack)
     return out
