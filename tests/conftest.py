@@ -219,7 +219,15 @@ def db(settings: Settings) -> Iterator[Database]:
     with database.engine.begin() as conn:
         conn.exec_driver_sql(_WIPE)
     yield database
+    close_pools(database)
+
+
+def close_pools(database: Database) -> None:
+    """Close a Database's pooled connections now (its ``dispose`` only forgets them, for a
+    forked child), not whenever the garbage collector gets to them: the suite's two workers
+    share the server's 100 connections with the process stacks they start."""
     database.engine.dispose()
+    database.reader.dispose()
 
 
 @functools.cache
@@ -306,12 +314,13 @@ def other_key(db: Database) -> str:
 
 
 @pytest.fixture
-def app(settings: Settings, db: Database) -> Any:
+def app(settings: Settings, db: Database) -> Iterator[Any]:
     from app.web import create_app
 
     flask_app = create_app(settings)
     flask_app.config["TESTING"] = True
-    return flask_app
+    yield flask_app
+    close_pools(flask_app.extensions["chorus"].db)
 
 
 @pytest.fixture
